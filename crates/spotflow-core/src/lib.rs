@@ -1,0 +1,67 @@
+//! Core of the Spotflow device SDK.
+//!
+//! * [`Store`]: everything the SDK persists (outgoing queue, identity and credentials, desired and
+//!   reported properties); [`MemoryStore`] is the in-memory backend, durable ones live in their own
+//!   crates.
+//! * [`Transport`] and [`Connection`]: a connection to the platform's data plane, at a level a
+//!   custom transport can implement without knowing MQTT topics. [`PlatformApi`]: provisioning
+//!   and registration.
+//! * Sans-IO state machines driven by the `spotflow-device` facade, with `now` passed in:
+//!   [`OutgoingQueue`], [`DesiredProperties`], [`ReportedProperties`], [`CredentialSchedule`].
+//! * [`Compression`] applied at enqueue, [`Error`] for everything.
+//!
+//! ```
+//! use spotflow_core::{MemoryStore, Store, OutgoingMessage, StreamTarget, MessageKind};
+//! use std::sync::Arc;
+//!
+//! # tokio_test_block_on(async {
+//! let store = MemoryStore::new();
+//! let message = OutgoingMessage {
+//!     target: Arc::new(StreamTarget::new(Some("sensors"), Some("temperature"))?),
+//!     kind: MessageKind::Data,
+//!     batch_id: None, batch_slice_id: None, message_id: None, chunk_id: None,
+//!     content_encoding: None,
+//!     payload: bytes::Bytes::from_static(b"{\"t\":21.5}"),
+//! };
+//! let seq = store.append_message(message).await?;
+//! assert_eq!(store.read_messages(None, 10).await?[0].seq, seq);
+//! # Ok::<(), spotflow_core::Error>(())
+//! # }).unwrap();
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     let waker = std::task::Waker::noop();
+//! #     let mut cx = std::task::Context::from_waker(&waker);
+//! #     let mut f = std::pin::pin!(f);
+//! #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod backoff;
+mod compression;
+mod credentials;
+mod error;
+mod memory;
+pub mod merge_patch;
+mod message;
+mod platform;
+mod properties;
+mod queue;
+mod store;
+pub mod time_format;
+mod transport;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use backoff::Backoff;
+pub use compression::{decompress, Compression, ContentEncoding, MAX_DECOMPRESSED_SIZE};
+pub use credentials::{CredentialAction, CredentialSchedule};
+pub use error::{Error, ErrorStatus, Result};
+pub use memory::MemoryStore;
+pub use message::{validate_name, MessageKind, OutgoingMessage, QueuedMessage, StreamTarget, MAX_NAME_LEN};
+pub use platform::{PlatformApi, ProvisioningOperation, ProvisioningStatus, Registration, RegistrationToken};
+pub use properties::{DesiredProperties, PatchOutcome, ReportedOutcome, ReportedProperties};
+pub use queue::OutgoingQueue;
+pub use store::{ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store};
+pub use transport::{Connection, RequestId, Transport, TransportEvent, TwinDocument};

@@ -1,0 +1,9 @@
+//! Test kit (feature `testkit`): the store conformance suite every backend runs, and
+//! [`MemoryPlatform`], an in-memory platform implementing [`crate::Transport`] and
+//! [`crate::PlatformApi`].
+
+mod platform;
+mod store_suite;
+
+pub use platform::{AckMode, MemoryPlatform, PlatformStats, ReceivedMessage, MEMORY_HUB_HOST};
+pub use store_suite::{sample_identity, sample_message, store_conformance};

@@ -1,0 +1,90 @@
+//! RFC 3339 and TimeSpan formats used by the platform.
+
+use std::time::{Duration, SystemTime};
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::{Error, Result};
+
+/// Formats a time as RFC 3339 in UTC with a `+00:00` offset, whole seconds
+/// (`2030-01-01T00:00:00+00:00`).
+pub fn rfc3339(t: SystemTime) -> String {
+    let dt = OffsetDateTime::from(t).replace_nanosecond(0).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second]+00:00"
+    );
+    dt.format(&fmt).unwrap_or_else(|_| "1970-01-01T00:00:00+00:00".to_owned())
+}
+
+/// Parses an RFC 3339 time (any offset, optional fractional seconds).
+pub fn parse_rfc3339(s: &str) -> Result<SystemTime> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map(SystemTime::from)
+        .map_err(|e| Error::Platform(format!("invalid RFC 3339 time {s:?}: {e}")))
+}
+
+/// Parses a .NET TimeSpan in the "c" format, `[-][d.]hh:mm:ss[.fffffff]`; negative values are zero.
+pub fn parse_timespan(s: &str) -> Result<Duration> {
+    let bad = || Error::Platform(format!("invalid TimeSpan {s:?}"));
+    if s.starts_with('-') {
+        return Ok(Duration::ZERO);
+    }
+    let parts: Vec<&str> = s.split(':').collect();
+    let [first, minutes, seconds] = parts[..] else { return Err(bad()) };
+    let (days, hours) = match first.split_once('.') {
+        Some((d, h)) => (d.parse::<u64>().map_err(|_| bad())?, h),
+        None => (0, first),
+    };
+    let hours: u64 = hours.parse().map_err(|_| bad())?;
+    let minutes: u64 = minutes.parse().map_err(|_| bad())?;
+    let (secs, frac) = seconds.split_once('.').unwrap_or((seconds, ""));
+    let secs: u64 = secs.parse().map_err(|_| bad())?;
+    if hours > 23 || minutes > 59 || secs > 59 || !frac.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let total = days
+        .checked_mul(86_400)
+        .and_then(|d| d.checked_add(hours * 3600 + minutes * 60 + secs))
+        .ok_or_else(bad)?;
+    Ok(Duration::from_secs(total))
+}
+
+/// Formats a duration as a .NET TimeSpan, `d.hh:mm:ss` (days omitted when zero).
+pub fn format_timespan(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, h, m, sec) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
+    if days > 0 {
+        format!("{days}.{h:02}:{m:02}:{sec:02}")
+    } else {
+        format!("{h:02}:{m:02}:{sec:02}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timespans() {
+        assert_eq!(parse_timespan("8.11:55:36.3296177").unwrap(), Duration::from_secs(734_136));
+        assert_eq!(parse_timespan("13:00:39").unwrap(), Duration::from_secs(46_839));
+        assert_eq!(parse_timespan("00:00:39").unwrap(), Duration::from_secs(39));
+        assert_eq!(parse_timespan("0000.00:00:00.00").unwrap(), Duration::ZERO);
+        assert_eq!(parse_timespan("-1.00:00:00").unwrap(), Duration::ZERO);
+        for bad in ["", "12", "1:2", "a:b:c", "1:2:3:4", "99:00:00", "1.2.3:00:00"] {
+            assert!(parse_timespan(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_timespan(Duration::from_secs(734_136)), "8.11:55:36");
+        assert_eq!(format_timespan(Duration::from_secs(39)), "00:00:39");
+    }
+
+    #[test]
+    fn rfc3339_round_trip() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000);
+        assert_eq!(rfc3339(t), "2030-01-01T00:00:00+00:00");
+        assert_eq!(parse_rfc3339("2030-01-01T00:00:00Z").unwrap(), t);
+        assert_eq!(parse_rfc3339("2030-01-01T01:00:00.5+01:00").unwrap(), t + Duration::from_millis(500));
+        assert!(parse_rfc3339("yesterday").is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! The `Transport` trait: a connection to the platform's data plane.
+//!
+//! A transport moves telemetry and twin traffic; it knows nothing about queues or persistence. The
+//! MQTT mapping (topics, property bag, `$rid`) lives in the transport crates, not here.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::{ConnectionCredentials, DesiredState, OutgoingMessage, Result};
+
+/// Correlates a twin request with its response.
+pub type RequestId = u64;
+
+/// The device twin as the platform sends it on a full GET.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TwinDocument {
+    /// Desired properties and their version.
+    pub desired: DesiredState,
+    /// Reported properties (without `$version`).
+    pub reported: Map<String, Value>,
+    /// Version of the reported properties.
+    pub reported_version: u64,
+}
+
+/// Something the platform sent or acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TransportEvent {
+    /// The platform acknowledged the telemetry message with this sequence number (as given to
+    /// [`Connection::publish_message`]).
+    MessageAcknowledged(u64),
+    /// Answer to [`Connection::request_twin`]: the twin, or the error status.
+    Twin {
+        /// The request answered.
+        request: RequestId,
+        /// The twin, or the status of a failed request.
+        result: std::result::Result<TwinDocument, u16>,
+    },
+    /// Answer to [`Connection::patch_reported`].
+    ReportedPatched {
+        /// The request answered.
+        request: RequestId,
+        /// Status code (2xx: accepted).
+        status: u16,
+        /// New reported version, when the platform tells it.
+        version: Option<u64>,
+    },
+    /// The platform changed the desired properties: a JSON merge patch to apply to `version - 1`.
+    DesiredPatch {
+        /// The version after the patch.
+        version: u64,
+        /// The merge patch (without `$version`).
+        patch: Map<String, Value>,
+    },
+}
+
+/// Opens connections to the platform. Implement it to bring your own transport.
+#[async_trait]
+pub trait Transport: fmt::Debug + Send + Sync + 'static {
+    /// Connects with the given credentials. [`crate::Error::Unauthorized`] means that the
+    /// platform refused them (the SDK then registers again); other errors are retried with backoff.
+    async fn connect(&self, credentials: &ConnectionCredentials) -> Result<Box<dyn Connection>>;
+}
+
+/// One live connection.
+///
+/// The SDK keeps many messages in flight: `publish_message` returns once the message is handed
+/// over, and its acknowledgement arrives later as [`TransportEvent::MessageAcknowledged`] with the
+/// same sequence number, in any order. Any error from a method means the connection is lost; the
+/// SDK then drops it and re-sends unacknowledged messages on the next one.
+#[async_trait]
+pub trait Connection: Send {
+    /// Hands a telemetry message over for delivery.
+    async fn publish_message(&mut self, seq: u64, message: &OutgoingMessage) -> Result<()>;
+
+    /// Asks for the full twin; answered by [`TransportEvent::Twin`].
+    async fn request_twin(&mut self, request: RequestId) -> Result<()>;
+
+    /// Sends a JSON merge patch of the reported properties; answered by
+    /// [`TransportEvent::ReportedPatched`].
+    async fn patch_reported(&mut self, request: RequestId, patch: &Map<String, Value>) -> Result<()>;
+
+    /// Waits for the next event. Must be cancel-safe: the SDK calls it inside `select!` and drops
+    /// the future when something else happens first; no event may be lost by that.
+    async fn next_event(&mut self) -> Result<TransportEvent>;
+
+    /// Closes the connection gracefully (best effort).
+    async fn close(&mut self);
+}
+
+#[async_trait]
+impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
+    async fn connect(&self, credentials: &ConnectionCredentials) -> Result<Box<dyn Connection>> {
+        (**self).connect(credentials).await
+    }
+}
