@@ -7,7 +7,7 @@
 //!   custom transport can implement without knowing MQTT topics. [`PlatformApi`]: provisioning
 //!   and registration.
 //! * Sans-IO state machines driven by the `spotflow-device` facade, with `now` passed in:
-//!   [`OutgoingQueue`], [`DesiredProperties`], [`ReportedProperties`], [`CredentialSchedule`].
+//!   [`OutgoingQueue`], [`DesiredTracker`], [`ReportedTracker`], [`CredentialSchedule`].
 //! * [`Compression`] applied at enqueue, [`Error`] for everything.
 //!
 //! ```
@@ -61,7 +61,7 @@ pub use error::{Error, ErrorStatus, Result};
 pub use memory::MemoryStore;
 pub use message::{validate_name, MessageKind, OutgoingMessage, QueuedMessage, StreamTarget, MAX_NAME_LEN};
 pub use platform::{PlatformApi, ProvisioningOperation, ProvisioningStatus, Registration, RegistrationToken};
-pub use properties::{DesiredProperties, PatchOutcome, ReportedOutcome, ReportedProperties};
+pub use properties::{DesiredTracker, PatchOutcome, ReportedOutcome, ReportedTracker};
 pub use queue::OutgoingQueue;
 pub use store::{ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store};
 pub use transport::{Connection, RequestId, Transport, TransportEvent, TwinDocument};

@@ -21,15 +21,15 @@ pub enum PatchOutcome {
 /// stored one, or the first one received), and afterwards only about strictly newer versions —
 /// never twice about the same version, even across reconnects.
 #[derive(Debug, Default)]
-pub struct DesiredProperties {
+pub struct DesiredTracker {
     current: Option<DesiredState>,
     notified: Option<u64>,
 }
 
-impl DesiredProperties {
+impl DesiredTracker {
     /// Starts from the stored state, if any.
     pub fn new(stored: Option<DesiredState>) -> Self {
-        DesiredProperties { current: stored, notified: None }
+        DesiredTracker { current: stored, notified: None }
     }
 
     /// The current desired properties, if any are known.
@@ -81,7 +81,7 @@ impl DesiredProperties {
 
 /// Reported properties: the net change still to send, one request in flight at a time.
 #[derive(Debug)]
-pub struct ReportedProperties {
+pub struct ReportedTracker {
     state: ReportedState,
     in_flight: Option<(RequestId, Map<String, Value>)>,
     rejected: Option<u16>,
@@ -100,10 +100,10 @@ pub enum ReportedOutcome {
     Unknown,
 }
 
-impl ReportedProperties {
+impl ReportedTracker {
     /// Starts from the stored state.
     pub fn new(stored: ReportedState) -> Self {
-        ReportedProperties { state: stored, in_flight: None, rejected: None, next_request: 1 }
+        ReportedTracker { state: stored, in_flight: None, rejected: None, next_request: 1 }
     }
 
     /// The state to persist.
@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn desired_notifies_start_and_newer_only() {
-        let mut d = DesiredProperties::new(Some(ds(3, json!({"a":1}))));
+        let mut d = DesiredTracker::new(Some(ds(3, json!({"a":1}))));
         assert_eq!(d.poll_notify().unwrap().version, 3);
         assert_eq!(d.poll_notify(), None);
         assert!(!d.handle_twin(ds(3, json!({"a":1}))), "same twin after reconnect changes nothing");
@@ -229,7 +229,7 @@ mod tests {
 
     #[test]
     fn desired_without_state_asks_for_twin() {
-        let mut d = DesiredProperties::new(None);
+        let mut d = DesiredTracker::new(None);
         assert_eq!(d.poll_notify(), None);
         assert_eq!(d.handle_patch(1, &Map::new()), PatchOutcome::NeedFullTwin);
         assert!(d.handle_twin(ds(1, json!({}))));
@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn reported_coalesces_offline_updates_into_one_patch() {
-        let mut r = ReportedProperties::new(ReportedState { confirmed: obj(json!({"fw":"1.0","x":1})), target: None });
+        let mut r = ReportedTracker::new(ReportedState { confirmed: obj(json!({"fw":"1.0","x":1})), target: None });
         assert!(!r.any_pending());
         for i in 0..10 {
             r.update(obj(json!({"fw":"1.0","temp":i})));
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn reported_rejection_is_kept_and_retried_on_reconnect() {
-        let mut r = ReportedProperties::new(ReportedState::default());
+        let mut r = ReportedTracker::new(ReportedState::default());
         r.update(obj(json!({"a":1})));
         let (req, _) = r.poll_patch().unwrap();
         assert_eq!(r.handle_response(req, 400), ReportedOutcome::Rejected(400));
@@ -291,7 +291,7 @@ mod tests {
             // Model: the platform's document, and the last document the application asked for.
             let mut platform = Map::new();
             let mut last: Option<Map<String, Value>> = None;
-            let mut r = ReportedProperties::new(ReportedState::default());
+            let mut r = ReportedTracker::new(ReportedState::default());
             let mut wire: Option<(RequestId, Map<String, Value>)> = None;
             for op in ops {
                 match op {
@@ -317,7 +317,7 @@ mod tests {
                     }
                     Op::Restart => {
                         wire = None;
-                        r = ReportedProperties::new(r.state().clone());
+                        r = ReportedTracker::new(r.state().clone());
                         r.handle_twin(&TwinDocument { reported: platform.clone(), ..Default::default() });
                     }
                 }

@@ -1,1 +1,54 @@
-//! placeholder
+//! The Spotflow device SDK.
+//!
+//! A device provisions itself with a provisioning token, then sends telemetry that survives
+//! outages (every message is persisted before `enqueue_message` returns and delivered with many
+//! in flight), receives desired properties and reports its state.
+//!
+//! * [`DeviceClient`]: the async API (Tokio). [`blocking::DeviceClient`]: the same for plain
+//!   threads and callbacks.
+//! * Backends are pluggable: any [`Store`] (the in-memory [`MemoryStore`] is always there), any
+//!   [`Transport`] and [`PlatformApi`]. Tests inject `spotflow_core::testkit::MemoryPlatform`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> spotflow_device::Result<()> {
+//! use std::sync::Arc;
+//! use spotflow_device::{Compression, DeviceClient, Message};
+//! use spotflow_core::testkit::MemoryPlatform;
+//!
+//! let platform = MemoryPlatform::new();
+//! let client = DeviceClient::builder(Some("my-device"), "memory-provisioning-token", "spotflow.db")
+//!     .platform_api(Arc::new(platform.clone()))
+//!     .transport(Arc::new(platform.clone()))
+//!     .display_provisioning_operation_callback(|op| println!("approve {}", op.verification_code))
+//!     .start()
+//!     .await?;
+//! let sender = client.create_stream_sender(Some("sensors"), Some("temperature"), Compression::Fastest)?;
+//! sender.send_message(Message::new(r#"{"temperatureCelsius":21.5}"#).message_id("m1")).await?;
+//! assert_eq!(platform.messages().len(), 1);
+//! client.update_reported_properties(serde_json::json!({"firmware": "1.0.0"})).await?;
+//! client.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod blocking;
+mod client;
+mod instance;
+mod options;
+mod provisioning;
+mod worker;
+
+pub use client::{DesiredPropertiesCallback, DeviceClient, DeviceClientBuilder, Message, StreamSender};
+pub use instance::{Instance, DEFAULT_INSTANCE};
+pub use options::{ClientOptions, DEFAULT_MAX_MESSAGE_SIZE};
+pub use provisioning::{print_provisioning_operation, write_provisioning_operation, DisplayCallback};
+pub use spotflow_core::{
+    Compression, ConnectionCredentials, Error, ErrorStatus, MemoryStore, PlatformApi, ProvisioningOperation, Result,
+    Store, Transport,
+};
+
+/// Desired properties: a version and the values (a JSON object without `$version`).
+pub type DesiredProperties = spotflow_core::DesiredState;

@@ -411,7 +411,11 @@ impl PlatformApi for MemoryPlatform {
         if auto && op.approved_device_id.is_none() {
             op.approved_device_id = Some(op.requested_device_id.clone().unwrap_or(fallback));
         }
-        let Some(device) = op.approved_device_id.clone() else { return Ok(ProvisioningStatus::Pending) };
+        let Some(device) = op.approved_device_id.clone() else {
+            drop(s);
+            self.changed();
+            return Ok(ProvisioningStatus::Pending);
+        };
         op.closed = true;
         let rt = Self::next_id(&mut s, "rt");
         let expires_at = SystemTime::now() + rt_lifetime;
@@ -581,6 +585,8 @@ impl Connection for MemoryConnection {
         s.stats.twin_requests += 1;
         let twin = twin_document(&s.twins.get(&self.hub_device_id).cloned().unwrap_or_default());
         let _ = self.tx.send(TransportEvent::Twin { request, result: Ok(twin) });
+        drop(s);
+        self.platform.changed();
         Ok(())
     }
 

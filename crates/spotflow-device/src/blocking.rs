@@ -1,0 +1,272 @@
+//! The blocking API: the same client for plain threads, callbacks and bindings.
+//!
+//! It owns a small Tokio runtime that runs the background work; every method blocks the calling
+//! thread until done. Calling it from inside an async runtime returns
+//! [`Error::BlockingInAsyncContext`] instead of stalling (or panicking) the runtime: use the async
+//! [`crate::DeviceClient`] there.
+//!
+//! ```no_run
+//! use spotflow_device::blocking::DeviceClient;
+//! use spotflow_device::Compression;
+//!
+//! let client = DeviceClient::builder(Some("my-device"), "<Your Provisioning Token>", "spotflow.db").start()?;
+//! let sender = client.create_stream_sender(Some("default-stream-group"), Some("default-stream"), Compression::Uncompressed)?;
+//! sender.send_message(r#"{"temperatureCelsius": 21.5}"#)?;
+//! # Ok::<(), spotflow_device::Error>(())
+//! ```
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use spotflow_core::{Compression, Error, PlatformApi, ProvisioningOperation, Result, Store, Transport};
+
+use crate::{ClientOptions, DesiredProperties, Message};
+
+/// Owns the runtime; shuts it down without blocking when dropped inside an async context.
+struct Runtime {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Runtime {
+    fn new() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("spotflow-worker")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::invalid("runtime", e))?;
+        Ok(Runtime { rt: Some(rt) })
+    }
+
+    fn block_on<F: Future>(&self, f: F) -> Result<F::Output> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::BlockingInAsyncContext);
+        }
+        let rt = self.rt.as_ref().ok_or(Error::Closed)?;
+        Ok(rt.block_on(f))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The blocking counterpart of [`crate::DeviceClientBuilder`].
+#[derive(Debug)]
+pub struct DeviceClientBuilder {
+    inner: crate::DeviceClientBuilder,
+}
+
+impl DeviceClientBuilder {
+    /// See [`crate::DeviceClientBuilder::instance`].
+    pub fn instance(self, instance: impl Into<String>) -> Self {
+        DeviceClientBuilder { inner: self.inner.instance(instance) }
+    }
+
+    /// See [`crate::DeviceClientBuilder::display_provisioning_operation_callback`].
+    pub fn display_provisioning_operation_callback(
+        self,
+        callback: impl Fn(&ProvisioningOperation) + Send + Sync + 'static,
+    ) -> Self {
+        DeviceClientBuilder { inner: self.inner.display_provisioning_operation_callback(callback) }
+    }
+
+    /// See [`crate::DeviceClientBuilder::desired_properties_updated_callback`]. The callback may
+    /// call this blocking client.
+    pub fn desired_properties_updated_callback(
+        self,
+        callback: impl Fn(DesiredProperties) + Send + Sync + 'static,
+    ) -> Self {
+        DeviceClientBuilder { inner: self.inner.desired_properties_updated_callback(callback) }
+    }
+
+    /// See [`crate::DeviceClientBuilder::store`].
+    pub fn store(self, store: Arc<dyn Store>) -> Self {
+        DeviceClientBuilder { inner: self.inner.store(store) }
+    }
+
+    /// See [`crate::DeviceClientBuilder::transport`].
+    pub fn transport(self, transport: Arc<dyn Transport>) -> Self {
+        DeviceClientBuilder { inner: self.inner.transport(transport) }
+    }
+
+    /// See [`crate::DeviceClientBuilder::platform_api`].
+    pub fn platform_api(self, api: Arc<dyn PlatformApi>) -> Self {
+        DeviceClientBuilder { inner: self.inner.platform_api(api) }
+    }
+
+    /// See [`crate::DeviceClientBuilder::with_options`].
+    pub fn with_options(self, change: impl FnOnce(&mut ClientOptions)) -> Self {
+        DeviceClientBuilder { inner: self.inner.with_options(change) }
+    }
+
+    /// Starts the client, blocking until it is registered (see [`crate::DeviceClientBuilder::start`]).
+    pub fn start(self) -> Result<DeviceClient> {
+        let runtime = Runtime::new()?;
+        let client = runtime.block_on(self.inner.start())??;
+        Ok(DeviceClient { inner: Arc::new(Inner { client, runtime }) })
+    }
+}
+
+struct Inner {
+    client: crate::DeviceClient,
+    runtime: Runtime,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Flush acknowledgements and close the connection when it can be done without blocking
+        // a runtime; otherwise the runtime is shut down in the background.
+        let client = self.client.clone();
+        let _ = self.runtime.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
+        });
+    }
+}
+
+/// A device connected to the platform, with blocking methods. Cheap to clone; thread-safe.
+#[derive(Clone)]
+pub struct DeviceClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DeviceClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.client.fmt(f)
+    }
+}
+
+impl DeviceClient {
+    /// See [`crate::DeviceClient::builder`].
+    pub fn builder(
+        device_id: Option<impl Into<String>>,
+        provisioning_token: impl Into<String>,
+        db: impl AsRef<Path>,
+    ) -> DeviceClientBuilder {
+        DeviceClientBuilder { inner: crate::DeviceClient::builder(device_id, provisioning_token, db) }
+    }
+
+    fn run<F: Future<Output = Result<T>>, T>(&self, f: F) -> Result<T> {
+        self.inner.runtime.block_on(f)?
+    }
+
+    /// The async client behind this one.
+    pub fn as_async(&self) -> &crate::DeviceClient {
+        &self.inner.client
+    }
+
+    /// See [`crate::DeviceClient::workspace_id`].
+    pub fn workspace_id(&self) -> &str {
+        self.inner.client.workspace_id()
+    }
+
+    /// See [`crate::DeviceClient::device_id`].
+    pub fn device_id(&self) -> &str {
+        self.inner.client.device_id()
+    }
+
+    /// See [`crate::DeviceClient::create_stream_sender`].
+    pub fn create_stream_sender(
+        &self,
+        stream_group: Option<&str>,
+        stream: Option<&str>,
+        compression: Compression,
+    ) -> Result<StreamSender> {
+        Ok(StreamSender {
+            client: self.clone(),
+            inner: self.inner.client.create_stream_sender(stream_group, stream, compression)?,
+        })
+    }
+
+    /// See [`crate::DeviceClient::pending_messages_count`].
+    pub fn pending_messages_count(&self) -> u64 {
+        self.inner.client.pending_messages_count()
+    }
+
+    /// Blocks until every message enqueued before the call is acknowledged.
+    pub fn wait_enqueued_messages_sent(&self) -> Result<()> {
+        self.run(self.inner.client.wait_enqueued_messages_sent())
+    }
+
+    /// [`DeviceClient::wait_enqueued_messages_sent`] bounded by `timeout`.
+    pub fn wait_enqueued_messages_sent_timeout(&self, timeout: Duration) -> Result<()> {
+        self.run(self.inner.client.wait_enqueued_messages_sent_timeout(timeout))
+    }
+
+    /// See [`crate::DeviceClient::get_desired_properties`].
+    pub fn get_desired_properties(&self) -> DesiredProperties {
+        self.inner.client.get_desired_properties()
+    }
+
+    /// See [`crate::DeviceClient::get_desired_properties_if_newer`].
+    pub fn get_desired_properties_if_newer(&self, version: Option<u64>) -> Option<DesiredProperties> {
+        self.inner.client.get_desired_properties_if_newer(version)
+    }
+
+    /// See [`crate::DeviceClient::update_reported_properties`].
+    pub fn update_reported_properties(&self, properties: Value) -> Result<()> {
+        self.run(self.inner.client.update_reported_properties(properties))
+    }
+
+    /// See [`crate::DeviceClient::patch_reported_properties`].
+    pub fn patch_reported_properties(&self, patch: Value) -> Result<()> {
+        self.run(self.inner.client.patch_reported_properties(patch))
+    }
+
+    /// See [`crate::DeviceClient::any_pending_reported_properties_updates`].
+    pub fn any_pending_reported_properties_updates(&self) -> bool {
+        self.inner.client.any_pending_reported_properties_updates()
+    }
+
+    /// See [`crate::DeviceClient::reported_properties_rejection`].
+    pub fn reported_properties_rejection(&self) -> Option<u16> {
+        self.inner.client.reported_properties_rejection()
+    }
+
+    /// See [`crate::DeviceClient::is_connected`].
+    pub fn is_connected(&self) -> bool {
+        self.inner.client.is_connected()
+    }
+
+    /// See [`crate::DeviceClient::close`].
+    pub fn close(&self) -> Result<()> {
+        self.run(self.inner.client.close())
+    }
+}
+
+/// The blocking counterpart of [`crate::StreamSender`].
+#[derive(Clone, Debug)]
+pub struct StreamSender {
+    client: DeviceClient,
+    inner: crate::StreamSender,
+}
+
+impl StreamSender {
+    /// Persists the message and returns; see [`crate::StreamSender::enqueue_message`].
+    pub fn enqueue_message(&self, message: impl Into<Message>) -> Result<()> {
+        self.client.run(self.inner.enqueue_message(message))
+    }
+
+    /// Blocks until the message and all earlier ones are acknowledged; see
+    /// [`crate::StreamSender::send_message`].
+    pub fn send_message(&self, message: impl Into<Message>) -> Result<()> {
+        self.client.run(self.inner.send_message(message))
+    }
+
+    /// See [`crate::StreamSender::enqueue_batch_completion`].
+    pub fn enqueue_batch_completion(&self, batch_id: &str) -> Result<()> {
+        self.client.run(self.inner.enqueue_batch_completion(batch_id))
+    }
+
+    /// See [`crate::StreamSender::enqueue_message_completion`].
+    pub fn enqueue_message_completion(&self, batch_id: &str, message_id: &str) -> Result<()> {
+        self.client.run(self.inner.enqueue_message_completion(batch_id, message_id))
+    }
+}

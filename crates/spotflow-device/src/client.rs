@@ -1,0 +1,693 @@
+//! The asynchronous device client.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use spotflow_core::{
+    validate_name, Backoff, Compression, DesiredState, DesiredTracker, Error, MemoryStore, MessageKind,
+    OutgoingMessage, OutgoingQueue, PlatformApi, ProvisioningOperation, ReportedTracker, Result, Secret, Store,
+    StreamTarget, Transport,
+};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tracing::{info, warn};
+
+use crate::provisioning::{obtain_identity, print_provisioning_operation, CredentialKeeper, DisplayCallback, StartRequest};
+use crate::worker::{Command, Worker};
+use crate::{ClientOptions, DesiredProperties, Instance};
+
+/// Called with the desired properties after start and on every newer version, on a dedicated
+/// thread (it may call back into the client, including the blocking API).
+pub type DesiredPropertiesCallback = Arc<dyn Fn(DesiredProperties) + Send + Sync>;
+
+/// State shared by the API handles and the worker.
+pub(crate) struct Shared {
+    pub workspace_id: String,
+    pub device_id: String,
+    pending: AtomicI64,
+    last_appended: AtomicU64,
+    pub appended: Notify,
+    desired: Mutex<Option<DesiredState>>,
+    reported_pending: AtomicBool,
+    reported_rejection: AtomicU32,
+    connected: AtomicBool,
+}
+
+impl Shared {
+    pub fn last_appended(&self) -> u64 {
+        self.last_appended.load(Ordering::Acquire)
+    }
+
+    fn message_appended(&self, seq: u64) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.last_appended.fetch_max(seq, Ordering::AcqRel);
+        self.appended.notify_one();
+    }
+
+    pub fn message_acknowledged(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn set_desired(&self, desired: DesiredState) {
+        *self.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(desired);
+    }
+
+    pub fn set_reported_status(&self, pending: bool, rejection: Option<u16>) {
+        self.reported_pending.store(pending, Ordering::Release);
+        self.reported_rejection.store(rejection.map_or(0, u32::from), Ordering::Release);
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+    }
+}
+
+struct ClientInner {
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    commands: mpsc::Sender<Command>,
+    acked: watch::Receiver<u64>,
+    options: ClientOptions,
+    closed: AtomicBool,
+}
+
+/// A device connected to the platform. Create it with [`DeviceClient::builder`].
+///
+/// Every outgoing message is persisted in the store before `enqueue_message` returns and sent by a
+/// background task, so the application keeps working while the connection comes and goes. The
+/// client is cheap to clone and safe to use from many tasks at once.
+#[derive(Clone)]
+pub struct DeviceClient {
+    inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for DeviceClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceClient")
+            .field("workspace_id", &self.inner.shared.workspace_id)
+            .field("device_id", &self.inner.shared.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and starts a [`DeviceClient`].
+pub struct DeviceClientBuilder {
+    device_id: Option<String>,
+    provisioning_token: Secret,
+    db: PathBuf,
+    instance: Option<String>,
+    display: Option<DisplayCallback>,
+    desired_callback: Option<DesiredPropertiesCallback>,
+    store: Option<Arc<dyn Store>>,
+    transport: Option<Arc<dyn Transport>>,
+    platform_api: Option<Arc<dyn PlatformApi>>,
+    options: ClientOptions,
+}
+
+impl std::fmt::Debug for DeviceClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceClientBuilder")
+            .field("device_id", &self.device_id)
+            .field("provisioning_token", &self.provisioning_token)
+            .field("db", &self.db)
+            .field("instance", &self.instance)
+            .field("store", &self.store)
+            .field("transport", &self.transport)
+            .field("platform_api", &self.platform_api)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceClientBuilder {
+    /// The URI or host name of the platform instance (default `api.eu1.spotflow.io`): a host
+    /// name, `host:port`, `https://host[:port]`, or `http://` with a loopback host for local
+    /// development.
+    pub fn instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
+    }
+
+    /// Displays the provisioning operation to whoever approves the device. The default prints
+    /// its id, verification code and expiration time to standard output.
+    pub fn display_provisioning_operation_callback(
+        mut self,
+        callback: impl Fn(&ProvisioningOperation) + Send + Sync + 'static,
+    ) -> Self {
+        self.display = Some(Arc::new(callback));
+        self
+    }
+
+    /// Called with the current desired properties right after start and then with every newer
+    /// version, on a dedicated thread.
+    pub fn desired_properties_updated_callback(
+        mut self,
+        callback: impl Fn(DesiredProperties) + Send + Sync + 'static,
+    ) -> Self {
+        self.desired_callback = Some(Arc::new(callback));
+        self
+    }
+
+    /// Uses this store instead of the one selected by the `db` path.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Uses this transport for the data plane (telemetry and twin).
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Uses this implementation of provisioning and registration.
+    pub fn platform_api(mut self, api: Arc<dyn PlatformApi>) -> Self {
+        self.platform_api = Some(api);
+        self
+    }
+
+    /// Replaces the tunables.
+    pub fn options(mut self, options: ClientOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Changes some tunables.
+    pub fn with_options(mut self, change: impl FnOnce(&mut ClientOptions)) -> Self {
+        change(&mut self.options);
+        self
+    }
+
+    fn validate(&self) -> Result<Instance> {
+        if let Some(id) = &self.device_id {
+            validate_name("device id", id)?;
+        }
+        if self.provisioning_token.expose().trim().is_empty() {
+            return Err(Error::invalid("provisioning token", "must not be empty"));
+        }
+        validate_db_path(&self.db)?;
+        let o = &self.options;
+        if o.max_in_flight == 0 || o.fetch_batch == 0 || o.max_message_size == 0 {
+            return Err(Error::invalid("options", "max_in_flight, fetch_batch and max_message_size must be positive"));
+        }
+        Instance::parse(self.instance.as_deref().unwrap_or(crate::DEFAULT_INSTANCE))
+    }
+
+    /// Starts the client: uses the stored registration when it is still valid (also without a
+    /// network: messages then wait in the store), otherwise provisions the device and waits for
+    /// the approval (bounded by [`ClientOptions::start_timeout`]; dropping the future cancels it).
+    pub async fn start(self) -> Result<DeviceClient> {
+        let instance = self.validate()?;
+        let store: Arc<dyn Store> = match self.store {
+            Some(s) => s,
+            None => default_store(&self.db)?,
+        };
+        let api = self.platform_api.ok_or_else(|| no_network("platform_api", &instance))?;
+        let transport = self.transport.ok_or_else(|| no_network("transport", &instance))?;
+        let display: DisplayCallback = self.display.unwrap_or_else(|| Arc::new(print_provisioning_operation));
+        let options = self.options;
+
+        let (identity, fresh) = obtain_identity(&StartRequest {
+            api: api.as_ref(),
+            store: store.as_ref(),
+            provisioning_token: &self.provisioning_token,
+            device_id: self.device_id.as_deref(),
+            display: &display,
+            options: &options,
+        })
+        .await?;
+
+        let stats = store.queue_stats().await?;
+        let desired = store.load_desired().await?;
+        let reported = store.load_reported().await?;
+        let shared = Arc::new(Shared {
+            workspace_id: identity.workspace_id.clone(),
+            device_id: identity.device_id.clone(),
+            pending: AtomicI64::new(stats.count as i64),
+            last_appended: AtomicU64::new(stats.last_seq.unwrap_or(0)),
+            appended: Notify::new(),
+            desired: Mutex::new(desired.clone()),
+            reported_pending: AtomicBool::new(false),
+            reported_rejection: AtomicU32::new(0),
+            connected: AtomicBool::new(false),
+        });
+        let reported = ReportedTracker::new(reported);
+        shared.set_reported_status(reported.any_pending(), None);
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (acked_tx, acked_rx) = watch::channel(0);
+        let (creds_tx, creds_rx) = watch::channel(identity.connection.clone());
+        let (rejected_tx, rejected_rx) = mpsc::unbounded_channel();
+        let desired_tx = self.desired_callback.map(spawn_callback_thread).transpose()?;
+
+        let keeper = CredentialKeeper {
+            api,
+            store: store.clone(),
+            identity,
+            options: options.clone(),
+            credentials: creds_tx,
+            rejected: rejected_rx,
+        };
+        let worker = Worker {
+            shared: shared.clone(),
+            store: store.clone(),
+            transport,
+            options: options.clone(),
+            queue: OutgoingQueue::new(stats.last_seq, options.max_in_flight, options.fetch_batch),
+            desired: DesiredTracker::new(desired),
+            reported,
+            commands: cmd_rx,
+            credentials: creds_rx,
+            rejected: rejected_tx,
+            acked: acked_tx,
+            desired_tx,
+            conn: None,
+            connecting: None,
+            reconnect_at: None,
+            backoff: Backoff::new(options.retry_initial, options.retry_max),
+            twin_request: None,
+            twin_retry_at: None,
+            next_request: 1,
+            draining_until: None,
+            store_retry_at: None,
+        };
+        // The keeper stops when the worker drops its `rejected` sender (the worker ends).
+        tokio::spawn(keeper.run(fresh));
+        tokio::spawn(worker.run());
+        info!(pending = stats.count, "device client started");
+        Ok(DeviceClient {
+            inner: Arc::new(ClientInner {
+                shared,
+                store,
+                commands: cmd_tx,
+                acked: acked_rx,
+                options,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+fn no_network(what: &str, instance: &Instance) -> Error {
+    Error::invalid(
+        "configuration",
+        format!(
+            "no {what} configured for instance {}: this build has no network transport yet; \
+             inject one with DeviceClientBuilder::{what} (e.g. spotflow_core::testkit::MemoryPlatform)",
+            instance.authority
+        ),
+    )
+}
+
+fn default_store(db: &Path) -> Result<Arc<dyn Store>> {
+    warn!(
+        db = %db.display(),
+        "no durable store is compiled in: using an in-memory store; queued messages do not survive a restart"
+    );
+    Ok(Arc::new(MemoryStore::new()))
+}
+
+/// The `db` path must name a file ending in `.db`.
+pub(crate) fn validate_db_path(db: &Path) -> Result<()> {
+    let name = db.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let raw = db.as_os_str().to_string_lossy();
+    if raw.ends_with(['/', '\\']) || !name.ends_with(".db") || name == ".db" {
+        return Err(Error::invalid(
+            "db path",
+            format!("{:?} must name a file ending with \".db\", for example \"spotflow.db\"", db.display().to_string()),
+        ));
+    }
+    Ok(())
+}
+
+fn spawn_callback_thread(callback: DesiredPropertiesCallback) -> Result<std::sync::mpsc::Sender<DesiredState>> {
+    let (tx, rx) = std::sync::mpsc::channel::<DesiredState>();
+    std::thread::Builder::new()
+        .name("spotflow-desired-callback".into())
+        .spawn(move || {
+            for state in rx {
+                let version = state.version;
+                let cb = callback.clone();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(state))).is_err() {
+                    warn!(version, "desired properties callback panicked");
+                }
+            }
+        })
+        .map_err(|e| Error::invalid("callback thread", e))?;
+    Ok(tx)
+}
+
+impl DeviceClient {
+    /// Starts configuring a client. `device_id` may be `None` when the provisioning token or the
+    /// technician chooses it; `db` must end with `.db`.
+    pub fn builder(
+        device_id: Option<impl Into<String>>,
+        provisioning_token: impl Into<String>,
+        db: impl AsRef<Path>,
+    ) -> DeviceClientBuilder {
+        DeviceClientBuilder {
+            device_id: device_id.map(Into::into),
+            provisioning_token: Secret::new(provisioning_token),
+            db: db.as_ref().to_path_buf(),
+            instance: None,
+            display: None,
+            desired_callback: None,
+            store: None,
+            transport: None,
+            platform_api: None,
+            options: ClientOptions::default(),
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) || self.inner.commands.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The id of the workspace the device belongs to.
+    pub fn workspace_id(&self) -> &str {
+        &self.inner.shared.workspace_id
+    }
+
+    /// The device id (may differ from the requested one when a technician overrode it).
+    pub fn device_id(&self) -> &str {
+        &self.inner.shared.device_id
+    }
+
+    /// A sender of messages to `stream` in `stream_group` (`None`: the defaults of the workspace).
+    pub fn create_stream_sender(
+        &self,
+        stream_group: Option<&str>,
+        stream: Option<&str>,
+        compression: Compression,
+    ) -> Result<StreamSender> {
+        Ok(StreamSender {
+            client: self.clone(),
+            target: Arc::new(StreamTarget::new(stream_group, stream)?),
+            compression,
+        })
+    }
+
+    /// Messages persisted but not yet acknowledged by the platform.
+    pub fn pending_messages_count(&self) -> u64 {
+        self.inner.shared.pending.load(Ordering::Acquire).max(0) as u64
+    }
+
+    /// Whether the client is connected to the platform now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// Waits until every message enqueued before the call is acknowledged by the platform.
+    pub async fn wait_enqueued_messages_sent(&self) -> Result<()> {
+        self.wait_acked(self.inner.shared.last_appended()).await
+    }
+
+    /// [`DeviceClient::wait_enqueued_messages_sent`] bounded by `timeout`.
+    pub async fn wait_enqueued_messages_sent_timeout(&self, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.wait_enqueued_messages_sent())
+            .await
+            .map_err(|_| Error::Timeout(format!("messages not acknowledged within {timeout:?}")))?
+    }
+
+    async fn wait_acked(&self, seq: u64) -> Result<()> {
+        self.check_open()?;
+        let mut rx = self.inner.acked.clone();
+        rx.wait_for(|through| *through >= seq).await.map(|_| ()).map_err(|_| Error::Closed)
+    }
+
+    /// The current desired properties (version 0 and no values before any are known).
+    pub fn get_desired_properties(&self) -> DesiredProperties {
+        self.inner.shared.desired.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
+    }
+
+    /// The current desired properties if their version is greater than `version` (always with
+    /// `None`); intermediate versions are skipped.
+    pub fn get_desired_properties_if_newer(&self, version: Option<u64>) -> Option<DesiredProperties> {
+        let desired = self.inner.shared.desired.lock().unwrap_or_else(|p| p.into_inner());
+        desired.as_ref().filter(|d| version.is_none_or(|v| d.version > v)).cloned()
+    }
+
+    /// Replaces the reported properties with `properties` (a JSON object; keys absent from it are
+    /// deleted on the platform, `null` members mean absent). Returns once the update is
+    /// persisted; it is sent when connected, and any number of updates made meanwhile are sent as
+    /// one net change.
+    pub async fn update_reported_properties(&self, properties: Value) -> Result<()> {
+        self.send_reported(properties, false).await
+    }
+
+    /// Merges `patch` (a JSON merge patch object: `null` deletes a key) into the reported
+    /// properties last given; persisted and sent like [`DeviceClient::update_reported_properties`].
+    pub async fn patch_reported_properties(&self, patch: Value) -> Result<()> {
+        self.send_reported(patch, true).await
+    }
+
+    async fn send_reported(&self, properties: Value, merge: bool) -> Result<()> {
+        let Value::Object(document) = properties else {
+            return Err(Error::invalid(
+                "reported properties",
+                format!("must be a JSON object, got {}", json_kind(&properties)),
+            ));
+        };
+        self.check_open()?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::UpdateReported { document, merge, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Whether an update of the reported properties has not reached the platform yet.
+    pub fn any_pending_reported_properties_updates(&self) -> bool {
+        self.inner.shared.reported_pending.load(Ordering::Acquire)
+    }
+
+    /// The status with which the platform rejected the pending reported-properties update, if
+    /// it did. The update is kept and tried again on the next connection or update.
+    pub fn reported_properties_rejection(&self) -> Option<u16> {
+        match self.inner.shared.reported_rejection.load(Ordering::Acquire) {
+            0 => None,
+            s => u16::try_from(s).ok(),
+        }
+    }
+
+    /// Stops the background work: acknowledged messages are removed from the store and the
+    /// connection is closed. Queued messages stay in the store for the next start. Later calls
+    /// fail with [`Error::Closed`].
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.inner.commands.send(Command::Close { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+        Ok(())
+    }
+
+    async fn enqueue(&self, target: &Arc<StreamTarget>, compression: Compression, message: Message, kind: MessageKind) -> Result<u64> {
+        self.check_open()?;
+        let max = self.inner.options.max_message_size;
+        if message.payload.len() > max {
+            return Err(Error::PayloadTooLarge { size: message.payload.len(), limit: max });
+        }
+        let id = |what, v: Option<String>| v.map(|s| validate_name(what, &s)).transpose();
+        let (content_encoding, payload) = match compression.compress(&message.payload) {
+            Some((enc, data)) => (Some(enc), Bytes::from(data)),
+            None => (None, message.payload),
+        };
+        let outgoing = OutgoingMessage {
+            target: target.clone(),
+            kind,
+            batch_id: id("batch id", message.batch_id)?,
+            batch_slice_id: id("batch slice id", message.batch_slice_id)?,
+            message_id: id("message id", message.message_id)?,
+            chunk_id: id("chunk id", message.chunk_id)?,
+            content_encoding,
+            payload,
+        };
+        let seq = self.inner.store.append_message(outgoing).await?;
+        self.inner.shared.message_appended(seq);
+        Ok(seq)
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A message to send: a payload and optional ids.
+///
+/// Build it from bytes or text, and add ids as the stream needs them:
+/// `Message::new("21.5").batch_id("2024-01-01").message_id("m1")`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    payload: Bytes,
+    batch_id: Option<String>,
+    message_id: Option<String>,
+    batch_slice_id: Option<String>,
+    chunk_id: Option<String>,
+}
+
+impl Message {
+    /// A message with this payload and no ids.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message { payload: payload.into(), ..Default::default() }
+    }
+
+    /// Sets the batch id (needed when the stream groups messages into batches without an
+    /// autofill pattern).
+    pub fn batch_id(mut self, id: impl Into<String>) -> Self {
+        self.batch_id = Some(id.into());
+        self
+    }
+
+    /// Sets the message id (needed when the stream has no message id autofill pattern).
+    pub fn message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    /// Sets the batch slice id.
+    pub fn batch_slice_id(mut self, id: impl Into<String>) -> Self {
+        self.batch_slice_id = Some(id.into());
+        self
+    }
+
+    /// Sets the chunk id (message chunking).
+    pub fn chunk_id(mut self, id: impl Into<String>) -> Self {
+        self.chunk_id = Some(id.into());
+        self
+    }
+
+    /// Sets all ids at once, as the reference API takes them (`None` leaves an id unset).
+    pub fn with_ids(
+        mut self,
+        batch_id: Option<String>,
+        message_id: Option<String>,
+        batch_slice_id: Option<String>,
+        chunk_id: Option<String>,
+    ) -> Self {
+        self.batch_id = batch_id;
+        self.message_id = message_id;
+        self.batch_slice_id = batch_slice_id;
+        self.chunk_id = chunk_id;
+        self
+    }
+}
+
+impl From<Vec<u8>> for Message {
+    fn from(v: Vec<u8>) -> Self {
+        Message::new(v)
+    }
+}
+impl From<&[u8]> for Message {
+    fn from(v: &[u8]) -> Self {
+        Message::new(Bytes::copy_from_slice(v))
+    }
+}
+impl<const N: usize> From<&[u8; N]> for Message {
+    fn from(v: &[u8; N]) -> Self {
+        Message::new(Bytes::copy_from_slice(v))
+    }
+}
+impl From<String> for Message {
+    fn from(v: String) -> Self {
+        Message::new(v)
+    }
+}
+impl From<&str> for Message {
+    fn from(v: &str) -> Self {
+        Message::new(Bytes::copy_from_slice(v.as_bytes()))
+    }
+}
+impl From<Bytes> for Message {
+    fn from(v: Bytes) -> Self {
+        Message::new(v)
+    }
+}
+
+/// Sends messages to one stream. Create it with [`DeviceClient::create_stream_sender`]; cheap to
+/// clone.
+#[derive(Clone)]
+pub struct StreamSender {
+    client: DeviceClient,
+    target: Arc<StreamTarget>,
+    compression: Compression,
+}
+
+impl std::fmt::Debug for StreamSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSender")
+            .field("stream_group", &self.target.stream_group)
+            .field("stream", &self.target.stream)
+            .field("compression", &self.compression)
+            .finish()
+    }
+}
+
+impl StreamSender {
+    /// Persists the message in the queue and returns; it is sent in the background.
+    pub async fn enqueue_message(&self, message: impl Into<Message>) -> Result<()> {
+        self.client.enqueue(&self.target, self.compression, message.into(), MessageKind::Data).await.map(|_| ())
+    }
+
+    /// Enqueues the message and waits until it and every message enqueued before it are
+    /// acknowledged by the platform. Prefer [`StreamSender::enqueue_message`] on an unstable
+    /// network.
+    pub async fn send_message(&self, message: impl Into<Message>) -> Result<()> {
+        let seq = self.client.enqueue(&self.target, self.compression, message.into(), MessageKind::Data).await?;
+        self.client.wait_acked(seq).await
+    }
+
+    /// Enqueues the manual completion of batch `batch_id`.
+    pub async fn enqueue_batch_completion(&self, batch_id: &str) -> Result<()> {
+        let m = Message::default().batch_id(batch_id);
+        self.client.enqueue(&self.target, Compression::Uncompressed, m, MessageKind::BatchCompletion).await.map(|_| ())
+    }
+
+    /// Enqueues the manual completion of the chunked message `message_id` in batch `batch_id`.
+    pub async fn enqueue_message_completion(&self, batch_id: &str, message_id: &str) -> Result<()> {
+        let m = Message::default().batch_id(batch_id).message_id(message_id);
+        self.client
+            .enqueue(&self.target, Compression::Uncompressed, m, MessageKind::MessageCompletion)
+            .await
+            .map(|_| ())
+    }
+
+    /// The client this sender belongs to.
+    pub fn client(&self) -> &DeviceClient {
+        &self.client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_paths() {
+        for ok in ["spotflow.db", "/var/lib/x/device.db", "a/b.c.db"] {
+            validate_db_path(Path::new(ok)).expect(ok);
+        }
+        for bad in ["", "spotflow", "spotflow.sqlite", ".db", "dir.db/", "x.DB2"] {
+            let e = validate_db_path(Path::new(bad)).expect_err(bad);
+            assert!(e.to_string().contains(".db"), "{e}");
+        }
+    }
+}

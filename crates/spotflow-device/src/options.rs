@@ -1,0 +1,49 @@
+//! Tunables of the device client, with defaults fit for a real device.
+
+use std::time::Duration;
+
+/// Largest payload accepted by `enqueue_message` by default (16 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// Tunables of a [`crate::DeviceClient`]. Every field has a sensible default.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// Messages in flight at once (sent, not yet acknowledged). Default 1000.
+    pub max_in_flight: usize,
+    /// Messages read from the store at once. Default 1000.
+    pub fetch_batch: usize,
+    /// Largest payload accepted, after compression is not yet applied. Default 16 MiB.
+    pub max_message_size: usize,
+    /// Interval between polls of a provisioning operation waiting for approval. Default 5 s.
+    pub provisioning_poll_interval: Duration,
+    /// Upper bound of `start` (provisioning, approval included, and first registration).
+    /// Default 15 min.
+    pub start_timeout: Duration,
+    /// Bound of each call to the platform API and of each connection attempt. Default 10 s.
+    pub request_timeout: Duration,
+    /// First delay before reconnecting or retrying; doubles up to `retry_max` (with jitter).
+    /// Default 500 ms.
+    pub retry_initial: Duration,
+    /// Longest delay between retries. Default 60 s.
+    pub retry_max: Duration,
+    /// How long to wait for in-flight messages when switching to renewed credentials before the
+    /// connection is replaced anyway. Default 10 s.
+    pub renewal_drain_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            max_in_flight: 1000,
+            fetch_batch: 1000,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            provisioning_poll_interval: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(15 * 60),
+            request_timeout: Duration::from_secs(10),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            renewal_drain_timeout: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The background worker: moves messages and twin traffic between the state machines, the store
+//! and the connection. All decisions are made by the sans-IO machines of `spotflow-core`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use spotflow_core::{
+    Backoff, Connection, ConnectionCredentials, DesiredState, DesiredTracker, Error, OutgoingQueue, PatchOutcome,
+    ReportedOutcome, ReportedTracker, RequestId, Result, Store, Transport, TransportEvent,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::client::Shared;
+use crate::ClientOptions;
+
+/// Requests from the API to the worker.
+pub(crate) enum Command {
+    UpdateReported { document: Map<String, Value>, merge: bool, reply: oneshot::Sender<Result<()>> },
+    Close { reply: oneshot::Sender<()> },
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<dyn Connection>>> + Send>>;
+
+/// Events drained from the connection in one go before the worker does other work.
+const EVENT_BATCH: usize = 4096;
+
+pub(crate) struct Worker {
+    pub shared: Arc<Shared>,
+    pub store: Arc<dyn Store>,
+    pub transport: Arc<dyn Transport>,
+    pub options: ClientOptions,
+    pub queue: OutgoingQueue,
+    pub desired: DesiredTracker,
+    pub reported: ReportedTracker,
+    pub commands: mpsc::Receiver<Command>,
+    pub credentials: watch::Receiver<Option<ConnectionCredentials>>,
+    pub rejected: mpsc::UnboundedSender<()>,
+    pub acked: watch::Sender<u64>,
+    pub desired_tx: Option<std::sync::mpsc::Sender<DesiredState>>,
+    pub conn: Option<Box<dyn Connection>>,
+    pub connecting: Option<ConnectFuture>,
+    pub reconnect_at: Option<Instant>,
+    pub backoff: Backoff,
+    pub twin_request: Option<RequestId>,
+    pub twin_retry_at: Option<Instant>,
+    pub next_request: RequestId,
+    /// Set while waiting for in-flight messages before switching to renewed credentials.
+    pub draining_until: Option<Instant>,
+    pub store_retry_at: Option<Instant>,
+}
+
+/// Waits for the next event of an optional connection (pending forever without one).
+async fn next_event(conn: &mut Option<Box<dyn Connection>>) -> Result<TransportEvent> {
+    match conn {
+        Some(c) => c.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn connecting(fut: &mut Option<ConnectFuture>) -> Result<Box<dyn Connection>> {
+    match fut {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Polls a future once; `None` when it is not ready (it is dropped: only for cancel-safe futures).
+fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+impl Worker {
+    pub async fn run(mut self) {
+        if self.credentials.borrow().is_some() {
+            self.reconnect_at = Some(Instant::now());
+        }
+        self.notify_desired();
+        loop {
+            self.pump().await;
+            let wake = [self.reconnect_at, self.twin_retry_at, self.draining_until, self.store_retry_at]
+                .into_iter()
+                .flatten()
+                .min();
+            tokio::select! {
+                biased;
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::UpdateReported { document, merge, reply }) => {
+                        let _ = reply.send(self.update_reported(document, merge).await);
+                    }
+                    Some(Command::Close { reply }) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                result = next_event(&mut self.conn) => {
+                    self.handle_event(result).await;
+                    for _ in 0..EVENT_BATCH {
+                        let Some(conn) = self.conn.as_mut() else { break };
+                        match now_or_never(conn.next_event()) {
+                            Some(result) => self.handle_event(result).await,
+                            None => break,
+                        }
+                    }
+                }
+                () = self.shared.appended.notified() => {}
+                result = connecting(&mut self.connecting) => {
+                    self.connecting = None;
+                    self.handle_connected(result);
+                }
+                changed = self.credentials.changed() => {
+                    if changed.is_ok() {
+                        self.on_new_credentials();
+                    }
+                }
+                () = sleep_until(wake) => self.on_timer().await,
+            }
+        }
+    }
+
+    /// Does all work that needs no waiting: reads, transmissions, removals, twin requests.
+    async fn pump(&mut self) {
+        self.queue.on_appended(self.shared.last_appended());
+        for _ in 0..64 {
+            let mut progressed = false;
+            if self.store_retry_at.is_none() {
+                if let Some((after, limit)) = self.queue.poll_fetch() {
+                    progressed = true;
+                    match self.store.read_messages(after, limit).await {
+                        Ok(messages) => self.queue.handle_fetched(messages, limit),
+                        Err(e) => {
+                            warn!(error = %e, "reading the outgoing queue failed; retrying");
+                            self.queue.handle_fetch_failed();
+                            self.store_retry_at = Some(Instant::now() + self.options.retry_initial);
+                        }
+                    }
+                }
+            }
+            if self.draining_until.is_none() {
+                if let Some(conn) = self.conn.as_mut() {
+                    let mut failure = None;
+                    while let Some(m) = self.queue.poll_transmit() {
+                        progressed = true;
+                        if let Err(e) = conn.publish_message(m.seq, &m.message).await {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                    if failure.is_none() {
+                        if let Some((request, patch)) = self.reported.poll_patch() {
+                            debug!(request, "sending reported properties patch");
+                            if let Err(e) = conn.patch_reported(request, &patch).await {
+                                failure = Some(e);
+                            }
+                        }
+                    }
+                    if let Some(e) = failure {
+                        self.disconnected(e);
+                    }
+                }
+            }
+            if let Some(seqs) = self.queue.poll_remove() {
+                progressed = true;
+                if let Err(e) = self.store.remove_messages(&seqs).await {
+                    warn!(error = %e, "removing acknowledged messages failed; retrying");
+                    self.queue.handle_remove_failed(seqs);
+                    self.store_retry_at = Some(Instant::now() + self.options.retry_initial);
+                    break;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let through = self.queue.acked_through();
+        self.acked.send_if_modified(|v| {
+            let changed = *v != through;
+            *v = through;
+            changed
+        });
+        self.shared.set_reported_status(self.reported.any_pending(), self.reported.rejected());
+        if let Some(until) = self.draining_until {
+            if self.queue.in_flight() == 0 || Instant::now() >= until {
+                self.switch_credentials().await;
+            }
+        }
+    }
+
+    async fn handle_event(&mut self, result: Result<TransportEvent>) {
+        let event = match result {
+            Ok(event) => event,
+            Err(e) => {
+                self.disconnected(e);
+                return;
+            }
+        };
+        match event {
+            TransportEvent::MessageAcknowledged(seq) => {
+                if self.queue.handle_ack(seq) {
+                    self.shared.message_acknowledged();
+                }
+            }
+            TransportEvent::Twin { request, result } if Some(request) == self.twin_request => {
+                self.twin_request = None;
+                match result {
+                    Ok(twin) => {
+                        self.backoff.reset();
+                        if self.desired.handle_twin(twin.desired.clone()) {
+                            self.persist_desired().await;
+                        }
+                        if self.reported.handle_twin(&twin) {
+                            self.persist_reported().await;
+                        }
+                        self.notify_desired();
+                    }
+                    Err(status) => {
+                        let delay = self.backoff.next_delay();
+                        warn!(status, ?delay, "twin request failed; retrying");
+                        self.twin_retry_at = Some(Instant::now() + delay);
+                    }
+                }
+            }
+            TransportEvent::Twin { request, .. } => debug!(request, "twin response for an unknown request ignored"),
+            TransportEvent::ReportedPatched { request, status, .. } => {
+                match self.reported.handle_response(request, status) {
+                    ReportedOutcome::Accepted => {
+                        debug!(request, "reported properties accepted");
+                        self.persist_reported().await;
+                    }
+                    ReportedOutcome::Rejected(status) => {
+                        warn!(status, "platform rejected the reported properties update; kept for a retry on the next connection or update");
+                    }
+                    ReportedOutcome::Unknown => debug!(request, "reported response for an unknown request ignored"),
+                }
+            }
+            TransportEvent::DesiredPatch { version, patch } => match self.desired.handle_patch(version, &patch) {
+                PatchOutcome::Applied => {
+                    self.persist_desired().await;
+                    self.notify_desired();
+                }
+                PatchOutcome::Ignored => debug!(version, "desired properties patch not newer; ignored"),
+                PatchOutcome::NeedFullTwin => {
+                    debug!(version, "desired properties version skipped; fetching the twin");
+                    self.request_twin().await;
+                }
+            },
+            other => debug!(?other, "unhandled transport event"),
+        }
+    }
+
+    fn handle_connected(&mut self, result: Result<Box<dyn Connection>>) {
+        match result {
+            Ok(conn) => {
+                info!("connected to the platform");
+                self.conn = Some(conn);
+                self.shared.set_connected(true);
+                self.queue.on_connected();
+                self.reported.on_connected();
+                self.twin_request = None;
+                self.twin_retry_at = Some(Instant::now());
+            }
+            Err(e) => {
+                if matches!(e, Error::Unauthorized(_)) {
+                    let _ = self.rejected.send(());
+                }
+                let delay = self.backoff.next_delay();
+                warn!(error = %e, ?delay, "connecting failed; retrying");
+                self.reconnect_at = Some(Instant::now() + delay);
+            }
+        }
+    }
+
+    fn disconnected(&mut self, e: Error) {
+        if self.conn.take().is_none() {
+            return;
+        }
+        self.shared.set_connected(false);
+        self.queue.on_disconnected();
+        self.reported.on_disconnected();
+        self.twin_request = None;
+        self.twin_retry_at = None;
+        if matches!(e, Error::Unauthorized(_)) {
+            let _ = self.rejected.send(());
+        }
+        let delay = self.backoff.next_delay();
+        warn!(error = %e, ?delay, "connection lost; reconnecting");
+        self.reconnect_at = Some(Instant::now() + delay);
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.store_retry_at.is_some_and(|t| now >= t) {
+            self.store_retry_at = None;
+        }
+        if self.reconnect_at.is_some_and(|t| now >= t) {
+            self.reconnect_at = None;
+            self.start_connecting();
+        }
+        if self.twin_retry_at.is_some_and(|t| now >= t) {
+            self.twin_retry_at = None;
+            self.request_twin().await;
+        }
+    }
+
+    fn start_connecting(&mut self) {
+        if self.conn.is_some() || self.connecting.is_some() {
+            return;
+        }
+        let Some(creds) = self.credentials.borrow().clone() else { return };
+        let transport = self.transport.clone();
+        let timeout = self.options.request_timeout;
+        self.connecting = Some(Box::pin(async move {
+            tokio::time::timeout(timeout, transport.connect(&creds))
+                .await
+                .map_err(|_| Error::Timeout(format!("connecting took longer than {timeout:?}")))?
+        }));
+    }
+
+    fn on_new_credentials(&mut self) {
+        if self.conn.is_some() {
+            // Let in-flight messages be acknowledged before switching, so none is sent twice.
+            debug!("new connection credentials; draining in-flight messages before reconnecting");
+            self.draining_until = Some(Instant::now() + self.options.renewal_drain_timeout);
+        } else {
+            self.connecting = None;
+            self.reconnect_at = Some(Instant::now());
+        }
+    }
+
+    async fn switch_credentials(&mut self) {
+        self.draining_until = None;
+        if let Some(mut conn) = self.conn.take() {
+            conn.close().await;
+            self.shared.set_connected(false);
+            self.queue.on_disconnected();
+            self.reported.on_disconnected();
+            self.twin_request = None;
+            self.twin_retry_at = None;
+        }
+        info!("reconnecting with renewed credentials");
+        self.start_connecting();
+    }
+
+    async fn request_twin(&mut self) {
+        if self.twin_request.is_some() {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else { return };
+        let request = self.next_request;
+        self.next_request += 1;
+        match conn.request_twin(request).await {
+            Ok(()) => self.twin_request = Some(request),
+            Err(e) => self.disconnected(e),
+        }
+    }
+
+    async fn update_reported(&mut self, document: Map<String, Value>, merge: bool) -> Result<()> {
+        if merge {
+            self.reported.patch(&document);
+        } else {
+            self.reported.update(document);
+        }
+        self.store.save_reported(self.reported.state()).await?;
+        self.shared.set_reported_status(self.reported.any_pending(), self.reported.rejected());
+        Ok(())
+    }
+
+    async fn persist_desired(&mut self) {
+        if let Some(d) = self.desired.current() {
+            if let Err(e) = self.store.save_desired(d).await {
+                warn!(error = %e, "could not persist desired properties");
+            }
+        }
+    }
+
+    async fn persist_reported(&mut self) {
+        if let Err(e) = self.store.save_reported(self.reported.state()).await {
+            warn!(error = %e, "could not persist reported properties");
+        }
+    }
+
+    fn notify_desired(&mut self) {
+        if let Some(d) = self.desired.current() {
+            self.shared.set_desired(d.clone());
+        }
+        if let Some(state) = self.desired.poll_notify() {
+            info!(version = state.version, "desired properties updated");
+            if let Some(tx) = &self.desired_tx {
+                let _ = tx.send(state);
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(seqs) = self.queue.poll_remove() {
+            if let Err(e) = self.store.remove_messages(&seqs).await {
+                warn!(error = %e, "removing acknowledged messages at shutdown failed; they will be sent again");
+            }
+        }
+        if let Some(mut conn) = self.conn.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+        }
+        self.shared.set_connected(false);
+        info!("device client closed");
+    }
+}
