@@ -225,6 +225,12 @@ impl DeviceClient {
         self.inner.client.any_pending_reported_properties_updates()
     }
 
+    /// Blocks until no reported-properties update is pending, bounded by `timeout`; see
+    /// [`crate::DeviceClient::wait_reported_properties_sent`].
+    pub fn wait_reported_properties_sent_timeout(&self, timeout: Duration) -> Result<()> {
+        self.run(self.inner.client.wait_reported_properties_sent_timeout(timeout))
+    }
+
     /// See [`crate::DeviceClient::reported_properties_rejection`].
     pub fn reported_properties_rejection(&self) -> Option<u16> {
         self.inner.client.reported_properties_rejection()

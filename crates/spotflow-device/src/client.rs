@@ -1,7 +1,7 @@
 //! The asynchronous device client.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,8 +31,8 @@ pub(crate) struct Shared {
     last_appended: AtomicU64,
     pub appended: Notify,
     desired: Mutex<Option<DesiredState>>,
-    reported_pending: AtomicBool,
-    reported_rejection: AtomicU32,
+    /// Whether a reported update is pending, and the status that rejected it.
+    reported: watch::Sender<(bool, Option<u16>)>,
     connected: AtomicBool,
 }
 
@@ -56,8 +56,11 @@ impl Shared {
     }
 
     pub fn set_reported_status(&self, pending: bool, rejection: Option<u16>) {
-        self.reported_pending.store(pending, Ordering::Release);
-        self.reported_rejection.store(rejection.map_or(0, u32::from), Ordering::Release);
+        self.reported.send_if_modified(|v| {
+            let changed = *v != (pending, rejection);
+            *v = (pending, rejection);
+            changed
+        });
     }
 
     pub fn set_connected(&self, connected: bool) {
@@ -230,8 +233,7 @@ impl DeviceClientBuilder {
             last_appended: AtomicU64::new(stats.last_seq.unwrap_or(0)),
             appended: Notify::new(),
             desired: Mutex::new(desired.clone()),
-            reported_pending: AtomicBool::new(false),
-            reported_rejection: AtomicU32::new(0),
+            reported: watch::channel((false, None)).0,
             connected: AtomicBool::new(false),
         });
         let reported = ReportedTracker::new(reported);
@@ -467,16 +469,32 @@ impl DeviceClient {
 
     /// Whether an update of the reported properties has not reached the platform yet.
     pub fn any_pending_reported_properties_updates(&self) -> bool {
-        self.inner.shared.reported_pending.load(Ordering::Acquire)
+        self.inner.shared.reported.borrow().0
+    }
+
+    /// Waits until no reported-properties update is pending. Fails with
+    /// [`Error::ReportedPropertiesRejected`] when the platform rejected the pending update.
+    pub async fn wait_reported_properties_sent(&self) -> Result<()> {
+        self.check_open()?;
+        let mut rx = self.inner.shared.reported.subscribe();
+        let state = *rx.wait_for(|(pending, rejection)| !pending || rejection.is_some()).await.map_err(|_| Error::Closed)?;
+        match state {
+            (_, Some(status)) => Err(Error::ReportedPropertiesRejected { status }),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`DeviceClient::wait_reported_properties_sent`] bounded by `timeout`.
+    pub async fn wait_reported_properties_sent_timeout(&self, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.wait_reported_properties_sent())
+            .await
+            .map_err(|_| Error::Timeout(format!("reported properties not sent within {timeout:?}")))?
     }
 
     /// The status with which the platform rejected the pending reported-properties update, if
     /// it did. The update is kept and tried again on the next connection or update.
     pub fn reported_properties_rejection(&self) -> Option<u16> {
-        match self.inner.shared.reported_rejection.load(Ordering::Acquire) {
-            0 => None,
-            s => u16::try_from(s).ok(),
-        }
+        self.inner.shared.reported.borrow().1
     }
 
     /// Stops the background work: acknowledged messages are removed from the store and the
