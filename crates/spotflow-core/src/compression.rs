@@ -107,11 +107,10 @@ pub fn decompress(encoding: ContentEncoding, payload: &[u8]) -> Result<Vec<u8>> 
             }
             lz4_flex::decompress_size_prepended(payload).map_err(|e| Error::invalid("lz4 payload", e))
         }
-        ContentEncoding::Zstd => zstd::bulk::decompress(payload, MAX_DECOMPRESSED_SIZE)
-            .map_err(|e| Error::invalid("zstd payload", e)),
-        ContentEncoding::Brotli => {
-            Err(Error::invalid("content encoding", "brotli is not decoded by spotflow-core"))
+        ContentEncoding::Zstd => {
+            zstd::bulk::decompress(payload, MAX_DECOMPRESSED_SIZE).map_err(|e| Error::invalid("zstd payload", e))
         }
+        ContentEncoding::Brotli => Err(Error::invalid("content encoding", "brotli is not decoded by spotflow-core")),
     }
 }
 

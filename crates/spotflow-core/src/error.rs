@@ -121,10 +121,7 @@ impl Error {
     }
 
     /// A permanent [`Error::Store`] error with a cause.
-    pub fn store(
-        context: impl fmt::Display,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
+    pub fn store(context: impl fmt::Display, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Error::Store { context: context.to_string(), status: ErrorStatus::Permanent, source: Some(source.into()) }
     }
 

@@ -93,8 +93,7 @@ mod tests {
 
     fn doc() -> impl Strategy<Value = Map<String, Value>> {
         let value = leaf().prop_recursive(3, 16, 4, |inner| {
-            prop::collection::btree_map("[a-d]", inner, 0..4)
-                .prop_map(|m| Value::Object(m.into_iter().collect()))
+            prop::collection::btree_map("[a-d]", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect()))
         });
         prop::collection::btree_map("[a-e]", value, 0..5).prop_map(|m| m.into_iter().collect())
     }

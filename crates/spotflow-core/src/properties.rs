@@ -187,11 +187,7 @@ impl ReportedTracker {
     /// Whether an update still has to reach the platform.
     pub fn any_pending(&self) -> bool {
         self.in_flight.is_some()
-            || self
-                .state
-                .target
-                .as_ref()
-                .is_some_and(|t| !merge_patch::diff(&self.state.confirmed, t).is_empty())
+            || self.state.target.as_ref().is_some_and(|t| !merge_patch::diff(&self.state.confirmed, t).is_empty())
     }
 }
 

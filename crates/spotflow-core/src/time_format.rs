@@ -11,9 +11,7 @@ use crate::{Error, Result};
 /// (`2030-01-01T00:00:00+00:00`).
 pub fn rfc3339(t: SystemTime) -> String {
     let dt = OffsetDateTime::from(t).replace_nanosecond(0).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second]+00:00"
-    );
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]+00:00");
     dt.format(&fmt).unwrap_or_else(|_| "1970-01-01T00:00:00+00:00".to_owned())
 }
 
@@ -43,10 +41,8 @@ pub fn parse_timespan(s: &str) -> Result<Duration> {
     if hours > 23 || minutes > 59 || secs > 59 || !frac.chars().all(|c| c.is_ascii_digit()) {
         return Err(bad());
     }
-    let total = days
-        .checked_mul(86_400)
-        .and_then(|d| d.checked_add(hours * 3600 + minutes * 60 + secs))
-        .ok_or_else(bad)?;
+    let total =
+        days.checked_mul(86_400).and_then(|d| d.checked_add(hours * 3600 + minutes * 60 + secs)).ok_or_else(bad)?;
     Ok(Duration::from_secs(total))
 }
 

@@ -15,7 +15,9 @@ use spotflow_core::{
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
-use crate::provisioning::{obtain_identity, print_provisioning_operation, CredentialKeeper, DisplayCallback, StartRequest};
+use crate::provisioning::{
+    obtain_identity, print_provisioning_operation, CredentialKeeper, DisplayCallback, StartRequest,
+};
 use crate::worker::{Command, Worker};
 use crate::{ClientOptions, DesiredProperties, Instance};
 
@@ -477,7 +479,8 @@ impl DeviceClient {
     pub async fn wait_reported_properties_sent(&self) -> Result<()> {
         self.check_open()?;
         let mut rx = self.inner.shared.reported.subscribe();
-        let state = *rx.wait_for(|(pending, rejection)| !pending || rejection.is_some()).await.map_err(|_| Error::Closed)?;
+        let state =
+            *rx.wait_for(|(pending, rejection)| !pending || rejection.is_some()).await.map_err(|_| Error::Closed)?;
         match state {
             (_, Some(status)) => Err(Error::ReportedPropertiesRejected { status }),
             _ => Ok(()),
@@ -511,7 +514,13 @@ impl DeviceClient {
         Ok(())
     }
 
-    async fn enqueue(&self, target: &Arc<StreamTarget>, compression: Compression, message: Message, kind: MessageKind) -> Result<u64> {
+    async fn enqueue(
+        &self,
+        target: &Arc<StreamTarget>,
+        compression: Compression,
+        message: Message,
+        kind: MessageKind,
+    ) -> Result<u64> {
         self.check_open()?;
         let max = self.inner.options.max_message_size;
         if message.payload.len() > max {

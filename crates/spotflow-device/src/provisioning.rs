@@ -43,7 +43,9 @@ pub(crate) struct StartRequest<'a> {
 
 /// Runs `f` with the request timeout; a timeout is a temporary error.
 async fn bounded<T>(timeout: Duration, what: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::time::timeout(timeout, f).await.map_err(|_| Error::Timeout(format!("{what} took longer than {timeout:?}")))?
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| Error::Timeout(format!("{what} took longer than {timeout:?}")))?
 }
 
 /// Decides the identity at start. Returns it, saved in the store, plus whether connection

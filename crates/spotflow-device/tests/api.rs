@@ -48,11 +48,8 @@ async fn bad_start_arguments_are_clear_errors() {
 async fn bad_messages_and_properties_are_clear_errors() {
     let platform = MemoryPlatform::new();
     let store = new_store();
-    let client = builder(&platform, &store, Some("d"))
-        .with_options(|o| o.max_message_size = 1024)
-        .start()
-        .await
-        .unwrap();
+    let client =
+        builder(&platform, &store, Some("d")).with_options(|o| o.max_message_size = 1024).start().await.unwrap();
     assert_invalid(client.create_stream_sender(Some(""), None, Compression::Uncompressed), "stream group");
     assert_invalid(client.create_stream_sender(None, Some(""), Compression::Uncompressed), "stream");
     assert_invalid(client.create_stream_sender(None, Some("a\u{0}b"), Compression::Uncompressed), "stream");
@@ -97,7 +94,8 @@ fn the_blocking_api_works_from_plain_threads() {
     assert_eq!((client.workspace_id(), client.device_id()), ("ws-memory", "dev-1"));
     let threads: Vec<_> = (0..4)
         .map(|t| {
-            let sender = client.create_stream_sender(Some("g"), Some(&format!("s{t}")), Compression::SmallestSize).unwrap();
+            let sender =
+                client.create_stream_sender(Some("g"), Some(&format!("s{t}")), Compression::SmallestSize).unwrap();
             std::thread::spawn(move || {
                 for i in 0..250 {
                     sender.enqueue_message(format!("{t}:{i}")).unwrap();

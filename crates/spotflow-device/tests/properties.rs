@@ -17,7 +17,8 @@ fn obj(v: Value) -> Map<String, Value> {
 }
 
 /// Receives desired-properties callbacks in a channel.
-fn recorder() -> (impl Fn(spotflow_device::DesiredProperties) + Send + Sync, tokio::sync::mpsc::UnboundedReceiver<(u64, Value)>) {
+fn recorder(
+) -> (impl Fn(spotflow_device::DesiredProperties) + Send + Sync, tokio::sync::mpsc::UnboundedReceiver<(u64, Value)>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     (move |d: spotflow_device::DesiredProperties| drop(tx.send((d.version, Value::Object(d.values)))), rx)
 }
@@ -31,7 +32,8 @@ async fn desired_callback_on_start_and_on_every_newer_version_only() {
     let platform = MemoryPlatform::new();
     let store = new_store();
     let (callback, mut calls) = recorder();
-    let client = builder(&platform, &store, Some("dev-1")).desired_properties_updated_callback(callback).start().await.unwrap();
+    let client =
+        builder(&platform, &store, Some("dev-1")).desired_properties_updated_callback(callback).start().await.unwrap();
     assert_eq!(next(&mut calls).await, (0, json!({})), "called after start with the current version");
     platform.update_desired(DEVICE, obj(json!({"interval": 5})));
     assert_eq!(next(&mut calls).await, (1, json!({"interval": 5})));
@@ -51,13 +53,17 @@ async fn desired_callback_on_start_and_on_every_newer_version_only() {
     assert_eq!(client.get_desired_properties().version, 4);
     assert_eq!(client.get_desired_properties_if_newer(Some(4)), None);
     assert_eq!(client.get_desired_properties_if_newer(Some(3)).unwrap().version, 4);
-    assert_eq!(client.get_desired_properties_if_newer(None).unwrap().values, obj(json!({"interval": 10, "a": {"b": 1}})));
+    assert_eq!(
+        client.get_desired_properties_if_newer(None).unwrap().values,
+        obj(json!({"interval": 10, "a": {"b": 1}}))
+    );
     client.close().await.unwrap();
 
     // A restart gets the stored version at once, then nothing for the same version.
     let (callback, mut calls) = recorder();
     platform.set_offline(true);
-    let client = builder(&platform, &store, Some("dev-1")).desired_properties_updated_callback(callback).start().await.unwrap();
+    let client =
+        builder(&platform, &store, Some("dev-1")).desired_properties_updated_callback(callback).start().await.unwrap();
     assert_eq!(next(&mut calls).await.0, 4, "stored desired properties delivered offline at start");
     assert_eq!(client.get_desired_properties().version, 4);
     platform.set_offline(false);
@@ -94,7 +100,11 @@ async fn reported_updates_made_offline_are_coalesced_into_one_net_patch() {
     }
     assert!(client.any_pending_reported_properties_updates());
     platform.set_offline(false);
-    assert!(platform.wait_until(WAIT, |p| p.twin(DEVICE).reported == obj(json!({"fw":"1.0","uptime":9,"nested":{"n":9}}))).await);
+    assert!(
+        platform
+            .wait_until(WAIT, |p| p.twin(DEVICE).reported == obj(json!({"fw":"1.0","uptime":9,"nested":{"n":9}})))
+            .await
+    );
     client.wait_reported_properties_sent_timeout(WAIT).await.unwrap();
     assert_eq!(platform.stats().reported_patches, 2, "ten offline updates sent as one patch");
     // An unchanged document sends nothing.
@@ -102,7 +112,11 @@ async fn reported_updates_made_offline_are_coalesced_into_one_net_patch() {
     assert!(!client.any_pending_reported_properties_updates());
     // A merge patch on top of the last document.
     client.patch_reported_properties(json!({"uptime": null, "extra": 1})).await.unwrap();
-    assert!(platform.wait_until(WAIT, |p| p.twin(DEVICE).reported == obj(json!({"fw":"1.0","nested":{"n":9},"extra":1}))).await);
+    assert!(
+        platform
+            .wait_until(WAIT, |p| p.twin(DEVICE).reported == obj(json!({"fw":"1.0","nested":{"n":9},"extra":1})))
+            .await
+    );
 }
 
 #[tokio::test]
@@ -118,7 +132,10 @@ async fn a_rejected_reported_update_is_surfaced_and_kept() {
     assert!(client.any_pending_reported_properties_updates(), "kept, not deleted");
     platform.set_reported_reject_status(None);
     platform.drop_connections();
-    assert!(platform.wait_until(WAIT, |p| p.twin(DEVICE).reported == obj(json!({"x": 1}))).await, "retried on reconnect");
+    assert!(
+        platform.wait_until(WAIT, |p| p.twin(DEVICE).reported == obj(json!({"x": 1}))).await,
+        "retried on reconnect"
+    );
     client.wait_reported_properties_sent_timeout(WAIT).await.unwrap();
     assert_eq!(client.reported_properties_rejection(), None);
 }

@@ -17,7 +17,9 @@ async fn ten_thousand_messages_over_three_streams_arrive_once_and_in_order() {
     let client = start(&platform, &store).await;
     let mut tasks = Vec::new();
     for stream in 0..3 {
-        let sender = client.create_stream_sender(Some("group"), Some(&format!("stream-{stream}")), Compression::Uncompressed).unwrap();
+        let sender = client
+            .create_stream_sender(Some("group"), Some(&format!("stream-{stream}")), Compression::Uncompressed)
+            .unwrap();
         tasks.push(tokio::spawn(async move {
             for i in 0..3334u32 {
                 if stream == 2 && i == 3332 {
@@ -66,10 +68,7 @@ async fn batches_slices_chunks_and_completions_reach_the_platform_with_their_pro
         .unwrap();
     sender.enqueue_message_completion("b1", "m2").await.unwrap();
     sender.enqueue_batch_completion("b1").await.unwrap();
-    sender
-        .enqueue_message(Message::new("c").with_ids(Some("b2".into()), None, None, Some("c9".into())))
-        .await
-        .unwrap();
+    sender.enqueue_message(Message::new("c").with_ids(Some("b2".into()), None, None, Some("c9".into()))).await.unwrap();
     client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();
     let got: Vec<_> = platform
         .messages()
@@ -197,11 +196,8 @@ async fn dropped_connections_lose_no_message_and_resend_only_unacknowledged_ones
     let platform = MemoryPlatform::new();
     let store = new_store();
     let window = 100;
-    let client = builder(&platform, &store, Some("dev-1"))
-        .with_options(|o| o.max_in_flight = window)
-        .start()
-        .await
-        .unwrap();
+    let client =
+        builder(&platform, &store, Some("dev-1")).with_options(|o| o.max_in_flight = window).start().await.unwrap();
     let sender = client.create_stream_sender(None, Some("s"), Compression::Uncompressed).unwrap();
     let total = 5000;
     let producer = tokio::spawn({

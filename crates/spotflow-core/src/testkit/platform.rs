@@ -12,9 +12,9 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::{
-    compression, merge_patch, Connection, ConnectionCredentials, DesiredState, Error, OutgoingMessage,
-    PlatformApi, ProvisioningOperation, ProvisioningStatus, Registration, RegistrationToken, RequestId, Result,
-    Secret, Transport, TransportEvent, TwinDocument,
+    compression, merge_patch, Connection, ConnectionCredentials, DesiredState, Error, OutgoingMessage, PlatformApi,
+    ProvisioningOperation, ProvisioningStatus, Registration, RegistrationToken, RequestId, Result, Secret, Transport,
+    TransportEvent, TwinDocument,
 };
 
 /// Host name the memory platform puts in its credentials.

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::{
-    ConnectionCredentials, ContentEncoding, DesiredState, DeviceIdentity, MessageKind, OutgoingMessage,
-    ReportedState, Secret, Store, StreamTarget,
+    ConnectionCredentials, ContentEncoding, DesiredState, DeviceIdentity, MessageKind, OutgoingMessage, ReportedState,
+    Secret, Store, StreamTarget,
 };
 
 /// A message whose payload encodes `n`, with every optional field set for odd `n`.
@@ -109,7 +109,8 @@ async fn remove_and_stats(store: &dyn Store) {
     store.remove_messages(&[first, first + 1]).await.expect("remove prefix");
     let left = store.read_messages(None, 100).await.expect("read");
     let seqs: Vec<u64> = left.iter().map(|m| m.seq).collect();
-    let expected: Vec<u64> = (first..first + 20).filter(|s| ![first, first + 1, first + 2, first + 5].contains(s)).collect();
+    let expected: Vec<u64> =
+        (first..first + 20).filter(|s| ![first, first + 1, first + 2, first + 5].contains(s)).collect();
     assert_eq!(seqs, expected, "removed messages must be gone, the rest in order");
     let from_cursor = store.read_messages(Some(first + 1), 2).await.expect("read after removed");
     assert_eq!(from_cursor.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![first + 3, first + 4]);
