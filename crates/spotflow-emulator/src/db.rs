@@ -1,0 +1,323 @@
+//! The emulator's SQLite database, owned by one thread: the control-state snapshot, twin history,
+//! received messages (inserted in group-committed batches) and uploaded blobs.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+
+use crate::state::{ControlState, Millis};
+
+/// A received telemetry message with its decoded properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+    /// Row id (grows with arrival).
+    pub id: i64,
+    /// `{workspace}:{device}`.
+    pub hub_device_id: String,
+    /// Arrival time (Unix milliseconds).
+    pub received_at: Millis,
+    /// Stream group (`None`: the default one).
+    pub stream_group: Option<String>,
+    /// Stream (`None`: the default one).
+    pub stream: Option<String>,
+    /// Batch id.
+    pub batch_id: Option<String>,
+    /// Batch slice id.
+    pub batch_slice_id: Option<String>,
+    /// Message id.
+    pub message_id: Option<String>,
+    /// Chunk id.
+    pub chunk_id: Option<String>,
+    /// `complete-batch=true`.
+    pub complete_batch: bool,
+    /// `complete-message=true`.
+    pub complete_message: bool,
+    /// Content encoding the payload arrived with (`br`, `lz4`, `zstd`).
+    pub content_encoding: Option<String>,
+    /// Whether the payload was uploaded as a blob and linked.
+    pub externalized: bool,
+    /// Size of the payload on the wire.
+    pub wire_size: usize,
+    /// The payload, decoded (decompressed, blob resolved).
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    /// Other properties of the property bag.
+    pub other_properties: Vec<(String, String)>,
+}
+
+/// Which messages to return.
+#[derive(Debug, Clone, Default)]
+pub struct MessageQuery {
+    /// Only rows with an id greater than this.
+    pub after_id: Option<i64>,
+    /// Only this device.
+    pub hub_device_id: Option<String>,
+    /// At most this many (default 1000).
+    pub limit: Option<usize>,
+}
+
+pub(crate) type AckFn = Box<dyn FnOnce(bool) + Send>;
+
+enum Command {
+    SaveState(String),
+    TwinHistory { hub_device_id: String, kind: &'static str, version: u64, doc: String },
+    Insert(StoredMessage, Option<AckFn>),
+    PutBlob { name: String, hub_device_id: String, data: Vec<u8>, reply: oneshot::Sender<bool> },
+    GetBlob { name: String, reply: oneshot::Sender<Option<Vec<u8>>> },
+    Query(MessageQuery, oneshot::Sender<Vec<StoredMessage>>),
+    Count(oneshot::Sender<u64>),
+}
+
+/// Handle to the database thread.
+#[derive(Clone)]
+pub struct Db {
+    tx: mpsc::Sender<Command>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS control_state (id INTEGER PRIMARY KEY CHECK (id = 0), json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS twin_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, hub_device_id TEXT NOT NULL, kind TEXT NOT NULL,
+    version INTEGER NOT NULL, document TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, hub_device_id TEXT NOT NULL, received_at INTEGER NOT NULL,
+    stream_group TEXT, stream TEXT, batch_id TEXT, batch_slice_id TEXT, message_id TEXT, chunk_id TEXT,
+    complete_batch INTEGER NOT NULL, complete_message INTEGER NOT NULL, content_encoding TEXT,
+    externalized INTEGER NOT NULL, wire_size INTEGER NOT NULL, other_properties TEXT NOT NULL,
+    payload BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_device ON messages (hub_device_id, id);
+CREATE TABLE IF NOT EXISTS blobs (name TEXT PRIMARY KEY, hub_device_id TEXT NOT NULL, data BLOB NOT NULL);
+";
+
+/// Largest number of messages committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+impl Db {
+    /// Opens (creating) the database at `path` and loads the control state.
+    pub fn open(path: &Path) -> Result<(Db, ControlState), String> {
+        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;")
+            .and_then(|_| conn.execute_batch(SCHEMA))
+            .map_err(|e| format!("cannot initialise {}: {e}", path.display()))?;
+        let json: Option<String> = conn
+            .query_row("SELECT json FROM control_state WHERE id = 0", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| format!("cannot read state from {}: {e}", path.display()))?;
+        let state = match json {
+            Some(j) => serde_json::from_str(&j).map_err(|e| format!("corrupt state in {}: {e}", path.display()))?,
+            None => ControlState::default(),
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("emulator-db".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| format!("cannot start the database thread: {e}"))?;
+        Ok((Db { tx }, state))
+    }
+
+    pub fn save_state(&self, state: &ControlState) {
+        match serde_json::to_string(state) {
+            Ok(json) => {
+                let _ = self.tx.send(Command::SaveState(json));
+            }
+            Err(e) => error!(error = %e, "cannot serialise the control state"),
+        }
+    }
+
+    pub fn twin_history(&self, hub_device_id: &str, kind: &'static str, version: u64, doc: &serde_json::Value) {
+        let _ = self.tx.send(Command::TwinHistory {
+            hub_device_id: hub_device_id.to_owned(),
+            kind,
+            version,
+            doc: doc.to_string(),
+        });
+    }
+
+    /// Stores a message; `ack` runs (on the database thread) once it is committed.
+    pub fn insert_message(&self, message: StoredMessage, ack: Option<AckFn>) {
+        if let Err(mpsc::SendError(Command::Insert(_, Some(ack)))) = self.tx.send(Command::Insert(message, ack)) {
+            ack(false);
+        }
+    }
+
+    pub async fn put_blob(&self, name: String, hub_device_id: String, data: Vec<u8>) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::PutBlob { name, hub_device_id, data, reply });
+        rx.await.unwrap_or(false)
+    }
+
+    pub async fn get_blob(&self, name: String) -> Option<Vec<u8>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::GetBlob { name, reply });
+        rx.await.ok().flatten()
+    }
+
+    pub async fn messages(&self, query: MessageQuery) -> Vec<StoredMessage> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Query(query, reply));
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn message_count(&self) -> u64 {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Count(reply));
+        rx.await.unwrap_or(0)
+    }
+}
+
+fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
+    let mut pending: Vec<(StoredMessage, Option<AckFn>)> = Vec::new();
+    let mut state: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        let mut queue = vec![first];
+        // Group commit: take whatever else is waiting.
+        while pending.len() + queue.len() < MAX_BATCH {
+            match rx.recv_timeout(Duration::ZERO) {
+                Ok(c) => queue.push(c),
+                Err(_) => break,
+            }
+        }
+        for command in queue {
+            match command {
+                Command::Insert(m, ack) => pending.push((m, ack)),
+                Command::SaveState(json) => state = Some(json),
+                other => {
+                    flush(&mut conn, &mut pending, &mut state);
+                    serve(&conn, other);
+                }
+            }
+        }
+        flush(&mut conn, &mut pending, &mut state);
+    }
+    flush(&mut conn, &mut pending, &mut state);
+}
+
+fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)>, state: &mut Option<String>) {
+    if pending.is_empty() && state.is_none() {
+        return;
+    }
+    let result = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (hub_device_id, received_at, stream_group, stream, batch_id, batch_slice_id,
+                 message_id, chunk_id, complete_batch, complete_message, content_encoding, externalized, wire_size,
+                 other_properties, payload) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)",
+            )?;
+            for (m, _) in pending.iter() {
+                let other = serde_json::to_string(&m.other_properties).unwrap_or_else(|_| "[]".into());
+                insert.execute(params![
+                    m.hub_device_id,
+                    m.received_at as i64,
+                    m.stream_group,
+                    m.stream,
+                    m.batch_id,
+                    m.batch_slice_id,
+                    m.message_id,
+                    m.chunk_id,
+                    m.complete_batch,
+                    m.complete_message,
+                    m.content_encoding,
+                    m.externalized,
+                    m.wire_size as i64,
+                    other,
+                    m.payload,
+                ])?;
+            }
+            if let Some(json) = state.as_ref() {
+                tx.execute("INSERT OR REPLACE INTO control_state (id, json) VALUES (0, ?1)", params![json])?;
+            }
+        }
+        tx.commit()
+    })();
+    let ok = result.is_ok();
+    if let Err(e) = result {
+        error!(error = %e, messages = pending.len(), "database write failed");
+    }
+    *state = None;
+    for (_, ack) in pending.drain(..) {
+        if let Some(ack) = ack {
+            ack(ok);
+        }
+    }
+}
+
+fn serve(conn: &Connection, command: Command) {
+    match command {
+        Command::TwinHistory { hub_device_id, kind, version, doc } => {
+            if let Err(e) = conn.execute(
+                "INSERT INTO twin_history (hub_device_id, kind, version, document, at) VALUES (?1,?2,?3,?4,?5)",
+                params![hub_device_id, kind, version as i64, doc, crate::state::now_ms() as i64],
+            ) {
+                warn!(error = %e, "cannot store twin history");
+            }
+        }
+        Command::PutBlob { name, hub_device_id, data, reply } => {
+            let ok = conn
+                .execute(
+                    "INSERT OR REPLACE INTO blobs (name, hub_device_id, data) VALUES (?1, ?2, ?3)",
+                    params![name, hub_device_id, data],
+                )
+                .is_ok();
+            let _ = reply.send(ok);
+        }
+        Command::GetBlob { name, reply } => {
+            let data = conn
+                .query_row("SELECT data FROM blobs WHERE name = ?1", params![name], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .ok()
+                .flatten();
+            let _ = reply.send(data);
+        }
+        Command::Query(q, reply) => {
+            let _ = reply.send(query(conn, &q).unwrap_or_else(|e| {
+                warn!(error = %e, "message query failed");
+                Vec::new()
+            }));
+        }
+        Command::Count(reply) => {
+            let n: i64 = conn.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)).unwrap_or(0);
+            let _ = reply.send(n as u64);
+        }
+        Command::Insert(..) | Command::SaveState(_) => {}
+    }
+}
+
+fn query(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<StoredMessage>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, hub_device_id, received_at, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id,
+         complete_batch, complete_message, content_encoding, externalized, wire_size, other_properties, payload
+         FROM messages WHERE id > ?1 AND (?2 IS NULL OR hub_device_id = ?2) ORDER BY id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![q.after_id.unwrap_or(0), q.hub_device_id, q.limit.unwrap_or(1000) as i64],
+        |r| {
+            let other: String = r.get(14)?;
+            Ok(StoredMessage {
+                id: r.get(0)?,
+                hub_device_id: r.get(1)?,
+                received_at: r.get::<_, i64>(2)? as u64,
+                stream_group: r.get(3)?,
+                stream: r.get(4)?,
+                batch_id: r.get(5)?,
+                batch_slice_id: r.get(6)?,
+                message_id: r.get(7)?,
+                chunk_id: r.get(8)?,
+                complete_batch: r.get(9)?,
+                complete_message: r.get(10)?,
+                content_encoding: r.get(11)?,
+                externalized: r.get(12)?,
+                wire_size: r.get::<_, i64>(13)? as usize,
+                other_properties: serde_json::from_str(&other).unwrap_or_default(),
+                payload: r.get(15)?,
+            })
+        },
+    )?;
+    rows.collect()
+}

@@ -1,0 +1,436 @@
+//! HTTP(S) surface: the platform API (provisioning, registration, refresh), the IoT Hub style
+//! file-upload API and blob store, the admin API, and the MQTT-over-WebSocket endpoint.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use spotflow_core::time_format::{format_timespan, rfc3339};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::db::MessageQuery;
+use crate::state::{from_ms, hub_device_id, random_hex, CompleteOutcome};
+use crate::Inner;
+
+type Shared = State<Arc<Inner>>;
+
+/// The router with every route.
+pub(crate) fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/provisioning-operations/init", post(init))
+        .route("/provisioning-operations/complete", put(complete))
+        .route("/devices/register", put(register))
+        .route("/devices/registration-tokens/refresh", put(refresh))
+        .route("/devices/{hub_device_id}/files", post(file_upload_init))
+        .route("/devices/{hub_device_id}/files/notifications", post(file_upload_notify))
+        .route("/uploads/{blob}", put(put_blob))
+        .route("/$iothub/websocket", get(websocket))
+        .route("/admin/provisioning-tokens", post(admin_create_token))
+        .route("/admin/operations", get(admin_operations))
+        .route("/admin/operations/{id}/approve", post(admin_approve))
+        .route("/admin/operations/{id}/cancel", post(admin_cancel))
+        .route("/admin/devices", get(admin_devices))
+        .route("/admin/devices/{hub_device_id}/twin", get(admin_twin))
+        .route("/admin/devices/{hub_device_id}/desired", patch(admin_desired))
+        .route("/admin/devices/{hub_device_id}/disconnect", post(admin_disconnect))
+        .route("/admin/messages", get(admin_messages))
+        .with_state(inner)
+}
+
+/// RFC 7807 problem details.
+fn problem(status: StatusCode, kind: &str, title: &str) -> Response {
+    let body = json!({"type": kind, "title": title, "status": status.as_u16(), "detail": title});
+    (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
+}
+
+fn bad_request(detail: &str) -> Response {
+    problem(StatusCode::BAD_REQUEST, "/problems/badRequest", detail)
+}
+
+fn unauthorized(detail: &str) -> Response {
+    problem(StatusCode::UNAUTHORIZED, "/problems/unauthorized", detail)
+}
+
+fn device_token(headers: &HeaderMap) -> Option<&str> {
+    headers.get("authorization")?.to_str().ok()?.strip_prefix("DeviceToken ").map(str::trim)
+}
+
+/// Parses a JSON object body, or answers 400.
+fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(bad_request("the body must be a JSON object")),
+        Err(e) => Err(bad_request(&format!("invalid JSON body: {e}"))),
+    }
+}
+
+fn optional_string(body: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, Response> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(bad_request(&format!("{key} must be a string"))),
+    }
+}
+
+async fn init(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(token) = device_token(&headers) else { return unauthorized("missing DeviceToken authorization") };
+    let body = match json_object(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let device_id = match optional_string(&body, "deviceId") {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    if device_id.as_deref().is_some_and(|d| d.is_empty() || d.contains([':', '/', '?', '#'])) {
+        return bad_request("deviceId must be non-empty and must not contain ':', '/', '?' or '#'");
+    }
+    let op = inner.with_state(|s, policy| s.init_operation(token, device_id, policy));
+    let Some(op) = op else { return unauthorized("Invalid Provisioning Token") };
+    info!(operation = %op.id, requested_device = ?op.requested_device_id, "provisioning operation initialized");
+    Json(json!({
+        "provisioningOperationId": op.id,
+        "verificationCode": op.verification_code,
+        "expirationTime": rfc3339(from_ms(op.expires_at)),
+    }))
+    .into_response()
+}
+
+async fn complete(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(token) = device_token(&headers) else { return unauthorized("missing DeviceToken authorization") };
+    let body = match json_object(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(Some(id)) = optional_string(&body, "provisioningOperationId") else {
+        return bad_request("provisioningOperationId (string) is required");
+    };
+    match inner.with_state(|s, policy| s.complete(token, &id, policy)) {
+        CompleteOutcome::Pending => StatusCode::ACCEPTED.into_response(),
+        CompleteOutcome::Approved { registration_token, expires_at } => {
+            info!(operation = %id, "provisioning operation completed");
+            Json(json!({"registrationToken": registration_token, "expirationTime": rfc3339(from_ms(expires_at))}))
+                .into_response()
+        }
+        CompleteOutcome::Expired => problem(
+            StatusCode::GONE,
+            "/problems/deviceProvisioning/provisioningOperationExpired",
+            "The provisioning operation expired.",
+        ),
+        CompleteOutcome::Cancelled => problem(
+            StatusCode::GONE,
+            "/problems/deviceProvisioning/provisioningOperationCancelled",
+            "The provisioning operation was cancelled.",
+        ),
+        CompleteOutcome::NotFound => {
+            problem(StatusCode::NOT_FOUND, "/problems/notFound", "No such provisioning operation.")
+        }
+        CompleteOutcome::Unauthorized => unauthorized("Invalid Provisioning Token"),
+    }
+}
+
+async fn register(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(token) = device_token(&headers) else { return unauthorized("missing DeviceToken authorization") };
+    let body = match json_object(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match optional_string(&body, "connectionStringType") {
+        Ok(Some(t)) if t == "SharedAccessSignature" => {}
+        Ok(_) => return bad_request("connectionStringType must be \"SharedAccessSignature\""),
+        Err(r) => return r,
+    }
+    let hub = inner.config.hub_host.clone();
+    let Some((info, sas, expires_at)) = inner.with_state(|s, policy| s.register(token, &hub, policy)) else {
+        return unauthorized("Invalid Registration Token");
+    };
+    let hub_id = hub_device_id(&info.workspace_id, &info.device_id);
+    info!(device = %hub_id, "device registered");
+    let remaining = from_ms(info.expires_at).duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    Json(json!({
+        "connectionString": format!("HostName={hub};DeviceId={hub_id};SharedAccessSignature={sas}"),
+        "iotHubHostName": hub,
+        "connectionStringType": "SharedAccessSignature",
+        "connectionStringExpiration": rfc3339(from_ms(expires_at)),
+        "tokenRemainingLifetime": format_timespan(remaining),
+    }))
+    .into_response()
+}
+
+async fn refresh(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(token) = device_token(&headers) else { return unauthorized("missing DeviceToken authorization") };
+    let body = match json_object(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(Some(rt)) = optional_string(&body, "registrationToken") else {
+        return bad_request("registrationToken (string) is required");
+    };
+    match inner.with_state(|s, policy| s.refresh(token, &rt, policy)) {
+        Some((token, expires_at)) => {
+            info!("registration token refreshed");
+            Json(json!({"registrationToken": token, "expirationTime": rfc3339(from_ms(expires_at))})).into_response()
+        }
+        None => unauthorized("Invalid Registration Token"),
+    }
+}
+
+/// The device a raw SAS `Authorization` header authorises, if it matches the path's device.
+fn sas_device(inner: &Inner, headers: &HeaderMap, hub_id: &str) -> Result<(), Response> {
+    let sas = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let state = inner.lock_state();
+    match state.authorize(sas) {
+        Some(d) if d == hub_id => Ok(()),
+        _ => Err(unauthorized("invalid shared access signature")),
+    }
+}
+
+async fn file_upload_init(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = sas_device(&inner, &headers, &hub_id) {
+        return r;
+    }
+    let body = match json_object(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(Some(blob)) = optional_string(&body, "blobName") else { return bad_request("blobName is required") };
+    if blob.is_empty() || blob.contains(['/', '?', '#']) {
+        return bad_request("invalid blobName");
+    }
+    let correlation = random_hex(16);
+    let sas_token = format!("?sv=2020-08-04&sr=b&sig={}", random_hex(16));
+    inner.uploads.lock().unwrap_or_else(|p| p.into_inner()).insert(blob.clone(), (hub_id.clone(), sas_token.clone()));
+    let host = inner.upload_host();
+    debug!(device = %hub_id, %blob, "file upload started");
+    Json(json!({
+        "correlationId": correlation,
+        "hostName": host,
+        "containerName": "uploads",
+        "blobName": blob,
+        "sasToken": sas_token,
+    }))
+    .into_response()
+}
+
+async fn put_blob(
+    State(inner): Shared,
+    Path(blob): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let expected = inner.uploads.lock().unwrap_or_else(|p| p.into_inner()).get(&blob).cloned();
+    let Some((hub_id, sas)) = expected else { return unauthorized("no upload was started for this blob") };
+    if query.get("sig").map(String::as_str) != sas.split("sig=").nth(1) {
+        return unauthorized("invalid blob signature");
+    }
+    if !inner.db.put_blob(blob.clone(), hub_id, body.to_vec()).await {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, "/problems/storage", "cannot store the blob");
+    }
+    StatusCode::CREATED.into_response()
+}
+
+async fn file_upload_notify(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = sas_device(&inner, &headers, &hub_id) {
+        return r;
+    }
+    if let Err(r) = json_object(&body) {
+        return r;
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn websocket(State(inner): Shared, ws: WebSocketUpgrade) -> Response {
+    ws.protocols(["mqtt"])
+        .max_message_size(inner.config.max_packet_size * 2)
+        .on_upgrade(move |socket| websocket_session(inner, socket))
+}
+
+/// Bridges WebSocket binary frames to a byte stream for the MQTT session.
+async fn websocket_session(inner: Arc<Inner>, mut socket: WebSocket) {
+    let (session_side, bridge_side) = tokio::io::duplex(256 * 1024);
+    let session = tokio::spawn(crate::mqtt::run_session(inner, session_side, "websocket".into()));
+    let (mut from_session, mut to_session) = tokio::io::split(bridge_side);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            frame = socket.recv() => match frame {
+                Some(Ok(WsMessage::Binary(data))) => {
+                    if to_session.write_all(&data).await.is_err() { break; }
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                Some(Ok(WsMessage::Text(_))) => {
+                    warn!("text frame on the MQTT WebSocket; closing");
+                    break;
+                }
+                Some(Ok(WsMessage::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    debug!(error = %e, "websocket error");
+                    break;
+                }
+            },
+            n = from_session.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if socket.send(WsMessage::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() { break; }
+                }
+            },
+        }
+    }
+    drop(to_session);
+    let _ = socket.send(WsMessage::Close(None)).await;
+    let _ = session.await;
+}
+
+// ---- admin API ----
+
+fn admin(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(inner.admin_token.as_str()) {
+        Ok(())
+    } else {
+        Err(unauthorized("admin token required (Authorization: Bearer …)"))
+    }
+}
+
+async fn admin_create_token(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    let body = if body.is_empty() { Ok(serde_json::Map::new()) } else { json_object(&body) };
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ws = match optional_string(&body, "workspaceId") {
+        Ok(w) => w.unwrap_or_else(|| inner.config.workspace_id.clone()),
+        Err(r) => return r,
+    };
+    let token = inner.create_provisioning_token(&ws);
+    Json(json!({"provisioningToken": token, "workspaceId": ws})).into_response()
+}
+
+async fn admin_operations(State(inner): Shared, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    let ops: Vec<Value> = inner
+        .operations()
+        .into_iter()
+        .map(|op| {
+            let mut v = json!(op);
+            if let Value::Object(o) = &mut v {
+                o.remove("provisioningToken");
+            }
+            v
+        })
+        .collect();
+    Json(Value::Array(ops)).into_response()
+}
+
+async fn admin_approve(State(inner): Shared, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    let body = if body.is_empty() { Ok(serde_json::Map::new()) } else { json_object(&body) };
+    let device = match body.and_then(|b| optional_string(&b, "deviceId")) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match inner.approve(&id, device.as_deref()) {
+        Ok(device) => Json(json!({"deviceId": device})).into_response(),
+        Err(e) => problem(StatusCode::CONFLICT, "/problems/conflict", &e),
+    }
+}
+
+async fn admin_cancel(State(inner): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    if inner.cancel(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        problem(StatusCode::CONFLICT, "/problems/conflict", "operation is not pending")
+    }
+}
+
+async fn admin_devices(State(inner): Shared, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    Json(json!(inner.devices())).into_response()
+}
+
+async fn admin_twin(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    match inner.twin(&hub_id) {
+        Some(t) => Json(t.document()).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "/problems/notFound", "no such device"),
+    }
+}
+
+async fn admin_desired(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    let patch = match json_object(&body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match inner.update_desired(&hub_id, patch) {
+        Some(version) => Json(json!({"version": version})).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "/problems/notFound", "no such device"),
+    }
+}
+
+async fn admin_disconnect(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    Json(json!({"disconnected": inner.disconnect(&hub_id)})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MessagesQuery {
+    after_id: Option<i64>,
+    device: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn admin_messages(State(inner): Shared, headers: HeaderMap, Query(q): Query<MessagesQuery>) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    let messages = inner
+        .db
+        .messages(MessageQuery { after_id: q.after_id, hub_device_id: q.device, limit: Some(q.limit.unwrap_or(100).min(10_000)) })
+        .await;
+    let out: Vec<Value> = messages
+        .into_iter()
+        .map(|m| {
+            let mut v = serde_json::to_value(&m).unwrap_or(Value::Null);
+            if let Value::Object(o) = &mut v {
+                match String::from_utf8(m.payload.clone()) {
+                    Ok(text) => o.insert("payload".into(), Value::String(text)),
+                    Err(_) => o.insert(
+                        "payloadHex".into(),
+                        Value::String(m.payload.iter().map(|b| format!("{b:02x}")).collect()),
+                    ),
+                };
+            }
+            v
+        })
+        .collect();
+    Json(Value::Array(out)).into_response()
+}

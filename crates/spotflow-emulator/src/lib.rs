@@ -1,0 +1,675 @@
+//! `spotflow-emulator`: the Spotflow IoT Platform on one machine.
+//!
+//! It implements the server side of the device protocol: provisioning and registration over
+//! HTTPS (and plain HTTP when asked), an MQTT 3.1.1 broker with device-twin semantics over TLS,
+//! plain TCP and WebSocket, the file-upload API for large messages, a SQLite message store, and an
+//! admin API. Embed it in tests:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), String> {
+//! let emulator = spotflow_emulator::Emulator::builder().auto_approve(Some(std::time::Duration::ZERO)).start().await?;
+//! let token = emulator.create_provisioning_token();
+//! println!("instance: {}, CA: {} bytes", emulator.https_url(), emulator.ca_pem().len());
+//! # let _ = token; Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod db;
+mod http;
+mod mqtt;
+mod props;
+mod state;
+mod tls;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+pub use db::{MessageQuery, StoredMessage};
+pub use state::{Operation, OperationState, Twin};
+
+use mqtt::Outbound;
+use state::{ControlState, Policy};
+
+/// Default MQTT packet limit: 256 KiB of message plus room for the topic and header.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 256 * 1024 + 8 * 1024;
+
+/// Configuration of an emulator.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EmulatorConfig {
+    /// Where the database, the CA and the admin token live (`None`: in memory, gone at exit).
+    pub data_dir: Option<PathBuf>,
+    /// Address every listener binds to (loopback by default).
+    pub bind: IpAddr,
+    /// HTTPS port of the platform API, uploads, admin API and MQTT over WSS (`0`: any free port).
+    pub https_port: Option<u16>,
+    /// Plain HTTP port for the same routes (off unless set).
+    pub http_port: Option<u16>,
+    /// MQTT over TLS port (the official SDK always uses 8883).
+    pub mqtts_port: Option<u16>,
+    /// Plain MQTT port (off unless set).
+    pub mqtt_port: Option<u16>,
+    /// Host name given to devices as `iotHubHostName`.
+    pub hub_host: String,
+    /// Extra names for the server certificate.
+    pub extra_hosts: Vec<String>,
+    /// Workspace of provisioning tokens created without one.
+    pub workspace_id: String,
+    /// Lifetime of provisioning operations.
+    pub operation_lifetime: Duration,
+    /// Lifetime of registration tokens.
+    pub registration_token_lifetime: Duration,
+    /// Lifetime of connection credentials (SAS).
+    pub connection_lifetime: Duration,
+    /// Approve operations automatically this long after they start (`None`: manual approval).
+    pub auto_approve: Option<Duration>,
+    /// Admin API token (`None`: generated, and stored in the data directory).
+    pub admin_token: Option<String>,
+    /// Largest MQTT packet accepted.
+    pub max_packet_size: usize,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            data_dir: None,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            https_port: Some(0),
+            http_port: None,
+            mqtts_port: Some(0),
+            mqtt_port: None,
+            hub_host: "localhost".into(),
+            extra_hosts: Vec::new(),
+            workspace_id: "ws-emulator".into(),
+            operation_lifetime: Duration::from_secs(600),
+            registration_token_lifetime: Duration::from_secs(30 * 86_400),
+            connection_lifetime: Duration::from_secs(86_400),
+            auto_approve: None,
+            admin_token: None,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+        }
+    }
+}
+
+/// Builds an [`Emulator`].
+#[derive(Debug, Default)]
+pub struct EmulatorBuilder {
+    config: EmulatorConfig,
+}
+
+impl EmulatorBuilder {
+    /// Keeps state in `dir` (created if missing).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = Some(dir.into());
+        self
+    }
+    /// Approve provisioning operations automatically after `delay` (`None`: manual).
+    pub fn auto_approve(mut self, delay: Option<Duration>) -> Self {
+        self.config.auto_approve = delay;
+        self
+    }
+    /// Lifetimes of operations, registration tokens and connection credentials.
+    pub fn lifetimes(mut self, operation: Duration, registration_token: Duration, connection: Duration) -> Self {
+        self.config.operation_lifetime = operation;
+        self.config.registration_token_lifetime = registration_token;
+        self.config.connection_lifetime = connection;
+        self
+    }
+    /// Also serve plain HTTP on this port (`0`: any).
+    pub fn http_port(mut self, port: u16) -> Self {
+        self.config.http_port = Some(port);
+        self
+    }
+    /// Also serve plain MQTT on this port (`0`: any).
+    pub fn mqtt_port(mut self, port: u16) -> Self {
+        self.config.mqtt_port = Some(port);
+        self
+    }
+    /// MQTT over TLS on this port.
+    pub fn mqtts_port(mut self, port: u16) -> Self {
+        self.config.mqtts_port = Some(port);
+        self
+    }
+    /// HTTPS on this port.
+    pub fn https_port(mut self, port: u16) -> Self {
+        self.config.https_port = Some(port);
+        self
+    }
+    /// The admin token.
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.config.admin_token = Some(token.into());
+        self
+    }
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: EmulatorConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Starts every listener; the emulator runs until the handle is dropped or shut down.
+    pub async fn start(self) -> Result<Emulator, String> {
+        Emulator::start(self.config).await
+    }
+}
+
+/// A device as the admin API lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceInfo {
+    /// Workspace id.
+    pub workspace_id: String,
+    /// Device id.
+    pub device_id: String,
+    /// Whether it is connected over MQTT now.
+    pub connected: bool,
+    /// Desired properties version.
+    pub desired_version: u64,
+    /// Reported properties version.
+    pub reported_version: u64,
+}
+
+pub(crate) struct Inner {
+    pub config: EmulatorConfig,
+    policy: Policy,
+    state: Mutex<ControlState>,
+    pub db: db::Db,
+    pub admin_token: String,
+    sessions: Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>,
+    pub uploads: Mutex<HashMap<String, (String, String)>>,
+    stored: watch::Sender<u64>,
+    https_addr: Mutex<Option<SocketAddr>>,
+}
+
+impl Inner {
+    pub fn lock_state(&self) -> MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the state and persists the snapshot.
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut ControlState, &Policy) -> T) -> T {
+        let mut state = self.lock_state();
+        let out = f(&mut state, &self.policy);
+        self.db.save_state(&state);
+        out
+    }
+
+    pub fn create_provisioning_token(&self, workspace_id: &str) -> String {
+        let token = self.with_state(|s, _| s.create_provisioning_token(workspace_id));
+        info!(workspace = %workspace_id, "provisioning token created");
+        token
+    }
+
+    pub fn operations(&self) -> Vec<Operation> {
+        self.lock_state().operations.values().cloned().collect()
+    }
+
+    pub fn approve(&self, id: &str, device_id: Option<&str>) -> Result<String, String> {
+        let r = self.with_state(|s, _| s.approve(id, device_id));
+        if let Ok(d) = &r {
+            info!(operation = %id, device = %d, "provisioning operation approved");
+        }
+        r
+    }
+
+    pub fn cancel(&self, id: &str) -> bool {
+        self.with_state(|s, _| s.cancel(id))
+    }
+
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        self.lock_state()
+            .devices
+            .iter()
+            .map(|(id, d)| DeviceInfo {
+                workspace_id: d.workspace_id.clone(),
+                device_id: d.device_id.clone(),
+                connected: sessions.contains_key(id),
+                desired_version: d.twin.desired_version,
+                reported_version: d.twin.reported_version,
+            })
+            .collect()
+    }
+
+    pub fn twin(&self, hub_id: &str) -> Option<Twin> {
+        self.lock_state().devices.get(hub_id).map(|d| d.twin.clone())
+    }
+
+    pub fn update_desired(&self, hub_id: &str, mut patch: Map<String, Value>) -> Option<u64> {
+        patch.remove("$version");
+        let version = self.with_state(|s, _| s.update_desired(hub_id, &patch))?;
+        if let Some(t) = self.twin(hub_id) {
+            self.db.twin_history(hub_id, "desired", version, &Value::Object(t.desired));
+        }
+        info!(device = %hub_id, version, "desired properties updated");
+        let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
+        if self.is_subscribed(hub_id, &topic) {
+            patch.insert("$version".into(), Value::from(version));
+            let publish = rumqttc::mqttbytes::v4::Publish::new(
+                topic,
+                rumqttc::mqttbytes::QoS::AtMostOnce,
+                Value::Object(patch).to_string().into_bytes(),
+            );
+            self.send_to(hub_id, Outbound::Packet(rumqttc::mqttbytes::v4::Packet::Publish(publish)));
+        }
+        Some(version)
+    }
+
+    pub fn patch_reported(&self, hub_id: &str, patch: &Map<String, Value>) -> Option<u64> {
+        let version = self.with_state(|s, _| s.patch_reported(hub_id, patch))?;
+        if let Some(t) = self.twin(hub_id) {
+            self.db.twin_history(hub_id, "reported", version, &Value::Object(t.reported));
+        }
+        debug!(device = %hub_id, version, "reported properties patched");
+        Some(version)
+    }
+
+    fn send_to(&self, hub_id: &str, outbound: Outbound) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.get(hub_id).is_some_and(|tx| tx.send(outbound).is_ok())
+    }
+
+    pub fn disconnect(&self, hub_id: &str) -> bool {
+        self.send_to(hub_id, Outbound::Kick)
+    }
+
+    /// Registers a live session (closing an older one of the same device). Returns whether a
+    /// session was present (subscriptions kept from an earlier connection).
+    pub fn start_session(&self, hub_id: &str, tx: mpsc::UnboundedSender<Outbound>, clean: bool) -> bool {
+        if let Some(old) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(hub_id.to_owned(), tx) {
+            let _ = old.send(Outbound::Kick);
+        }
+        self.with_state(|s, _| match s.devices.get_mut(hub_id) {
+            Some(d) if clean => {
+                d.subscriptions.clear();
+                false
+            }
+            Some(d) => !d.subscriptions.is_empty(),
+            None => false,
+        })
+    }
+
+    pub fn end_session(&self, hub_id: &str, tx: &mpsc::UnboundedSender<Outbound>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.get(hub_id).is_some_and(|t| t.same_channel(tx)) {
+            sessions.remove(hub_id);
+        }
+    }
+
+    pub fn subscribe(&self, hub_id: &str, filters: Vec<String>) {
+        self.with_state(|s, _| {
+            if let Some(d) = s.devices.get_mut(hub_id) {
+                d.subscriptions.extend(filters);
+            }
+        });
+    }
+
+    pub fn unsubscribe(&self, hub_id: &str, filters: &[String]) {
+        self.with_state(|s, _| {
+            if let Some(d) = s.devices.get_mut(hub_id) {
+                for f in filters {
+                    d.subscriptions.remove(f);
+                }
+            }
+        });
+    }
+
+    pub fn is_subscribed(&self, hub_id: &str, topic: &str) -> bool {
+        self.lock_state()
+            .devices
+            .get(hub_id)
+            .is_some_and(|d| d.subscriptions.iter().any(|f| mqtt::topic_matches(f, topic)))
+    }
+
+    pub fn store_message(self: &Arc<Self>, message: StoredMessage, ack: Option<db::AckFn>) {
+        let inner = self.clone();
+        self.db.insert_message(
+            message,
+            Some(Box::new(move |ok| {
+                if ok {
+                    inner.stored.send_modify(|n| *n += 1);
+                }
+                if let Some(ack) = ack {
+                    ack(ok);
+                }
+            })),
+        );
+    }
+
+    /// `host:port` of the upload endpoint, as `hostName` in file-upload answers.
+    pub fn upload_host(&self) -> String {
+        let port = self.https_addr.lock().unwrap_or_else(|p| p.into_inner()).map_or(443, |a| a.port());
+        format!("{}:{port}", self.config.hub_host)
+    }
+}
+
+/// A running emulator. Dropping it stops every listener and connection.
+pub struct Emulator {
+    inner: Arc<Inner>,
+    tls: tls::TlsMaterial,
+    https_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    mqtts_addr: Option<SocketAddr>,
+    mqtt_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("https_addr", &self.https_addr)
+            .field("http_addr", &self.http_addr)
+            .field("mqtts_addr", &self.mqtts_addr)
+            .field("mqtt_addr", &self.mqtt_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(ip: IpAddr, port: Option<u16>) -> Result<Option<TcpListener>, String> {
+    match port {
+        None => Ok(None),
+        Some(p) => TcpListener::bind((ip, p)).await.map(Some).map_err(|e| format!("cannot listen on {ip}:{p}: {e}")),
+    }
+}
+
+impl Emulator {
+    /// A builder with in-memory storage, HTTPS and MQTTS on free loopback ports, manual approval.
+    pub fn builder() -> EmulatorBuilder {
+        EmulatorBuilder::default()
+    }
+
+    async fn start(config: EmulatorConfig) -> Result<Emulator, String> {
+        if let Some(dir) = &config.data_dir {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let db_path = config.data_dir.as_ref().map_or(PathBuf::from(":memory:"), |d| d.join("emulator.db"));
+        let (db, state) = db::Db::open(&db_path)?;
+        let mut hosts = config.extra_hosts.clone();
+        hosts.push(config.hub_host.clone());
+        let tls = tls::load_or_create(config.data_dir.as_deref(), &hosts)?;
+        let admin_token = admin_token(&config)?;
+        let policy = Policy {
+            operation_lifetime: config.operation_lifetime,
+            registration_token_lifetime: config.registration_token_lifetime,
+            connection_lifetime: config.connection_lifetime,
+            auto_approve: config.auto_approve,
+        };
+        let https = bind(config.bind, config.https_port).await?;
+        let http = bind(config.bind, config.http_port).await?;
+        let mqtts = bind(config.bind, config.mqtts_port).await?;
+        let mqtt = bind(config.bind, config.mqtt_port).await?;
+        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let (https_addr, http_addr, mqtts_addr, mqtt_addr) = (addr(&https), addr(&http), addr(&mqtts), addr(&mqtt));
+        let inner = Arc::new(Inner {
+            config,
+            policy,
+            state: Mutex::new(state),
+            db,
+            admin_token,
+            sessions: Mutex::default(),
+            uploads: Mutex::default(),
+            stored: watch::channel(0).0,
+            https_addr: Mutex::new(https_addr),
+        });
+        let (shutdown, _) = watch::channel(false);
+        let router = http::router(inner.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
+        if let Some(listener) = https {
+            let tls_listener = TlsListener::spawn(listener, acceptor.clone(), shutdown.subscribe());
+            let mut stop = shutdown.subscribe();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(tls_listener, router).with_graceful_shutdown(async move { stopped(&mut stop).await }).await;
+            });
+        }
+        if let Some(listener) = http {
+            let mut stop = shutdown.subscribe();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                let _ = axum::serve(listener, router).with_graceful_shutdown(async move { stopped(&mut stop).await }).await;
+            });
+        }
+        if let Some(listener) = mqtts {
+            tokio::spawn(accept_mqtt(listener, Some(acceptor), inner.clone(), shutdown.subscribe()));
+        }
+        if let Some(listener) = mqtt {
+            tokio::spawn(accept_mqtt(listener, None, inner.clone(), shutdown.subscribe()));
+        }
+        info!(?https_addr, ?http_addr, ?mqtts_addr, ?mqtt_addr, "spotflow-emulator started");
+        Ok(Emulator { inner, tls, https_addr, http_addr, mqtts_addr, mqtt_addr, shutdown })
+    }
+
+    /// `https://localhost:PORT`, the instance to give devices.
+    pub fn https_url(&self) -> String {
+        self.https_addr.map(|a| format!("https://{}:{}", self.inner.config.hub_host, a.port())).unwrap_or_default()
+    }
+    /// `http://127.0.0.1:PORT` when plain HTTP is on.
+    pub fn http_url(&self) -> Option<String> {
+        self.http_addr.map(|a| format!("http://{a}"))
+    }
+    /// `wss://localhost:PORT/$iothub/websocket`.
+    pub fn wss_url(&self) -> String {
+        format!("{}/$iothub/websocket", self.https_url().replacen("https", "wss", 1))
+    }
+    /// HTTPS listener address.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+    /// Plain HTTP listener address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+    /// MQTT over TLS listener address.
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.mqtts_addr
+    }
+    /// Plain MQTT listener address.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+    /// The hub host name devices get.
+    pub fn hub_host(&self) -> &str {
+        &self.inner.config.hub_host
+    }
+    /// The CA certificate (PEM) to trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.tls.ca_pem
+    }
+    /// Where the CA certificate is stored (with a data directory).
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.tls.ca_path.as_deref()
+    }
+    /// The admin API token.
+    pub fn admin_token(&self) -> &str {
+        &self.inner.admin_token
+    }
+    /// Creates a provisioning token in the default workspace.
+    pub fn create_provisioning_token(&self) -> String {
+        self.inner.create_provisioning_token(&self.inner.config.workspace_id.clone())
+    }
+    /// Creates a provisioning token in `workspace_id`.
+    pub fn create_provisioning_token_in(&self, workspace_id: &str) -> String {
+        self.inner.create_provisioning_token(workspace_id)
+    }
+    /// Every provisioning operation.
+    pub fn operations(&self) -> Vec<Operation> {
+        self.inner.operations()
+    }
+    /// Approves an operation, optionally overriding the device id. Returns the device id.
+    pub fn approve(&self, operation_id: &str, device_id: Option<&str>) -> Result<String, String> {
+        self.inner.approve(operation_id, device_id)
+    }
+    /// Cancels a pending operation.
+    pub fn cancel(&self, operation_id: &str) -> bool {
+        self.inner.cancel(operation_id)
+    }
+    /// Registered devices.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.inner.devices()
+    }
+    /// The twin of `{workspace}:{device}`.
+    pub fn twin(&self, hub_device_id: &str) -> Option<Twin> {
+        self.inner.twin(hub_device_id)
+    }
+    /// Merges a patch into a device's desired properties and pushes it. Returns the new version.
+    pub fn update_desired(&self, hub_device_id: &str, patch: Map<String, Value>) -> Option<u64> {
+        self.inner.update_desired(hub_device_id, patch)
+    }
+    /// Closes a device's MQTT connection. Returns whether it was connected.
+    pub fn disconnect(&self, hub_device_id: &str) -> bool {
+        self.inner.disconnect(hub_device_id)
+    }
+    /// Stored messages.
+    pub async fn messages(&self, query: MessageQuery) -> Vec<StoredMessage> {
+        self.inner.db.messages(query).await
+    }
+    /// Number of stored messages.
+    pub async fn message_count(&self) -> u64 {
+        self.inner.db.message_count().await
+    }
+    /// Waits until at least `n` messages were stored by this emulator run, for at most `timeout`.
+    pub async fn wait_for_messages(&self, n: u64, timeout: Duration) -> bool {
+        let mut rx = self.inner.stored.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok_and(|r| r.is_ok())
+    }
+    /// Stops every listener and connection.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let sessions: Vec<_> =
+            self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for s in sessions {
+            let _ = s.send(Outbound::Kick);
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn admin_token(config: &EmulatorConfig) -> Result<String, String> {
+    if let Some(t) = &config.admin_token {
+        return Ok(t.clone());
+    }
+    let generated = format!("admin-{}", state::random_hex(16));
+    let Some(dir) = &config.data_dir else { return Ok(generated) };
+    let path = dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        _ => {
+            std::fs::write(&path, &generated).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(generated)
+        }
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn accept_mqtt(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    inner: Arc<Inner>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let inner = inner.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let peer = peer.to_string();
+            match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => mqtt::run_session(inner, stream, peer).await,
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => mqtt::run_session(inner, tcp, peer).await,
+            }
+        });
+    }
+}
+
+/// A listener that completes TLS handshakes in the background and hands out ready streams.
+struct TlsListener {
+    rx: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn spawn(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, mut stop: watch::Receiver<bool>) -> Self {
+        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    () = stopped(&mut stop) => return,
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { rx, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(x) => x,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}

@@ -1,0 +1,380 @@
+//! The MQTT 3.1.1 broker with the platform's (IoT Hub style) semantics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{
+    ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    Unsubscribe,
+};
+use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::db::StoredMessage;
+use crate::props::{apply_properties, decode_payload, parse_property_bag};
+use crate::state::now_ms;
+use crate::Inner;
+
+/// What other parts of the emulator send to a live session.
+pub(crate) enum Outbound {
+    /// A packet to write (twin responses, desired patches).
+    Packet(Packet),
+    /// The telemetry message with this packet id is stored: acknowledge it.
+    Ack(u16),
+    /// Close the connection (kicked by a newer connection or by the admin).
+    Kick,
+}
+
+/// Topic filters a device may subscribe to (with `{id}` replaced).
+const ALLOWED_FILTERS: [&str; 4] =
+    ["$iothub/methods/POST/#", "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "devices/{id}/messages/devicebound/#"];
+
+/// MQTT topic matching with `+` and `#`.
+pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+async fn read_packet<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max: usize) -> Result<Packet, String> {
+    loop {
+        match Packet::read(buf, max) {
+            Ok(p) => return Ok(p),
+            Err(CodecError::InsufficientBytes(_)) => {}
+            Err(e) => return Err(format!("malformed packet: {e}")),
+        }
+        buf.reserve(4096);
+        match rd.read_buf(buf).await {
+            Ok(0) => return Err("connection closed".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+}
+
+fn write(out: &mut BytesMut, packet: &Packet) {
+    if let Err(e) = packet.write(out, usize::MAX) {
+        warn!(error = %e, "cannot encode an outgoing packet");
+    }
+}
+
+/// Checks CONNECT: client id `{ws}:{dev}`, username `{hub}/{ws}:{dev}/…`, password a valid SAS of
+/// that device.
+fn authenticate(inner: &Inner, connect: &Connect) -> Result<String, ConnectReturnCode> {
+    let client_id = connect.client_id.as_str();
+    if client_id.is_empty() || !client_id.contains(':') {
+        return Err(ConnectReturnCode::BadClientId);
+    }
+    let Some(login) = &connect.login else { return Err(ConnectReturnCode::NotAuthorized) };
+    let (host, rest) = login.username.split_once('/').unwrap_or(("", ""));
+    if !host.eq_ignore_ascii_case(&inner.config.hub_host) || !rest.starts_with(&format!("{client_id}/")) {
+        return Err(ConnectReturnCode::BadUserNamePassword);
+    }
+    let state = inner.lock_state();
+    match state.authorize(&login.password) {
+        Some(device) if device == client_id => Ok(client_id.to_owned()),
+        _ => Err(ConnectReturnCode::NotAuthorized),
+    }
+}
+
+/// Runs one MQTT connection until it ends. Never panics on client input.
+pub(crate) async fn run_session<S>(inner: Arc<Inner>, stream: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let max = inner.config.max_packet_size;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let connect = match tokio::time::timeout(Duration::from_secs(10), read_packet(&mut rd, &mut buf, max)).await {
+        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Ok(other)) => {
+            debug!(%peer, ?other, "first packet is not CONNECT; closing");
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "no valid CONNECT; closing");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT within 10 s; closing");
+            return;
+        }
+    };
+    let mut out = BytesMut::new();
+    let hub_id = match authenticate(&inner, &connect) {
+        Ok(id) => id,
+        Err(code) => {
+            info!(%peer, client_id = %connect.client_id, ?code, "MQTT connection refused");
+            write(&mut out, &Packet::ConnAck(ConnAck::new(code, false)));
+            let _ = wr.write_all(&out).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let session_present = inner.start_session(&hub_id, tx.clone(), connect.clean_session);
+    info!(%peer, device = %hub_id, clean_session = connect.clean_session, "MQTT connected");
+    write(&mut out, &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)));
+    if wr.write_all(&out).await.is_err() {
+        inner.end_session(&hub_id, &tx);
+        return;
+    }
+    out.clear();
+    let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let mut deadline = keep_alive.map(|k| Instant::now() + k);
+    let reason = loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            packet = read_packet(&mut rd, &mut buf, max) => match packet {
+                Ok(packet) => {
+                    deadline = keep_alive.map(|k| Instant::now() + k);
+                    if let Err(reason) = handle_packet(&inner, &hub_id, &tx, packet, &mut out) {
+                        break reason;
+                    }
+                }
+                Err(e) => break e,
+            },
+            outbound = rx.recv() => match outbound {
+                Some(Outbound::Packet(p)) => write(&mut out, &p),
+                Some(Outbound::Ack(pkid)) => write(&mut out, &Packet::PubAck(PubAck::new(pkid))),
+                Some(Outbound::Kick) | None => break "closed by the platform".to_owned(),
+            },
+            () = sleep => break "keep-alive timeout".to_owned(),
+        }
+        // Drain what else is ready before writing, so acknowledgements go out in batches.
+        while let Ok(outbound) = rx.try_recv() {
+            match outbound {
+                Outbound::Packet(p) => write(&mut out, &p),
+                Outbound::Ack(pkid) => write(&mut out, &Packet::PubAck(PubAck::new(pkid))),
+                Outbound::Kick => break,
+            }
+        }
+        if !out.is_empty() {
+            if let Err(e) = wr.write_all(&out).await {
+                break format!("write failed: {e}");
+            }
+            out.clear();
+        }
+    };
+    if !out.is_empty() {
+        let _ = wr.write_all(&out).await;
+    }
+    let _ = wr.shutdown().await;
+    inner.end_session(&hub_id, &tx);
+    info!(%peer, device = %hub_id, %reason, "MQTT disconnected");
+}
+
+fn query_param<'a>(topic: &'a str, key: &str) -> Option<&'a str> {
+    let query = topic.split_once('?')?.1;
+    query.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Handles one packet from the device; `Err` closes the connection with that reason.
+fn handle_packet(
+    inner: &Arc<Inner>,
+    hub_id: &str,
+    tx: &mpsc::UnboundedSender<Outbound>,
+    packet: Packet,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    match packet {
+        Packet::Publish(p) => handle_publish(inner, hub_id, tx, p, out),
+        Packet::Subscribe(s) => {
+            let suback = subscribe(inner, hub_id, &s);
+            write(out, &Packet::SubAck(suback));
+            Ok(())
+        }
+        Packet::Unsubscribe(Unsubscribe { pkid, topics }) => {
+            inner.unsubscribe(hub_id, &topics);
+            write(out, &Packet::UnsubAck(UnsubAck::new(pkid)));
+            Ok(())
+        }
+        Packet::PingReq => {
+            write(out, &Packet::PingResp);
+            Ok(())
+        }
+        Packet::PubAck(_) => Ok(()),
+        Packet::Disconnect => Err("client disconnected".into()),
+        other => Err(format!("unexpected packet {other:?}")),
+    }
+}
+
+fn subscribe(inner: &Inner, hub_id: &str, s: &Subscribe) -> SubAck {
+    let mut granted = Vec::new();
+    let mut codes = Vec::new();
+    for f in &s.filters {
+        let allowed = ALLOWED_FILTERS.iter().any(|a| a.replace("{id}", hub_id) == f.path);
+        if allowed {
+            granted.push(f.path.clone());
+            codes.push(SubscribeReasonCode::Success(if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce }));
+        } else {
+            warn!(device = %hub_id, filter = %f.path, "subscription refused");
+            codes.push(SubscribeReasonCode::Failure);
+        }
+    }
+    inner.subscribe(hub_id, granted);
+    SubAck::new(s.pkid, codes)
+}
+
+fn handle_publish(
+    inner: &Arc<Inner>,
+    hub_id: &str,
+    tx: &mpsc::UnboundedSender<Outbound>,
+    p: Publish,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    if p.qos == QoS::ExactlyOnce {
+        return Err("QoS 2 is not supported".into());
+    }
+    let ack = |out: &mut BytesMut| {
+        if p.qos == QoS::AtLeastOnce {
+            write(out, &Packet::PubAck(PubAck::new(p.pkid)));
+        }
+    };
+    let events_prefix = format!("devices/{hub_id}/messages/events/");
+    if let Some(bag) = p.topic.strip_prefix(&events_prefix) {
+        return telemetry(inner, hub_id, tx, bag, &p);
+    }
+    if p.topic.starts_with("$iothub/twin/GET/") {
+        ack(out);
+        let Some(rid) = query_param(&p.topic, "$rid") else { return Ok(()) };
+        let doc = inner.twin(hub_id).map(|t| t.document()).unwrap_or(Value::Null);
+        twin_response(inner, hub_id, out, 200, rid, None, doc.to_string().into_bytes());
+        return Ok(());
+    }
+    if p.topic.starts_with("$iothub/twin/PATCH/properties/reported/") {
+        ack(out);
+        let Some(rid) = query_param(&p.topic, "$rid") else { return Ok(()) };
+        match serde_json::from_slice::<Value>(&p.payload) {
+            Ok(Value::Object(patch)) => match inner.patch_reported(hub_id, &patch) {
+                Some(version) => twin_response(inner, hub_id, out, 204, rid, Some(version), Vec::new()),
+                None => twin_response(inner, hub_id, out, 404, rid, None, b"{\"message\":\"no such device\"}".to_vec()),
+            },
+            _ => {
+                let body = b"{\"message\":\"reported properties must be a JSON object\"}".to_vec();
+                twin_response(inner, hub_id, out, 400, rid, None, body);
+            }
+        }
+        return Ok(());
+    }
+    if p.topic.starts_with("$iothub/methods/res/") {
+        ack(out);
+        return Ok(());
+    }
+    Err(format!("publishing to {:?} is not allowed", p.topic))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn twin_response(inner: &Inner, hub_id: &str, out: &mut BytesMut, status: u16, rid: &str, version: Option<u64>, body: Vec<u8>) {
+    let topic = match version {
+        Some(v) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={v}"),
+        None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
+    };
+    if inner.is_subscribed(hub_id, &topic) {
+        write(out, &Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body)));
+    } else {
+        debug!(device = %hub_id, "twin response dropped: not subscribed to $iothub/twin/res/#");
+    }
+}
+
+fn telemetry(
+    inner: &Arc<Inner>,
+    hub_id: &str,
+    tx: &mpsc::UnboundedSender<Outbound>,
+    bag: &str,
+    p: &Publish,
+) -> Result<(), String> {
+    let mut message = StoredMessage {
+        hub_device_id: hub_id.to_owned(),
+        received_at: now_ms(),
+        wire_size: p.payload.len(),
+        ..StoredMessage::default()
+    };
+    let properties = parse_property_bag(bag).map_err(|e| format!("invalid property bag: {e}"))?;
+    apply_properties(&mut message, properties)?;
+    let (qos, pkid) = (p.qos, p.pkid);
+    let ack: Option<crate::db::AckFn> = (qos == QoS::AtLeastOnce).then(|| {
+        let tx = tx.clone();
+        Box::new(move |ok: bool| {
+            if ok {
+                let _ = tx.send(Outbound::Ack(pkid));
+            } else {
+                let _ = tx.send(Outbound::Kick);
+            }
+        }) as crate::db::AckFn
+    });
+    if message.externalized {
+        // The payload is a link to an uploaded blob: resolve it off the session's task.
+        let inner = inner.clone();
+        let payload = p.payload.clone();
+        tokio::spawn(async move {
+            let link = serde_json::from_slice::<Value>(&payload)
+                .ok()
+                .and_then(|v| v.get("link").and_then(Value::as_str).map(str::to_owned));
+            match link {
+                Some(name) => match inner.db.get_blob(name.clone()).await {
+                    Some(blob) => finish_payload(&mut message, &blob),
+                    None => {
+                        warn!(blob = %name, "linked blob not found; storing the link");
+                        message.other_properties.push(("error".into(), format!("blob {name} not found")));
+                        message.payload = payload.to_vec();
+                    }
+                },
+                None => {
+                    message.other_properties.push(("error".into(), "externalized payload without a link".into()));
+                    message.payload = payload.to_vec();
+                }
+            }
+            inner.store_message(message, ack);
+        });
+        return Ok(());
+    }
+    finish_payload(&mut message, &p.payload);
+    inner.store_message(message, ack);
+    Ok(())
+}
+
+fn finish_payload(message: &mut StoredMessage, payload: &[u8]) {
+    match decode_payload(message.content_encoding.as_deref(), payload) {
+        Ok(decoded) => message.payload = decoded,
+        Err(e) => {
+            warn!(device = %message.hub_device_id, error = %e, "cannot decode the payload; stored as received");
+            message.other_properties.push(("decode-error".into(), e));
+            message.payload = payload.to_vec();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_filters() {
+        assert!(topic_matches("$iothub/twin/res/#", "$iothub/twin/res/200/?$rid=1"));
+        assert!(topic_matches("a/+/c", "a/b/c"));
+        assert!(!topic_matches("a/+/c", "a/b/d"));
+        assert!(!topic_matches("$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/?$version=2"));
+        assert_eq!(query_param("$iothub/twin/GET/?$rid=abc", "$rid"), Some("abc"));
+        assert_eq!(query_param("$iothub/twin/GET/?x=1&$rid=abc", "$rid"), Some("abc"));
+        assert_eq!(query_param("$iothub/twin/GET/", "$rid"), None);
+    }
+}

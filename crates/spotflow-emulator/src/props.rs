@@ -1,0 +1,101 @@
+//! The telemetry property bag and payload decoding.
+
+use std::io::Read;
+
+use percent_encoding::percent_decode_str;
+use spotflow_core::{decompress, ContentEncoding};
+
+use crate::db::StoredMessage;
+
+/// Parses `k=v&k2=v2` (values percent-decoded, a key without `=` gets ""). Invalid UTF-8 after
+/// decoding is an error.
+pub fn parse_property_bag(bag: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for part in bag.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let decode = |s: &str| {
+            percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).map_err(|_| format!("property {s:?} is not UTF-8"))
+        };
+        out.push((decode(k)?, decode(v)?));
+    }
+    Ok(out)
+}
+
+/// Fills the message's properties from the bag.
+pub fn apply_properties(message: &mut StoredMessage, properties: Vec<(String, String)>) -> Result<(), String> {
+    for (k, v) in properties {
+        let flag = |v: &str| v.eq_ignore_ascii_case("true");
+        match k.as_str() {
+            "stream-group-name" => message.stream_group = Some(v),
+            "stream-name" => message.stream = Some(v),
+            "batch-id" => message.batch_id = Some(v),
+            "batch-slice-id" => message.batch_slice_id = Some(v),
+            "message-id" => message.message_id = Some(v),
+            "chunk-id" => message.chunk_id = Some(v),
+            "complete-batch" => message.complete_batch = flag(&v),
+            "complete-message" => message.complete_message = flag(&v),
+            "has-externalized-payload" => message.externalized = flag(&v),
+            "content-encoding" => message.content_encoding = Some(v),
+            _ => message.other_properties.push((k, v)),
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a payload sent with `encoding` (`br`, `lz4`, `zstd`).
+pub fn decode_payload(encoding: Option<&str>, payload: &[u8]) -> Result<Vec<u8>, String> {
+    match encoding {
+        None => Ok(payload.to_vec()),
+        Some("br") => {
+            let mut out = Vec::new();
+            brotli_decompressor::Decompressor::new(payload, 4096)
+                .take(spotflow_core::MAX_DECOMPRESSED_SIZE as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("invalid brotli payload: {e}"))?;
+            if out.len() > spotflow_core::MAX_DECOMPRESSED_SIZE {
+                return Err("brotli payload too large once decoded".into());
+            }
+            Ok(out)
+        }
+        Some(token) => match ContentEncoding::from_token(token) {
+            Some(enc) => decompress(enc, payload).map_err(|e| e.to_string()),
+            None => Err(format!("unknown content encoding {token:?}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_official_examples() {
+        let props = parse_property_bag(
+            "stream-group-name=sg%201&stream-name=st%2F1&batch-id=b1&message-id=m2&complete-message=true&ignore-payload=true",
+        )
+        .unwrap();
+        let mut m = StoredMessage::default();
+        apply_properties(&mut m, props).unwrap();
+        assert_eq!(m.stream_group.as_deref(), Some("sg 1"));
+        assert_eq!(m.stream.as_deref(), Some("st/1"));
+        assert_eq!((m.batch_id.as_deref(), m.message_id.as_deref()), (Some("b1"), Some("m2")));
+        assert!(m.complete_message && !m.complete_batch);
+        assert_eq!(m.other_properties, vec![("ignore-payload".to_owned(), "true".to_owned())]);
+        assert_eq!(parse_property_bag("%24.mid=abc&k1=v%201&flag").unwrap()[2], ("flag".to_owned(), String::new()));
+        assert!(parse_property_bag("a=%ff").is_err());
+    }
+
+    #[test]
+    fn decodes_payloads() {
+        let raw = b"hello hello hello hello hello hello".to_vec();
+        let lz4 = spotflow_core::Compression::Fastest.compress(&raw).unwrap().1;
+        assert_eq!(decode_payload(Some("lz4"), &lz4).unwrap(), raw);
+        let zstd = spotflow_core::Compression::SmallestSize.compress(&raw).unwrap().1;
+        assert_eq!(decode_payload(Some("zstd"), &zstd).unwrap(), raw);
+        // "hello" compressed by brotli (quality 11).
+        let br = [0x0b, 0x02, 0x80, 0x68, 0x65, 0x6c, 0x6c, 0x6f, 0x03];
+        assert_eq!(decode_payload(Some("br"), &br).unwrap(), b"hello");
+        assert!(decode_payload(Some("br"), b"garbage!").is_err());
+        assert!(decode_payload(Some("gzip"), b"x").is_err());
+    }
+}
