@@ -67,7 +67,7 @@ pub(crate) type AckFn = Box<dyn FnOnce(bool) + Send>;
 enum Command {
     SaveState(String),
     TwinHistory { hub_device_id: String, kind: &'static str, version: u64, doc: String },
-    Insert(StoredMessage, Option<AckFn>),
+    Insert(Box<StoredMessage>, Option<AckFn>),
     PutBlob { name: String, hub_device_id: String, data: Vec<u8>, reply: oneshot::Sender<bool> },
     GetBlob { name: String, reply: oneshot::Sender<Option<Vec<u8>>> },
     Query(MessageQuery, oneshot::Sender<Vec<StoredMessage>>),
@@ -141,7 +141,7 @@ impl Db {
 
     /// Stores a message; `ack` runs (on the database thread) once it is committed.
     pub fn insert_message(&self, message: StoredMessage, ack: Option<AckFn>) {
-        if let Err(mpsc::SendError(Command::Insert(_, Some(ack)))) = self.tx.send(Command::Insert(message, ack)) {
+        if let Err(mpsc::SendError(Command::Insert(_, Some(ack)))) = self.tx.send(Command::Insert(Box::new(message), ack)) {
             ack(false);
         }
     }
@@ -185,7 +185,7 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
         }
         for command in queue {
             match command {
-                Command::Insert(m, ack) => pending.push((m, ack)),
+                Command::Insert(m, ack) => pending.push((*m, ack)),
                 Command::SaveState(json) => state = Some(json),
                 other => {
                     flush(&mut conn, &mut pending, &mut state);
@@ -295,9 +295,8 @@ fn query(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<StoredMess
          complete_batch, complete_message, content_encoding, externalized, wire_size, other_properties, payload
          FROM messages WHERE id > ?1 AND (?2 IS NULL OR hub_device_id = ?2) ORDER BY id LIMIT ?3",
     )?;
-    let rows = stmt.query_map(
-        params![q.after_id.unwrap_or(0), q.hub_device_id, q.limit.unwrap_or(1000) as i64],
-        |r| {
+    let rows =
+        stmt.query_map(params![q.after_id.unwrap_or(0), q.hub_device_id, q.limit.unwrap_or(1000) as i64], |r| {
             let other: String = r.get(14)?;
             Ok(StoredMessage {
                 id: r.get(0)?,
@@ -317,7 +316,6 @@ fn query(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<StoredMess
                 other_properties: serde_json::from_str(&other).unwrap_or_default(),
                 payload: r.get(15)?,
             })
-        },
-    )?;
+        })?;
     rows.collect()
 }

@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 pub use db::{MessageQuery, StoredMessage};
 pub use state::{Operation, OperationState, Twin};
+pub use tls::client_config;
 
 use mqtt::Outbound;
 use state::{ControlState, Policy};
@@ -428,7 +429,9 @@ impl Emulator {
             let mut stop = shutdown.subscribe();
             let router = router.clone();
             tokio::spawn(async move {
-                let _ = axum::serve(tls_listener, router).with_graceful_shutdown(async move { stopped(&mut stop).await }).await;
+                let _ = axum::serve(tls_listener, router)
+                    .with_graceful_shutdown(async move { stopped(&mut stop).await })
+                    .await;
             });
         }
         if let Some(listener) = http {
@@ -438,7 +441,8 @@ impl Emulator {
                 let listener = listener.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                let _ = axum::serve(listener, router).with_graceful_shutdown(async move { stopped(&mut stop).await }).await;
+                let _ =
+                    axum::serve(listener, router).with_graceful_shutdown(async move { stopped(&mut stop).await }).await;
             });
         }
         if let Some(listener) = mqtts {
@@ -486,6 +490,10 @@ impl Emulator {
     /// The CA certificate (PEM) to trust.
     pub fn ca_pem(&self) -> &str {
         &self.tls.ca_pem
+    }
+    /// A TLS client configuration trusting the emulator's CA.
+    pub fn client_tls_config(&self) -> rustls::ClientConfig {
+        tls::client_config(&self.tls.ca_pem).expect("the emulator's own CA certificate parses")
     }
     /// Where the CA certificate is stored (with a data directory).
     pub fn ca_path(&self) -> Option<&Path> {
@@ -605,13 +613,11 @@ async fn accept_mqtt(
         tokio::spawn(async move {
             let peer = peer.to_string();
             match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => mqtt::run_session(inner, stream, peer).await,
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => mqtt::run_session(inner, stream, peer).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                },
                 None => mqtt::run_session(inner, tcp, peer).await,
             }
         });

@@ -1,1 +1,335 @@
-fn main() {}
+//! `spotflow-emulator`: run the local platform, and administer it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(name = "spotflow-emulator", version, about = "The Spotflow IoT Platform on one machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Admin {
+    /// Base URL of the running emulator's HTTP(S) API.
+    #[arg(long, env = "SPOTFLOW_EMULATOR_URL", default_value = "https://localhost:8443")]
+    url: String,
+    /// Data directory of the running emulator (for its CA certificate and admin token).
+    #[arg(long, env = "SPOTFLOW_EMULATOR_DATA", default_value = "spotflow-emulator-data")]
+    data_dir: PathBuf,
+    /// Admin token (default: read from the data directory).
+    #[arg(long, env = "SPOTFLOW_EMULATOR_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the emulator.
+    Serve {
+        /// Data directory (database, CA, admin token).
+        #[arg(long, default_value = "spotflow-emulator-data")]
+        data_dir: PathBuf,
+        /// Address to bind every listener to.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// HTTPS port (platform API, uploads, admin API, MQTT over WSS).
+        #[arg(long, default_value_t = 8443)]
+        https_port: u16,
+        /// Plain HTTP port (off by default).
+        #[arg(long)]
+        http_port: Option<u16>,
+        /// MQTT over TLS port.
+        #[arg(long, default_value_t = 8883)]
+        mqtts_port: u16,
+        /// Plain MQTT port (off by default).
+        #[arg(long)]
+        mqtt_port: Option<u16>,
+        /// Host name given to devices as the hub host.
+        #[arg(long, default_value = "localhost")]
+        hub_host: String,
+        /// Approve provisioning operations automatically after this many seconds.
+        #[arg(long)]
+        auto_approve_secs: Option<u64>,
+        /// Lifetime of registration tokens, in seconds.
+        #[arg(long, default_value_t = 30 * 86_400)]
+        registration_token_lifetime_secs: u64,
+        /// Lifetime of connection credentials, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        connection_lifetime_secs: u64,
+        /// Admin token (default: generated and stored in the data directory).
+        #[arg(long, env = "SPOTFLOW_EMULATOR_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
+    /// Provisioning tokens.
+    ProvisioningToken {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Provisioning operations.
+    Operations {
+        #[command(subcommand)]
+        action: OperationAction,
+    },
+    /// Devices.
+    Devices {
+        #[command(subcommand)]
+        action: DeviceAction,
+    },
+    /// Desired properties.
+    Desired {
+        #[command(subcommand)]
+        action: DesiredAction,
+    },
+    /// Received messages.
+    Messages {
+        #[command(subcommand)]
+        action: MessageAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a provisioning token.
+    Create {
+        #[arg(long)]
+        workspace: Option<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperationAction {
+    /// List provisioning operations.
+    List {
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Approve an operation, optionally overriding the device id.
+    Approve {
+        id: String,
+        #[arg(long)]
+        device_id: Option<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Cancel an operation.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceAction {
+    /// List devices.
+    List {
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum DesiredAction {
+    /// Merge a JSON patch into a device's desired properties (`DEVICE` is `workspace:device`).
+    Set {
+        device: String,
+        json: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum MessageAction {
+    /// Print received messages, and keep printing new ones with --follow.
+    Tail {
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+}
+
+struct AdminClient {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl AdminClient {
+    fn new(a: &Admin) -> Result<Self, String> {
+        let token = match &a.admin_token {
+            Some(t) => t.clone(),
+            None => std::fs::read_to_string(a.data_dir.join("admin-token"))
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| format!("no admin token: pass --admin-token or --data-dir ({e})"))?,
+        };
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if a.url.starts_with("https://") {
+            let ca = std::fs::read_to_string(a.data_dir.join("ca.pem"))
+                .map_err(|e| format!("cannot read the emulator's CA from {}: {e}", a.data_dir.display()))?;
+            builder = builder.tls_backend_preconfigured(spotflow_emulator::client_config(&ca)?);
+        }
+        let http = builder.build().map_err(|e| e.to_string())?;
+        Ok(AdminClient { http, url: a.url.trim_end_matches('/').to_owned(), token })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let mut req = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!("{status}: {text}"));
+        }
+        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) })
+    }
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    use reqwest::Method;
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            bind,
+            https_port,
+            http_port,
+            mqtts_port,
+            mqtt_port,
+            hub_host,
+            auto_approve_secs,
+            registration_token_lifetime_secs,
+            connection_lifetime_secs,
+            admin_token,
+        } => {
+            init_logs();
+            let mut config = spotflow_emulator::EmulatorConfig::default();
+            config.data_dir = Some(data_dir.clone());
+            config.bind = bind;
+            config.https_port = Some(https_port);
+            config.http_port = http_port;
+            config.mqtts_port = Some(mqtts_port);
+            config.mqtt_port = mqtt_port;
+            config.hub_host = hub_host;
+            config.auto_approve = auto_approve_secs.map(Duration::from_secs);
+            config.registration_token_lifetime = Duration::from_secs(registration_token_lifetime_secs);
+            config.connection_lifetime = Duration::from_secs(connection_lifetime_secs);
+            config.admin_token = admin_token;
+            let emulator = spotflow_emulator::Emulator::builder().config(config).start().await?;
+            println!("spotflow-emulator is running");
+            println!("  instance (HTTPS):  {}", emulator.https_url());
+            if let Some(u) = emulator.http_url() {
+                println!("  plain HTTP:        {u}");
+            }
+            if let Some(a) = emulator.mqtts_addr() {
+                println!("  MQTT over TLS:     {}:{}", emulator.hub_host(), a.port());
+            }
+            if let Some(a) = emulator.mqtt_addr() {
+                println!("  plain MQTT:        {a}");
+            }
+            println!("  MQTT over WSS:     {}", emulator.wss_url());
+            if let Some(p) = emulator.ca_path() {
+                println!(
+                    "  CA certificate:    {} (trust it: SSL_CERT_FILE={} for the official SDK)",
+                    p.display(),
+                    p.display()
+                );
+            }
+            println!("  admin token file:  {}", data_dir.join("admin-token").display());
+            let _ = tokio::signal::ctrl_c().await;
+            println!("stopping");
+            emulator.shutdown();
+            Ok(())
+        }
+        Command::ProvisioningToken { action: TokenAction::Create { workspace, admin } } => {
+            let body =
+                workspace.map(|w| serde_json::json!({"workspaceId": w})).unwrap_or_else(|| serde_json::json!({}));
+            print(&AdminClient::new(&admin)?.call(Method::POST, "/admin/provisioning-tokens", Some(body)).await?);
+            Ok(())
+        }
+        Command::Operations { action } => {
+            let v = match action {
+                OperationAction::List { admin } => {
+                    AdminClient::new(&admin)?.call(Method::GET, "/admin/operations", None).await?
+                }
+                OperationAction::Approve { id, device_id, admin } => {
+                    let body = serde_json::json!({ "deviceId": device_id });
+                    AdminClient::new(&admin)?
+                        .call(Method::POST, &format!("/admin/operations/{id}/approve"), Some(body))
+                        .await?
+                }
+                OperationAction::Cancel { id, admin } => {
+                    AdminClient::new(&admin)?
+                        .call(Method::POST, &format!("/admin/operations/{id}/cancel"), None)
+                        .await?
+                }
+            };
+            print(&v);
+            Ok(())
+        }
+        Command::Devices { action: DeviceAction::List { admin } } => {
+            print(&AdminClient::new(&admin)?.call(Method::GET, "/admin/devices", None).await?);
+            Ok(())
+        }
+        Command::Desired { action: DesiredAction::Set { device, json, admin } } => {
+            let patch: Value = serde_json::from_str(&json).map_err(|e| format!("invalid JSON: {e}"))?;
+            if !patch.is_object() {
+                return Err("the desired properties patch must be a JSON object".into());
+            }
+            let path = format!("/admin/devices/{device}/desired");
+            print(&AdminClient::new(&admin)?.call(Method::PATCH, &path, Some(patch)).await?);
+            Ok(())
+        }
+        Command::Messages { action: MessageAction::Tail { device, follow, admin } } => {
+            let client = AdminClient::new(&admin)?;
+            let mut after = 0i64;
+            loop {
+                let mut path = format!("/admin/messages?afterId={after}&limit=1000");
+                if let Some(d) = &device {
+                    path.push_str(&format!("&device={d}"));
+                }
+                let batch = client.call(Method::GET, &path, None).await?;
+                let items = batch.as_array().cloned().unwrap_or_default();
+                for m in &items {
+                    after = after.max(m.get("id").and_then(Value::as_i64).unwrap_or(after));
+                    println!("{}", m);
+                }
+                if !follow {
+                    return Ok(());
+                }
+                if items.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

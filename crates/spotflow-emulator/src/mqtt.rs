@@ -31,8 +31,12 @@ pub(crate) enum Outbound {
 }
 
 /// Topic filters a device may subscribe to (with `{id}` replaced).
-const ALLOWED_FILTERS: [&str; 4] =
-    ["$iothub/methods/POST/#", "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "devices/{id}/messages/devicebound/#"];
+const ALLOWED_FILTERS: [&str; 4] = [
+    "$iothub/methods/POST/#",
+    "$iothub/twin/res/#",
+    "$iothub/twin/PATCH/properties/desired/#",
+    "devices/{id}/messages/devicebound/#",
+];
 
 /// MQTT topic matching with `+` and `#`.
 pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {
@@ -224,7 +228,11 @@ fn subscribe(inner: &Inner, hub_id: &str, s: &Subscribe) -> SubAck {
         let allowed = ALLOWED_FILTERS.iter().any(|a| a.replace("{id}", hub_id) == f.path);
         if allowed {
             granted.push(f.path.clone());
-            codes.push(SubscribeReasonCode::Success(if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce }));
+            codes.push(SubscribeReasonCode::Success(if f.qos == QoS::AtMostOnce {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            }));
         } else {
             warn!(device = %hub_id, filter = %f.path, "subscription refused");
             codes.push(SubscribeReasonCode::Failure);
@@ -283,7 +291,15 @@ fn handle_publish(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn twin_response(inner: &Inner, hub_id: &str, out: &mut BytesMut, status: u16, rid: &str, version: Option<u64>, body: Vec<u8>) {
+fn twin_response(
+    inner: &Inner,
+    hub_id: &str,
+    out: &mut BytesMut,
+    status: u16,
+    rid: &str,
+    version: Option<u64>,
+    body: Vec<u8>,
+) {
     let topic = match version {
         Some(v) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={v}"),
         None => format!("$iothub/twin/res/{status}/?$rid={rid}"),

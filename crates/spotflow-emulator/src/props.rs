@@ -14,7 +14,10 @@ pub fn parse_property_bag(bag: &str) -> Result<Vec<(String, String)>, String> {
     for part in bag.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         let decode = |s: &str| {
-            percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).map_err(|_| format!("property {s:?} is not UTF-8"))
+            percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| format!("property {s:?} is not UTF-8"))
         };
         out.push((decode(k)?, decode(v)?));
     }

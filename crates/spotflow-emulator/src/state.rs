@@ -170,7 +170,12 @@ impl ControlState {
         token
     }
 
-    pub fn init_operation(&mut self, token: &str, requested_device_id: Option<String>, policy: &Policy) -> Option<Operation> {
+    pub fn init_operation(
+        &mut self,
+        token: &str,
+        requested_device_id: Option<String>,
+        policy: &Policy,
+    ) -> Option<Operation> {
         let workspace_id = self.provisioning_tokens.get(token)?.workspace_id.clone();
         let n = self.next();
         let now = now_ms();
@@ -254,7 +259,12 @@ impl ControlState {
     }
 
     /// Registers with a registration token: returns the device and a new SAS.
-    pub fn register(&mut self, registration_token: &str, hub_host: &str, policy: &Policy) -> Option<(RegistrationTokenInfo, String, Millis)> {
+    pub fn register(
+        &mut self,
+        registration_token: &str,
+        hub_host: &str,
+        policy: &Policy,
+    ) -> Option<(RegistrationTokenInfo, String, Millis)> {
         let now = now_ms();
         let info = self.registration_tokens.get(registration_token).filter(|i| now < i.expires_at)?.clone();
         let hub_id = hub_device_id(&info.workspace_id, &info.device_id);
@@ -267,16 +277,23 @@ impl ControlState {
         });
         let _ = device;
         let expires_at = now + policy.connection_lifetime.as_millis() as u64;
-        let resource: String =
-            percent_encoding::utf8_percent_encode(&format!("{hub_host}/devices/{hub_id}"), percent_encoding::NON_ALPHANUMERIC)
-                .to_string();
+        let resource: String = percent_encoding::utf8_percent_encode(
+            &format!("{hub_host}/devices/{hub_id}"),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
         let sas = format!("SharedAccessSignature sr={resource}&sig={}&se={}", random_hex(32), expires_at / 1000);
         self.sas.retain(|_, s| s.expires_at > now);
         self.sas.insert(sas.clone(), SasInfo { hub_device_id: hub_id, expires_at });
         Some((info, sas, expires_at))
     }
 
-    pub fn refresh(&mut self, provisioning_token: &str, registration_token: &str, policy: &Policy) -> Option<(String, Millis)> {
+    pub fn refresh(
+        &mut self,
+        provisioning_token: &str,
+        registration_token: &str,
+        policy: &Policy,
+    ) -> Option<(String, Millis)> {
         let now = now_ms();
         let info = self.registration_tokens.get(registration_token).filter(|i| now < i.expires_at)?.clone();
         if info.provisioning_token != provisioning_token {

@@ -108,3 +108,18 @@ fn restrict(path: &Path) {
 
 #[cfg(not(unix))]
 fn restrict(_: &Path) {}
+
+/// A client configuration that trusts only the given CA (PEM), for tools and tests talking to the
+/// emulator.
+pub fn client_config(ca_pem: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in <CertificateDer<'static> as rustls::pki_types::pem::PemObject>::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("invalid CA certificate: {e:?}"))?;
+        roots.add(cert).map_err(|e| format!("invalid CA certificate: {e}"))?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

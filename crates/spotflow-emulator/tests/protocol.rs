@@ -1,0 +1,737 @@
+//! The emulator against raw protocol clients (reqwest, rumqttc, tokio-tungstenite): every
+//! endpoint and topic, their error answers, and bad input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
+    Transport,
+};
+use serde_json::{json, Value};
+use spotflow_emulator::{Emulator, MessageQuery};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn emulator() -> Emulator {
+    Emulator::builder().http_port(0).mqtt_port(0).start().await.expect("emulator starts")
+}
+
+fn https(emu: &Emulator) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(emu.client_tls_config())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let mut req = client.request(method, url).header("content-type", "application/json").body(body.to_owned());
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+struct Registered {
+    hub_id: String,
+    sas: String,
+    hub_host: String,
+    registration_token: String,
+    provisioning_token: String,
+}
+
+/// Provisions and registers `device` over HTTPS, approving through the embedding API.
+async fn register(emu: &Emulator, device: &str) -> Registered {
+    let http = https(emu);
+    let base = emu.https_url();
+    let pt = emu.create_provisioning_token();
+    let auth = format!("DeviceToken {pt}");
+    let (s, op) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/provisioning-operations/init"),
+        Some(&auth),
+        &json!({"deviceId": device}).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{op}");
+    let id = op["provisioningOperationId"].as_str().unwrap().to_owned();
+    emu.approve(&id, None).unwrap();
+    let (s, done) = call(
+        &http,
+        reqwest::Method::PUT,
+        format!("{base}/provisioning-operations/complete"),
+        Some(&auth),
+        &json!({"provisioningOperationId": id}).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{done}");
+    let rt = done["registrationToken"].as_str().unwrap().to_owned();
+    let (s, reg) = call(
+        &http,
+        reqwest::Method::PUT,
+        format!("{base}/devices/register"),
+        Some(&format!("DeviceToken {rt}")),
+        r#"{"connectionStringType":"SharedAccessSignature"}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{reg}");
+    let cs = reg["connectionString"].as_str().unwrap();
+    let sas = cs.split(';').find_map(|p| p.strip_prefix("SharedAccessSignature=")).unwrap().to_owned();
+    let hub_id = cs.split(';').find_map(|p| p.strip_prefix("DeviceId=")).unwrap().to_owned();
+    Registered {
+        hub_id,
+        sas,
+        hub_host: reg["iotHubHostName"].as_str().unwrap().to_owned(),
+        registration_token: rt,
+        provisioning_token: pt,
+    }
+}
+
+fn mqtt_options(emu: &Emulator, dev: &Registered, tls: bool) -> MqttOptions {
+    let port = if tls { emu.mqtts_addr().unwrap().port() } else { emu.mqtt_addr().unwrap().port() };
+    let mut o = MqttOptions::new(dev.hub_id.clone(), "localhost", port);
+    o.set_credentials(format!("{}/{}/?api-version=2018-06-30", dev.hub_host, dev.hub_id), dev.sas.clone());
+    o.set_clean_session(false);
+    o.set_inflight(100);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(512 * 1024, 512 * 1024);
+    if tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(emu.client_tls_config()))));
+    }
+    o
+}
+
+/// Polls the event loop until `pick` returns something (bounded by WAIT).
+async fn until<T>(ev: &mut EventLoop, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ev.poll().await {
+                Ok(e) => {
+                    if let Some(t) = pick(&e) {
+                        return t;
+                    }
+                }
+                Err(e) => panic!("connection error: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+#[tokio::test]
+async fn provisioning_registration_and_refresh_over_https_with_every_error_status() {
+    let emu = emulator().await;
+    let http = https(&emu);
+    let base = emu.https_url();
+    let post = reqwest::Method::POST;
+    let put = reqwest::Method::PUT;
+    let pt = emu.create_provisioning_token();
+    let auth = format!("DeviceToken {pt}");
+    // init: 401 without or with a wrong token, 400 for bad JSON, 200 otherwise.
+    assert_eq!(call(&http, post.clone(), format!("{base}/provisioning-operations/init"), None, "{}").await.0, 401);
+    let (s, body) =
+        call(&http, post.clone(), format!("{base}/provisioning-operations/init"), Some("DeviceToken nope"), "{}").await;
+    assert_eq!((s, body["status"].as_u64()), (401, Some(401)));
+    for bad in ["not json", "[1]", r#"{"deviceId": 5}"#, r#"{"deviceId": "a:b"}"#] {
+        assert_eq!(
+            call(&http, post.clone(), format!("{base}/provisioning-operations/init"), Some(&auth), bad).await.0,
+            400,
+            "{bad}"
+        );
+    }
+    let (s, op) = call(&http, post.clone(), format!("{base}/provisioning-operations/init"), Some(&auth), "{}").await;
+    assert_eq!(s, 200);
+    let id = op["provisioningOperationId"].as_str().unwrap().to_owned();
+    assert!(op["verificationCode"].is_string());
+    assert!(spotflow_core::time_format::parse_rfc3339(op["expirationTime"].as_str().unwrap()).is_ok());
+    // complete: 202 while pending, 401 with another token, 404 unknown, 400 bad body.
+    let complete = |body: String, auth: String| {
+        let http = http.clone();
+        let url = format!("{base}/provisioning-operations/complete");
+        async move { call(&http, reqwest::Method::PUT, url, Some(&auth), &body).await }
+    };
+    let body = json!({"provisioningOperationId": id}).to_string();
+    let (s, empty) = complete(body.clone(), auth.clone()).await;
+    assert_eq!((s, empty), (202, Value::Null));
+    let other = emu.create_provisioning_token();
+    assert_eq!(complete(body.clone(), format!("DeviceToken {other}")).await.0, 401);
+    assert_eq!(complete(json!({"provisioningOperationId": "x"}).to_string(), auth.clone()).await.0, 404);
+    assert_eq!(complete("{".into(), auth.clone()).await.0, 400);
+    // A technician approves it under another device id.
+    assert_eq!(emu.approve(&id, Some("tech-id")).unwrap(), "tech-id");
+    let (s, done) = complete(body.clone(), auth.clone()).await;
+    assert_eq!(s, 200);
+    let rt = done["registrationToken"].as_str().unwrap().to_owned();
+    assert!(spotflow_core::time_format::parse_rfc3339(done["expirationTime"].as_str().unwrap()).is_ok());
+    // register: 401 bad token, 400 unsupported type, 200 with the exact fields.
+    let reg_url = format!("{base}/devices/register");
+    assert_eq!(
+        call(
+            &http,
+            put.clone(),
+            reg_url.clone(),
+            Some("DeviceToken bad"),
+            r#"{"connectionStringType":"SharedAccessSignature"}"#
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(
+            &http,
+            put.clone(),
+            reg_url.clone(),
+            Some(&format!("DeviceToken {rt}")),
+            r#"{"connectionStringType":"SharedAccessKey"}"#
+        )
+        .await
+        .0,
+        400
+    );
+    let (s, reg) = call(
+        &http,
+        put.clone(),
+        reg_url.clone(),
+        Some(&format!("DeviceToken {rt}")),
+        r#"{"connectionStringType":"SharedAccessSignature"}"#,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let cs = reg["connectionString"].as_str().unwrap();
+    assert!(
+        cs.starts_with(
+            "HostName=localhost;DeviceId=ws-emulator:tech-id;SharedAccessSignature=SharedAccessSignature sr="
+        ),
+        "{cs}"
+    );
+    assert_eq!(reg["iotHubHostName"], "localhost");
+    assert_eq!(reg["connectionStringType"], "SharedAccessSignature");
+    assert!(spotflow_core::time_format::parse_rfc3339(reg["connectionStringExpiration"].as_str().unwrap()).is_ok());
+    assert!(
+        spotflow_core::time_format::parse_timespan(reg["tokenRemainingLifetime"].as_str().unwrap()).unwrap()
+            > Duration::from_secs(86_400)
+    );
+    // refresh: with the provisioning token; the old registration token stops working.
+    let refresh_url = format!("{base}/devices/registration-tokens/refresh");
+    let rt_body = json!({"registrationToken": rt}).to_string();
+    assert_eq!(
+        call(&http, put.clone(), refresh_url.clone(), Some(&format!("DeviceToken {other}")), &rt_body).await.0,
+        401
+    );
+    assert_eq!(call(&http, put.clone(), refresh_url.clone(), Some(&auth), "{}").await.0, 400);
+    let (s, fresh) = call(&http, put.clone(), refresh_url.clone(), Some(&auth), &rt_body).await;
+    assert_eq!(s, 200);
+    let new_rt = fresh["registrationToken"].as_str().unwrap();
+    assert_ne!(new_rt, rt);
+    assert_eq!(
+        call(
+            &http,
+            put.clone(),
+            reg_url.clone(),
+            Some(&format!("DeviceToken {rt}")),
+            r#"{"connectionStringType":"SharedAccessSignature"}"#
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(
+            &http,
+            put.clone(),
+            reg_url.clone(),
+            Some(&format!("DeviceToken {new_rt}")),
+            r#"{"connectionStringType":"SharedAccessSignature"}"#
+        )
+        .await
+        .0,
+        200
+    );
+    // A cancelled operation answers 410 with the cancellation problem type.
+    let (_, op2) = call(&http, post.clone(), format!("{base}/provisioning-operations/init"), Some(&auth), "{}").await;
+    let id2 = op2["provisioningOperationId"].as_str().unwrap().to_owned();
+    assert!(emu.cancel(&id2));
+    let (s, problem) = complete(json!({"provisioningOperationId": id2}).to_string(), auth.clone()).await;
+    assert_eq!(
+        (s, problem["type"].as_str()),
+        (410, Some("/problems/deviceProvisioning/provisioningOperationCancelled"))
+    );
+}
+
+#[tokio::test]
+async fn expired_operations_answer_410_and_auto_approval_approves() {
+    let emu = Emulator::builder()
+        .lifetimes(Duration::from_millis(300), Duration::from_secs(60), Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let http = https(&emu);
+    let base = emu.https_url();
+    let pt = emu.create_provisioning_token();
+    let auth = format!("DeviceToken {pt}");
+    let (_, op) =
+        call(&http, reqwest::Method::POST, format!("{base}/provisioning-operations/init"), Some(&auth), "{}").await;
+    let body = json!({"provisioningOperationId": op["provisioningOperationId"]}).to_string();
+    // Poll (bounded) until the operation expires.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let problem = loop {
+        let (s, p) =
+            call(&http, reqwest::Method::PUT, format!("{base}/provisioning-operations/complete"), Some(&auth), &body)
+                .await;
+        if s == 410 {
+            break p;
+        }
+        assert_eq!(s, 202);
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(problem["type"], "/problems/deviceProvisioning/provisioningOperationExpired");
+
+    let auto = Emulator::builder().auto_approve(Some(Duration::ZERO)).start().await.unwrap();
+    let http = https(&auto);
+    let pt = auto.create_provisioning_token();
+    let auth = format!("DeviceToken {pt}");
+    let base = auto.https_url();
+    let (_, op) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/provisioning-operations/init"),
+        Some(&auth),
+        r#"{"deviceId":"auto-1"}"#,
+    )
+    .await;
+    let body = json!({"provisioningOperationId": op["provisioningOperationId"]}).to_string();
+    let (s, done) =
+        call(&http, reqwest::Method::PUT, format!("{base}/provisioning-operations/complete"), Some(&auth), &body).await;
+    assert_eq!(s, 200, "{done}");
+}
+
+#[tokio::test]
+async fn mqtt_over_tls_telemetry_twin_and_desired_pushes() {
+    let emu = emulator().await;
+    let dev = register(&emu, "mqtt-1").await;
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, true), 1000);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("$iothub/twin/res/#".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("$iothub/twin/PATCH/properties/desired/#".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(format!("devices/{}/messages/devicebound/#", dev.hub_id), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("devices/ws-emulator:other/messages/devicebound/#".into(), QoS::AtLeastOnce),
+        ])
+        .await
+        .unwrap();
+    let codes = until(&mut ev, |e| match e {
+        Event::Incoming(Packet::SubAck(s)) => Some(s.return_codes.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(codes.len(), 4, "one return code per filter");
+    assert!(matches!(codes[3], rumqttc::SubscribeReasonCode::Failure), "another device's topic is refused");
+    // Twin GET: answered at QoS 0 with both versions.
+    client.publish("$iothub/twin/GET/?$rid=r1", QoS::AtLeastOnce, false, vec![]).await.unwrap();
+    let (topic, payload, qos) = until(&mut ev, |e| match e {
+        Event::Incoming(Packet::Publish(p)) => Some((p.topic.clone(), p.payload.clone(), p.qos)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((topic.as_str(), qos), ("$iothub/twin/res/200/?$rid=r1", QoS::AtMostOnce));
+    let twin: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(twin, json!({"desired": {"$version": 1}, "reported": {"$version": 1}}));
+    // Reported patch: merge semantics, 204 with the new version; not an object: 400.
+    client
+        .publish(
+            "$iothub/twin/PATCH/properties/reported/?$rid=r2",
+            QoS::AtLeastOnce,
+            false,
+            br#"{"a":1,"b":{"c":2}}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let topic = until(&mut ev, |e| match e {
+        Event::Incoming(Packet::Publish(p)) => Some(p.topic.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(topic, "$iothub/twin/res/204/?$rid=r2&$version=2");
+    client
+        .publish(
+            "$iothub/twin/PATCH/properties/reported/?$rid=r3",
+            QoS::AtLeastOnce,
+            false,
+            br#"{"b":{"c":null},"d":true}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    client
+        .publish("$iothub/twin/PATCH/properties/reported/?$rid=r4", QoS::AtLeastOnce, false, b"[1]".to_vec())
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        answers.push(
+            until(&mut ev, |e| match e {
+                Event::Incoming(Packet::Publish(p)) => Some(p.topic.clone()),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    assert_eq!(answers, vec!["$iothub/twin/res/204/?$rid=r3&$version=3", "$iothub/twin/res/400/?$rid=r4"]);
+    assert_eq!(Value::Object(emu.twin(&dev.hub_id).unwrap().reported), json!({"a":1,"b":{},"d":true}));
+    // Desired update from the admin: pushed with $version in topic and body.
+    let version = emu.update_desired(&dev.hub_id, json!({"interval": 5}).as_object().cloned().unwrap()).unwrap();
+    assert_eq!(version, 2);
+    let (topic, payload) = until(&mut ev, |e| match e {
+        Event::Incoming(Packet::Publish(p)) => Some((p.topic.clone(), p.payload.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
+    assert_eq!(serde_json::from_slice::<Value>(&payload).unwrap(), json!({"interval": 5, "$version": 2}));
+    // Telemetry: 300 QoS 1 messages with 100 in flight, every one acknowledged and stored with its
+    // decoded properties and payload.
+    let raw: String = (0..50).map(|i| format!("{{\"t\":{i},\"v\":21.5}}")).collect();
+    for i in 0..300u32 {
+        let (topic, payload) = match i % 3 {
+            0 => (format!("devices/{}/messages/events/stream-group-name=sg%201&stream-name=st%2F1&batch-id=b{}&message-id=m{i}", dev.hub_id, i / 100), raw.clone().into_bytes()),
+            1 => (format!("devices/{}/messages/events/stream-name=s&content-encoding=lz4", dev.hub_id), spotflow_core::Compression::Fastest.compress(raw.as_bytes()).unwrap().1),
+            _ => (format!("devices/{}/messages/events/content-encoding=zstd", dev.hub_id), spotflow_core::Compression::SmallestSize.compress(raw.as_bytes()).unwrap().1),
+        };
+        client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+    // (The acknowledgements of the twin requests were passed over while waiting for their answers.)
+    let mut acks = 0;
+    while acks < 300 {
+        until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+        acks += 1;
+    }
+    let stored = emu
+        .messages(MessageQuery { hub_device_id: Some(dev.hub_id.clone()), limit: Some(1000), ..Default::default() })
+        .await;
+    assert_eq!(stored.len(), 300);
+    for (i, m) in stored.iter().enumerate() {
+        assert_eq!(m.payload, raw.as_bytes(), "message {i} decoded");
+    }
+    assert_eq!((stored[0].stream_group.as_deref(), stored[0].stream.as_deref()), (Some("sg 1"), Some("st/1")));
+    assert_eq!((stored[0].batch_id.as_deref(), stored[0].message_id.as_deref()), (Some("b0"), Some("m0")));
+    assert_eq!(stored[1].content_encoding.as_deref(), Some("lz4"));
+    assert_eq!(stored[2].content_encoding.as_deref(), Some("zstd"));
+    // Markers.
+    client
+        .publish(
+            format!("devices/{}/messages/events/batch-id=b1&complete-batch=true&ignore-payload=true", dev.hub_id),
+            QoS::AtLeastOnce,
+            false,
+            vec![],
+        )
+        .await
+        .unwrap();
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    let last = emu.messages(MessageQuery { after_id: Some(stored[299].id), ..Default::default() }).await;
+    assert!(last[0].complete_batch && !last[0].complete_message);
+}
+
+async fn expect_refused(emu: &Emulator, mut options: MqttOptions, expected: ConnectReturnCode) {
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(emu.client_tls_config()))));
+    let (_c, mut ev) = AsyncClient::new(options, 10);
+    let err = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = ev.poll().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    match err {
+        ConnectionError::ConnectionRefused(code) => assert_eq!(code, expected),
+        other => panic!("expected refusal {expected:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn wrong_credentials_get_the_right_connack_codes() {
+    let emu = emulator().await;
+    let dev = register(&emu, "creds").await;
+    let port = emu.mqtts_addr().unwrap().port();
+    let user = format!("localhost/{}/?api-version=2018-06-30", dev.hub_id);
+    let mut o = MqttOptions::new(dev.hub_id.clone(), "localhost", port);
+    o.set_credentials(user.clone(), "SharedAccessSignature sig=forged");
+    expect_refused(&emu, o, ConnectReturnCode::NotAuthorized).await;
+    let mut o = MqttOptions::new(dev.hub_id.clone(), "localhost", port);
+    o.set_credentials("otherhub/x/?api-version=2018-06-30", dev.sas.clone());
+    expect_refused(&emu, o, ConnectReturnCode::BadUserNamePassword).await;
+    let mut o = MqttOptions::new("no-colon", "localhost", port);
+    o.set_credentials(user.clone(), dev.sas.clone());
+    expect_refused(&emu, o, ConnectReturnCode::BadClientId).await;
+    // Another device's SAS does not let a device act as this one.
+    let other = register(&emu, "creds-2").await;
+    let mut o = MqttOptions::new(dev.hub_id.clone(), "localhost", port);
+    o.set_credentials(user, other.sas.clone());
+    expect_refused(&emu, o, ConnectReturnCode::NotAuthorized).await;
+}
+
+#[tokio::test]
+async fn publishing_to_another_devices_topic_or_qos2_closes_the_connection() {
+    let emu = emulator().await;
+    let dev = register(&emu, "acl").await;
+    for (topic, qos) in [
+        ("devices/ws-emulator:victim/messages/events/".to_owned(), QoS::AtLeastOnce),
+        ("some/random/topic".to_owned(), QoS::AtLeastOnce),
+        (format!("devices/{}/messages/events/", dev.hub_id), QoS::ExactlyOnce),
+    ] {
+        let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, false), 10);
+        until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+        client.publish(topic.clone(), qos, false, b"x".to_vec()).await.unwrap();
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match ev.poll().await {
+                    Err(_) => return true,
+                    Ok(Event::Incoming(Packet::PubAck(_))) => return false,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(closed, "{topic} at {qos:?} must close the connection");
+    }
+    assert_eq!(emu.message_count().await, 0, "nothing stored");
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_packets_close_the_connection_and_the_emulator_survives() {
+    let emu = emulator().await;
+    let addr = emu.mqtt_addr().unwrap();
+    // Garbage instead of CONNECT, a CONNECT with a bad protocol, and an oversized packet.
+    let oversized = {
+        let mut v = vec![0x10u8];
+        let mut len = 10 * 1024 * 1024u32;
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            v.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        v
+    };
+    for bytes in [b"\xff\xff\xff\xff\xff garbage".to_vec(), b"\x10\x05\x00\x03ABC".to_vec(), oversized] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "connection closed without an answer");
+    }
+    // Random bytes for a bounded number of rounds (a seeded fuzz of the listeners).
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..200 {
+        let len = rng.usize(1..512);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(&bytes).await;
+        let _ = s.shutdown().await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut sink)).await;
+        let mut h = tokio::net::TcpStream::connect(emu.http_addr().unwrap()).await.unwrap();
+        let _ = h.write_all(&bytes).await;
+        let _ = h.shutdown().await;
+        let _ = tokio::time::timeout(WAIT, h.read_to_end(&mut sink)).await;
+    }
+    // Still fully working afterwards.
+    let dev = register(&emu, "after-fuzz").await;
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, false), 10);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    client
+        .publish(format!("devices/{}/messages/events/", dev.hub_id), QoS::AtLeastOnce, false, b"ok".to_vec())
+        .await
+        .unwrap();
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    assert_eq!(emu.message_count().await, 1);
+}
+
+#[tokio::test]
+async fn every_http_endpoint_rejects_invalid_json_and_missing_auth() {
+    let emu = emulator().await;
+    let dev = register(&emu, "json").await;
+    let http = https(&emu);
+    let base = emu.https_url();
+    let pt = format!("DeviceToken {}", dev.provisioning_token);
+    let rt = format!("DeviceToken {}", dev.registration_token);
+    let admin = format!("Bearer {}", emu.admin_token());
+    let cases: Vec<(reqwest::Method, String, String)> = vec![
+        (reqwest::Method::POST, "/provisioning-operations/init".into(), pt.clone()),
+        (reqwest::Method::PUT, "/provisioning-operations/complete".into(), pt.clone()),
+        (reqwest::Method::PUT, "/devices/register".into(), rt),
+        (reqwest::Method::PUT, "/devices/registration-tokens/refresh".into(), pt),
+        (reqwest::Method::POST, format!("/devices/{}/files?api-version=2020-03-13", dev.hub_id), dev.sas.clone()),
+        (
+            reqwest::Method::POST,
+            format!("/devices/{}/files/notifications?api-version=2020-03-13", dev.hub_id),
+            dev.sas.clone(),
+        ),
+        (reqwest::Method::PATCH, format!("/admin/devices/{}/desired", dev.hub_id), admin.clone()),
+    ];
+    for (method, path, auth) in cases {
+        for bad in ["{", "null", "\"s\"", "[]"] {
+            let (s, body) = call(&http, method.clone(), format!("{base}{path}"), Some(&auth), bad).await;
+            assert_eq!(s, 400, "{method} {path} with {bad}: {body}");
+            assert_eq!(body["status"], 400);
+        }
+        let (s, _) = call(&http, method.clone(), format!("{base}{path}"), None, "{}").await;
+        assert_eq!(s, 401, "{method} {path} without authorization");
+    }
+    assert_eq!(
+        call(&http, reqwest::Method::GET, format!("{base}/admin/devices"), Some("Bearer wrong"), "").await.0,
+        401
+    );
+    let (s, devices) = call(&http, reqwest::Method::GET, format!("{base}/admin/devices"), Some(&admin), "").await;
+    assert_eq!(s, 200);
+    assert_eq!(devices[0]["deviceId"], "json");
+}
+
+#[tokio::test]
+async fn large_messages_are_uploaded_and_linked() {
+    let emu = emulator().await;
+    let dev = register(&emu, "big").await;
+    let http = https(&emu);
+    let base = emu.https_url();
+    let blob_name = "3f0f1c1e-0000-4000-8000-000000000001";
+    let (s, up) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/devices/{}/files?api-version=2020-03-13", dev.hub_id),
+        Some(&dev.sas),
+        &json!({"blobName": blob_name}).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{up}");
+    let sas_token = up["sasToken"].as_str().unwrap();
+    assert!(sas_token.starts_with('?'));
+    let url = format!(
+        "https://{}/{}/{}{}",
+        up["hostName"].as_str().unwrap(),
+        up["containerName"].as_str().unwrap(),
+        up["blobName"].as_str().unwrap(),
+        sas_token
+    );
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let put = http.put(&url).header("x-ms-blob-type", "BlockBlob").body(payload.clone()).send().await.unwrap();
+    assert_eq!(put.status().as_u16(), 201);
+    let bad = http.put(url.replace("sig=", "sig=x")).body(vec![1]).send().await.unwrap();
+    assert_eq!(bad.status().as_u16(), 401, "a wrong blob signature is refused");
+    let note = json!({"correlationId": up["correlationId"], "isSuccess": true, "statusCode": 200, "statusDescription": "Done"});
+    let (s, _) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/devices/{}/files/notifications?api-version=2020-03-13", dev.hub_id),
+        Some(&dev.sas),
+        &note.to_string(),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, true), 10);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    client
+        .publish(
+            format!("devices/{}/messages/events/stream-name=files&has-externalized-payload=true", dev.hub_id),
+            QoS::AtLeastOnce,
+            false,
+            json!({"link": blob_name}).to_string().into_bytes(),
+        )
+        .await
+        .unwrap();
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    let stored = emu.messages(MessageQuery::default()).await;
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].externalized);
+    assert_eq!(stored[0].payload, payload, "the linked blob is stored with the message");
+}
+
+#[tokio::test]
+async fn mqtt_over_websocket_with_the_mqtt_subprotocol() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let emu = emulator().await;
+    let dev = register(&emu, "ws").await;
+    let url = format!("ws://{}/$iothub/websocket", emu.http_addr().unwrap());
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "mqtt");
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new(dev.hub_id.clone());
+    connect.set_login(format!("localhost/{}/?api-version=2018-06-30", dev.hub_id), dev.sas.clone());
+    connect.keep_alive = 30;
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Packet::Connect(connect).write(&mut buf, usize::MAX).unwrap();
+    // Split the CONNECT across two frames: MQTT packets need not align with frames.
+    let (a, b) = buf.split_at(5);
+    ws.send(Message::Binary(bytes::Bytes::copy_from_slice(a))).await.unwrap();
+    ws.send(Message::Binary(bytes::Bytes::copy_from_slice(b))).await.unwrap();
+    let frame = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(frame.into_data().as_ref(), &[0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    ws.send(Message::Text("not mqtt".into())).await.unwrap();
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(end, "a text frame closes the connection");
+}
+
+#[tokio::test]
+async fn state_and_messages_survive_a_restart_of_the_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dev, ca) = {
+        let emu = Emulator::builder().data_dir(dir.path()).mqtt_port(0).start().await.unwrap();
+        let dev = register(&emu, "persist").await;
+        let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, false), 10);
+        until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+        client.subscribe("$iothub/twin/res/#", QoS::AtLeastOnce).await.unwrap();
+        until(&mut ev, |e| matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())).await;
+        client
+            .publish(format!("devices/{}/messages/events/", dev.hub_id), QoS::AtLeastOnce, false, b"kept".to_vec())
+            .await
+            .unwrap();
+        until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+        emu.update_desired(&dev.hub_id, json!({"k": 1}).as_object().cloned().unwrap());
+        (dev, emu.ca_pem().to_owned())
+    };
+    let emu = Emulator::builder().data_dir(dir.path()).mqtt_port(0).start().await.unwrap();
+    assert_eq!(emu.ca_pem(), ca, "the CA is reused");
+    assert!(emu.ca_path().unwrap().ends_with("ca.pem"));
+    assert_eq!(emu.twin(&dev.hub_id).unwrap().desired_version, 2);
+    assert_eq!(emu.messages(MessageQuery::default()).await[0].payload, b"kept");
+    // The device's credentials are still valid.
+    let (_client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, false), 10);
+    let connack = until(&mut ev, |e| match e {
+        Event::Incoming(Packet::ConnAck(c)) => Some(c.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(connack.session_present, "subscriptions kept for the clean-session-false client");
+}
