@@ -141,7 +141,9 @@ impl Db {
 
     /// Stores a message; `ack` runs (on the database thread) once it is committed.
     pub fn insert_message(&self, message: StoredMessage, ack: Option<AckFn>) {
-        if let Err(mpsc::SendError(Command::Insert(_, Some(ack)))) = self.tx.send(Command::Insert(Box::new(message), ack)) {
+        if let Err(mpsc::SendError(Command::Insert(_, Some(ack)))) =
+            self.tx.send(Command::Insert(Box::new(message), ack))
+        {
             ack(false);
         }
     }

@@ -179,6 +179,23 @@ pub struct DeviceInfo {
     pub reported_version: u64,
 }
 
+/// MQTT credentials of a device created with [`Emulator::create_device`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceCredentials {
+    /// `{workspace}:{device}`: the MQTT client id.
+    pub hub_device_id: String,
+    /// The MQTT user name.
+    pub username: String,
+    /// The SAS, used as MQTT password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for DeviceCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCredentials").field("hub_device_id", &self.hub_device_id).finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct Inner {
     pub config: EmulatorConfig,
     policy: Policy,
@@ -510,6 +527,28 @@ impl Emulator {
     /// Creates a provisioning token in `workspace_id`.
     pub fn create_provisioning_token_in(&self, workspace_id: &str) -> String {
         self.inner.create_provisioning_token(workspace_id)
+    }
+    /// Registers a device directly (as if it had been provisioned and approved) and returns its
+    /// MQTT credentials: for tests and benchmarks that speak raw MQTT.
+    pub fn create_device(&self, device_id: &str) -> Result<DeviceCredentials, String> {
+        let inner = &self.inner;
+        let ws = inner.config.workspace_id.clone();
+        let hub = inner.config.hub_host.clone();
+        inner.with_state(|s, policy| {
+            let token = s.create_provisioning_token(&ws);
+            let op = s.init_operation(&token, Some(device_id.to_owned()), policy).ok_or("no token")?;
+            s.approve(&op.id, None)?;
+            let state::CompleteOutcome::Approved { registration_token, .. } = s.complete(&token, &op.id, policy) else {
+                return Err("operation not approved".to_owned());
+            };
+            let (info, sas, _) = s.register(&registration_token, &hub, policy).ok_or("registration failed")?;
+            let hub_device_id = state::hub_device_id(&info.workspace_id, &info.device_id);
+            Ok(DeviceCredentials {
+                username: format!("{hub}/{hub_device_id}/?api-version=2018-06-30"),
+                hub_device_id,
+                password: sas,
+            })
+        })
     }
     /// Every provisioning operation.
     pub fn operations(&self) -> Vec<Operation> {

@@ -1,0 +1,94 @@
+//! Drives the official `spotflow` 0.8.1 device SDK against the emulator. Protocol with the
+//! orchestrating test, one line each on stdout:
+//! `OPERATION <id>` when provisioning waits for approval, `SENT <n>` after enqueueing,
+//! `DESIRED <version> <json>` for each desired-properties callback, `DONE` at the end.
+//!
+//! Environment: `INSTANCE` (e.g. `localhost:8443`), `PROVISIONING_TOKEN`, `DB_PATH`,
+//! `MESSAGES` (default 1000), `DESIRED_VERSION` (wait until this desired version arrives),
+//! `SSL_CERT_FILE` (the emulator's CA).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use spotflow::{
+    DesiredProperties, DesiredPropertiesUpdatedCallback, DeviceClientBuilder, MessageContext, ProvisioningOperation,
+    ProvisioningOperationDisplayHandler,
+};
+
+struct Display;
+
+impl ProvisioningOperationDisplayHandler for Display {
+    fn display(&self, op: &ProvisioningOperation) -> Result<()> {
+        say(&format!("OPERATION {}", op.id));
+        Ok(())
+    }
+}
+
+struct Desired;
+
+impl DesiredPropertiesUpdatedCallback for Desired {
+    fn properties_updated(&self, p: DesiredProperties) -> Result<()> {
+        say(&format!("DESIRED {} {}", p.version, p.values));
+        Ok(())
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn env(name: &str) -> Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set"))
+}
+
+fn main() -> Result<()> {
+    let instance = env("INSTANCE")?;
+    let token = env("PROVISIONING_TOKEN")?;
+    let db = env("DB_PATH")?;
+    let count: usize = std::env::var("MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let wanted: u64 = std::env::var("DESIRED_VERSION").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+
+    let client = DeviceClientBuilder::new(Some("official-device".to_owned()), token, db)
+        .with_instance(instance)
+        .with_display_provisioning_operation_callback(Box::new(Display))
+        .with_desired_properties_updated_callback(Box::new(Desired))
+        .build()
+        .context("official SDK failed to start")?;
+    say(&format!("STARTED {} {}", client.workspace_id()?, client.device_id()?));
+
+    // Reported properties first: the official SDK's PUBACK bookkeeping can delete a queued
+    // telemetry row when a twin request is acknowledged (protocol.md §11.1).
+    client.update_reported_properties(r#"{"interop":true,"sdk":"spotflow 0.8.1"}"#)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.any_pending_reported_properties_updates()? {
+        if Instant::now() > deadline {
+            bail!("reported properties not sent within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let context = MessageContext::new(Some("interop-group".to_owned()), Some("interop-stream".to_owned()));
+    for i in 0..count {
+        let payload = format!("{{\"i\":{i},\"temperatureCelsius\":21.5}}");
+        client.enqueue_message(&context, Some(format!("batch-{}", i / 100)), Some(format!("msg-{i}")), payload.into_bytes())?;
+    }
+    say(&format!("SENT {count}"));
+
+    // Wait (bounded) for the desired version the orchestrator sets after it saw the messages.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(d) = client.desired_properties_if_newer(wanted - 1) {
+            say(&format!("GOT {}", d.version));
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("desired properties version {wanted} did not arrive");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    say("DONE");
+    Ok(())
+}
