@@ -102,6 +102,16 @@ impl DeviceClientBuilder {
         DeviceClientBuilder { inner: self.inner.platform_api(api) }
     }
 
+    /// See [`crate::DeviceClientBuilder::trust_ca_pem`].
+    pub fn trust_ca_pem(self, pem: impl Into<String>) -> Self {
+        DeviceClientBuilder { inner: self.inner.trust_ca_pem(pem) }
+    }
+
+    /// See [`crate::DeviceClientBuilder::with_network`].
+    pub fn with_network(self, change: impl FnOnce(&mut crate::NetworkOptions)) -> Self {
+        DeviceClientBuilder { inner: self.inner.with_network(change) }
+    }
+
     /// See [`crate::DeviceClientBuilder::with_options`].
     pub fn with_options(self, change: impl FnOnce(&mut ClientOptions)) -> Self {
         DeviceClientBuilder { inner: self.inner.with_options(change) }

@@ -19,7 +19,7 @@ use crate::provisioning::{
     obtain_identity, print_provisioning_operation, CredentialKeeper, DisplayCallback, StartRequest,
 };
 use crate::worker::{Command, Worker};
-use crate::{ClientOptions, DesiredProperties, Instance};
+use crate::{ClientOptions, DesiredProperties, Instance, NetworkOptions};
 
 /// Called with the desired properties after start and on every newer version, on a dedicated
 /// thread (it may call back into the client, including the blocking API).
@@ -110,6 +110,7 @@ pub struct DeviceClientBuilder {
     transport: Option<Arc<dyn Transport>>,
     platform_api: Option<Arc<dyn PlatformApi>>,
     options: ClientOptions,
+    network: NetworkOptions,
 }
 
 impl std::fmt::Debug for DeviceClientBuilder {
@@ -123,6 +124,7 @@ impl std::fmt::Debug for DeviceClientBuilder {
             .field("transport", &self.transport)
             .field("platform_api", &self.platform_api)
             .field("options", &self.options)
+            .field("network", &self.network)
             .finish_non_exhaustive()
     }
 }
@@ -180,6 +182,19 @@ impl DeviceClientBuilder {
         self
     }
 
+    /// Trusts this CA certificate (PEM) in addition to the platform's roots (e.g. the local
+    /// emulator's `ca.pem`).
+    pub fn trust_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.network.extra_ca_pem.push(pem.into());
+        self
+    }
+
+    /// Changes how the platform is reached over the network.
+    pub fn with_network(mut self, change: impl FnOnce(&mut NetworkOptions)) -> Self {
+        change(&mut self.network);
+        self
+    }
+
     /// Changes some tunables.
     pub fn with_options(mut self, change: impl FnOnce(&mut ClientOptions)) -> Self {
         change(&mut self.options);
@@ -210,8 +225,8 @@ impl DeviceClientBuilder {
             Some(s) => s,
             None => default_store(&self.db)?,
         };
-        let api = self.platform_api.ok_or_else(|| no_network("platform_api", &instance))?;
-        let transport = self.transport.ok_or_else(|| no_network("transport", &instance))?;
+        let (api, transport) =
+            network_stack(self.platform_api, self.transport, &instance, &self.network, &self.options)?;
         let display: DisplayCallback = self.display.unwrap_or_else(|| Arc::new(print_provisioning_operation));
         let options = self.options;
 
@@ -295,12 +310,66 @@ impl DeviceClientBuilder {
     }
 }
 
+#[cfg(feature = "mqtt")]
+fn network_stack(
+    api: Option<Arc<dyn PlatformApi>>,
+    transport: Option<Arc<dyn Transport>>,
+    instance: &Instance,
+    network: &NetworkOptions,
+    options: &ClientOptions,
+) -> Result<(Arc<dyn PlatformApi>, Arc<dyn Transport>)> {
+    use spotflow_transport_mqtt::{HttpPlatformApi, MqttTransport, MqttTransportOptions, TlsOptions};
+    if let (Some(a), Some(t)) = (&api, &transport) {
+        return Ok((a.clone(), t.clone()));
+    }
+    let tls = TlsOptions { platform_roots: network.platform_roots, extra_ca_pem: network.extra_ca_pem.clone() }
+        .client_config()?;
+    let api = match api {
+        Some(a) => a,
+        None => {
+            Arc::new(HttpPlatformApi::new(&instance.base_url(), &instance.id(), tls.clone(), options.request_timeout)?)
+        }
+    };
+    let transport = match transport {
+        Some(t) => t,
+        None => {
+            let mut o = if network.mqtt_plain_tcp {
+                warn!("MQTT over plain TCP: traffic is neither encrypted nor authenticated");
+                MqttTransportOptions::plain_tcp(network.mqtt_port)
+            } else {
+                let mut o = MqttTransportOptions::tls(tls);
+                o.port = network.mqtt_port;
+                o
+            };
+            o.max_in_flight = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
+            o.upload_base_url = network.upload_base_url.clone();
+            o.connect_timeout = options.request_timeout;
+            Arc::new(MqttTransport::new(o)?)
+        }
+    };
+    Ok((api, transport))
+}
+
+#[cfg(not(feature = "mqtt"))]
+fn network_stack(
+    api: Option<Arc<dyn PlatformApi>>,
+    transport: Option<Arc<dyn Transport>>,
+    instance: &Instance,
+    _network: &NetworkOptions,
+    _options: &ClientOptions,
+) -> Result<(Arc<dyn PlatformApi>, Arc<dyn Transport>)> {
+    let api = api.ok_or_else(|| no_network("platform_api", instance))?;
+    let transport = transport.ok_or_else(|| no_network("transport", instance))?;
+    Ok((api, transport))
+}
+
+#[cfg(not(feature = "mqtt"))]
 fn no_network(what: &str, instance: &Instance) -> Error {
     Error::invalid(
         "configuration",
         format!(
             "no {what} configured for instance {}: this build has no network transport yet; \
-             inject one with DeviceClientBuilder::{what} (e.g. spotflow_core::testkit::MemoryPlatform)",
+             enable the `mqtt` feature or inject one with DeviceClientBuilder::{what}",
             instance.authority
         ),
     )
@@ -363,6 +432,7 @@ impl DeviceClient {
             transport: None,
             platform_api: None,
             options: ClientOptions::default(),
+            network: NetworkOptions::default(),
         }
     }
 

@@ -47,3 +47,33 @@ impl Default for ClientOptions {
         }
     }
 }
+
+/// How the client reaches the platform over the network (used when no transport or platform API
+/// is injected).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NetworkOptions {
+    /// Extra CA certificates to trust (PEM), besides the platform's root certificates: the local
+    /// emulator's CA or a private deployment's.
+    pub extra_ca_pem: Vec<String>,
+    /// Whether to trust the operating system's root certificates. Default `true`.
+    pub platform_roots: bool,
+    /// MQTT broker port. Default 8883.
+    pub mqtt_port: u16,
+    /// Plain TCP instead of TLS for MQTT. Off by default; only for local development.
+    pub mqtt_plain_tcp: bool,
+    /// Base URL of the file-upload API for messages over 250,000 bytes (default `https://{hub}`).
+    pub upload_base_url: Option<String>,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        NetworkOptions {
+            extra_ca_pem: Vec::new(),
+            platform_roots: true,
+            mqtt_port: 8883,
+            mqtt_plain_tcp: false,
+            upload_base_url: None,
+        }
+    }
+}

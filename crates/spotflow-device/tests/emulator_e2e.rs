@@ -1,0 +1,307 @@
+//! The SDK with its default network stack (HTTPS platform API + MQTT over TLS) against
+//! `spotflow-emulator` running in-process on loopback.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use spotflow_core::{Error, MemoryStore, Store};
+use spotflow_device::{Compression, DeviceClient, DeviceClientBuilder, Message};
+use spotflow_emulator::{Emulator, MessageQuery, StoredMessage};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn store() -> Arc<dyn Store> {
+    Arc::new(MemoryStore::new())
+}
+
+fn device(emu: &Emulator, token: &str, store: &Arc<dyn Store>, id: &str) -> DeviceClientBuilder {
+    let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
+    let upload = emu.https_url();
+    DeviceClient::builder(Some(id), token, "device.db")
+        .instance(emu.https_url())
+        .trust_ca_pem(emu.ca_pem())
+        .with_network(move |n| {
+            n.platform_roots = false;
+            n.mqtt_port = mqtt_port;
+            n.upload_base_url = Some(upload);
+        })
+        .store(store.clone())
+        .display_provisioning_operation_callback(|_| {})
+        .with_options(|o| {
+            o.provisioning_poll_interval = Duration::from_millis(20);
+            o.retry_initial = Duration::from_millis(20);
+            o.retry_max = Duration::from_millis(500);
+            o.start_timeout = WAIT;
+        })
+}
+
+async fn auto_emulator() -> Emulator {
+    Emulator::builder().auto_approve(Some(Duration::ZERO)).start().await.expect("emulator")
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<(u64, Value)>) -> (u64, Value) {
+    tokio::time::timeout(WAIT, rx.recv()).await.expect("callback in time").expect("open")
+}
+
+async fn stored(emu: &Emulator, hub_id: &str) -> Vec<StoredMessage> {
+    emu.messages(MessageQuery { hub_device_id: Some(hub_id.into()), limit: Some(100_000), ..Default::default() }).await
+}
+
+fn obj(v: Value) -> serde_json::Map<String, Value> {
+    v.as_object().cloned().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_with_manual_approval_override_and_expiry() {
+    let emu = Emulator::builder().start().await.unwrap();
+    let token = emu.create_provisioning_token();
+    let s = store();
+    let shown: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = shown.clone();
+    let start = tokio::spawn(
+        device(&emu, &token, &s, "requested")
+            .display_provisioning_operation_callback(move |op| seen.lock().unwrap().push(op.id.clone()))
+            .start(),
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let op = loop {
+        if let Some(op) = emu.operations().into_iter().find(|o| o.requested_device_id.as_deref() == Some("requested")) {
+            break op;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "operation started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    emu.approve(&op.id, Some("renamed")).unwrap();
+    let client = tokio::time::timeout(WAIT, start).await.unwrap().unwrap().unwrap();
+    assert_eq!((client.workspace_id(), client.device_id()), ("ws-emulator", "renamed"));
+    assert_eq!(shown.lock().unwrap().clone(), vec![op.id.clone()], "displayed once");
+    client.close().await.unwrap();
+
+    // An operation that nobody approves before it expires fails start with a clear error.
+    let short = Emulator::builder()
+        .lifetimes(Duration::from_millis(300), Duration::from_secs(60), Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let token = short.create_provisioning_token();
+    let err = device(&short, &token, &store(), "late").start().await.unwrap_err();
+    assert!(matches!(err, Error::Provisioning(_)), "{err}");
+    // A wrong token is refused at once.
+    let err = device(&short, "not-a-token", &store(), "x").start().await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_with_batches_chunks_completions_and_compression_arrive_once_decoded() {
+    let emu = auto_emulator().await;
+    let token = emu.create_provisioning_token();
+    let client = device(&emu, &token, &store(), "bulk").start().await.unwrap();
+    let compressions = [Compression::Uncompressed, Compression::Fastest, Compression::SmallestSize];
+    let mut tasks = Vec::new();
+    for (s, compression) in compressions.into_iter().enumerate() {
+        let sender = client.create_stream_sender(Some("telemetry"), Some(&format!("stream-{s}")), compression).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            for b in 0..10 {
+                let batch = format!("batch-{s}-{b}");
+                for i in 0..334 {
+                    let payload = format!(
+                        "{{\"stream\":{s},\"batch\":{b},\"i\":{i},\"temperatureCelsius\":21.5,\"note\":\"{}\"}}",
+                        "repetitive ".repeat(20)
+                    );
+                    let m = Message::new(payload)
+                        .batch_id(batch.clone())
+                        .message_id(format!("m{i}"))
+                        .batch_slice_id(format!("slice-{}", i / 100));
+                    let m = if i % 2 == 0 { m.chunk_id(format!("c{i}")) } else { m };
+                    sender.enqueue_message(m).await.unwrap();
+                    n += 1;
+                }
+                sender.enqueue_message_completion(&batch, "m0").await.unwrap();
+                sender.enqueue_batch_completion(&batch).await.unwrap();
+                n += 2;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert!(total >= 10_000);
+    client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();
+    assert_eq!(client.pending_messages_count(), 0);
+    assert!(emu.wait_for_messages(total as u64, WAIT).await);
+    let messages = stored(&emu, "ws-emulator:bulk").await;
+    assert_eq!(messages.len(), total, "each message arrived exactly once");
+    for s in 0..3usize {
+        let mine: Vec<&StoredMessage> =
+            messages.iter().filter(|m| m.stream.as_deref() == Some(&format!("stream-{s}"))).collect();
+        assert_eq!(mine.len(), total / 3);
+        let data: Vec<&&StoredMessage> = mine.iter().filter(|m| !m.complete_batch && !m.complete_message).collect();
+        for (k, m) in data.iter().enumerate() {
+            let (b, i) = (k / 334, k % 334);
+            let v: Value = serde_json::from_slice(&m.payload).expect("payload decoded to JSON");
+            assert_eq!(
+                (v["stream"].as_u64(), v["batch"].as_u64(), v["i"].as_u64()),
+                (Some(s as u64), Some(b as u64), Some(i as u64)),
+                "order within the stream"
+            );
+            assert_eq!(m.batch_id.as_deref(), Some(format!("batch-{s}-{b}").as_str()));
+            assert_eq!(m.message_id.as_deref(), Some(format!("m{i}").as_str()));
+            assert_eq!(m.batch_slice_id.as_deref(), Some(format!("slice-{}", i / 100).as_str()));
+            assert_eq!(m.chunk_id.is_some(), i % 2 == 0);
+            let expected_encoding = [None, Some("lz4"), Some("zstd")][s];
+            assert_eq!(m.content_encoding.as_deref(), expected_encoding);
+            assert_eq!(m.stream_group.as_deref(), Some("telemetry"));
+        }
+        assert_eq!(mine.iter().filter(|m| m.complete_batch).count(), 10);
+        assert_eq!(mine.iter().filter(|m| m.complete_message && m.message_id.as_deref() == Some("m0")).count(), 10);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_message_desired_and_reported_properties() {
+    let emu = auto_emulator().await;
+    let token = emu.create_provisioning_token();
+    let s = store();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let callback = move |d: spotflow_device::DesiredProperties| drop(tx.send((d.version, Value::Object(d.values))));
+    let client =
+        device(&emu, &token, &s, "twin").desired_properties_updated_callback(callback.clone()).start().await.unwrap();
+    assert_eq!(next(&mut rx).await, (1, json!({})), "callback after start with the current version");
+    let sender = client.create_stream_sender(None, None, Compression::Uncompressed).unwrap();
+    sender.send_message("acknowledged").await.unwrap();
+    assert_eq!(stored(&emu, "ws-emulator:twin").await.len(), 1, "send_message returned after the platform stored it");
+    assert_eq!(emu.update_desired("ws-emulator:twin", obj(json!({"interval": 5}))), Some(2));
+    assert_eq!(next(&mut rx).await, (2, json!({"interval": 5})));
+    // Reported updates while the connection is down are coalesced into one patch.
+    for i in 0..10 {
+        client.update_reported_properties(json!({"uptime": i, "fw": "1.0"})).await.unwrap();
+    }
+    client.wait_reported_properties_sent_timeout(WAIT).await.unwrap();
+    assert_eq!(Value::Object(emu.twin("ws-emulator:twin").unwrap().reported), json!({"uptime": 9, "fw": "1.0"}));
+    client.close().await.unwrap();
+    // Desired updates made while the device is off reach it when it starts again; no repeat of
+    // versions it already handled.
+    emu.update_desired("ws-emulator:twin", obj(json!({"interval": 10})));
+    emu.update_desired("ws-emulator:twin", obj(json!({"mode": "eco"})));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let callback = move |d: spotflow_device::DesiredProperties| drop(tx.send((d.version, Value::Object(d.values))));
+    let client = device(&emu, &token, &s, "twin").desired_properties_updated_callback(callback).start().await.unwrap();
+    assert_eq!(next(&mut rx).await.0, 2, "stored version at start");
+    assert_eq!(next(&mut rx).await, (4, json!({"interval": 10, "mode": "eco"})));
+    assert_eq!(client.get_desired_properties().version, 4);
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_refresh_and_credential_renewal_while_five_thousand_messages_flow() {
+    let emu = Emulator::builder()
+        .auto_approve(Some(Duration::ZERO))
+        .lifetimes(Duration::from_secs(60), Duration::from_secs(3), Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let token = emu.create_provisioning_token();
+    let s = store();
+    let client = device(&emu, &token, &s, "renew").start().await.unwrap();
+    let first_rt = s.load_identity().await.unwrap().unwrap().registration_token;
+    let sender = client.create_stream_sender(None, Some("renewal"), Compression::Uncompressed).unwrap();
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u32;
+    // Keep messages flowing for longer than the credentials live.
+    while started.elapsed() < Duration::from_secs(5) || sent < 5000 {
+        for _ in 0..250 {
+            sender.enqueue_message(Message::new(format!("{sent}")).message_id(format!("m{sent}"))).await.unwrap();
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(started.elapsed() < WAIT);
+    }
+    client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();
+    assert!(emu.wait_for_messages(u64::from(sent), WAIT).await);
+    let messages = stored(&emu, "ws-emulator:renew").await;
+    let ids: std::collections::BTreeSet<String> = messages.iter().filter_map(|m| m.message_id.clone()).collect();
+    assert_eq!(ids.len() as u32, sent, "none lost");
+    assert_eq!(messages.len() as u32, sent, "none duplicated: in-flight messages drained before switching credentials");
+    let rt = s.load_identity().await.unwrap().unwrap().registration_token;
+    assert_ne!(rt, first_rt, "registration token refreshed and persisted");
+    assert!(emu.operations().len() == 1, "never provisioned again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_mid_stream_lose_nothing() {
+    let emu = auto_emulator().await;
+    let token = emu.create_provisioning_token();
+    let client = device(&emu, &token, &store(), "flaky").start().await.unwrap();
+    let sender = client.create_stream_sender(None, Some("flaky"), Compression::Fastest).unwrap();
+    let total = 3000u32;
+    for i in 0..total {
+        sender.enqueue_message(Message::new(format!("{{\"i\":{i}}}")).message_id(format!("m{i}"))).await.unwrap();
+        if i % 500 == 250 {
+            emu.disconnect("ws-emulator:flaky");
+        }
+    }
+    client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();
+    let messages = stored(&emu, "ws-emulator:flaky").await;
+    let ids: std::collections::BTreeSet<String> = messages.iter().filter_map(|m| m.message_id.clone()).collect();
+    assert_eq!(ids.len() as u32, total, "every message arrived (redeliveries of unacknowledged ones allowed)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_start_with_a_stored_registration_then_delivery_when_the_platform_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::builder().data_dir(dir.path()).auto_approve(Some(Duration::ZERO)).start().await.unwrap();
+    let (https, mqtts) = (emu.https_addr().unwrap().port(), emu.mqtts_addr().unwrap().port());
+    let token = emu.create_provisioning_token();
+    let s = store();
+    device(&emu, &token, &s, "offline").start().await.unwrap().close().await.unwrap();
+    let ca = emu.ca_pem().to_owned();
+    emu.shutdown();
+    drop(emu);
+    // The platform is down: start succeeds from the stored registration, messages wait.
+    let mqtt_port = mqtts;
+    let client = DeviceClient::builder(Some("offline"), token.as_str(), "device.db")
+        .instance(format!("https://localhost:{https}"))
+        .trust_ca_pem(ca)
+        .with_network(move |n| {
+            n.platform_roots = false;
+            n.mqtt_port = mqtt_port;
+        })
+        .store(s.clone())
+        .with_options(|o| {
+            o.retry_initial = Duration::from_millis(50);
+            o.retry_max = Duration::from_millis(300);
+            o.request_timeout = Duration::from_secs(2);
+        })
+        .start()
+        .await
+        .expect("offline start");
+    let sender = client.create_stream_sender(None, None, Compression::Uncompressed).unwrap();
+    for i in 0..100 {
+        sender.enqueue_message(format!("offline {i}")).await.unwrap();
+    }
+    assert_eq!(client.pending_messages_count(), 100);
+    // The platform comes back on the same ports and data.
+    let emu = Emulator::builder().data_dir(dir.path()).https_port(https).mqtts_port(mqtts).start().await.unwrap();
+    client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();
+    assert_eq!(stored(&emu, "ws-emulator:offline").await.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_over_the_mqtt_limit_are_uploaded_and_linked() {
+    let emu = auto_emulator().await;
+    let token = emu.create_provisioning_token();
+    let client = device(&emu, &token, &store(), "large").start().await.unwrap();
+    let sender = client.create_stream_sender(None, Some("files"), Compression::Uncompressed).unwrap();
+    let big: Vec<u8> = (0..400_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    sender.send_message(Message::new(big.clone()).message_id("big")).await.unwrap();
+    sender.send_message("small after big").await.unwrap();
+    let messages = stored(&emu, "ws-emulator:large").await;
+    assert_eq!(messages.len(), 2);
+    assert!(messages[0].externalized);
+    assert_eq!(messages[0].payload, big, "the uploaded blob is stored with its message");
+    assert_eq!(messages[1].payload, b"small after big");
+}

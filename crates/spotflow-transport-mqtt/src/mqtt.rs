@@ -1,0 +1,326 @@
+//! `MqttTransport`: the platform's data plane over MQTT 3.1.1 (rumqttc), TLS by default.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS, SubscribeFilter,
+    SubscribeReasonCode, TlsConfiguration, Transport as RumqttcTransport,
+};
+use serde_json::{Map, Value};
+use spotflow_core::{
+    Backoff, Connection, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, Transport, TransportEvent,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::topics::{self, Incoming};
+use crate::upload::Uploader;
+
+/// Payloads longer than this (after compression) are uploaded over HTTPS and linked.
+pub const EXTERNALIZE_THRESHOLD: usize = 250_000;
+
+/// Tunables of the MQTT transport.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MqttTransportOptions {
+    /// Broker port (the platform uses 8883).
+    pub port: u16,
+    /// TLS configuration; `None` is plain TCP (only for local development, asked for explicitly).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// Publishes in flight at once (the SDK's window should not exceed it).
+    pub max_in_flight: u16,
+    /// Largest incoming packet accepted (twin documents can be large).
+    pub max_incoming_packet: usize,
+    /// Bound of the TCP/TLS/MQTT connection setup.
+    pub connect_timeout: Duration,
+    /// Base URL of the file-upload API for large messages (default `https://{hub host}`).
+    pub upload_base_url: Option<String>,
+}
+
+impl MqttTransportOptions {
+    fn with(port: u16, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        MqttTransportOptions {
+            port,
+            tls,
+            keep_alive: Duration::from_secs(60),
+            max_in_flight: 1000,
+            max_incoming_packet: 4 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            upload_base_url: None,
+        }
+    }
+
+    /// TLS to port 8883 with `tls`.
+    pub fn tls(tls: Arc<rustls::ClientConfig>) -> Self {
+        MqttTransportOptions::with(8883, Some(tls))
+    }
+
+    /// Plain TCP to `port`: no encryption, no server authentication. Local development only.
+    pub fn plain_tcp(port: u16) -> Self {
+        MqttTransportOptions::with(port, None)
+    }
+}
+
+/// The MQTT transport. Each [`Transport::connect`] opens one connection; the SDK reconnects.
+#[derive(Debug, Clone)]
+pub struct MqttTransport {
+    options: MqttTransportOptions,
+    uploader: Uploader,
+}
+
+impl MqttTransport {
+    /// A transport with these options.
+    pub fn new(options: MqttTransportOptions) -> Result<Self> {
+        let uploader = Uploader::new(options.tls.clone(), options.upload_base_url.clone())?;
+        Ok(MqttTransport { options, uploader })
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &MqttTransportOptions {
+        &self.options
+    }
+}
+
+enum Pending {
+    Telemetry(u64),
+    Twin,
+}
+
+#[derive(Clone, Copy)]
+enum RidKind {
+    Get,
+    Patch,
+}
+
+#[derive(Default)]
+struct Correlation {
+    /// Kinds of the QoS 1 publishes handed to rumqttc, in order (matched to packet ids as
+    /// rumqttc assigns them, in the same order).
+    order: VecDeque<Pending>,
+    rids: HashMap<u64, RidKind>,
+}
+
+fn refused(code: ConnectReturnCode) -> Error {
+    match code {
+        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
+            Error::Unauthorized(format!("connection refused by the broker: {code:?}"))
+        }
+        other => Error::transport(format!("connection refused by the broker: {other:?}")),
+    }
+}
+
+#[async_trait]
+impl Transport for MqttTransport {
+    async fn connect(&self, creds: &ConnectionCredentials) -> Result<Box<dyn Connection>> {
+        let o = &self.options;
+        let mut mqtt = rumqttc::MqttOptions::new(creds.hub_device_id.clone(), creds.hub_host.clone(), o.port);
+        mqtt.set_credentials(topics::username(&creds.hub_host, &creds.hub_device_id), creds.sas.expose());
+        mqtt.set_clean_session(false);
+        mqtt.set_keep_alive(o.keep_alive);
+        mqtt.set_inflight(o.max_in_flight.max(1));
+        mqtt.set_max_packet_size(o.max_incoming_packet, EXTERNALIZE_THRESHOLD + 16 * 1024);
+        if let Some(tls) = &o.tls {
+            mqtt.set_transport(RumqttcTransport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+        }
+        let (client, mut eventloop) = AsyncClient::new(mqtt, usize::from(o.max_in_flight) + 64);
+        let connected = tokio::time::timeout(o.connect_timeout, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
+                        return Ok(())
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => return Err(refused(ack.code)),
+                    Ok(_) => {}
+                    Err(ConnectionError::ConnectionRefused(code)) => return Err(refused(code)),
+                    Err(e) => return Err(Error::transport_with("MQTT connection failed", e)),
+                }
+            }
+        })
+        .await
+        .map_err(|_| Error::Timeout(format!("MQTT connection not established within {:?}", o.connect_timeout)))?;
+        connected?;
+        let filters = topics::SUBSCRIPTIONS.iter().map(|f| SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
+        client.subscribe_many(filters).await.map_err(|e| Error::transport_with("subscribe failed", e))?;
+        let correlation = Arc::new(Mutex::new(Correlation::default()));
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let pump = tokio::spawn(pump(eventloop, correlation.clone(), events_tx));
+        info!(hub = %creds.hub_host, port = o.port, tls = o.tls.is_some(), "MQTT connected");
+        Ok(Box::new(MqttConnection {
+            client,
+            correlation,
+            events: events_rx,
+            pump,
+            hub_device_id: creds.hub_device_id.clone(),
+            hub_host: creds.hub_host.clone(),
+            sas: creds.sas.clone(),
+            uploader: self.uploader.clone(),
+        }))
+    }
+}
+
+/// Drives rumqttc's event loop, matching acknowledgements and twin answers to their requests.
+async fn pump(
+    mut eventloop: EventLoop,
+    correlation: Arc<Mutex<Correlation>>,
+    events: mpsc::UnboundedSender<Result<TransportEvent>>,
+) {
+    let mut by_pkid: HashMap<u16, u64> = HashMap::new();
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = events.send(Err(Error::transport_with("MQTT connection lost", e)));
+                return;
+            }
+        };
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
+                let next = correlation.lock().unwrap_or_else(|p| p.into_inner()).order.pop_front();
+                if let Some(Pending::Telemetry(seq)) = next {
+                    by_pkid.insert(pkid, seq);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(seq) = by_pkid.remove(&ack.pkid) {
+                    if events.send(Ok(TransportEvent::MessageAcknowledged(seq))).is_err() {
+                        return;
+                    }
+                }
+            }
+            Event::Incoming(Packet::SubAck(s)) => {
+                if s.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                    warn!(codes = ?s.return_codes, "the broker refused a subscription");
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                let event = match topics::parse_incoming(&p.topic, &p.payload) {
+                    Incoming::TwinResponse { status, rid, version } => {
+                        let kind = correlation.lock().unwrap_or_else(|p| p.into_inner()).rids.remove(&rid);
+                        match kind {
+                            Some(RidKind::Get) => {
+                                let result = if (200..300).contains(&status) {
+                                    topics::parse_twin(&p.payload).ok_or_else(|| {
+                                        warn!("malformed twin document ignored");
+                                        502u16
+                                    })
+                                } else {
+                                    Err(status)
+                                };
+                                Some(TransportEvent::Twin { request: rid, result })
+                            }
+                            Some(RidKind::Patch) => {
+                                Some(TransportEvent::ReportedPatched { request: rid, status, version })
+                            }
+                            None => {
+                                debug!(rid, "twin response for an unknown request ignored");
+                                None
+                            }
+                        }
+                    }
+                    Incoming::DesiredPatch { version, patch } => Some(TransportEvent::DesiredPatch { version, patch }),
+                    Incoming::Ignored(reason) => {
+                        debug!(%reason, "incoming message ignored");
+                        None
+                    }
+                };
+                if let Some(e) = event {
+                    if events.send(Ok(e)).is_err() {
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+struct MqttConnection {
+    client: AsyncClient,
+    correlation: Arc<Mutex<Correlation>>,
+    events: mpsc::UnboundedReceiver<Result<TransportEvent>>,
+    pump: tokio::task::JoinHandle<()>,
+    hub_device_id: String,
+    hub_host: String,
+    sas: spotflow_core::Secret,
+    uploader: Uploader,
+}
+
+impl MqttConnection {
+    async fn publish(&mut self, pending: Pending, topic: String, payload: bytes::Bytes) -> Result<()> {
+        self.correlation.lock().unwrap_or_else(|p| p.into_inner()).order.push_back(pending);
+        self.client
+            .publish_bytes(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| Error::transport_with("MQTT client stopped", e))
+    }
+}
+
+impl Drop for MqttConnection {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+#[async_trait]
+impl Connection for MqttConnection {
+    async fn publish_message(&mut self, seq: u64, message: &OutgoingMessage) -> Result<()> {
+        if message.payload.len() > EXTERNALIZE_THRESHOLD {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+            let mut attempt = 0;
+            let blob = loop {
+                attempt += 1;
+                match self.uploader.upload(&self.hub_host, &self.hub_device_id, &self.sas, &message.payload).await {
+                    Ok(blob) => break blob,
+                    Err(e) if attempt < 5 && e.is_temporary() => {
+                        let delay = backoff.next_delay();
+                        warn!(error = %e, ?delay, "large message upload failed; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(e) => return Err(Error::transport(format!("large message upload failed: {e}"))),
+                }
+            };
+            let link = serde_json::json!({ "link": blob }).to_string();
+            let topic = topics::telemetry_topic(&self.hub_device_id, message, true);
+            return self.publish(Pending::Telemetry(seq), topic, bytes::Bytes::from(link)).await;
+        }
+        let topic = topics::telemetry_topic(&self.hub_device_id, message, false);
+        self.publish(Pending::Telemetry(seq), topic, message.payload.clone()).await
+    }
+
+    async fn request_twin(&mut self, request: RequestId) -> Result<()> {
+        self.correlation.lock().unwrap_or_else(|p| p.into_inner()).rids.insert(request, RidKind::Get);
+        self.publish(Pending::Twin, topics::twin_get_topic(request), bytes::Bytes::new()).await
+    }
+
+    async fn patch_reported(&mut self, request: RequestId, patch: &Map<String, Value>) -> Result<()> {
+        self.correlation.lock().unwrap_or_else(|p| p.into_inner()).rids.insert(request, RidKind::Patch);
+        let body = Value::Object(patch.clone()).to_string();
+        self.publish(Pending::Twin, topics::reported_patch_topic(request), bytes::Bytes::from(body)).await
+    }
+
+    async fn next_event(&mut self) -> Result<TransportEvent> {
+        match self.events.recv().await {
+            Some(event) => event,
+            None => Err(Error::transport("MQTT connection closed")),
+        }
+    }
+
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
+        // Let the event loop send DISCONNECT before it is stopped.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(e) = self.events.recv().await {
+                if e.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        self.pump.abort();
+    }
+}

@@ -1,0 +1,238 @@
+//! `HttpPlatformApi`: provisioning, registration and token refresh over HTTPS (reqwest).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use spotflow_core::time_format::{parse_rfc3339, parse_timespan};
+use spotflow_core::{
+    ConnectionCredentials, Error, PlatformApi, ProvisioningOperation, ProvisioningStatus, Registration,
+    RegistrationToken, Result, Secret,
+};
+use tracing::{debug, warn};
+
+const CANCELLED: &str = "/problems/deviceProvisioning/provisioningOperationCancelled";
+
+/// The platform API of one instance.
+#[derive(Debug, Clone)]
+pub struct HttpPlatformApi {
+    base_url: String,
+    instance_id: String,
+    http: reqwest::Client,
+}
+
+struct Answer {
+    status: u16,
+    body: Option<Value>,
+}
+
+impl Answer {
+    fn problem_type(&self) -> Option<&str> {
+        self.body.as_ref()?.get("type")?.as_str()
+    }
+
+    fn problem_title(&self) -> String {
+        self.body
+            .as_ref()
+            .and_then(|b| b.get("title").or_else(|| b.get("detail")))
+            .and_then(Value::as_str)
+            .unwrap_or("Unknown error")
+            .to_owned()
+    }
+
+    fn str_field(&self, key: &str) -> Result<String> {
+        self.body
+            .as_ref()
+            .and_then(|b| b.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Platform(format!("answer {} without the string field {key}", self.status)))
+    }
+
+    fn opt_str(&self, key: &str) -> Option<&str> {
+        self.body.as_ref()?.get(key)?.as_str()
+    }
+
+    /// The error for a non-success status common to every call.
+    fn error(&self, what: &str) -> Error {
+        match self.status {
+            401 => Error::Unauthorized(format!("{what}: {}", self.problem_title())),
+            423 => Error::WorkspaceDisabled,
+            s => Error::Platform(format!("{what} answered {s}: {}", self.problem_title())),
+        }
+    }
+}
+
+impl HttpPlatformApi {
+    /// The API at `base_url` (`https://host[:port]`, or `http://` for loopback development),
+    /// remembered as `instance_id` with the device's identity.
+    pub fn new(base_url: &str, instance_id: &str, tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .tls_backend_preconfigured((*tls).clone())
+            .build()
+            .map_err(|e| Error::invalid("HTTP client", e))?;
+        Ok(HttpPlatformApi {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            instance_id: instance_id.to_owned(),
+            http,
+        })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, token: &Secret, body: Value) -> Result<Answer> {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base_url))
+            .header("authorization", format!("DeviceToken {}", token.expose()))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Error::transport_with(format!("request to {path} failed"), e))?;
+        let status = resp.status().as_u16();
+        let bytes =
+            resp.bytes().await.map_err(|e| Error::transport_with(format!("reading the answer of {path}"), e))?;
+        let body = serde_json::from_slice::<Value>(&bytes).ok();
+        if body.is_none() && !bytes.is_empty() {
+            debug!(path, status, "answer body is not JSON");
+        }
+        Ok(Answer { status, body })
+    }
+
+    fn token(answer: &Answer) -> Result<RegistrationToken> {
+        let token = answer.str_field("registrationToken")?;
+        let expires_at = match answer.opt_str("expirationTime") {
+            Some(t) => Some(parse_rfc3339(t)?),
+            None => None,
+        };
+        Ok(RegistrationToken { token: Secret::new(token), expires_at })
+    }
+}
+
+/// Splits `HostName=…;DeviceId=ws:dev;SharedAccessSignature=…` (values may contain `=`).
+fn parse_connection_string(cs: &str) -> Result<(String, String, String)> {
+    let get = |key: &str| {
+        cs.split(';').find_map(|part| {
+            let (k, v) = part.split_once('=')?;
+            (k == key).then(|| v.to_owned())
+        })
+    };
+    let device = get("DeviceId").ok_or_else(|| Error::Platform("connection string without DeviceId".into()))?;
+    let sas = get("SharedAccessSignature")
+        .ok_or_else(|| Error::Platform("connection string without SharedAccessSignature".into()))?;
+    let (ws, dev) = device
+        .split_once(':')
+        .filter(|(w, d)| !w.is_empty() && !d.is_empty())
+        .ok_or_else(|| Error::Platform("DeviceId in the connection string is not workspace:device".into()))?;
+    Ok((ws.to_owned(), dev.to_owned(), sas))
+}
+
+#[async_trait]
+impl PlatformApi for HttpPlatformApi {
+    fn instance(&self) -> &str {
+        &self.instance_id
+    }
+
+    async fn init_provisioning(&self, token: &Secret, device_id: Option<&str>) -> Result<ProvisioningOperation> {
+        let body = match device_id {
+            Some(d) => json!({ "deviceId": d }),
+            None => json!({}),
+        };
+        let a = self.call(reqwest::Method::POST, "/provisioning-operations/init", token, body).await?;
+        match a.status {
+            200..=299 => Ok(ProvisioningOperation {
+                id: a.str_field("provisioningOperationId")?,
+                verification_code: a.str_field("verificationCode")?,
+                expiration_time: parse_rfc3339(&a.str_field("expirationTime")?)?,
+            }),
+            400 => Err(Error::Provisioning(a.problem_title())),
+            _ => Err(a.error("provisioning init")),
+        }
+    }
+
+    async fn complete_provisioning(&self, token: &Secret, operation_id: &str) -> Result<ProvisioningStatus> {
+        let body = json!({ "provisioningOperationId": operation_id });
+        let a = self.call(reqwest::Method::PUT, "/provisioning-operations/complete", token, body).await?;
+        match a.status {
+            202 => Ok(ProvisioningStatus::Pending),
+            200..=299 => Ok(ProvisioningStatus::Approved(Self::token(&a)?)),
+            410 if a.problem_type() == Some(CANCELLED) => {
+                Err(Error::Provisioning(format!("provisioning operation {operation_id} was cancelled")))
+            }
+            410 => Ok(ProvisioningStatus::Closed),
+            _ => Err(a.error("provisioning completion")),
+        }
+    }
+
+    async fn register(&self, registration_token: &Secret) -> Result<Registration> {
+        let body = json!({ "connectionStringType": "SharedAccessSignature" });
+        let a = self.call(reqwest::Method::PUT, "/devices/register", registration_token, body).await?;
+        if !(200..300).contains(&a.status) {
+            return Err(a.error("registration"));
+        }
+        let kind = a.str_field("connectionStringType")?;
+        if kind != "SharedAccessSignature" {
+            return Err(Error::Platform(format!("unsupported connection string type {kind:?}")));
+        }
+        let (workspace_id, device_id, sas) = parse_connection_string(&a.str_field("connectionString")?)?;
+        let hub_host = a.str_field("iotHubHostName")?;
+        let expires_at = match a.opt_str("connectionStringExpiration") {
+            Some(t) => Some(parse_rfc3339(t)?),
+            None => {
+                warn!("registration answer without connectionStringExpiration; credentials renewed only when refused");
+                None
+            }
+        };
+        let token_remaining_lifetime = match a.opt_str("tokenRemainingLifetime") {
+            Some(t) => Some(parse_timespan(t)?),
+            None => None,
+        };
+        Ok(Registration {
+            credentials: ConnectionCredentials {
+                hub_host,
+                hub_device_id: format!("{workspace_id}:{device_id}"),
+                sas: Secret::new(sas),
+                expires_at,
+            },
+            workspace_id,
+            device_id,
+            token_remaining_lifetime,
+        })
+    }
+
+    async fn refresh_registration_token(
+        &self,
+        token: &Secret,
+        registration_token: &Secret,
+    ) -> Result<RegistrationToken> {
+        let body = json!({ "registrationToken": registration_token.expose() });
+        let a = self.call(reqwest::Method::PUT, "/devices/registration-tokens/refresh", token, body).await?;
+        match a.status {
+            200..=299 => Self::token(&a),
+            _ => Err(a.error("registration token refresh")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings() {
+        let (ws, dev, sas) = parse_connection_string(
+            "HostName=h;DeviceId=ws1:dev:1;SharedAccessSignature=SharedAccessSignature sr=a&sig=b=",
+        )
+        .unwrap();
+        assert_eq!((ws.as_str(), dev.as_str(), sas.as_str()), ("ws1", "dev:1", "SharedAccessSignature sr=a&sig=b="));
+        for bad in [
+            "",
+            "DeviceId=ws1:dev",
+            "SharedAccessSignature=x",
+            "DeviceId=nocolon;SharedAccessSignature=x",
+            "DeviceId=:d;SharedAccessSignature=x",
+        ] {
+            assert!(parse_connection_string(bad).is_err(), "{bad}");
+        }
+    }
+}

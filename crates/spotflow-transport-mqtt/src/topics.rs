@@ -1,0 +1,255 @@
+//! The platform's MQTT mapping: topics, the telemetry property bag, twin responses.
+
+use std::fmt::Write;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::{Map, Value};
+use spotflow_core::{DesiredState, MessageKind, OutgoingMessage, TwinDocument};
+
+/// Everything except ASCII alphanumerics and `-_.~` is percent-encoded (space → `%20`).
+const VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// Subscriptions the device needs (twin responses, desired-property patches).
+pub const SUBSCRIPTIONS: [&str; 2] = ["$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"];
+
+/// The MQTT user name: `{hub}/{hubDeviceId}/?api-version=2018-06-30`.
+pub fn username(hub_host: &str, hub_device_id: &str) -> String {
+    format!("{hub_host}/{hub_device_id}/?api-version=2018-06-30")
+}
+
+/// The telemetry topic with its property bag, keys in the platform's fixed order.
+pub fn telemetry_topic(hub_device_id: &str, m: &OutgoingMessage, externalized: bool) -> String {
+    let mut topic = format!("devices/{hub_device_id}/messages/events/");
+    let mut first = true;
+    let mut push = |topic: &mut String, key: &str, value: &str| {
+        if !first {
+            topic.push('&');
+        }
+        first = false;
+        let _ = write!(topic, "{key}={}", utf8_percent_encode(value, VALUE));
+    };
+    if let Some(v) = &m.target.stream_group {
+        push(&mut topic, "stream-group-name", v);
+    }
+    if let Some(v) = &m.target.stream {
+        push(&mut topic, "stream-name", v);
+    }
+    for (key, value) in [
+        ("batch-id", &m.batch_id),
+        ("batch-slice-id", &m.batch_slice_id),
+        ("message-id", &m.message_id),
+        ("chunk-id", &m.chunk_id),
+    ] {
+        if let Some(v) = value {
+            push(&mut topic, key, v);
+        }
+    }
+    if let Some(enc) = m.content_encoding {
+        push(&mut topic, "content-encoding", enc.as_str());
+    }
+    if externalized {
+        push(&mut topic, "has-externalized-payload", "true");
+    }
+    match m.kind {
+        MessageKind::Data => {}
+        MessageKind::BatchCompletion => {
+            push(&mut topic, "complete-batch", "true");
+            push(&mut topic, "ignore-payload", "true");
+        }
+        MessageKind::MessageCompletion => {
+            push(&mut topic, "complete-message", "true");
+            push(&mut topic, "ignore-payload", "true");
+        }
+    }
+    topic
+}
+
+/// `$iothub/twin/GET/?$rid={rid}`.
+pub fn twin_get_topic(rid: u64) -> String {
+    format!("$iothub/twin/GET/?$rid={rid}")
+}
+
+/// `$iothub/twin/PATCH/properties/reported/?$rid={rid}`.
+pub fn reported_patch_topic(rid: u64) -> String {
+    format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}")
+}
+
+fn query<'a>(topic: &'a str, key: &str) -> Option<&'a str> {
+    topic.split_once('?')?.1.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Something the platform published to the device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// `$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]`.
+    TwinResponse {
+        /// Status code.
+        status: u16,
+        /// Request id.
+        rid: u64,
+        /// `$version`, when present.
+        version: Option<u64>,
+    },
+    /// `$iothub/twin/PATCH/properties/desired/?$version={v}` with its patch (without `$version`).
+    DesiredPatch {
+        /// New version.
+        version: u64,
+        /// The merge patch.
+        patch: Map<String, Value>,
+    },
+    /// Anything else (ignored by the device, with the reason).
+    Ignored(String),
+}
+
+/// Classifies an incoming publish; never panics on malformed input.
+pub fn parse_incoming(topic: &str, payload: &[u8]) -> Incoming {
+    if let Some(rest) = topic.strip_prefix("$iothub/twin/res/") {
+        let Some((status, _)) = rest.split_once('/') else {
+            return Incoming::Ignored(format!("malformed twin response topic {topic:?}"));
+        };
+        let Ok(status) = status.parse::<u16>() else {
+            return Incoming::Ignored(format!("non-numeric twin status in {topic:?}"));
+        };
+        let Some(rid) = query(topic, "$rid").and_then(|r| r.parse::<u64>().ok()) else {
+            return Incoming::Ignored(format!("twin response without a known $rid: {topic:?}"));
+        };
+        let version = query(topic, "$version").and_then(|v| v.parse().ok());
+        return Incoming::TwinResponse { status, rid, version };
+    }
+    if topic.starts_with("$iothub/twin/PATCH/properties/desired/") {
+        let Some(version) = query(topic, "$version").and_then(|v| v.parse::<u64>().ok()) else {
+            return Incoming::Ignored(format!("desired patch without a numeric $version: {topic:?}"));
+        };
+        let Ok(Value::Object(mut patch)) = serde_json::from_slice::<Value>(payload) else {
+            return Incoming::Ignored("desired patch payload is not a JSON object".into());
+        };
+        let body_version = patch.remove("$version").and_then(|v| v.as_u64());
+        if body_version.is_some_and(|b| b != version) {
+            return Incoming::Ignored(format!(
+                "desired patch $version {body_version:?} differs from the topic's {version}"
+            ));
+        }
+        return Incoming::DesiredPatch { version, patch };
+    }
+    Incoming::Ignored(format!("unexpected topic {topic:?}"))
+}
+
+/// Parses a full twin document `{"desired":{…,"$version":n},"reported":{…,"$version":m}}`.
+pub fn parse_twin(payload: &[u8]) -> Option<TwinDocument> {
+    let Value::Object(mut doc) = serde_json::from_slice::<Value>(payload).ok()? else { return None };
+    let mut take = |key: &str| -> Option<(Map<String, Value>, u64)> {
+        let Value::Object(mut m) = doc.remove(key)? else { return None };
+        let version = m.remove("$version")?.as_u64()?;
+        m.remove("$metadata");
+        Some((m, version))
+    };
+    let (desired, desired_version) = take("desired")?;
+    let (reported, reported_version) = take("reported")?;
+    Some(TwinDocument {
+        desired: DesiredState { version: desired_version, values: desired },
+        reported,
+        reported_version,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use spotflow_core::{ContentEncoding, StreamTarget};
+
+    fn message(kind: MessageKind) -> OutgoingMessage {
+        OutgoingMessage {
+            target: Arc::new(StreamTarget::new(Some("sg 1"), Some("st/1")).unwrap()),
+            kind,
+            batch_id: Some("b1".into()),
+            batch_slice_id: None,
+            message_id: None,
+            chunk_id: None,
+            content_encoding: None,
+            payload: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn topics_match_the_platform_byte_for_byte() {
+        let hub = "ws1:dev1";
+        let mut m = message(MessageKind::Data);
+        m.message_id = Some("m1".into());
+        m.content_encoding = Some(ContentEncoding::Lz4);
+        assert_eq!(
+            telemetry_topic(hub, &m, false),
+            "devices/ws1:dev1/messages/events/stream-group-name=sg%201&stream-name=st%2F1&batch-id=b1&message-id=m1&content-encoding=lz4"
+        );
+        let mut m = message(MessageKind::Data);
+        m.batch_slice_id = Some("s1".into());
+        m.message_id = Some("m2".into());
+        m.chunk_id = Some("c1".into());
+        assert_eq!(
+            telemetry_topic(hub, &m, false),
+            "devices/ws1:dev1/messages/events/stream-group-name=sg%201&stream-name=st%2F1&batch-id=b1&batch-slice-id=s1&message-id=m2&chunk-id=c1"
+        );
+        let mut m = message(MessageKind::MessageCompletion);
+        m.message_id = Some("m2".into());
+        assert_eq!(
+            telemetry_topic(hub, &m, false),
+            "devices/ws1:dev1/messages/events/stream-group-name=sg%201&stream-name=st%2F1&batch-id=b1&message-id=m2&complete-message=true&ignore-payload=true"
+        );
+        assert_eq!(
+            telemetry_topic(hub, &message(MessageKind::BatchCompletion), false),
+            "devices/ws1:dev1/messages/events/stream-group-name=sg%201&stream-name=st%2F1&batch-id=b1&complete-batch=true&ignore-payload=true"
+        );
+        let bare =
+            OutgoingMessage { target: Arc::new(StreamTarget::default()), batch_id: None, ..message(MessageKind::Data) };
+        assert_eq!(telemetry_topic(hub, &bare, false), "devices/ws1:dev1/messages/events/");
+        assert_eq!(telemetry_topic(hub, &bare, true), "devices/ws1:dev1/messages/events/has-externalized-payload=true");
+        assert_eq!(username("hub.local", hub), "hub.local/ws1:dev1/?api-version=2018-06-30");
+        let unicode = OutgoingMessage { batch_id: Some("ü~-_.".into()), ..bare };
+        assert_eq!(telemetry_topic(hub, &unicode, false), "devices/ws1:dev1/messages/events/batch-id=%C3%BC~-_.");
+    }
+
+    #[test]
+    fn incoming_topics_are_parsed_without_panics() {
+        assert_eq!(
+            parse_incoming("$iothub/twin/res/204/?$rid=7&$version=3", b""),
+            Incoming::TwinResponse { status: 204, rid: 7, version: Some(3) }
+        );
+        assert_eq!(
+            parse_incoming("$iothub/twin/res/200/?$rid=8", b"{}"),
+            Incoming::TwinResponse { status: 200, rid: 8, version: None }
+        );
+        for bad in [
+            "$iothub/twin/res/abc/?$rid=1",
+            "$iothub/twin/res/",
+            "$iothub/twin/res/200/?$rid=x",
+            "$iothub/twin/res/200",
+            "other/topic",
+        ] {
+            assert!(matches!(parse_incoming(bad, b""), Incoming::Ignored(_)), "{bad}");
+        }
+        assert_eq!(
+            parse_incoming("$iothub/twin/PATCH/properties/desired/?$version=4", br#"{"a":1,"$version":4}"#),
+            Incoming::DesiredPatch { version: 4, patch: serde_json::json!({"a":1}).as_object().cloned().unwrap() }
+        );
+        assert!(matches!(
+            parse_incoming("$iothub/twin/PATCH/properties/desired/?$version=4", br#"{"$version":5}"#),
+            Incoming::Ignored(_)
+        ));
+        assert!(matches!(
+            parse_incoming("$iothub/twin/PATCH/properties/desired/?$version=4", b"[]"),
+            Incoming::Ignored(_)
+        ));
+        assert!(matches!(parse_incoming("$iothub/twin/PATCH/properties/desired/", b"{}"), Incoming::Ignored(_)));
+    }
+
+    #[test]
+    fn twin_documents() {
+        let t = parse_twin(br#"{"desired":{"a":1,"$version":3},"reported":{"$version":2,"$metadata":{}}}"#).unwrap();
+        assert_eq!((t.desired.version, t.reported_version, t.reported.len()), (3, 2, 0));
+        assert_eq!(t.desired.values, serde_json::json!({"a":1}).as_object().cloned().unwrap());
+        for bad in [&b"{}"[..], b"[]", b"{\"desired\":{},\"reported\":{\"$version\":1}}", b"not json"] {
+            assert!(parse_twin(bad).is_none());
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The IoT Hub style file-upload API, for messages over the MQTT size threshold.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use spotflow_core::{Error, Result, Secret};
+
+/// Uploads payloads: `POST /devices/{id}/files`, `PUT` the blob, `POST …/files/notifications`.
+#[derive(Debug, Clone)]
+pub(crate) struct Uploader {
+    http: reqwest::Client,
+    base_url: Option<String>,
+}
+
+fn uuid_v4() -> String {
+    let mut b: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+fn http_error(context: &str, e: reqwest::Error) -> Error {
+    Error::transport_with(context.to_owned(), e)
+}
+
+impl Uploader {
+    pub fn new(tls: Option<Arc<rustls::ClientConfig>>, base_url: Option<String>) -> Result<Self> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured((*tls).clone());
+        }
+        let http = builder.build().map_err(|e| Error::invalid("HTTP client", e))?;
+        Ok(Uploader { http, base_url })
+    }
+
+    /// Uploads `payload`; returns the blob name to link.
+    pub async fn upload(
+        &self,
+        hub_host: &str,
+        hub_device_id: &str,
+        sas: &Secret,
+        payload: &bytes::Bytes,
+    ) -> Result<String> {
+        let base = self.base_url.clone().unwrap_or_else(|| format!("https://{hub_host}"));
+        let blob = uuid_v4();
+        let resp = self
+            .http
+            .post(format!("{base}/devices/{hub_device_id}/files?api-version=2020-03-13"))
+            .header("authorization", sas.expose())
+            .json(&json!({ "blobName": blob }))
+            .send()
+            .await
+            .map_err(|e| http_error("file upload init", e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(Error::Platform(format!("file upload init answered {status}")));
+        }
+        let info: Value = resp.json().await.map_err(|e| http_error("file upload init body", e))?;
+        let field = |k: &str| {
+            info.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| Error::Platform(format!("file upload answer without {k}")))
+        };
+        let (host, container, name, sas_token, correlation) = (
+            field("hostName")?,
+            field("containerName")?,
+            field("blobName")?,
+            field("sasToken")?,
+            field("correlationId")?,
+        );
+        let put = self
+            .http
+            .put(format!("https://{host}/{container}/{name}{sas_token}"))
+            .header("x-ms-blob-type", "BlockBlob")
+            .body(payload.clone())
+            .send()
+            .await
+            .map_err(|e| http_error("blob upload", e))?;
+        let put_status = put.status();
+        let ok = put_status.is_success();
+        let note = json!({
+            "correlationId": correlation,
+            "isSuccess": ok,
+            "statusCode": put_status.as_u16(),
+            "statusDescription": if ok { "Done" } else { "Failed" },
+        });
+        let notified = self
+            .http
+            .post(format!("{base}/devices/{hub_device_id}/files/notifications?api-version=2020-03-13"))
+            .header("authorization", sas.expose())
+            .json(&note)
+            .send()
+            .await
+            .map_err(|e| http_error("file upload notification", e))?;
+        if !ok {
+            return Err(Error::Platform(format!("blob upload answered {put_status}")));
+        }
+        if !notified.status().is_success() {
+            return Err(Error::Platform(format!("file upload notification answered {}", notified.status())));
+        }
+        Ok(blob)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uuids_are_v4() {
+        let u = super::uuid_v4();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+    }
+}
