@@ -192,10 +192,10 @@ async fn pump(
                     }
                 }
             }
-            Event::Incoming(Packet::SubAck(s)) => {
-                if s.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                    warn!(codes = ?s.return_codes, "the broker refused a subscription");
-                }
+            Event::Incoming(Packet::SubAck(s))
+                if s.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) =>
+            {
+                warn!(codes = ?s.return_codes, "the broker refused a subscription");
             }
             Event::Incoming(Packet::Publish(p)) => {
                 let event = match topics::parse_incoming(&p.topic, &p.payload) {
