@@ -1,16 +1,18 @@
-//! Quick start: a device provisions itself, sends telemetry, reports its state and receives a
-//! configuration change.
+//! Quick start: a device provisions itself against the local platform, sends telemetry, reports
+//! its state and receives a configuration change.
 //!
-//! Until the local platform emulator lands, this example runs against the in-memory platform of
-//! `spotflow_core::testkit` (everything in this process, no network). Run it with
-//! `cargo run --example quickstart` (`RUST_LOG=debug` for the SDK's logs).
+//! `cargo run --example quickstart` starts `spotflow-emulator` inside this process (HTTPS and MQTT
+//! over TLS on free loopback ports, automatic approval) and talks to it over the network exactly
+//! as a device talks to the real platform. To use an emulator (or platform) running elsewhere, set
+//! `SPOTFLOW_INSTANCE` (e.g. `localhost:8443`), `SPOTFLOW_PROVISIONING_TOKEN`, and for a local
+//! emulator `SPOTFLOW_CA_FILE` (its `ca.pem`) and optionally `SPOTFLOW_MQTT_PORT`.
+//! `RUST_LOG=debug` shows the SDK's logs.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use spotflow_core::testkit::MemoryPlatform;
 use spotflow_device::{Compression, DeviceClient, Message};
+use spotflow_emulator::{Emulator, MessageQuery};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,19 +23,47 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    println!("Starting the in-memory platform (no network involved).");
-    let platform = MemoryPlatform::new();
+    // The platform: an external one from the environment, or the emulator embedded here.
+    let external = std::env::var("SPOTFLOW_INSTANCE").ok();
+    let emulator = match external {
+        Some(_) => None,
+        None => {
+            let emu = Emulator::builder().auto_approve(Some(Duration::from_secs(1))).start().await?;
+            println!(
+                "Started the local platform: instance {}, MQTT over TLS on port {}.",
+                emu.https_url(),
+                emu.mqtts_addr().map_or(0, |a| a.port())
+            );
+            Some(emu)
+        }
+    };
+    let (instance, token, ca_pem, mqtt_port) = match &emulator {
+        Some(emu) => (
+            emu.https_url(),
+            emu.create_provisioning_token(),
+            Some(emu.ca_pem().to_owned()),
+            emu.mqtts_addr().map_or(8883, |a| a.port()),
+        ),
+        None => (
+            external.clone().unwrap_or_default(),
+            std::env::var("SPOTFLOW_PROVISIONING_TOKEN").map_err(|_| "set SPOTFLOW_PROVISIONING_TOKEN")?,
+            std::env::var("SPOTFLOW_CA_FILE").ok().map(std::fs::read_to_string).transpose()?,
+            std::env::var("SPOTFLOW_MQTT_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8883),
+        ),
+    };
 
-    // Connect to the platform: provisions the device (auto-approved here) and prints the
-    // provisioning operation with the default display callback.
-    let client = DeviceClient::builder(Some("my-device"), "memory-provisioning-token", "spotflow.db")
-        .platform_api(Arc::new(platform.clone()))
-        .transport(Arc::new(platform.clone()))
+    // Connect: provisions the device (approved automatically by the embedded emulator after a
+    // second) and prints the provisioning operation with the default display callback.
+    let mut builder = DeviceClient::builder(Some("my-device"), token, "spotflow.db")
+        .instance(instance)
+        .with_network(|n| n.mqtt_port = mqtt_port)
         .desired_properties_updated_callback(|desired| {
             println!("Desired properties version {}: {}", desired.version, serde_json::Value::Object(desired.values));
-        })
-        .start()
-        .await?;
+        });
+    if let Some(pem) = ca_pem {
+        builder = builder.trust_ca_pem(pem);
+    }
+    let client = builder.start().await?;
     println!("Device {} registered in workspace {}.", client.device_id(), client.workspace_id());
 
     let sender =
@@ -46,18 +76,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "sequence": i,
             "temperatureCelsius": 21.0 + f64::from(i % 100) * 0.05,
             "humidityPercent": 50.0 + f64::from(i % 50) * 0.1,
+            "site": "quickstart lab, bench 4, rack 2",
+            "firmware": "1.0.0",
         });
         sender.enqueue_message(Message::new(payload.to_string()).batch_id(format!("batch-{}", i / 5000))).await?;
-        if last_progress.elapsed() > Duration::from_millis(200) || i + 1 == total {
-            print!("\rEnqueued {:>6}/{total}, pending {:>6}", i + 1, client.pending_messages_count());
+        if last_progress.elapsed() > Duration::from_millis(250) || i + 1 == total {
+            print!(
+                "\rEnqueued {:>6}/{total}, waiting for acknowledgement: {:>6}",
+                i + 1,
+                client.pending_messages_count()
+            );
+            use std::io::Write;
+            std::io::stdout().flush()?;
             last_progress = Instant::now();
         }
     }
     sender.enqueue_batch_completion("batch-3").await?;
-    client.wait_enqueued_messages_sent_timeout(Duration::from_secs(30)).await?;
+    client.wait_enqueued_messages_sent_timeout(Duration::from_secs(60)).await?;
     let elapsed = started.elapsed();
     println!(
-        "\nAll {} messages acknowledged in {:.2?} ({:.0} messages/s).",
+        "\nAll {} messages acknowledged by the platform in {:.2?} ({:.0} messages/s).",
         total + 1,
         elapsed,
         f64::from(total + 1) / elapsed.as_secs_f64()
@@ -66,27 +104,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     client.update_reported_properties(json!({"firmware": "1.0.0", "messagesSent": total})).await?;
     client.wait_reported_properties_sent_timeout(Duration::from_secs(10)).await?;
 
-    let hub_id = format!("{}:{}", client.workspace_id(), client.device_id());
-    platform.update_desired(&hub_id, json!({"sampleIntervalSeconds": 10}).as_object().cloned().unwrap_or_default());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get_desired_properties_if_newer(Some(0)).is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Some(emu) = &emulator {
+        let hub_id = format!("{}:{}", client.workspace_id(), client.device_id());
+        emu.update_desired(&hub_id, json!({"sampleIntervalSeconds": 10}).as_object().cloned().unwrap_or_default());
+        let messages = emu
+            .messages(MessageQuery { hub_device_id: Some(hub_id.clone()), limit: Some(100_000), ..Default::default() })
+            .await;
+        let wire: usize = messages.iter().map(|m| m.wire_size).sum();
+        let decoded: usize = messages.iter().map(|m| m.payload.len()).sum();
+        println!(
+            "The platform stored {} messages ({} bytes on the wire, {} decoded), {} batch completion(s).",
+            messages.len(),
+            wire,
+            decoded,
+            messages.iter().filter(|m| m.complete_batch).count()
+        );
+        if let Some(last) = messages.iter().rev().find(|m| !m.payload.is_empty()) {
+            println!(
+                "Last message (stream {}/{}, batch {}): {}",
+                last.stream_group.as_deref().unwrap_or("-"),
+                last.stream.as_deref().unwrap_or("-"),
+                last.batch_id.as_deref().unwrap_or("-"),
+                String::from_utf8_lossy(&last.payload)
+            );
+        }
+        if let Some(twin) = emu.twin(&hub_id) {
+            println!("Reported properties on the platform: {}", serde_json::Value::Object(twin.reported));
+        }
+        // Give the configuration change a moment to arrive (bounded).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while client.get_desired_properties_if_newer(Some(1)).is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-
-    let received = platform.messages();
-    let compressed: usize = received.iter().map(|m| m.message.payload.len()).sum();
-    let decoded: usize = received.iter().map(|m| m.decoded_payload.len()).sum();
-    println!(
-        "The platform received {} messages ({} bytes on the wire, {} decoded).",
-        received.len(),
-        compressed,
-        decoded
-    );
-    if let Some(last) = received.iter().rev().find(|m| !m.decoded_payload.is_empty()) {
-        println!("Last message: {}", String::from_utf8_lossy(&last.decoded_payload));
-    }
-    println!("Reported properties on the platform: {}", serde_json::Value::Object(platform.twin(&hub_id).reported));
-    println!("Desired properties on the device: version {}", client.get_desired_properties().version);
+    println!("Desired properties on the device: version {}.", client.get_desired_properties().version);
     client.close().await?;
     Ok(())
 }
