@@ -71,3 +71,17 @@ impl TlsOptions {
         Ok(Arc::new(config))
     }
 }
+
+/// A configuration with the platform roots only (possibly none). Used where no TLS configuration
+/// was given (uploads next to a plain-TCP broker).
+pub(crate) fn platform_only() -> Result<Arc<rustls::ClientConfig>> {
+    if let Ok(config) = TlsOptions::platform().client_config() {
+        return Ok(config);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::invalid("TLS configuration", e))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}

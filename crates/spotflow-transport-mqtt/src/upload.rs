@@ -27,11 +27,15 @@ fn http_error(context: &str, e: reqwest::Error) -> Error {
 
 impl Uploader {
     pub fn new(tls: Option<Arc<rustls::ClientConfig>>, base_url: Option<String>) -> Result<Self> {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
-        if let Some(tls) = tls {
-            builder = builder.tls_backend_preconfigured((*tls).clone());
-        }
-        let http = builder.build().map_err(|e| Error::invalid("HTTP client", e))?;
+        let tls = match tls {
+            Some(t) => t,
+            None => crate::tls::platform_only()?,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .tls_backend_preconfigured((*tls).clone())
+            .build()
+            .map_err(|e| Error::invalid("HTTP client", e))?;
         Ok(Uploader { http, base_url })
     }
 

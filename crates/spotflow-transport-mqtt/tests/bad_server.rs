@@ -1,0 +1,195 @@
+//! A misbehaving server never panics the SDK: malformed HTTP bodies, unexpected statuses, a broker
+//! that never acknowledges, garbage on the socket, twin answers for unknown requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spotflow_core::{
+    Connection, ConnectionCredentials, Error, PlatformApi, ProvisioningStatus, Secret, Transport, TransportEvent,
+};
+use spotflow_transport_mqtt::{HttpPlatformApi, MqttTransport, MqttTransportOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A one-route HTTP server on loopback answering every request with `status` and `body`.
+async fn http_server(status: u16, body: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn api_at(base: &str) -> HttpPlatformApi {
+    // Plain HTTP on loopback: the TLS configuration is not used.
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    HttpPlatformApi::new(base, "test", Arc::new(tls), Duration::from_secs(5)).unwrap()
+}
+
+fn message() -> spotflow_core::OutgoingMessage {
+    spotflow_core::OutgoingMessage {
+        target: Arc::new(spotflow_core::StreamTarget::default()),
+        kind: spotflow_core::MessageKind::Data,
+        batch_id: None,
+        batch_slice_id: None,
+        message_id: None,
+        chunk_id: None,
+        content_encoding: None,
+        payload: bytes::Bytes::from_static(b"payload"),
+    }
+}
+
+fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Publish::new(topic, rumqttc::mqttbytes::QoS::AtMostOnce, payload.to_vec())
+        .write(&mut buf)
+        .unwrap();
+    buf.to_vec()
+}
+
+#[tokio::test]
+async fn malformed_and_unexpected_http_answers_are_clear_errors() {
+    let token = Secret::new("t");
+    let cases: Vec<(u16, &'static str)> = vec![
+        (200, "not json"),
+        (200, "{}"),
+        (200, r#"{"provisioningOperationId":1}"#),
+        (200, r#"{"provisioningOperationId":"a","verificationCode":"b","expirationTime":"yesterday"}"#),
+        (500, "oops"),
+        (404, ""),
+    ];
+    for (status, body) in cases {
+        let api = api_at(&http_server(status, body).await);
+        let err = api.init_provisioning(&token, Some("d")).await.unwrap_err();
+        assert!(err.is_temporary(), "{status} {body}: {err} should be retried");
+        let err = api.register(&token).await.unwrap_err();
+        assert!(err.is_temporary(), "{status} {body}: {err}");
+    }
+    let api = api_at(&http_server(401, r#"{"title":"Invalid Provisioning Token"}"#).await);
+    assert!(
+        matches!(api.init_provisioning(&token, None).await, Err(Error::Unauthorized(m)) if m.contains("Invalid Provisioning Token"))
+    );
+    let api = api_at(&http_server(423, "").await);
+    assert!(matches!(api.register(&token).await, Err(Error::WorkspaceDisabled)));
+    let api = api_at(&http_server(400, r#"{"title":"Bad device id"}"#).await);
+    assert!(matches!(api.init_provisioning(&token, None).await, Err(Error::Provisioning(m)) if m == "Bad device id"));
+    // 410 without problem details: the operation is closed (never polled forever).
+    let api = api_at(&http_server(410, "gone").await);
+    assert_eq!(api.complete_provisioning(&token, "op").await.unwrap(), ProvisioningStatus::Closed);
+    let api =
+        api_at(&http_server(410, r#"{"type":"/problems/deviceProvisioning/provisioningOperationCancelled"}"#).await);
+    assert!(matches!(api.complete_provisioning(&token, "op").await, Err(Error::Provisioning(_))));
+    // Registration answers with broken connection strings or time formats.
+    for body in [
+        r#"{"connectionString":"HostName=h","iotHubHostName":"h","connectionStringType":"SharedAccessSignature"}"#,
+        r#"{"connectionString":"DeviceId=nocolon;SharedAccessSignature=s","iotHubHostName":"h","connectionStringType":"SharedAccessSignature"}"#,
+        r#"{"connectionString":"DeviceId=w:d;SharedAccessSignature=s","iotHubHostName":"h","connectionStringType":"SharedAccessKey"}"#,
+        r#"{"connectionString":"DeviceId=w:d;SharedAccessSignature=s","iotHubHostName":"h","connectionStringType":"SharedAccessSignature","tokenRemainingLifetime":"12"}"#,
+    ] {
+        let api = api_at(&http_server(200, body).await);
+        assert!(api.register(&token).await.is_err(), "{body}");
+    }
+    let ok = r#"{"connectionString":"DeviceId=w:d;SharedAccessSignature=s=1","iotHubHostName":"h","connectionStringType":"SharedAccessSignature","connectionStringExpiration":"2030-01-01T00:00:00Z","tokenRemainingLifetime":"1.00:00:00"}"#;
+    let reg = api_at(&http_server(200, ok).await).register(&token).await.unwrap();
+    assert_eq!((reg.workspace_id.as_str(), reg.device_id.as_str(), reg.credentials.sas.expose()), ("w", "d", "s=1"));
+    assert_eq!(reg.token_remaining_lifetime, Some(Duration::from_secs(86_400)));
+}
+
+fn creds(port_host: &str) -> ConnectionCredentials {
+    ConnectionCredentials {
+        hub_host: port_host.into(),
+        hub_device_id: "ws:dev".into(),
+        sas: Secret::new("sas"),
+        expires_at: None,
+    }
+}
+
+/// A fake broker: accepts CONNECT, answers CONNACK(0), then runs `behaviour` on the socket.
+async fn fake_broker(after_connack: Vec<u8>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let after_connack = after_connack.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+                let _ = s.write_all(&after_connack).await;
+                // Keep reading (and never acknowledging) until the client goes away.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn garbage_from_the_broker_is_a_connection_error_not_a_panic() {
+    for garbage in [&b"\xff\xff\xff\xff\xff"[..], b"\x30\x05\x00\x09abc", b"\x40\x02\x03\xe7"] {
+        let port = fake_broker(garbage.to_vec()).await;
+        let transport = MqttTransport::new(MqttTransportOptions::plain_tcp(port)).unwrap();
+        let mut conn = transport.connect(&creds("127.0.0.1")).await.expect("CONNACK accepted");
+        let next = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match conn.next_event().await {
+                    Err(e) => return e,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("the error surfaces");
+        assert!(next.is_temporary(), "{next}");
+    }
+}
+
+#[tokio::test]
+async fn a_broker_that_never_acknowledges_leaves_messages_unacknowledged() {
+    let port = fake_broker(Vec::new()).await;
+    let transport = MqttTransport::new(MqttTransportOptions::plain_tcp(port)).unwrap();
+    let mut conn: Box<dyn Connection> = transport.connect(&creds("127.0.0.1")).await.unwrap();
+    let message = message();
+    for seq in 1..=50 {
+        conn.publish_message(seq, &message).await.unwrap();
+    }
+    let got = tokio::time::timeout(Duration::from_millis(300), conn.next_event()).await;
+    assert!(got.is_err(), "no acknowledgement is invented: {got:?}");
+    conn.close().await;
+}
+
+#[tokio::test]
+async fn a_twin_answer_for_an_unknown_request_is_ignored() {
+    let mut packets = publish_packet("$iothub/twin/res/200/?$rid=999", b"{}");
+    packets.extend(publish_packet("$iothub/twin/res/abc/?$rid=1", b"{}"));
+    packets.extend(publish_packet("$iothub/twin/PATCH/properties/desired/?$version=7", br#"{"a":1,"$version":7}"#));
+    let port = fake_broker(packets).await;
+    let transport = MqttTransport::new(MqttTransportOptions::plain_tcp(port)).unwrap();
+    let mut conn = transport.connect(&creds("127.0.0.1")).await.unwrap();
+    // The unknown $rid and the non-numeric status are ignored; the desired patch comes through.
+    let got = tokio::time::timeout(Duration::from_secs(10), conn.next_event()).await.unwrap().unwrap();
+    match got {
+        TransportEvent::DesiredPatch { version: 7, patch } => assert_eq!(patch.get("a"), Some(&serde_json::json!(1))),
+        other => panic!("unexpected {other:?}"),
+    }
+}
