@@ -152,9 +152,8 @@ async fn garbage_from_the_broker_is_a_connection_error_not_a_panic() {
         let mut conn = transport.connect(&creds("127.0.0.1")).await.expect("CONNACK accepted");
         let next = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                match conn.next_event().await {
-                    Err(e) => return e,
-                    Ok(_) => {}
+                if let Err(e) = conn.next_event().await {
+                    return e;
                 }
             }
         })
