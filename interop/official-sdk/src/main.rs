@@ -5,7 +5,7 @@
 //!
 //! Environment: `INSTANCE` (e.g. `localhost:8443`), `PROVISIONING_TOKEN`, `DB_PATH`,
 //! `MESSAGES` (default 1000), `DESIRED_VERSION` (wait until this desired version arrives),
-//! `SSL_CERT_FILE` (the emulator's CA).
+//! `SSL_CERT_FILE` (the emulator's CA). With `BENCH` set: only enqueue `MESSAGES` 256-byte messages.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -58,6 +58,21 @@ fn main() -> Result<()> {
         .build()
         .context("official SDK failed to start")?;
     say(&format!("STARTED {} {}", client.workspace_id()?, client.device_id()?));
+
+    if std::env::var("BENCH").is_ok() {
+        // Benchmark mode: 256-byte messages, as fast as the SDK takes them; the orchestrator
+        // measures until the platform stored them all.
+        let context = MessageContext::new(Some("bench".to_owned()), Some("official".to_owned()));
+        for _ in 0..count {
+            client.enqueue_message(&context, None, None, vec![b'x'; 256])?;
+        }
+        say(&format!("SENT {count}"));
+        client.wait_enqueued_messages_sent()?;
+        say("DONE");
+        // Stay connected until the orchestrator has counted (it kills this process).
+        std::thread::sleep(Duration::from_secs(600));
+        return Ok(());
+    }
 
     // Reported properties first: the official SDK's PUBACK bookkeeping can delete a queued
     // telemetry row when a twin request is acknowledged (protocol.md §11.1).

@@ -1,0 +1,151 @@
+//! Delivered messages/s (enqueue until acknowledged) of 256-byte messages against the same
+//! emulator over TLS on loopback, side by side in one run:
+//! (a) this SDK with the in-memory store, (b) raw rumqttc publishing QoS 1 with 100 in flight,
+//! (c) the official `spotflow` 0.8.1 crate (when its harness binary is given in
+//! `SPOTFLOW_OFFICIAL_HARNESS` and port 8883 is free; built by `.ci/run`).
+//!
+//! Run: `cargo bench -p spotflow-device --bench platform` (`-- --quick` for a short run).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use spotflow_core::MemoryStore;
+use spotflow_device::{Compression, DeviceClient};
+use spotflow_emulator::Emulator;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+async fn ours(emu: &Emulator, n: u64, run: usize) -> f64 {
+    let token = emu.create_provisioning_token();
+    let port = emu.mqtts_addr().expect("mqtts").port();
+    let client = DeviceClient::builder(Some(format!("ours-{run}")), token, "bench.db")
+        .instance(emu.https_url())
+        .trust_ca_pem(emu.ca_pem())
+        .with_network(|net| {
+            net.platform_roots = false;
+            net.mqtt_port = port;
+        })
+        .store(Arc::new(MemoryStore::new()))
+        .display_provisioning_operation_callback(|_| {})
+        .start()
+        .await
+        .expect("start");
+    let sender = client.create_stream_sender(Some("bench"), Some("ours"), Compression::Uncompressed).expect("sender");
+    let payload = bytes::Bytes::from(vec![b'x'; 256]);
+    let start = Instant::now();
+    for _ in 0..n {
+        sender.enqueue_message(payload.clone()).await.expect("enqueue");
+    }
+    client.wait_enqueued_messages_sent_timeout(Duration::from_secs(300)).await.expect("acknowledged");
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    client.close().await.expect("close");
+    rate
+}
+
+async fn raw_rumqttc(emu: &Emulator, n: u64, run: usize) -> f64 {
+    let creds = emu.create_device(&format!("raw-{run}")).expect("device");
+    let mut o = MqttOptions::new(creds.hub_device_id.clone(), "localhost", emu.mqtts_addr().expect("mqtts").port());
+    o.set_credentials(creds.username.clone(), creds.password.clone());
+    o.set_inflight(100);
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(emu.client_tls_config()))));
+    let (client, mut ev) = AsyncClient::new(o, 200);
+    let topic = format!("devices/{}/messages/events/stream-group-name=bench&stream-name=raw", creds.hub_device_id);
+    let start = Instant::now();
+    let producer = tokio::spawn(async move {
+        for _ in 0..n {
+            client.publish(topic.clone(), QoS::AtLeastOnce, false, vec![b'x'; 256]).await.expect("publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < n {
+        match ev.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => panic!("rumqttc: {e}"),
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = producer.await;
+    rate
+}
+
+async fn official(emu: &Emulator, harness: &str, n: u64, dir: &std::path::Path, run: usize) -> Option<f64> {
+    let token = emu.create_provisioning_token();
+    let mut child = tokio::process::Command::new(harness)
+        .env("INSTANCE", format!("localhost:{}", emu.https_addr()?.port()))
+        .env("PROVISIONING_TOKEN", token)
+        .env("DB_PATH", dir.join(format!("official-{run}.db")))
+        .env("MESSAGES", n.to_string())
+        .env("BENCH", "1")
+        .env("SSL_CERT_FILE", emu.ca_path()?)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let mut lines = BufReader::new(child.stdout.take()?).lines();
+    let mut start = None;
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await {
+        if let Some(op) = line.strip_prefix("OPERATION ") {
+            emu.approve(op, None).ok()?;
+        }
+        if line.starts_with("STARTED") {
+            start = Some(Instant::now());
+            break;
+        }
+    }
+    let start = start?;
+    let before = emu.message_count().await;
+    let stored = emu.wait_for_messages(before + n, Duration::from_secs(600)).await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = child.kill().await;
+    stored.then_some(rate)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (n, official_n, runs) = if quick { (20_000u64, 1_000u64, 3) } else { (100_000, 3_000, 5) };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let harness = std::env::var("SPOTFLOW_OFFICIAL_HARNESS").ok();
+        // The official SDK always connects to port 8883.
+        let mqtts_port = if harness.is_some() { 8883 } else { 0 };
+        let emu = Emulator::builder()
+            .data_dir(dir.path().join("emulator"))
+            .auto_approve(Some(Duration::ZERO))
+            .mqtts_port(mqtts_port)
+            .start()
+            .await
+            .expect("emulator");
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..runs {
+            a.push(ours(&emu, n, run).await);
+            b.push(raw_rumqttc(&emu, n, run).await);
+            if let Some(h) = &harness {
+                if let Some(rate) = official(&emu, h, official_n, dir.path(), run).await {
+                    c.push(rate);
+                }
+            }
+        }
+        let (a, b) = (median(a), median(b));
+        println!("delivered 256-byte messages/s to spotflow-emulator over TLS on loopback (median of {runs} runs)");
+        println!("  (a) spotflow-device, in-memory store     {a:>10.0}   ({n} messages per run)");
+        println!("  (a') spotflow-device, durable store       n/a (durable stores are not built yet)");
+        println!("  (b) raw rumqttc, QoS 1, 100 in flight     {b:>10.0}   ({n} messages per run)");
+        if c.is_empty() {
+            println!("  (c) official spotflow 0.8.1               not measured (set SPOTFLOW_OFFICIAL_HARNESS; needs port 8883)");
+        } else {
+            let c = median(c);
+            println!("  (c) official spotflow 0.8.1               {c:>10.0}   ({official_n} messages per run)");
+            println!("  ratio (a)/(c) = {:.1}x (target >= 50x)", a / c);
+        }
+        println!("  ratio (a)/(b) = {:.2} (target >= 0.5)", a / b);
+    });
+}
