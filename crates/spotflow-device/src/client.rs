@@ -332,6 +332,7 @@ fn network_stack(
     };
     let transport = match transport {
         Some(t) => t,
+        None if network.protocol == crate::Protocol::MqttOverWebSocket => websocket_transport(network, options, tls)?,
         None => {
             let mut o = if network.mqtt_plain_tcp {
                 warn!("MQTT over plain TCP: traffic is neither encrypted nor authenticated");
@@ -349,6 +350,41 @@ fn network_stack(
     };
     Ok((api, transport))
 }
+
+#[cfg(feature = "ws")]
+fn websocket_transport(
+    network: &NetworkOptions,
+    options: &ClientOptions,
+    tls: Arc<spotflow_transport_mqtt_rustls::ClientConfig>,
+) -> Result<Arc<dyn Transport>> {
+    use spotflow_transport_ws::{Proxy, ProxyMode, WsTransport, WsTransportOptions};
+    let mut o = if network.mqtt_plain_tcp {
+        warn!("MQTT over plain ws://: traffic is neither encrypted nor authenticated");
+        WsTransportOptions::plain(network.websocket_port)
+    } else {
+        let mut o = WsTransportOptions::tls(tls);
+        o.port = network.websocket_port;
+        o
+    };
+    if let Some(p) = &network.proxy {
+        o.proxy = ProxyMode::Explicit(Proxy::parse(p)?);
+    }
+    o.upload_base_url = network.upload_base_url.clone();
+    o.connect_timeout = options.request_timeout;
+    Ok(Arc::new(WsTransport::new(o)))
+}
+
+#[cfg(all(feature = "mqtt", not(feature = "ws")))]
+fn websocket_transport(
+    _network: &NetworkOptions,
+    _options: &ClientOptions,
+    _tls: Arc<spotflow_transport_mqtt_rustls::ClientConfig>,
+) -> Result<Arc<dyn Transport>> {
+    Err(Error::invalid("protocol", "MQTT over WebSocket needs the `ws` feature of spotflow-device"))
+}
+
+#[cfg(feature = "mqtt")]
+use spotflow_transport_mqtt::rustls as spotflow_transport_mqtt_rustls;
 
 #[cfg(not(feature = "mqtt"))]
 fn network_stack(

@@ -64,6 +64,24 @@ pub struct NetworkOptions {
     pub mqtt_plain_tcp: bool,
     /// Base URL of the file-upload API for messages over 250,000 bytes (default `https://{hub}`).
     pub upload_base_url: Option<String>,
+    /// MQTT over TCP (port 8883) or over WebSocket (port 443, through proxies; feature `ws`).
+    pub protocol: Protocol,
+    /// WebSocket port. Default 443.
+    pub websocket_port: u16,
+    /// HTTP CONNECT proxy for the WebSocket transport, `http://[user:password@]host:port`
+    /// (default: `HTTPS_PROXY` unless `NO_PROXY` excludes the hub). Credentials are never logged.
+    pub proxy: Option<String>,
+}
+
+/// How MQTT reaches the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// MQTT over TCP with TLS (port 8883).
+    #[default]
+    Mqtt,
+    /// MQTT over WebSocket with TLS (port 443), for networks where only HTTPS leaves.
+    MqttOverWebSocket,
 }
 
 impl Default for NetworkOptions {
@@ -74,6 +92,9 @@ impl Default for NetworkOptions {
             mqtt_port: 8883,
             mqtt_plain_tcp: false,
             upload_base_url: None,
+            protocol: Protocol::Mqtt,
+            websocket_port: 443,
+            proxy: None,
         }
     }
 }

@@ -15,17 +15,52 @@ fn store() -> Arc<dyn Store> {
     Arc::new(MemoryStore::new())
 }
 
-fn device(emu: &Emulator, token: &str, store: &Arc<dyn Store>, id: &str) -> DeviceClientBuilder {
+/// Which transport a test runs over: every test of this file runs on both.
+#[derive(Debug, Clone, Copy)]
+enum Proto {
+    Mqtt,
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
+    WebSocket,
+}
+
+fn network(proto: Proto, emu_https: u16, mqtts: u16) -> impl FnOnce(&mut spotflow_device::NetworkOptions) {
+    move |n| {
+        n.platform_roots = false;
+        n.mqtt_port = mqtts;
+        n.websocket_port = emu_https;
+        n.proxy = None;
+        n.protocol = match proto {
+            Proto::Mqtt => spotflow_device::Protocol::Mqtt,
+            Proto::WebSocket => spotflow_device::Protocol::MqttOverWebSocket,
+        };
+    }
+}
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn over_mqtt() {
+                super::$name(super::Proto::Mqtt).await
+            }
+            #[cfg(feature = "ws")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn over_websocket() {
+                super::$name(super::Proto::WebSocket).await
+            }
+        }
+    };
+}
+
+fn device(proto: Proto, emu: &Emulator, token: &str, store: &Arc<dyn Store>, id: &str) -> DeviceClientBuilder {
     let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
+    let https_port = emu.https_addr().expect("https").port();
     let upload = emu.https_url();
     DeviceClient::builder(Some(id), token, "device.db")
         .instance(emu.https_url())
         .trust_ca_pem(emu.ca_pem())
-        .with_network(move |n| {
-            n.platform_roots = false;
-            n.mqtt_port = mqtt_port;
-            n.upload_base_url = Some(upload);
-        })
+        .with_network(network(proto, https_port, mqtt_port))
+        .with_network(move |n| n.upload_base_url = Some(upload))
         .store(store.clone())
         .display_provisioning_operation_callback(|_| {})
         .with_options(|o| {
@@ -52,15 +87,14 @@ fn obj(v: Value) -> serde_json::Map<String, Value> {
     v.as_object().cloned().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn provisioning_with_manual_approval_override_and_expiry() {
+async fn provisioning_with_manual_approval_override_and_expiry(proto: Proto) {
     let emu = Emulator::builder().start().await.unwrap();
     let token = emu.create_provisioning_token();
     let s = store();
     let shown: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = shown.clone();
     let start = tokio::spawn(
-        device(&emu, &token, &s, "requested")
+        device(proto, &emu, &token, &s, "requested")
             .display_provisioning_operation_callback(move |op| seen.lock().unwrap().push(op.id.clone()))
             .start(),
     );
@@ -85,18 +119,17 @@ async fn provisioning_with_manual_approval_override_and_expiry() {
         .await
         .unwrap();
     let token = short.create_provisioning_token();
-    let err = device(&short, &token, &store(), "late").start().await.unwrap_err();
+    let err = device(proto, &short, &token, &store(), "late").start().await.unwrap_err();
     assert!(matches!(err, Error::Provisioning(_)), "{err}");
     // A wrong token is refused at once.
-    let err = device(&short, "not-a-token", &store(), "x").start().await.unwrap_err();
+    let err = device(proto, &short, "not-a-token", &store(), "x").start().await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized(_)), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_messages_with_batches_chunks_completions_and_compression_arrive_once_decoded() {
+async fn ten_thousand_messages_with_batches_chunks_completions_and_compression_arrive_once_decoded(proto: Proto) {
     let emu = auto_emulator().await;
     let token = emu.create_provisioning_token();
-    let client = device(&emu, &token, &store(), "bulk").start().await.unwrap();
+    let client = device(proto, &emu, &token, &store(), "bulk").start().await.unwrap();
     let compressions = [Compression::Uncompressed, Compression::Fastest, Compression::SmallestSize];
     let mut tasks = Vec::new();
     for (s, compression) in compressions.into_iter().enumerate() {
@@ -161,15 +194,17 @@ async fn ten_thousand_messages_with_batches_chunks_completions_and_compression_a
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_message_desired_and_reported_properties() {
+async fn send_message_desired_and_reported_properties(proto: Proto) {
     let emu = auto_emulator().await;
     let token = emu.create_provisioning_token();
     let s = store();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let callback = move |d: spotflow_device::DesiredProperties| drop(tx.send((d.version, Value::Object(d.values))));
-    let client =
-        device(&emu, &token, &s, "twin").desired_properties_updated_callback(callback.clone()).start().await.unwrap();
+    let client = device(proto, &emu, &token, &s, "twin")
+        .desired_properties_updated_callback(callback.clone())
+        .start()
+        .await
+        .unwrap();
     assert_eq!(next(&mut rx).await, (1, json!({})), "callback after start with the current version");
     let sender = client.create_stream_sender(None, None, Compression::Uncompressed).unwrap();
     sender.send_message("acknowledged").await.unwrap();
@@ -189,15 +224,15 @@ async fn send_message_desired_and_reported_properties() {
     emu.update_desired("ws-emulator:twin", obj(json!({"mode": "eco"})));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let callback = move |d: spotflow_device::DesiredProperties| drop(tx.send((d.version, Value::Object(d.values))));
-    let client = device(&emu, &token, &s, "twin").desired_properties_updated_callback(callback).start().await.unwrap();
+    let client =
+        device(proto, &emu, &token, &s, "twin").desired_properties_updated_callback(callback).start().await.unwrap();
     assert_eq!(next(&mut rx).await.0, 2, "stored version at start");
     assert_eq!(next(&mut rx).await, (4, json!({"interval": 10, "mode": "eco"})));
     assert_eq!(client.get_desired_properties().version, 4);
     assert!(rx.try_recv().is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_refresh_and_credential_renewal_while_five_thousand_messages_flow() {
+async fn token_refresh_and_credential_renewal_while_five_thousand_messages_flow(proto: Proto) {
     let emu = Emulator::builder()
         .auto_approve(Some(Duration::ZERO))
         .lifetimes(Duration::from_secs(60), Duration::from_secs(3), Duration::from_secs(2))
@@ -206,7 +241,7 @@ async fn token_refresh_and_credential_renewal_while_five_thousand_messages_flow(
         .unwrap();
     let token = emu.create_provisioning_token();
     let s = store();
-    let client = device(&emu, &token, &s, "renew").start().await.unwrap();
+    let client = device(proto, &emu, &token, &s, "renew").start().await.unwrap();
     let first_rt = s.load_identity().await.unwrap().unwrap().registration_token;
     let sender = client.create_stream_sender(None, Some("renewal"), Compression::Uncompressed).unwrap();
     let started = tokio::time::Instant::now();
@@ -231,11 +266,10 @@ async fn token_refresh_and_credential_renewal_while_five_thousand_messages_flow(
     assert!(emu.operations().len() == 1, "never provisioned again");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_connections_mid_stream_lose_nothing() {
+async fn dropped_connections_mid_stream_lose_nothing(proto: Proto) {
     let emu = auto_emulator().await;
     let token = emu.create_provisioning_token();
-    let client = device(&emu, &token, &store(), "flaky").start().await.unwrap();
+    let client = device(proto, &emu, &token, &store(), "flaky").start().await.unwrap();
     let sender = client.create_stream_sender(None, Some("flaky"), Compression::Fastest).unwrap();
     let total = 3000u32;
     for i in 0..total {
@@ -250,14 +284,13 @@ async fn dropped_connections_mid_stream_lose_nothing() {
     assert_eq!(ids.len() as u32, total, "every message arrived (redeliveries of unacknowledged ones allowed)");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_start_with_a_stored_registration_then_delivery_when_the_platform_is_up() {
+async fn offline_start_with_a_stored_registration_then_delivery_when_the_platform_is_up(proto: Proto) {
     let dir = tempfile::tempdir().unwrap();
     let emu = Emulator::builder().data_dir(dir.path()).auto_approve(Some(Duration::ZERO)).start().await.unwrap();
     let (https, mqtts) = (emu.https_addr().unwrap().port(), emu.mqtts_addr().unwrap().port());
     let token = emu.create_provisioning_token();
     let s = store();
-    device(&emu, &token, &s, "offline").start().await.unwrap().close().await.unwrap();
+    device(proto, &emu, &token, &s, "offline").start().await.unwrap().close().await.unwrap();
     let ca = emu.ca_pem().to_owned();
     emu.shutdown();
     drop(emu);
@@ -266,10 +299,7 @@ async fn offline_start_with_a_stored_registration_then_delivery_when_the_platfor
     let client = DeviceClient::builder(Some("offline"), token.as_str(), "device.db")
         .instance(format!("https://localhost:{https}"))
         .trust_ca_pem(ca)
-        .with_network(move |n| {
-            n.platform_roots = false;
-            n.mqtt_port = mqtt_port;
-        })
+        .with_network(network(proto, https, mqtt_port))
         .store(s.clone())
         .with_options(|o| {
             o.retry_initial = Duration::from_millis(50);
@@ -290,11 +320,10 @@ async fn offline_start_with_a_stored_registration_then_delivery_when_the_platfor
     assert_eq!(stored(&emu, "ws-emulator:offline").await.len(), 100);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_over_the_mqtt_limit_are_uploaded_and_linked() {
+async fn messages_over_the_mqtt_limit_are_uploaded_and_linked(proto: Proto) {
     let emu = auto_emulator().await;
     let token = emu.create_provisioning_token();
-    let client = device(&emu, &token, &store(), "large").start().await.unwrap();
+    let client = device(proto, &emu, &token, &store(), "large").start().await.unwrap();
     let sender = client.create_stream_sender(None, Some("files"), Compression::Uncompressed).unwrap();
     let big: Vec<u8> = (0..400_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
     sender.send_message(Message::new(big.clone()).message_id("big")).await.unwrap();
@@ -305,3 +334,11 @@ async fn messages_over_the_mqtt_limit_are_uploaded_and_linked() {
     assert_eq!(messages[0].payload, big, "the uploaded blob is stored with its message");
     assert_eq!(messages[1].payload, b"small after big");
 }
+
+both!(provisioning_with_manual_approval_override_and_expiry);
+both!(ten_thousand_messages_with_batches_chunks_completions_and_compression_arrive_once_decoded);
+both!(send_message_desired_and_reported_properties);
+both!(token_refresh_and_credential_renewal_while_five_thousand_messages_flow);
+both!(dropped_connections_mid_stream_lose_nothing);
+both!(offline_start_with_a_stored_registration_then_delivery_when_the_platform_is_up);
+both!(messages_over_the_mqtt_limit_are_uploaded_and_linked);

@@ -5,12 +5,16 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod mapping;
 mod mqtt;
 mod platform_api;
 mod tls;
 pub mod topics;
 mod upload;
 
-pub use mqtt::{MqttTransport, MqttTransportOptions, EXTERNALIZE_THRESHOLD};
+pub use mapping::EXTERNALIZE_THRESHOLD;
+pub use mqtt::{MqttTransport, MqttTransportOptions};
 pub use platform_api::HttpPlatformApi;
+/// The rustls version this crate builds its configurations with.
+pub use rustls;
 pub use tls::TlsOptions;

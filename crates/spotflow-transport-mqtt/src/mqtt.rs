@@ -11,16 +11,13 @@ use rumqttc::{
 };
 use serde_json::{Map, Value};
 use spotflow_core::{
-    Backoff, Connection, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, Transport, TransportEvent,
+    Connection, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, Transport, TransportEvent,
 };
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::topics::{self, Incoming};
-use crate::upload::Uploader;
-
-/// Payloads longer than this (after compression) are uploaded over HTTPS and linked.
-pub const EXTERNALIZE_THRESHOLD: usize = 250_000;
+use crate::mapping::{RequestKind, TelemetryMapper, TwinRequests, EXTERNALIZE_THRESHOLD};
+use crate::topics;
 
 /// Tunables of the MQTT transport.
 #[derive(Debug, Clone)]
@@ -70,14 +67,12 @@ impl MqttTransportOptions {
 #[derive(Debug, Clone)]
 pub struct MqttTransport {
     options: MqttTransportOptions,
-    uploader: Uploader,
 }
 
 impl MqttTransport {
     /// A transport with these options.
     pub fn new(options: MqttTransportOptions) -> Result<Self> {
-        let uploader = Uploader::new(options.tls.clone(), options.upload_base_url.clone())?;
-        Ok(MqttTransport { options, uploader })
+        Ok(MqttTransport { options })
     }
 
     /// The options in use.
@@ -91,18 +86,12 @@ enum Pending {
     Twin,
 }
 
-#[derive(Clone, Copy)]
-enum RidKind {
-    Get,
-    Patch,
-}
-
 #[derive(Default)]
 struct Correlation {
     /// Kinds of the QoS 1 publishes handed to rumqttc, in order (matched to packet ids as
     /// rumqttc assigns them, in the same order).
     order: VecDeque<Pending>,
-    rids: HashMap<u64, RidKind>,
+    twin: TwinRequests,
 }
 
 fn refused(code: ConnectReturnCode) -> Error {
@@ -150,16 +139,8 @@ impl Transport for MqttTransport {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let pump = tokio::spawn(pump(eventloop, correlation.clone(), events_tx));
         info!(hub = %creds.hub_host, port = o.port, tls = o.tls.is_some(), "MQTT connected");
-        Ok(Box::new(MqttConnection {
-            client,
-            correlation,
-            events: events_rx,
-            pump,
-            hub_device_id: creds.hub_device_id.clone(),
-            hub_host: creds.hub_host.clone(),
-            sas: creds.sas.clone(),
-            uploader: self.uploader.clone(),
-        }))
+        let mapper = TelemetryMapper::new(creds.clone(), o.tls.clone(), o.upload_base_url.clone())?;
+        Ok(Box::new(MqttConnection { client, correlation, events: events_rx, pump, mapper }))
     }
 }
 
@@ -198,36 +179,7 @@ async fn pump(
                 warn!(codes = ?s.return_codes, "the broker refused a subscription");
             }
             Event::Incoming(Packet::Publish(p)) => {
-                let event = match topics::parse_incoming(&p.topic, &p.payload) {
-                    Incoming::TwinResponse { status, rid, version } => {
-                        let kind = correlation.lock().unwrap_or_else(|p| p.into_inner()).rids.remove(&rid);
-                        match kind {
-                            Some(RidKind::Get) => {
-                                let result = if (200..300).contains(&status) {
-                                    topics::parse_twin(&p.payload).ok_or_else(|| {
-                                        warn!("malformed twin document ignored");
-                                        502u16
-                                    })
-                                } else {
-                                    Err(status)
-                                };
-                                Some(TransportEvent::Twin { request: rid, result })
-                            }
-                            Some(RidKind::Patch) => {
-                                Some(TransportEvent::ReportedPatched { request: rid, status, version })
-                            }
-                            None => {
-                                debug!(rid, "twin response for an unknown request ignored");
-                                None
-                            }
-                        }
-                    }
-                    Incoming::DesiredPatch { version, patch } => Some(TransportEvent::DesiredPatch { version, patch }),
-                    Incoming::Ignored(reason) => {
-                        debug!(%reason, "incoming message ignored");
-                        None
-                    }
-                };
+                let event = correlation.lock().unwrap_or_else(|p| p.into_inner()).twin.translate(&p.topic, &p.payload);
                 if let Some(e) = event {
                     if events.send(Ok(e)).is_err() {
                         return;
@@ -244,10 +196,7 @@ struct MqttConnection {
     correlation: Arc<Mutex<Correlation>>,
     events: mpsc::UnboundedReceiver<Result<TransportEvent>>,
     pump: tokio::task::JoinHandle<()>,
-    hub_device_id: String,
-    hub_host: String,
-    sas: spotflow_core::Secret,
-    uploader: Uploader,
+    mapper: TelemetryMapper,
 }
 
 impl MqttConnection {
@@ -269,38 +218,23 @@ impl Drop for MqttConnection {
 #[async_trait]
 impl Connection for MqttConnection {
     async fn publish_message(&mut self, seq: u64, message: &OutgoingMessage) -> Result<()> {
-        if message.payload.len() > EXTERNALIZE_THRESHOLD {
-            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-            let mut attempt = 0;
-            let blob = loop {
-                attempt += 1;
-                match self.uploader.upload(&self.hub_host, &self.hub_device_id, &self.sas, &message.payload).await {
-                    Ok(blob) => break blob,
-                    Err(e) if attempt < 5 && e.is_temporary() => {
-                        let delay = backoff.next_delay();
-                        warn!(error = %e, ?delay, "large message upload failed; retrying");
-                        tokio::time::sleep(delay).await;
-                    }
-                    Err(e) => return Err(Error::transport(format!("large message upload failed: {e}"))),
-                }
-            };
-            let link = serde_json::json!({ "link": blob }).to_string();
-            let topic = topics::telemetry_topic(&self.hub_device_id, message, true);
-            return self.publish(Pending::Telemetry(seq), topic, bytes::Bytes::from(link)).await;
-        }
-        let topic = topics::telemetry_topic(&self.hub_device_id, message, false);
-        self.publish(Pending::Telemetry(seq), topic, message.payload.clone()).await
+        let (topic, payload) = self.mapper.publish_of(message).await?;
+        self.publish(Pending::Telemetry(seq), topic, payload).await
     }
 
     async fn request_twin(&mut self, request: RequestId) -> Result<()> {
-        self.correlation.lock().unwrap_or_else(|p| p.into_inner()).rids.insert(request, RidKind::Get);
-        self.publish(Pending::Twin, topics::twin_get_topic(request), bytes::Bytes::new()).await
+        let (topic, payload) =
+            self.correlation.lock().unwrap_or_else(|p| p.into_inner()).twin.start(request, RequestKind::TwinGet, None);
+        self.publish(Pending::Twin, topic, payload).await
     }
 
     async fn patch_reported(&mut self, request: RequestId, patch: &Map<String, Value>) -> Result<()> {
-        self.correlation.lock().unwrap_or_else(|p| p.into_inner()).rids.insert(request, RidKind::Patch);
-        let body = Value::Object(patch.clone()).to_string();
-        self.publish(Pending::Twin, topics::reported_patch_topic(request), bytes::Bytes::from(body)).await
+        let (topic, payload) = self.correlation.lock().unwrap_or_else(|p| p.into_inner()).twin.start(
+            request,
+            RequestKind::ReportedPatch,
+            Some(patch),
+        );
+        self.publish(Pending::Twin, topic, payload).await
     }
 
     async fn next_event(&mut self) -> Result<TransportEvent> {
