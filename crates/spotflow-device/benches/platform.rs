@@ -1,7 +1,7 @@
 //! Delivered messages/s (enqueue until acknowledged) of 256-byte messages against the same
 //! emulator over TLS on loopback, side by side in one run:
 //! (a) this SDK with the in-memory store, (b) raw rumqttc publishing QoS 1 with 100 in flight,
-//! (c) the official `spotflow` 0.8.1 crate (when its harness binary is given in
+//! (d) this SDK over WebSocket (WSS), (c) the official `spotflow` 0.8.1 crate (when its harness binary is given in
 //! `SPOTFLOW_OFFICIAL_HARNESS` and port 8883 is free; built by `.ci/run`).
 //!
 //! Run: `cargo bench -p spotflow-device --bench platform` (`-- --quick` for a short run).
@@ -11,19 +11,23 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use spotflow_core::MemoryStore;
-use spotflow_device::{Compression, DeviceClient};
+use spotflow_device::{Compression, DeviceClient, Protocol};
 use spotflow_emulator::Emulator;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-async fn ours(emu: &Emulator, n: u64, run: usize) -> f64 {
+async fn ours(emu: &Emulator, n: u64, run: usize, protocol: Protocol) -> f64 {
     let token = emu.create_provisioning_token();
     let port = emu.mqtts_addr().expect("mqtts").port();
-    let client = DeviceClient::builder(Some(format!("ours-{run}")), token, "bench.db")
+    let https = emu.https_addr().expect("https").port();
+    let client = DeviceClient::builder(Some(format!("ours-{run}-{protocol:?}")), token, "bench.db")
         .instance(emu.https_url())
         .trust_ca_pem(emu.ca_pem())
         .with_network(|net| {
             net.platform_roots = false;
             net.mqtt_port = port;
+            net.websocket_port = https;
+            net.protocol = protocol;
+            net.proxy = None;
         })
         .store(Arc::new(MemoryStore::new()))
         .display_provisioning_operation_callback(|_| {})
@@ -124,9 +128,10 @@ fn main() {
             .start()
             .await
             .expect("emulator");
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
-            a.push(ours(&emu, n, run).await);
+            a.push(ours(&emu, n, run, Protocol::Mqtt).await);
+            d.push(ours(&emu, n, run, Protocol::MqttOverWebSocket).await);
             b.push(raw_rumqttc(&emu, n, run).await);
             if let Some(h) = &harness {
                 if let Some(rate) = official(&emu, h, official_n, dir.path(), run).await {
@@ -134,10 +139,11 @@ fn main() {
                 }
             }
         }
-        let (a, b) = (median(a), median(b));
+        let (a, b, d) = (median(a), median(b), median(d));
         println!("delivered 256-byte messages/s to spotflow-emulator over TLS on loopback (median of {runs} runs)");
         println!("  (a) spotflow-device, in-memory store     {a:>10.0}   ({n} messages per run)");
         println!("  (a') spotflow-device, durable store       n/a (durable stores are not built yet)");
+        println!("  (d) spotflow-device over WSS, in-memory   {d:>10.0}   ({n} messages per run)");
         println!("  (b) raw rumqttc, QoS 1, 100 in flight     {b:>10.0}   ({n} messages per run)");
         if c.is_empty() {
             println!("  (c) official spotflow 0.8.1               not measured (set SPOTFLOW_OFFICIAL_HARNESS; needs port 8883)");
@@ -147,5 +153,6 @@ fn main() {
             println!("  ratio (a)/(c) = {:.1}x (target >= 50x)", a / c);
         }
         println!("  ratio (a)/(b) = {:.2} (target >= 0.5)", a / b);
+        println!("  ratio (d)/(a) = {:.2} (WebSocket vs MQTT over TLS, target >= 0.7)", d / a);
     });
 }
