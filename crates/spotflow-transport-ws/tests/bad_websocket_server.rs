@@ -1,6 +1,9 @@
 //! Bad input on the WebSocket side: packets split across frames and several in one frame, text
 //! frames, oversized frames, close frames with an error code, a server without the subprotocol.
 
+// The handshake callback signature is tungstenite's.
+#![allow(clippy::result_large_err)]
+
 use std::time::Duration;
 
 use bytes::BytesMut;
