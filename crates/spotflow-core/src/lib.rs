@@ -44,6 +44,7 @@ mod error;
 mod memory;
 pub mod merge_patch;
 mod message;
+pub mod persist;
 mod platform;
 mod properties;
 mod queue;
