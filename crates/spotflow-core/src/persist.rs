@@ -91,7 +91,11 @@ pub fn reported_to_json(r: &ReportedState) -> Value {
 /// Inverse of [`reported_to_json`].
 pub fn reported_from_json(v: &Value) -> Result<ReportedState> {
     Ok(ReportedState {
-        confirmed: v.get("confirmed").and_then(Value::as_object).cloned().ok_or_else(|| corrupt("reported properties"))?,
+        confirmed: v
+            .get("confirmed")
+            .and_then(Value::as_object)
+            .cloned()
+            .ok_or_else(|| corrupt("reported properties"))?,
         target: match v.get("target") {
             Some(Value::Object(m)) => Some(m.clone()),
             Some(Value::Null) | None => None,

@@ -161,6 +161,12 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Forgets everything that belongs to the current identity (queued messages, desired and
     /// reported properties); keeps the identity itself and the sequence counter.
     async fn clear_device_state(&self) -> Result<()>;
+
+    /// Releases the backing resources now (e.g. the database file, for the next process). Later
+    /// calls may fail. The default does nothing.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -200,6 +206,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn clear_device_state(&self) -> Result<()> {
         (**self).clear_device_state().await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
     }
 }
 

@@ -54,7 +54,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Connect: provisions the device (approved automatically by the embedded emulator after a
     // second) and prints the provisioning operation with the default display callback.
-    let mut builder = DeviceClient::builder(Some("my-device"), token, "spotflow.db")
+    // The device's durable queue and credentials (SQLite); a fresh one per run of this example.
+    let data = tempfile::tempdir()?;
+    let mut builder = DeviceClient::builder(Some("my-device"), token, data.path().join("spotflow.db"))
         .instance(instance)
         .with_network(|n| n.mqtt_port = mqtt_port)
         .desired_properties_updated_callback(|desired| {

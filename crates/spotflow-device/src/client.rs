@@ -8,9 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use spotflow_core::{
-    validate_name, Backoff, Compression, DesiredState, DesiredTracker, Error, MemoryStore, MessageKind,
-    OutgoingMessage, OutgoingQueue, PlatformApi, ProvisioningOperation, ReportedTracker, Result, Secret, Store,
-    StreamTarget, Transport,
+    validate_name, Backoff, Compression, DesiredState, DesiredTracker, Error, MessageKind, OutgoingMessage,
+    OutgoingQueue, PlatformApi, ProvisioningOperation, ReportedTracker, Result, Secret, Store, StreamTarget, Transport,
 };
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
@@ -223,7 +222,7 @@ impl DeviceClientBuilder {
         let instance = self.validate()?;
         let store: Arc<dyn Store> = match self.store {
             Some(s) => s,
-            None => default_store(&self.db)?,
+            None => default_store(&self.db, self.options.durability).await?,
         };
         let (api, transport) =
             network_stack(self.platform_api, self.transport, &instance, &self.network, &self.options)?;
@@ -292,9 +291,8 @@ impl DeviceClientBuilder {
             next_request: 1,
             draining_until: None,
             store_retry_at: None,
+            keeper: Some(tokio::spawn(keeper.run(fresh))),
         };
-        // The keeper stops when the worker drops its `rejected` sender (the worker ends).
-        tokio::spawn(keeper.run(fresh));
         tokio::spawn(worker.run());
         info!(pending = stats.count, "device client started");
         Ok(DeviceClient {
@@ -411,10 +409,22 @@ fn no_network(what: &str, instance: &Instance) -> Error {
     )
 }
 
-fn default_store(db: &Path) -> Result<Arc<dyn Store>> {
+#[cfg(feature = "sqlite")]
+async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<dyn Store>> {
+    use spotflow_store_sqlite::{Durability as D, SqliteStore};
+    let d = match durability {
+        crate::Durability::CrashSafe => D::CrashSafe,
+        _ => D::PowerLossSafe,
+    };
+    Ok(Arc::new(SqliteStore::open_async(db, d).await?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn default_store(db: &Path, _durability: crate::Durability) -> Result<Arc<dyn Store>> {
+    use spotflow_core::MemoryStore;
     warn!(
         db = %db.display(),
-        "no durable store is compiled in: using an in-memory store; queued messages do not survive a restart"
+        "no durable store is compiled in (feature `sqlite`): using an in-memory store; queued messages do not survive a restart"
     );
     Ok(Arc::new(MemoryStore::new()))
 }
@@ -606,9 +616,9 @@ impl DeviceClient {
         self.inner.shared.reported.borrow().1
     }
 
-    /// Stops the background work: acknowledged messages are removed from the store and the
-    /// connection is closed. Queued messages stay in the store for the next start. Later calls
-    /// fail with [`Error::Closed`].
+    /// Stops the background work: acknowledged messages are removed from the store, the
+    /// connection and the store are closed (the database file is free for the next start).
+    /// Queued messages stay in the store. Later calls fail with [`Error::Closed`].
     pub async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());

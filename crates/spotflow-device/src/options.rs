@@ -30,6 +30,19 @@ pub struct ClientOptions {
     /// How long to wait for in-flight messages when switching to renewed credentials before the
     /// connection is replaced anyway. Default 10 s.
     pub renewal_drain_timeout: Duration,
+    /// Durability of the default SQLite store. Default [`Durability::PowerLossSafe`].
+    pub durability: Durability,
+}
+
+/// How far `enqueue_message` makes a message durable before it returns (durable stores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Survives power loss: fsync'd before `enqueue_message` returns (default).
+    #[default]
+    PowerLossSafe,
+    /// Survives a crash of the process (kill -9), not a power cut; much faster single enqueues.
+    CrashSafe,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +57,7 @@ impl Default for ClientOptions {
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             renewal_drain_timeout: Duration::from_secs(10),
+            durability: Durability::PowerLossSafe,
         }
     }
 }

@@ -53,6 +53,8 @@ pub(crate) struct Worker {
     /// Set while waiting for in-flight messages before switching to renewed credentials.
     pub draining_until: Option<Instant>,
     pub store_retry_at: Option<Instant>,
+    /// The credential keeper, stopped with the worker.
+    pub keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Waits for the next event of an optional connection (pending forever without one).
@@ -423,6 +425,13 @@ impl Worker {
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
         }
         self.shared.set_connected(false);
+        if let Some(keeper) = self.keeper.take() {
+            keeper.abort();
+            let _ = keeper.await;
+        }
+        if let Err(e) = self.store.close().await {
+            warn!(error = %e, "closing the store failed");
+        }
         info!("device client closed");
     }
 }

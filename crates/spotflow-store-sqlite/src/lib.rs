@@ -106,7 +106,11 @@ impl SqliteStore {
 
     /// Like [`SqliteStore::open`], limiting the database to `max_bytes` (a full database then
     /// fails appends with a clear error, as a full disk would).
-    pub fn open_with_limit(path: impl AsRef<Path>, durability: Durability, max_bytes: Option<u64>) -> Result<SqliteStore> {
+    pub fn open_with_limit(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        max_bytes: Option<u64>,
+    ) -> Result<SqliteStore> {
         let (ready, opened) = mpsc::channel();
         let store = Self::start(path.as_ref(), durability, max_bytes, move |r| drop(ready.send(r)))?;
         opened.recv().map_err(|_| closed())??;
@@ -134,7 +138,8 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("spotflow-sqlite".into())
             .spawn(move || {
-                let worker = open_connection(&worker_path, durability, max_bytes).and_then(|c| Worker::new(c, worker_path));
+                let worker =
+                    open_connection(&worker_path, durability, max_bytes).and_then(|c| Worker::new(c, worker_path));
                 match worker {
                     Ok(w) => {
                         ready(Ok(()));
@@ -146,12 +151,6 @@ impl SqliteStore {
             .map_err(|e| Error::store("cannot start the SQLite thread", e))?;
         debug!(path = %path.display(), ?durability, "opening the SQLite store");
         Ok(SqliteStore { tx, path: Arc::new(path) })
-    }
-
-    /// Closes the database now (releasing the file for another process), instead of when the last
-    /// clone is dropped. Later calls on any clone fail.
-    pub async fn close(&self) -> Result<()> {
-        self.call(Command::Close).await
     }
 
     /// The database file.
@@ -186,9 +185,11 @@ fn open_connection(path: &Path, durability: Durability, max_bytes: Option<u64>) 
         });
     }
     if let Some(max) = max_bytes {
-        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(|e| sql_error(path, "cannot configure", e))?;
+        let page: i64 =
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(|e| sql_error(path, "cannot configure", e))?;
         let pages = (max as i64 / page.max(1)).max(8);
-        conn.execute_batch(&format!("PRAGMA max_page_count={pages};")).map_err(|e| sql_error(path, "cannot configure", e))?;
+        conn.execute_batch(&format!("PRAGMA max_page_count={pages};"))
+            .map_err(|e| sql_error(path, "cannot configure", e))?;
     }
     migrate(&conn, path)?;
     Ok(conn)
@@ -196,11 +197,15 @@ fn open_connection(path: &Path, durability: Durability, max_bytes: Option<u64>) 
 
 /// Applies the missing migrations in one transaction each.
 fn migrate(conn: &Connection, path: &Path) -> Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| sql_error(path, "cannot read", e))?;
+    let version: i64 =
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| sql_error(path, "cannot read", e))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
         return Err(Error::Store {
-            context: format!("{} has schema version {version}, written by a newer release (this one knows {known})", path.display()),
+            context: format!(
+                "{} has schema version {version}, written by a newer release (this one knows {known})",
+                path.display()
+            ),
             status: ErrorStatus::Permanent,
             source: None,
         });
@@ -320,7 +325,11 @@ impl Worker {
             Err(e) => {
                 let shown = sql_error(&path, "cannot append to", e).to_string();
                 for (_, reply) in appends.drain(..) {
-                    let _ = reply.send(Err(Error::Store { context: shown.clone(), status: ErrorStatus::Temporary, source: None }));
+                    let _ = reply.send(Err(Error::Store {
+                        context: shown.clone(),
+                        status: ErrorStatus::Temporary,
+                        source: None,
+                    }));
                 }
             }
         }
@@ -369,7 +378,10 @@ impl Worker {
             Command::SaveState(name, value, reply) => {
                 let r = self
                     .conn
-                    .execute("INSERT OR REPLACE INTO state (name, json) VALUES (?1, ?2)", params![name, value.to_string()])
+                    .execute(
+                        "INSERT OR REPLACE INTO state (name, json) VALUES (?1, ?2)",
+                        params![name, value.to_string()],
+                    )
                     .map(|_| ())
                     .map_err(err("cannot write"));
                 let _ = reply.send(r);
@@ -377,7 +389,9 @@ impl Worker {
             Command::Clear(reply) => {
                 let r = self
                     .conn
-                    .execute_batch("BEGIN; DELETE FROM messages; DELETE FROM state WHERE name IN ('desired', 'reported'); COMMIT;")
+                    .execute_batch(
+                        "BEGIN; DELETE FROM messages; DELETE FROM state WHERE name IN ('desired', 'reported'); COMMIT;",
+                    )
                     .map_err(err("cannot clear"));
                 if r.is_ok() {
                     self.count = 0;
@@ -487,5 +501,14 @@ impl Store for SqliteStore {
 
     async fn clear_device_state(&self) -> Result<()> {
         self.call(Command::Clear).await
+    }
+
+    /// Closes the database now (releasing the file for another process), instead of when the
+    /// last clone is dropped. Later calls on any clone fail.
+    async fn close(&self) -> Result<()> {
+        match self.call(Command::Close).await {
+            Err(e) if matches!(&e, Error::Store { context, .. } if context.contains("thread stopped")) => Ok(()),
+            other => other,
+        }
     }
 }
