@@ -1,0 +1,20 @@
+//! Shared by the crash child and the crash tests: opening a backend by name.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use spotflow_core::{Result, Store};
+use spotflow_store_sqlite::{Durability, SqliteStore};
+
+/// The backends under test.
+pub const BACKENDS: [&str; 2] = ["sqlite-power-loss-safe", "sqlite-crash-safe"];
+
+/// Opens `backend` at `path`.
+pub async fn open(backend: &str, path: &Path) -> Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = match backend {
+        "sqlite-power-loss-safe" => Arc::new(SqliteStore::open_async(path, Durability::PowerLossSafe).await?),
+        "sqlite-crash-safe" => Arc::new(SqliteStore::open_async(path, Durability::CrashSafe).await?),
+        other => return Err(spotflow_core::Error::invalid("backend", other)),
+    };
+    Ok(store)
+}
