@@ -45,7 +45,7 @@ fn crash_cycles(backend: &str) {
             .collect();
         total_acked += acked.len();
         rt.block_on(async {
-            let store = spotflow_crash_tests::open(backend, &db).await.expect("reopens after kill -9");
+            let store = spotflow_store_tests::open(backend, &db).await.expect("reopens after kill -9");
             let stored = store.read_messages(None, usize::MAX).await.unwrap();
             let mut seen: HashMap<(usize, u64), usize> = HashMap::new();
             let mut per_thread: BTreeMap<usize, Vec<u64>> = BTreeMap::new();

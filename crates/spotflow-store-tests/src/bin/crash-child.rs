@@ -14,7 +14,7 @@ async fn main() {
         std::process::exit(2);
     };
     let threads: usize = threads.parse().unwrap_or(4);
-    let store = match spotflow_crash_tests::open(backend, std::path::Path::new(db)).await {
+    let store = match spotflow_store_tests::open(backend, std::path::Path::new(db)).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot open: {e}");

@@ -1,0 +1,157 @@
+//! Enqueue throughput of the durable stores against the raw limit of this disk, measured in the
+//! same run: 256-byte messages from 1, 8 and 64 concurrent senders; the drain side (acknowledged
+//! deletes/s); and RSS and file size with 1,000,000 messages queued.
+//!
+//! Run: `cargo bench -p spotflow-store-tests --bench stores` (`-- --quick` skips the 1M run and
+//! uses fewer messages).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use spotflow_core::{MessageKind, OutgoingMessage, Store, StreamTarget};
+
+fn message(target: &Arc<StreamTarget>) -> OutgoingMessage {
+    OutgoingMessage {
+        target: target.clone(),
+        kind: MessageKind::Data,
+        batch_id: None,
+        batch_slice_id: None,
+        message_id: None,
+        chunk_id: None,
+        content_encoding: None,
+        payload: bytes::Bytes::from(vec![b'x'; 256]),
+    }
+}
+
+/// fsync'd 256-byte appends to a plain file, one fsync per append.
+fn raw_limit(dir: &std::path::Path, n: usize) -> f64 {
+    let mut f = std::fs::File::create(dir.join("raw.bin")).expect("file");
+    let block = [b'x'; 256];
+    let start = Instant::now();
+    for _ in 0..n {
+        f.write_all(&block).expect("write");
+        f.sync_data().expect("fsync");
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn enqueue_rate(store: &Arc<dyn Store>, senders: usize, per_sender: usize) -> f64 {
+    let target = Arc::new(StreamTarget::default());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..senders {
+        let (store, target) = (store.clone(), target.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_sender {
+                store.append_message(message(&target)).await.expect("append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender");
+    }
+    (senders * per_sender) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Reads and removes everything in batches of 1000, as the SDK does with acknowledgements.
+async fn drain_rate(store: &Arc<dyn Store>) -> f64 {
+    let start = Instant::now();
+    let mut removed = 0usize;
+    let mut after = None;
+    loop {
+        let batch = store.read_messages(after, 1000).await.expect("read");
+        let Some(last) = batch.last() else { break };
+        after = Some(last.seq);
+        let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
+        store.remove_messages(&seqs).await.expect("remove");
+        removed += seqs.len();
+    }
+    removed as f64 / start.elapsed().as_secs_f64()
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let runs = if quick { 1 } else { 3 };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = median((0..runs).map(|_| raw_limit(dir.path(), if quick { 1000 } else { 3000 })).collect());
+    println!("256-byte enqueues/s (median of {runs} run(s)); raw limit: fsync'd 256-byte appends to a plain file = {raw:.0}/s");
+    println!(
+        "{:<26} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12}",
+        "backend", "1 sender", "8", "64", "1/raw", "64/raw", "drain del/s"
+    );
+    for backend in spotflow_store_tests::BACKENDS {
+        let mut by_senders = Vec::new();
+        let mut drains = Vec::new();
+        for senders in [1usize, 8, 64] {
+            let total = match (backend, senders, quick) {
+                (_, _, true) => 2_000,
+                ("sqlite-power-loss-safe", 1, _) => 5_000,
+                _ => 50_000,
+            };
+            let rates: Vec<f64> = (0..runs)
+                .map(|run| {
+                    rt.block_on(async {
+                        let path = dir.path().join(format!("{backend}-{senders}-{run}.db"));
+                        let store = spotflow_store_tests::open(backend, &path).await.expect("open");
+                        let rate = enqueue_rate(&store, senders, total / senders).await;
+                        drains.push(drain_rate(&store).await);
+                        store.close().await.expect("close");
+                        rate
+                    })
+                })
+                .collect();
+            by_senders.push(median(rates));
+        }
+        println!(
+            "{backend:<26} {:>10.0} {:>10.0} {:>10.0} {:>7.2}x {:>7.1}x {:>12.0}",
+            by_senders[0],
+            by_senders[1],
+            by_senders[2],
+            by_senders[0] / raw,
+            by_senders[2] / raw,
+            median(drains)
+        );
+    }
+    if quick {
+        return;
+    }
+    println!("1,000,000 queued messages of 256 bytes (appended in batches of 1000):");
+    for backend in spotflow_store_tests::BACKENDS {
+        rt.block_on(async {
+            let path = dir.path().join(format!("{backend}-1m.db"));
+            let store = spotflow_store_tests::open(backend, &path).await.expect("open");
+            let target = Arc::new(StreamTarget::default());
+            let mut samples = Vec::new();
+            for k in 0..1000 {
+                store.append_messages((0..1000).map(|_| message(&target)).collect()).await.expect("append");
+                if k % 250 == 249 {
+                    samples.push(format!("{:.0}", rss_mib()));
+                }
+            }
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+                + std::fs::metadata(path.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "  {backend:<26} RSS at 250k/500k/750k/1M: {} MiB; file {:.0} MB",
+                samples.join("/"),
+                size as f64 / 1e6
+            );
+            store.close().await.expect("close");
+        });
+    }
+}
