@@ -110,15 +110,22 @@ impl OutgoingQueue {
         Some(m)
     }
 
-    /// The platform acknowledged `seq`. Returns `true` when it was in flight (first
-    /// acknowledgement), `false` for unknown or repeated ones.
-    pub fn handle_ack(&mut self, seq: u64) -> bool {
-        if self.in_flight.remove(&seq).is_some() {
-            self.to_remove.push(seq);
-            true
-        } else {
-            false
-        }
+    /// The platform acknowledged `seq`. Returns the message's queued size when it was in flight
+    /// (first acknowledgement), `None` for unknown or repeated ones.
+    pub fn handle_ack(&mut self, seq: u64) -> Option<u64> {
+        let m = self.in_flight.remove(&seq)?;
+        self.to_remove.push(seq);
+        Some(m.message.queued_size())
+    }
+
+    /// Messages removed from the store without being delivered (dropped to make room): forget
+    /// them. Returns how many of them this machine still held (read, in flight or not).
+    pub fn forget(&mut self, seqs: &[u64]) -> usize {
+        let before = self.unsent.len() + self.in_flight.len();
+        let set: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        self.unsent.retain(|m| !set.contains(&m.seq));
+        self.in_flight.retain(|seq, _| !set.contains(seq));
+        before - self.unsent.len() - self.in_flight.len()
     }
 
     /// Acknowledged messages to remove from the store.
@@ -303,15 +310,15 @@ mod tests {
                     Op::Ack(i) => {
                         if !h.on_wire.is_empty() {
                             let seq = h.on_wire.remove(i % h.on_wire.len());
-                            prop_assert!(h.queue.handle_ack(seq));
+                            prop_assert!(h.queue.handle_ack(seq).is_some());
                             h.acked.insert(seq);
                             // a repeated acknowledgement is ignored
-                            prop_assert!(!h.queue.handle_ack(seq));
+                            prop_assert!(h.queue.handle_ack(seq).is_none());
                         }
                     }
                     Op::AckAll => {
                         for seq in std::mem::take(&mut h.on_wire) {
-                            prop_assert!(h.queue.handle_ack(seq));
+                            prop_assert!(h.queue.handle_ack(seq).is_some());
                             h.acked.insert(seq);
                         }
                     }
@@ -341,7 +348,7 @@ mod tests {
                 h.drive();
                 if h.on_wire.is_empty() { break; }
                 for seq in std::mem::take(&mut h.on_wire) {
-                    prop_assert!(h.queue.handle_ack(seq));
+                    prop_assert!(h.queue.handle_ack(seq).is_some());
                     h.acked.insert(seq);
                 }
             }
@@ -366,9 +373,9 @@ mod tests {
         let sent: Vec<u64> = std::iter::from_fn(|| q.poll_transmit().map(|m| m.seq)).collect();
         assert_eq!(sent, vec![1, 2, 3]);
         assert_eq!(q.acked_through(), 0);
-        assert!(q.handle_ack(2));
+        assert!(q.handle_ack(2).is_some());
         assert_eq!(q.acked_through(), 0);
-        assert!(q.handle_ack(1));
+        assert!(q.handle_ack(1).is_some());
         assert_eq!(q.acked_through(), 2);
     }
 }

@@ -29,6 +29,7 @@ pub(crate) struct Shared {
     pub workspace_id: String,
     pub device_id: String,
     pending: AtomicI64,
+    queued_bytes: AtomicI64,
     last_appended: AtomicU64,
     pub appended: Notify,
     desired: Mutex<Option<DesiredState>>,
@@ -42,14 +43,21 @@ impl Shared {
         self.last_appended.load(Ordering::Acquire)
     }
 
-    fn message_appended(&self, seq: u64) {
+    fn message_appended(&self, seq: u64, size: u64) {
         self.pending.fetch_add(1, Ordering::AcqRel);
+        self.queued_bytes.fetch_add(size as i64, Ordering::AcqRel);
         self.last_appended.fetch_max(seq, Ordering::AcqRel);
         self.appended.notify_one();
     }
 
-    pub fn message_acknowledged(&self) {
+    /// A message left the queue (acknowledged, or dropped to make room).
+    pub fn message_acknowledged(&self, size: u64) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.queued_bytes.fetch_sub(size as i64, Ordering::AcqRel);
+    }
+
+    fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(Ordering::Acquire).max(0) as u64
     }
 
     pub fn set_desired(&self, desired: DesiredState) {
@@ -246,6 +254,7 @@ impl DeviceClientBuilder {
             workspace_id: identity.workspace_id.clone(),
             device_id: identity.device_id.clone(),
             pending: AtomicI64::new(stats.count as i64),
+            queued_bytes: AtomicI64::new(stats.bytes as i64),
             last_appended: AtomicU64::new(stats.last_seq.unwrap_or(0)),
             appended: Notify::new(),
             desired: Mutex::new(desired.clone()),
@@ -657,8 +666,22 @@ impl DeviceClient {
             content_encoding,
             payload,
         };
+        let size = outgoing.queued_size();
+        let budget = self.inner.options.queue_budget_bytes;
+        let queued = self.inner.shared.queued_bytes();
+        if queued + size > budget {
+            match self.inner.options.queue_full_policy {
+                crate::QueueFullPolicy::DropOldest if size <= budget => {
+                    let (reply, rx) = oneshot::channel();
+                    let bytes = queued + size - budget;
+                    self.inner.commands.send(Command::DropOldest { bytes, reply }).await.map_err(|_| Error::Closed)?;
+                    rx.await.map_err(|_| Error::Closed)??;
+                }
+                _ => return Err(Error::QueueFull { bytes: queued, budget }),
+            }
+        }
         let seq = self.inner.store.append_message(outgoing).await?;
-        self.inner.shared.message_appended(seq);
+        self.inner.shared.message_appended(seq, size);
         Ok(seq)
     }
 }

@@ -43,7 +43,7 @@ mod worker;
 
 pub use client::{DesiredPropertiesCallback, DeviceClient, DeviceClientBuilder, Message, StreamSender};
 pub use instance::{Instance, DEFAULT_INSTANCE};
-pub use options::{ClientOptions, Durability, NetworkOptions, Protocol, DEFAULT_MAX_MESSAGE_SIZE};
+pub use options::{ClientOptions, Durability, NetworkOptions, Protocol, QueueFullPolicy, DEFAULT_MAX_MESSAGE_SIZE};
 pub use provisioning::{print_provisioning_operation, write_provisioning_operation, DisplayCallback};
 pub use spotflow_core::{
     Compression, ConnectionCredentials, Error, ErrorStatus, MemoryStore, PlatformApi, ProvisioningOperation, Result,

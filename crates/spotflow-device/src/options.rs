@@ -32,6 +32,23 @@ pub struct ClientOptions {
     pub renewal_drain_timeout: Duration,
     /// Durability of the default SQLite store. Default [`Durability::PowerLossSafe`].
     pub durability: Durability,
+    /// Byte budget of the outgoing queue (payloads and ids). Default 256 MiB.
+    pub queue_budget_bytes: u64,
+    /// What happens when an enqueue would exceed the budget. Default [`QueueFullPolicy::Reject`].
+    pub queue_full_policy: QueueFullPolicy,
+}
+
+/// What `enqueue_message` does when the queue's byte budget is used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueueFullPolicy {
+    /// Fail with [`spotflow_core::Error::QueueFull`] (temporary: it succeeds again once the
+    /// platform acknowledged enough messages). Nothing queued is lost. Default.
+    #[default]
+    Reject,
+    /// Drop the oldest queued messages to make room (logged with their count); messages already
+    /// handed to the connection may still arrive.
+    DropOldest,
 }
 
 /// How far `enqueue_message` makes a message durable before it returns (durable stores).
@@ -58,6 +75,8 @@ impl Default for ClientOptions {
             retry_max: Duration::from_secs(60),
             renewal_drain_timeout: Duration::from_secs(10),
             durability: Durability::PowerLossSafe,
+            queue_budget_bytes: 256 * 1024 * 1024,
+            queue_full_policy: QueueFullPolicy::Reject,
         }
     }
 }

@@ -21,8 +21,19 @@ use crate::ClientOptions;
 
 /// Requests from the API to the worker.
 pub(crate) enum Command {
-    UpdateReported { document: Map<String, Value>, merge: bool, reply: oneshot::Sender<Result<()>> },
-    Close { reply: oneshot::Sender<()> },
+    UpdateReported {
+        document: Map<String, Value>,
+        merge: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+    /// Drop the oldest queued messages until `bytes` are freed.
+    DropOldest {
+        bytes: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<dyn Connection>>> + Send>>;
@@ -106,6 +117,9 @@ impl Worker {
                 cmd = self.commands.recv() => match cmd {
                     Some(Command::UpdateReported { document, merge, reply }) => {
                         let _ = reply.send(self.update_reported(document, merge).await);
+                    }
+                    Some(Command::DropOldest { bytes, reply }) => {
+                        let _ = reply.send(self.drop_oldest(bytes).await);
                     }
                     Some(Command::Close { reply }) => {
                         self.shutdown().await;
@@ -220,8 +234,8 @@ impl Worker {
         };
         match event {
             TransportEvent::MessageAcknowledged(seq) => {
-                if self.queue.handle_ack(seq) {
-                    self.shared.message_acknowledged();
+                if let Some(size) = self.queue.handle_ack(seq) {
+                    self.shared.message_acknowledged(size);
                 }
             }
             TransportEvent::Twin { request, result } if Some(request) == self.twin_request => {
@@ -376,6 +390,34 @@ impl Worker {
             Ok(()) => self.twin_request = Some(request),
             Err(e) => self.disconnected(e),
         }
+    }
+
+    /// Removes the oldest queued messages until at least `bytes` are freed.
+    async fn drop_oldest(&mut self, bytes: u64) -> Result<()> {
+        let mut freed = 0;
+        let mut dropped = 0u64;
+        while freed < bytes {
+            let oldest = self.store.read_messages(None, 256).await?;
+            if oldest.is_empty() {
+                break;
+            }
+            let mut seqs = Vec::new();
+            for m in &oldest {
+                if freed >= bytes {
+                    break;
+                }
+                freed += m.message.queued_size();
+                seqs.push(m.seq);
+            }
+            self.store.remove_messages(&seqs).await?;
+            self.queue.forget(&seqs);
+            dropped += seqs.len() as u64;
+            for m in oldest.iter().take(seqs.len()) {
+                self.shared.message_acknowledged(m.message.queued_size());
+            }
+        }
+        warn!(dropped, freed_bytes = freed, "outgoing queue full: dropped the oldest messages");
+        Ok(())
     }
 
     async fn update_reported(&mut self, document: Map<String, Value>, merge: bool) -> Result<()> {

@@ -257,3 +257,59 @@ async fn a_restart_resumes_leftover_messages() {
     assert_eq!(platform.duplicates(), 50, "re-sent after the restart, recognised by sequence number");
     assert_eq!(store.queue_stats().await.unwrap().count, 0);
 }
+
+#[tokio::test]
+async fn a_full_queue_rejects_new_messages_by_default_and_accepts_them_once_drained() {
+    let platform = MemoryPlatform::new();
+    let store = new_store();
+    start(&platform, &store).await.close().await.unwrap();
+    platform.set_offline(true);
+    // Room for 10 messages of 100 bytes.
+    let client =
+        builder(&platform, &store, Some("dev-1")).with_options(|o| o.queue_budget_bytes = 1000).start().await.unwrap();
+    let sender = client.create_stream_sender(None, None, Compression::Uncompressed).unwrap();
+    let mut accepted = 0;
+    let err = loop {
+        match sender.enqueue_message(vec![b'x'; 100]).await {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted <= 10, "the budget is enforced");
+    };
+    assert_eq!(accepted, 10);
+    assert!(matches!(err, spotflow_core::Error::QueueFull { bytes: 1000, budget: 1000 }), "{err}");
+    assert!(err.is_temporary());
+    platform.set_offline(false);
+    client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();
+    sender.enqueue_message(vec![b'y'; 100]).await.expect("room again");
+    client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();
+    assert_eq!(platform.messages().len(), 11, "nothing queued was lost");
+}
+
+#[tokio::test]
+async fn the_drop_oldest_policy_keeps_the_newest_messages() {
+    let platform = MemoryPlatform::new();
+    let store = new_store();
+    start(&platform, &store).await.close().await.unwrap();
+    platform.set_offline(true);
+    let client = builder(&platform, &store, Some("dev-1"))
+        .with_options(|o| {
+            o.queue_budget_bytes = 1000;
+            o.queue_full_policy = spotflow_device::QueueFullPolicy::DropOldest;
+        })
+        .start()
+        .await
+        .unwrap();
+    let sender = client.create_stream_sender(None, None, Compression::Uncompressed).unwrap();
+    for i in 0..50u32 {
+        sender.enqueue_message(format!("{i:0>100}")).await.unwrap();
+    }
+    assert_eq!(client.pending_messages_count(), 10);
+    assert!(store.queue_stats().await.unwrap().bytes <= 1000);
+    platform.set_offline(false);
+    client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();
+    let got: Vec<String> =
+        platform.messages().iter().map(|m| String::from_utf8(m.decoded_payload.clone()).unwrap()).collect();
+    let expected: Vec<String> = (40..50u32).map(|i| format!("{i:0>100}")).collect();
+    assert_eq!(got, expected, "the newest ten, in order");
+}
