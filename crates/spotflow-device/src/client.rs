@@ -428,7 +428,13 @@ async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<d
     Ok(Arc::new(SqliteStore::open_async(db, d).await?))
 }
 
-#[cfg(not(feature = "sqlite"))]
+#[cfg(all(feature = "sled", not(feature = "sqlite")))]
+async fn default_store(db: &Path, _durability: crate::Durability) -> Result<Arc<dyn Store>> {
+    use spotflow_store_sled::{SledStore, DEFAULT_CACHE_BYTES};
+    Ok(Arc::new(SledStore::open_async(db, DEFAULT_CACHE_BYTES).await?))
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "sled")))]
 async fn default_store(db: &Path, _durability: crate::Durability) -> Result<Arc<dyn Store>> {
     use spotflow_core::MemoryStore;
     warn!(

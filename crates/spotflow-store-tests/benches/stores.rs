@@ -70,6 +70,17 @@ async fn drain_rate(store: &Arc<dyn Store>) -> f64 {
     removed as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Size of a file, or of every file below a directory (sled).
+fn disk_usage(path: &std::path::Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|entries| entries.filter_map(Result::ok).map(|e| disk_usage(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -101,7 +112,7 @@ fn main() {
         for senders in [1usize, 8, 64] {
             let total = match (backend, senders, quick) {
                 (_, _, true) => 2_000,
-                ("sqlite-power-loss-safe", 1, _) => 5_000,
+                ("sqlite-power-loss-safe" | "sled", 1, _) => 5_000,
                 _ => 50_000,
             };
             let rates: Vec<f64> = (0..runs)
@@ -144,8 +155,7 @@ fn main() {
                     samples.push(format!("{:.0}", rss_mib()));
                 }
             }
-            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
-                + std::fs::metadata(path.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
+            let size = disk_usage(&path) + disk_usage(&path.with_extension("db-wal"));
             println!(
                 "  {backend:<26} RSS at 250k/500k/750k/1M: {} MiB; file {:.0} MB",
                 samples.join("/"),

@@ -26,14 +26,23 @@ fn crash_cycles(backend: &str) {
             .spawn()
             .expect("child starts");
         let stdout = child.stdout.take().unwrap();
-        let reader =
-            std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>());
-        // Kill at a random moment of the child's life (after it opened the store, mostly).
-        std::thread::sleep(Duration::from_millis(rng.u64(5..60)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Once the store is open, kill at a random moment of the child's work.
+        let ready = rx.recv_timeout(Duration::from_secs(30)).expect("the child opens the store");
+        assert_eq!(ready, "READY");
+        std::thread::sleep(Duration::from_millis(rng.u64(1..40)));
         child.kill().expect("SIGKILL");
         let status = child.wait().unwrap();
         assert!(!status.success(), "killed");
-        let lines = reader.join().unwrap();
+        reader.join().unwrap();
+        let lines: Vec<String> = rx.try_iter().collect();
         let acked: Vec<(usize, u64)> = lines
             .iter()
             .filter_map(|l| {
@@ -95,4 +104,9 @@ fn sqlite_power_loss_safe_survives_kill_9() {
 #[test]
 fn sqlite_crash_safe_survives_kill_9() {
     crash_cycles("sqlite-crash-safe");
+}
+
+#[test]
+fn sled_survives_kill_9() {
+    crash_cycles("sled");
 }
