@@ -1,6 +1,6 @@
 //! The facade with its default durable store (SQLite at the `db` path): a restart with a full
 //! queue resumes every message, and pending reported properties, from the file.
-#![cfg(feature = "sqlite")]
+#![cfg(any(feature = "sqlite", feature = "sled"))]
 
 use std::sync::Arc;
 use std::time::Duration;
