@@ -628,17 +628,18 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn accept_mqtt(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    inner: Arc<Inner>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Accepts connections (TCP_NODELAY set) and hands each to `serve` on its own task, until stopped.
+async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -647,20 +648,49 @@ async fn accept_mqtt(
             () = stopped(&mut stop) => return,
         };
         let _ = tcp.set_nodelay(true);
-        let inner = inner.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let peer = peer.to_string();
-            match tls {
-                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => mqtt::run_session(inner, stream, peer).await,
-                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                },
-                None => mqtt::run_session(inner, tcp, peer).await,
-            }
-        });
+        tokio::spawn(serve(tcp, peer));
     }
+}
+
+/// Completes a TLS handshake within 10 s.
+async fn tls_accept(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn accept_mqtt(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    inner: Arc<Inner>,
+    stop: watch::Receiver<bool>,
+) {
+    accept_loop(listener, stop, move |tcp, peer| {
+        let (inner, tls) = (inner.clone(), tls.clone());
+        async move {
+            match tls {
+                Some(acceptor) => {
+                    if let Some(stream) = tls_accept(acceptor, tcp, peer).await {
+                        mqtt::run_session(inner, stream, peer.to_string()).await;
+                    }
+                }
+                None => mqtt::run_session(inner, tcp, peer.to_string()).await,
+            }
+        }
+    })
+    .await;
 }
 
 /// A listener that completes TLS handshakes in the background and hands out ready streams.
@@ -670,35 +700,17 @@ struct TlsListener {
 }
 
 impl TlsListener {
-    fn spawn(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, mut stop: watch::Receiver<bool>) -> Self {
+    fn spawn(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, stop: watch::Receiver<bool>) -> Self {
         let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    () = stopped(&mut stop) => return,
-                };
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
+        tokio::spawn(accept_loop(listener, stop, move |tcp, peer| {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            async move {
+                if let Some(stream) = tls_accept(acceptor, tcp, peer).await {
+                    let _ = tx.send((stream, peer)).await;
+                }
             }
-        });
+        }));
         TlsListener { rx, addr }
     }
 }
