@@ -66,12 +66,27 @@ pub(crate) type AckFn = Box<dyn FnOnce(bool) + Send>;
 
 enum Command {
     SaveState(String),
-    TwinHistory { hub_device_id: String, kind: &'static str, version: u64, doc: String },
+    TwinHistory {
+        hub_device_id: String,
+        kind: &'static str,
+        version: u64,
+        doc: String,
+    },
     Insert(Box<StoredMessage>, Option<AckFn>),
-    PutBlob { name: String, hub_device_id: String, data: Vec<u8>, reply: oneshot::Sender<bool> },
-    GetBlob { name: String, reply: oneshot::Sender<Option<Vec<u8>>> },
+    PutBlob {
+        name: String,
+        hub_device_id: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<bool>,
+    },
+    GetBlob {
+        name: String,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
     Query(MessageQuery, oneshot::Sender<Vec<StoredMessage>>),
     Count(oneshot::Sender<u64>),
+    /// Answered once everything sent before is written.
+    Sync(mpsc::Sender<()>),
 }
 
 /// Handle to the database thread.
@@ -164,6 +179,14 @@ impl Db {
         let (reply, rx) = oneshot::channel();
         let _ = self.tx.send(Command::Query(query, reply));
         rx.await.unwrap_or_default()
+    }
+
+    /// Blocks (at most `timeout`) until everything sent before is written. For shutdown.
+    pub fn sync(&self, timeout: Duration) {
+        let (tx, rx) = mpsc::channel();
+        if self.tx.send(Command::Sync(tx)).is_ok() {
+            let _ = rx.recv_timeout(timeout);
+        }
     }
 
     pub async fn message_count(&self) -> u64 {
@@ -286,6 +309,9 @@ fn serve(conn: &Connection, command: Command) {
         Command::Count(reply) => {
             let n: i64 = conn.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)).unwrap_or(0);
             let _ = reply.send(n as u64);
+        }
+        Command::Sync(reply) => {
+            let _ = reply.send(());
         }
         Command::Insert(..) | Command::SaveState(_) => {}
     }

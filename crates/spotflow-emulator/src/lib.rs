@@ -591,9 +591,10 @@ impl Emulator {
         let mut rx = self.inner.stored.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok_and(|r| r.is_ok())
     }
-    /// Stops every listener and connection.
+    /// Stops every listener and connection, and waits (briefly) until the state is on disk.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        self.inner.db.sync(Duration::from_secs(5));
         let sessions: Vec<_> =
             self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         for s in sessions {
