@@ -110,3 +110,24 @@ fn sqlite_crash_safe_survives_kill_9() {
 fn sled_survives_kill_9() {
     crash_cycles("sled");
 }
+
+#[test]
+fn a_database_held_by_a_live_process_is_refused_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("held.db");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for backend in spotflow_store_tests::BACKENDS {
+        let db = db.with_extension(format!("{backend}.db"));
+        let holder = rt.block_on(spotflow_store_tests::open(backend, &db)).expect("the test process opens it");
+        let out = Command::new(env!("CARGO_BIN_EXE_crash-child"))
+            .args([backend, db.to_str().unwrap(), "0", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("child runs");
+        assert_eq!(out.status.code(), Some(3), "{backend}: the second process cannot open it");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("held"), "{backend}: the error names the file: {stderr}");
+        rt.block_on(holder.close()).unwrap();
+    }
+}
