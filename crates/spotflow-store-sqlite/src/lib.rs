@@ -54,6 +54,31 @@ CREATE TABLE messages (
 CREATE TABLE state (name TEXT PRIMARY KEY, json TEXT NOT NULL);
 "];
 
+/// Free space below which appends are refused by default (16 MiB): a full disk must yield an
+/// error, not a half-written database.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Free space is checked again after this many bytes were appended.
+const FREE_CHECK_INTERVAL: u64 = 1024 * 1024;
+
+/// Options of [`SqliteStore::open_with_options`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// Durability of appends.
+    pub durability: Durability,
+    /// Largest size of the database (`None`: unlimited).
+    pub max_bytes: Option<u64>,
+    /// Appends fail with a clear error while the file system has less free space than this.
+    pub min_free_bytes: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { durability: Durability::PowerLossSafe, max_bytes: None, min_free_bytes: DEFAULT_MIN_FREE_BYTES }
+    }
+}
+
 /// Appends merged into one transaction at most.
 const MAX_GROUP: usize = 1024;
 
@@ -101,18 +126,13 @@ impl SqliteStore {
     /// opened and migrated (on the store's own thread); inside an async runtime use
     /// [`SqliteStore::open_async`].
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<SqliteStore> {
-        Self::open_with_limit(path, durability, None)
+        Self::open_with_options(path, SqliteOptions { durability, ..SqliteOptions::default() })
     }
 
-    /// Like [`SqliteStore::open`], limiting the database to `max_bytes` (a full database then
-    /// fails appends with a clear error, as a full disk would).
-    pub fn open_with_limit(
-        path: impl AsRef<Path>,
-        durability: Durability,
-        max_bytes: Option<u64>,
-    ) -> Result<SqliteStore> {
+    /// Like [`SqliteStore::open`] with every option (size limit, free-space reserve).
+    pub fn open_with_options(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
         let (ready, opened) = mpsc::channel();
-        let store = Self::start(path.as_ref(), durability, max_bytes, move |r| drop(ready.send(r)))?;
+        let store = Self::start(path.as_ref(), options, move |r| drop(ready.send(r)))?;
         opened.recv().map_err(|_| closed())??;
         Ok(store)
     }
@@ -120,7 +140,8 @@ impl SqliteStore {
     /// [`SqliteStore::open`] without blocking the async runtime.
     pub async fn open_async(path: impl AsRef<Path>, durability: Durability) -> Result<SqliteStore> {
         let (ready, opened) = oneshot::channel();
-        let store = Self::start(path.as_ref(), durability, None, move |r| drop(ready.send(r)))?;
+        let options = SqliteOptions { durability, ..SqliteOptions::default() };
+        let store = Self::start(path.as_ref(), options, move |r| drop(ready.send(r)))?;
         opened.await.map_err(|_| closed())??;
         Ok(store)
     }
@@ -128,8 +149,7 @@ impl SqliteStore {
     /// Starts the store's thread, which opens the database and reports through `ready`.
     fn start(
         path: &Path,
-        durability: Durability,
-        max_bytes: Option<u64>,
+        options: SqliteOptions,
         ready: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<SqliteStore> {
         let path = path.to_path_buf();
@@ -138,8 +158,8 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("spotflow-sqlite".into())
             .spawn(move || {
-                let worker =
-                    open_connection(&worker_path, durability, max_bytes).and_then(|c| Worker::new(c, worker_path));
+                let worker = open_connection(&worker_path, options.durability, options.max_bytes)
+                    .and_then(|c| Worker::new(c, worker_path, options.min_free_bytes));
                 match worker {
                     Ok(w) => {
                         ready(Ok(()));
@@ -149,7 +169,7 @@ impl SqliteStore {
                 }
             })
             .map_err(|e| Error::store("cannot start the SQLite thread", e))?;
-        debug!(path = %path.display(), ?durability, "opening the SQLite store");
+        debug!(path = %path.display(), ?options, "opening the SQLite store");
         Ok(SqliteStore { tx, path: Arc::new(path) })
     }
 
@@ -225,6 +245,9 @@ struct Worker {
     count: u64,
     bytes: u64,
     last_seq: u64,
+    min_free: u64,
+    /// Bytes appended since free space was last checked (`None`: check before the next append).
+    since_check: Option<u64>,
 }
 
 fn opt(s: Option<String>) -> Option<Arc<str>> {
@@ -232,7 +255,7 @@ fn opt(s: Option<String>) -> Option<Arc<str>> {
 }
 
 impl Worker {
-    fn new(conn: Connection, path: PathBuf) -> Result<Worker> {
+    fn new(conn: Connection, path: PathBuf, min_free: u64) -> Result<Worker> {
         let (count, bytes): (i64, i64) = conn
             .query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(|e| sql_error(&path, "cannot read", e))?;
@@ -241,7 +264,44 @@ impl Worker {
             .optional()
             .map_err(|e| sql_error(&path, "cannot read", e))?
             .unwrap_or(0);
-        Ok(Worker { conn, path, count: count as u64, bytes: bytes as u64, last_seq: last_seq as u64 })
+        Ok(Worker {
+            conn,
+            path,
+            count: count as u64,
+            bytes: bytes as u64,
+            last_seq: last_seq as u64,
+            min_free,
+            since_check: None,
+        })
+    }
+
+    /// Free space of the database's file system, checked every [`FREE_CHECK_INTERVAL`] bytes.
+    fn check_free_space(&mut self, incoming: u64) -> Result<()> {
+        let due = self.since_check.is_none_or(|b| b + incoming >= FREE_CHECK_INTERVAL);
+        if !due {
+            self.since_check = self.since_check.map(|b| b + incoming);
+            return Ok(());
+        }
+        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
+            // Unknown: let SQLite report a full disk itself.
+            Err(_) => u64::MAX,
+        };
+        if free < self.min_free.saturating_add(incoming) {
+            self.since_check = None;
+            return Err(Error::Store {
+                context: format!(
+                    "not enough free disk space for {}: {free} bytes free, {} kept in reserve",
+                    self.path.display(),
+                    self.min_free
+                ),
+                status: ErrorStatus::Temporary,
+                source: None,
+            });
+        }
+        self.since_check = Some(0);
+        Ok(())
     }
 
     fn run(mut self, rx: mpsc::Receiver<Command>) {
@@ -273,6 +333,18 @@ impl Worker {
     /// One transaction for every waiting append; each caller answered after the commit.
     fn append_group(&mut self, appends: &mut Vec<(Vec<OutgoingMessage>, oneshot::Sender<Result<u64>>)>) {
         if appends.is_empty() {
+            return;
+        }
+        let incoming: u64 = appends.iter().flat_map(|(m, _)| m.iter()).map(|m| m.payload.len() as u64 + 64).sum();
+        if let Err(e) = self.check_free_space(incoming) {
+            let shown = e.to_string();
+            for (_, reply) in appends.drain(..) {
+                let _ = reply.send(Err(Error::Store {
+                    context: shown.clone(),
+                    status: ErrorStatus::Temporary,
+                    source: None,
+                }));
+            }
             return;
         }
         let path = self.path.clone();

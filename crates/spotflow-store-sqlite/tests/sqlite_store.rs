@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use spotflow_core::testkit::{sample_identity, sample_message, store_conformance};
 use spotflow_core::{Error, Store};
-use spotflow_store_sqlite::{Durability, SqliteStore};
+use spotflow_store_sqlite::{Durability, SqliteOptions, SqliteStore};
 
 #[tokio::test]
 async fn passes_the_conformance_suite_in_both_durability_levels() {
@@ -108,7 +108,11 @@ async fn a_full_database_fails_appends_clearly_and_recovers_after_removal() {
     let dir = tempfile::tempdir().unwrap();
     let store = tokio::task::spawn_blocking({
         let path = dir.path().join("device.db");
-        move || SqliteStore::open_with_limit(path, Durability::PowerLossSafe, Some(256 * 1024))
+        move || {
+            let mut o = SqliteOptions::default();
+            o.max_bytes = Some(256 * 1024);
+            SqliteStore::open_with_options(path, o)
+        }
     })
     .await
     .unwrap()
@@ -130,4 +134,23 @@ async fn a_full_database_fails_appends_clearly_and_recovers_after_removal() {
     assert_eq!(store.read_messages(None, 100_000).await.unwrap().len(), accepted.len());
     store.remove_messages(&accepted[..accepted.len() / 2]).await.unwrap();
     store.append_message(sample_message(3)).await.expect("room again after removal");
+}
+
+#[tokio::test]
+async fn too_little_free_disk_space_refuses_appends_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    let store = tokio::task::spawn_blocking(move || {
+        let mut o = SqliteOptions::default();
+        // More free space than any disk has: the check must refuse the append.
+        o.min_free_bytes = u64::MAX / 4;
+        SqliteStore::open_with_options(path, o)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let err = store.append_message(sample_message(0)).await.unwrap_err();
+    assert!(err.to_string().contains("not enough free disk space"), "{err}");
+    assert!(err.is_temporary());
+    assert_eq!(store.queue_stats().await.unwrap().count, 0, "nothing half-written");
 }
