@@ -65,4 +65,4 @@ pub use platform::{PlatformApi, ProvisioningOperation, ProvisioningStatus, Regis
 pub use properties::{DesiredTracker, PatchOutcome, ReportedOutcome, ReportedTracker};
 pub use queue::OutgoingQueue;
 pub use store::{ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store};
-pub use transport::{Connection, RequestId, Transport, TransportEvent, TwinDocument};
+pub use transport::{Connection, RequestId, SessionInfo, Transport, TransportEvent, TwinDocument};

@@ -34,6 +34,7 @@ pub fn identity_to_json(i: &DeviceIdentity) -> Value {
         "registrationTokenExpiresAt": millis(i.registration_token_expires_at),
         "workspaceId": i.workspace_id,
         "deviceId": i.device_id,
+        "queueId": i.queue_id,
         "connection": i.connection.as_ref().map(|c| json!({
             "hubHost": c.hub_host,
             "hubDeviceId": c.hub_device_id,
@@ -67,6 +68,8 @@ pub fn identity_from_json(v: &Value) -> Result<DeviceIdentity> {
         workspace_id: s(v, "workspaceId")?,
         device_id: s(v, "deviceId")?,
         connection,
+        // Identities stored before queue ids existed get one derived from the registration.
+        queue_id: v.get("queueId").and_then(Value::as_str).map(str::to_owned).unwrap_or_default(),
     })
 }
 

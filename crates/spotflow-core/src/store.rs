@@ -75,6 +75,8 @@ pub struct DeviceIdentity {
     pub device_id: String,
     /// Last connection credentials, kept so that a restart can connect without registering.
     pub connection: Option<ConnectionCredentials>,
+    /// Random id of this identity's outgoing queue (see [`crate::SessionInfo`]).
+    pub queue_id: String,
 }
 
 /// Desired properties as last received from the platform.

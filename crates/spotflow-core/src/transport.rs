@@ -56,12 +56,28 @@ pub enum TransportEvent {
     },
 }
 
+/// What a connection needs to know about the device's outgoing queue.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionInfo {
+    /// Identifies the device's persistent outgoing queue. With a message's sequence number it
+    /// forms a key that is unique across restarts (`{queue_id}-{seq}`), sent with the message
+    /// (MQTT: the `$.mid` system property) so that the platform can drop redeliveries.
+    pub queue_id: String,
+}
+
+impl SessionInfo {
+    /// The message key of sequence number `seq`.
+    pub fn message_key(&self, seq: u64) -> String {
+        format!("{}-{seq}", self.queue_id)
+    }
+}
+
 /// Opens connections to the platform. Implement it to bring your own transport.
 #[async_trait]
 pub trait Transport: fmt::Debug + Send + Sync + 'static {
     /// Connects with the given credentials. [`crate::Error::Unauthorized`] means that the
     /// platform refused them (the SDK then registers again); other errors are retried with backoff.
-    async fn connect(&self, credentials: &ConnectionCredentials) -> Result<Box<dyn Connection>>;
+    async fn connect(&self, credentials: &ConnectionCredentials, session: &SessionInfo) -> Result<Box<dyn Connection>>;
 }
 
 /// One live connection.
@@ -92,7 +108,7 @@ pub trait Connection: Send {
 
 #[async_trait]
 impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
-    async fn connect(&self, credentials: &ConnectionCredentials) -> Result<Box<dyn Connection>> {
-        (**self).connect(credentials).await
+    async fn connect(&self, credentials: &ConnectionCredentials, session: &SessionInfo) -> Result<Box<dyn Connection>> {
+        (**self).connect(credentials, session).await
     }
 }

@@ -270,6 +270,7 @@ impl DeviceClientBuilder {
         let (rejected_tx, rejected_rx) = mpsc::unbounded_channel();
         let desired_tx = self.desired_callback.map(spawn_callback_thread).transpose()?;
 
+        let session = spotflow_core::SessionInfo { queue_id: identity.queue_id.clone() };
         let keeper = CredentialKeeper {
             api,
             store: store.clone(),
@@ -301,6 +302,7 @@ impl DeviceClientBuilder {
             draining_until: None,
             store_retry_at: None,
             keeper: Some(tokio::spawn(keeper.run(fresh))),
+            session,
         };
         tokio::spawn(worker.run());
         info!(pending = stats.count, "device client started");

@@ -54,6 +54,13 @@ pub(crate) async fn obtain_identity(req: &StartRequest<'_>) -> Result<(DeviceIde
     let deadline = tokio::time::Instant::now() + req.options.start_timeout;
     let stored = req.store.load_identity().await?;
     let now = SystemTime::now();
+    // Identities stored before queue ids existed get one now.
+    let stored = stored.map(|mut s| {
+        if s.queue_id.is_empty() {
+            s.queue_id = new_queue_id();
+        }
+        s
+    });
     if let Some(stored) = stored.as_ref().filter(|s| reusable(s, req, now)) {
         match bounded(req.options.request_timeout, "registration", req.api.register(&stored.registration_token)).await {
             Ok(reg) => {
@@ -65,6 +72,7 @@ pub(crate) async fn obtain_identity(req: &StartRequest<'_>) -> Result<(DeviceIde
             }
             Err(e) => {
                 info!(error = %e, "platform unreachable; starting offline with the stored registration");
+                req.store.save_identity(stored).await?;
                 return Ok((stored.clone(), false));
             }
         }
@@ -86,9 +94,15 @@ pub(crate) async fn obtain_identity(req: &StartRequest<'_>) -> Result<(DeviceIde
         workspace_id: String::new(),
         device_id: String::new(),
         connection: None,
+        queue_id: new_queue_id(),
     };
     let identity = apply_registration(identity, reg);
     finish(req, stored.as_ref(), identity, true).await
+}
+
+/// A random id for a new outgoing queue.
+fn new_queue_id() -> String {
+    (0..8).map(|_| format!("{:02x}", fastrand::u8(..))).collect()
 }
 
 fn reusable(stored: &DeviceIdentity, req: &StartRequest<'_>, now: SystemTime) -> bool {

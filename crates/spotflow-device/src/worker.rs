@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use spotflow_core::{
     Backoff, Connection, ConnectionCredentials, DesiredState, DesiredTracker, Error, OutgoingQueue, PatchOutcome,
-    ReportedOutcome, ReportedTracker, RequestId, Result, Store, Transport, TransportEvent,
+    ReportedOutcome, ReportedTracker, RequestId, Result, SessionInfo, Store, Transport, TransportEvent,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -66,6 +66,8 @@ pub(crate) struct Worker {
     pub store_retry_at: Option<Instant>,
     /// The credential keeper, stopped with the worker.
     pub keeper: Option<tokio::task::JoinHandle<()>>,
+    /// Identifies the outgoing queue to the transport (message keys).
+    pub session: SessionInfo,
 }
 
 /// Waits for the next event of an optional connection (pending forever without one).
@@ -347,8 +349,9 @@ impl Worker {
         let Some(creds) = self.credentials.borrow().clone() else { return };
         let transport = self.transport.clone();
         let timeout = self.options.request_timeout;
+        let session = self.session.clone();
         self.connecting = Some(Box::pin(async move {
-            tokio::time::timeout(timeout, transport.connect(&creds))
+            tokio::time::timeout(timeout, transport.connect(&creds, &session))
                 .await
                 .map_err(|_| Error::Timeout(format!("connecting took longer than {timeout:?}")))?
         }));

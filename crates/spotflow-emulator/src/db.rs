@@ -49,6 +49,8 @@ pub struct StoredMessage {
     pub payload: Vec<u8>,
     /// Other properties of the property bag.
     pub other_properties: Vec<(String, String)>,
+    /// The message key (`$.mid`): a redelivery with a key already stored is not stored again.
+    pub message_key: Option<String>,
 }
 
 /// Which messages to return.
@@ -62,7 +64,18 @@ pub struct MessageQuery {
     pub limit: Option<usize>,
 }
 
-pub(crate) type AckFn = Box<dyn FnOnce(bool) + Send>;
+/// What became of a message handed to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Committed.
+    Inserted,
+    /// Its message key was already stored: a redelivery, not stored again.
+    Duplicate,
+    /// The write failed.
+    Failed,
+}
+
+pub(crate) type AckFn = Box<dyn FnOnce(Stored) + Send>;
 
 enum Command {
     SaveState(String),
@@ -110,6 +123,12 @@ CREATE INDEX IF NOT EXISTS messages_device ON messages (hub_device_id, id);
 CREATE TABLE IF NOT EXISTS blobs (name TEXT PRIMARY KEY, hub_device_id TEXT NOT NULL, data BLOB NOT NULL);
 ";
 
+/// Added after the first layout: the message key and its uniqueness per device.
+const MESSAGE_KEYS: &str = "
+ALTER TABLE messages ADD COLUMN message_key TEXT;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_key ON messages (hub_device_id, message_key) WHERE message_key IS NOT NULL;
+";
+
 /// Largest number of messages committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -120,6 +139,15 @@ impl Db {
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;")
             .and_then(|_| conn.execute_batch(SCHEMA))
             .map_err(|e| format!("cannot initialise {}: {e}", path.display()))?;
+        let has_keys: bool = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'message_key'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n > 0)
+            .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+        if !has_keys {
+            conn.execute_batch(MESSAGE_KEYS).map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
+        }
         let json: Option<String> = conn
             .query_row("SELECT json FROM control_state WHERE id = 0", [], |r| r.get(0))
             .optional()
@@ -159,7 +187,7 @@ impl Db {
         if let Err(mpsc::SendError(Command::Insert(_, Some(ack)))) =
             self.tx.send(Command::Insert(Box::new(message), ack))
         {
-            ack(false);
+            ack(Stored::Failed);
         }
     }
 
@@ -227,17 +255,18 @@ fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)
     if pending.is_empty() && state.is_none() {
         return;
     }
+    let mut outcomes = Vec::with_capacity(pending.len());
     let result = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (hub_device_id, received_at, stream_group, stream, batch_id, batch_slice_id,
+                "INSERT OR IGNORE INTO messages (hub_device_id, received_at, stream_group, stream, batch_id, batch_slice_id,
                  message_id, chunk_id, complete_batch, complete_message, content_encoding, externalized, wire_size,
-                 other_properties, payload) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)",
+                 other_properties, payload, message_key) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)",
             )?;
             for (m, _) in pending.iter() {
                 let other = serde_json::to_string(&m.other_properties).unwrap_or_else(|_| "[]".into());
-                insert.execute(params![
+                let inserted = insert.execute(params![
                     m.hub_device_id,
                     m.received_at as i64,
                     m.stream_group,
@@ -253,7 +282,9 @@ fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)
                     m.wire_size as i64,
                     other,
                     m.payload,
+                    m.message_key,
                 ])?;
+                outcomes.push(if inserted > 0 { Stored::Inserted } else { Stored::Duplicate });
             }
             if let Some(json) = state.as_ref() {
                 tx.execute("INSERT OR REPLACE INTO control_state (id, json) VALUES (0, ?1)", params![json])?;
@@ -266,9 +297,9 @@ fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)
         error!(error = %e, messages = pending.len(), "database write failed");
     }
     *state = None;
-    for (_, ack) in pending.drain(..) {
+    for (i, (_, ack)) in pending.drain(..).enumerate() {
         if let Some(ack) = ack {
-            ack(ok);
+            ack(if ok { outcomes.get(i).copied().unwrap_or(Stored::Inserted) } else { Stored::Failed });
         }
     }
 }
@@ -320,7 +351,7 @@ fn serve(conn: &Connection, command: Command) {
 fn query(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<StoredMessage>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, hub_device_id, received_at, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id,
-         complete_batch, complete_message, content_encoding, externalized, wire_size, other_properties, payload
+         complete_batch, complete_message, content_encoding, externalized, wire_size, other_properties, payload, message_key
          FROM messages WHERE id > ?1 AND (?2 IS NULL OR hub_device_id = ?2) ORDER BY id LIMIT ?3",
     )?;
     let rows =
@@ -343,6 +374,7 @@ fn query(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<StoredMess
                 wire_size: r.get::<_, i64>(13)? as usize,
                 other_properties: serde_json::from_str(&other).unwrap_or_default(),
                 payload: r.get(15)?,
+                message_key: r.get(16)?,
             })
         })?;
     rows.collect()

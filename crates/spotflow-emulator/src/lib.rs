@@ -205,6 +205,7 @@ pub(crate) struct Inner {
     sessions: Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>,
     pub uploads: Mutex<HashMap<String, (String, String)>>,
     stored: watch::Sender<u64>,
+    duplicates: std::sync::atomic::AtomicU64,
     https_addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -352,12 +353,16 @@ impl Inner {
         let inner = self.clone();
         self.db.insert_message(
             message,
-            Some(Box::new(move |ok| {
-                if ok {
-                    inner.stored.send_modify(|n| *n += 1);
+            Some(Box::new(move |outcome| {
+                match outcome {
+                    db::Stored::Inserted => inner.stored.send_modify(|n| *n += 1),
+                    db::Stored::Duplicate => {
+                        inner.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    db::Stored::Failed => {}
                 }
                 if let Some(ack) = ack {
-                    ack(ok);
+                    ack(outcome);
                 }
             })),
         );
@@ -436,6 +441,7 @@ impl Emulator {
             sessions: Mutex::default(),
             uploads: Mutex::default(),
             stored: watch::channel(0).0,
+            duplicates: std::sync::atomic::AtomicU64::new(0),
             https_addr: Mutex::new(https_addr),
         });
         let (shutdown, _) = watch::channel(false);
@@ -585,6 +591,10 @@ impl Emulator {
     /// Number of stored messages.
     pub async fn message_count(&self) -> u64 {
         self.inner.db.message_count().await
+    }
+    /// Redeliveries recognised by their message key (`$.mid`) and not stored again, this run.
+    pub fn duplicates(&self) -> u64 {
+        self.inner.duplicates.load(std::sync::atomic::Ordering::Relaxed)
     }
     /// Waits until at least `n` messages were stored by this emulator run, for at most `timeout`.
     pub async fn wait_for_messages(&self, n: u64, timeout: Duration) -> bool {

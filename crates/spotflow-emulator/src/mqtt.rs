@@ -329,8 +329,8 @@ fn telemetry(
     let (qos, pkid) = (p.qos, p.pkid);
     let ack: Option<crate::db::AckFn> = (qos == QoS::AtLeastOnce).then(|| {
         let tx = tx.clone();
-        Box::new(move |ok: bool| {
-            if ok {
+        Box::new(move |outcome: crate::db::Stored| {
+            if outcome != crate::db::Stored::Failed {
                 let _ = tx.send(Outbound::Ack(pkid));
             } else {
                 let _ = tx.send(Outbound::Kick);

@@ -39,6 +39,7 @@ pub fn apply_properties(message: &mut StoredMessage, properties: Vec<(String, St
             "complete-message" => message.complete_message = flag(&v),
             "has-externalized-payload" => message.externalized = flag(&v),
             "content-encoding" => message.content_encoding = Some(v),
+            "$.mid" => message.message_key = Some(v),
             _ => message.other_properties.push((k, v)),
         }
     }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use spotflow_core::{Backoff, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, TransportEvent};
+use spotflow_core::{
+    Backoff, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, SessionInfo, TransportEvent,
+};
 use tracing::{debug, warn};
 
 use crate::topics::{self, Incoming};
@@ -84,6 +86,7 @@ impl TwinRequests {
 #[derive(Debug, Clone)]
 pub struct TelemetryMapper {
     credentials: ConnectionCredentials,
+    session: SessionInfo,
     uploader: Uploader,
 }
 
@@ -92,17 +95,19 @@ impl TelemetryMapper {
     /// (default `https://{hub}`) with `tls`.
     pub fn new(
         credentials: ConnectionCredentials,
+        session: SessionInfo,
         tls: Option<Arc<rustls::ClientConfig>>,
         upload_base_url: Option<String>,
     ) -> Result<Self> {
-        Ok(TelemetryMapper { credentials, uploader: Uploader::new(tls, upload_base_url)? })
+        Ok(TelemetryMapper { credentials, session, uploader: Uploader::new(tls, upload_base_url)? })
     }
 
     /// The topic and payload to publish for `message` (uploading it first when it is large).
-    pub async fn publish_of(&self, message: &OutgoingMessage) -> Result<(String, Bytes)> {
+    pub async fn publish_of(&self, seq: u64, message: &OutgoingMessage) -> Result<(String, Bytes)> {
         let hub_id = &self.credentials.hub_device_id;
+        let key = (!self.session.queue_id.is_empty()).then(|| self.session.message_key(seq));
         if message.payload.len() <= EXTERNALIZE_THRESHOLD {
-            return Ok((topics::telemetry_topic(hub_id, message, false), message.payload.clone()));
+            return Ok((topics::telemetry_topic(hub_id, message, false, key.as_deref()), message.payload.clone()));
         }
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut attempt = 0;
@@ -123,6 +128,6 @@ impl TelemetryMapper {
             }
         };
         let link = serde_json::json!({ "link": blob }).to_string();
-        Ok((topics::telemetry_topic(hub_id, message, true), Bytes::from(link)))
+        Ok((topics::telemetry_topic(hub_id, message, true, key.as_deref()), Bytes::from(link)))
     }
 }

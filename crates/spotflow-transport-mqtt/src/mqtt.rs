@@ -11,7 +11,8 @@ use rumqttc::{
 };
 use serde_json::{Map, Value};
 use spotflow_core::{
-    Connection, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, Transport, TransportEvent,
+    Connection, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, SessionInfo, Transport,
+    TransportEvent,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -105,7 +106,7 @@ fn refused(code: ConnectReturnCode) -> Error {
 
 #[async_trait]
 impl Transport for MqttTransport {
-    async fn connect(&self, creds: &ConnectionCredentials) -> Result<Box<dyn Connection>> {
+    async fn connect(&self, creds: &ConnectionCredentials, session: &SessionInfo) -> Result<Box<dyn Connection>> {
         let o = &self.options;
         let mut mqtt = rumqttc::MqttOptions::new(creds.hub_device_id.clone(), creds.hub_host.clone(), o.port);
         mqtt.set_credentials(topics::username(&creds.hub_host, &creds.hub_device_id), creds.sas.expose());
@@ -139,7 +140,7 @@ impl Transport for MqttTransport {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let pump = tokio::spawn(pump(eventloop, correlation.clone(), events_tx));
         info!(hub = %creds.hub_host, port = o.port, tls = o.tls.is_some(), "MQTT connected");
-        let mapper = TelemetryMapper::new(creds.clone(), o.tls.clone(), o.upload_base_url.clone())?;
+        let mapper = TelemetryMapper::new(creds.clone(), session.clone(), o.tls.clone(), o.upload_base_url.clone())?;
         Ok(Box::new(MqttConnection { client, correlation, events: events_rx, pump, mapper }))
     }
 }
@@ -218,7 +219,7 @@ impl Drop for MqttConnection {
 #[async_trait]
 impl Connection for MqttConnection {
     async fn publish_message(&mut self, seq: u64, message: &OutgoingMessage) -> Result<()> {
-        let (topic, payload) = self.mapper.publish_of(message).await?;
+        let (topic, payload) = self.mapper.publish_of(seq, message).await?;
         self.publish(Pending::Telemetry(seq), topic, payload).await
     }
 

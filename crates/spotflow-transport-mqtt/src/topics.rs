@@ -17,8 +17,14 @@ pub fn username(hub_host: &str, hub_device_id: &str) -> String {
     format!("{hub_host}/{hub_device_id}/?api-version=2018-06-30")
 }
 
-/// The telemetry topic with its property bag, keys in the platform's fixed order.
-pub fn telemetry_topic(hub_device_id: &str, m: &OutgoingMessage, externalized: bool) -> String {
+/// The telemetry topic with its property bag, keys in the platform's fixed order, and the
+/// message key as the `$.mid` system property last (when given).
+pub fn telemetry_topic(
+    hub_device_id: &str,
+    m: &OutgoingMessage,
+    externalized: bool,
+    message_key: Option<&str>,
+) -> String {
     let mut topic = format!("devices/{hub_device_id}/messages/events/");
     let mut first = true;
     let mut push = |topic: &mut String, key: &str, value: &str| {
@@ -60,6 +66,9 @@ pub fn telemetry_topic(hub_device_id: &str, m: &OutgoingMessage, externalized: b
             push(&mut topic, "complete-message", "true");
             push(&mut topic, "ignore-payload", "true");
         }
+    }
+    if let Some(key) = message_key {
+        push(&mut topic, "$.mid", key);
     }
     topic
 }
@@ -179,7 +188,7 @@ mod tests {
         m.message_id = Some("m1".into());
         m.content_encoding = Some(ContentEncoding::Lz4);
         assert_eq!(
-            telemetry_topic(hub, &m, false),
+            telemetry_topic(hub, &m, false, None),
             "devices/ws1:dev1/messages/events/stream-group-name=sg%201&stream-name=st%2F1&batch-id=b1&message-id=m1&content-encoding=lz4"
         );
         let mut m = message(MessageKind::Data);
@@ -187,26 +196,33 @@ mod tests {
         m.message_id = Some("m2".into());
         m.chunk_id = Some("c1".into());
         assert_eq!(
-            telemetry_topic(hub, &m, false),
+            telemetry_topic(hub, &m, false, None),
             "devices/ws1:dev1/messages/events/stream-group-name=sg%201&stream-name=st%2F1&batch-id=b1&batch-slice-id=s1&message-id=m2&chunk-id=c1"
         );
         let mut m = message(MessageKind::MessageCompletion);
         m.message_id = Some("m2".into());
         assert_eq!(
-            telemetry_topic(hub, &m, false),
+            telemetry_topic(hub, &m, false, None),
             "devices/ws1:dev1/messages/events/stream-group-name=sg%201&stream-name=st%2F1&batch-id=b1&message-id=m2&complete-message=true&ignore-payload=true"
         );
         assert_eq!(
-            telemetry_topic(hub, &message(MessageKind::BatchCompletion), false),
+            telemetry_topic(hub, &message(MessageKind::BatchCompletion), false, None),
             "devices/ws1:dev1/messages/events/stream-group-name=sg%201&stream-name=st%2F1&batch-id=b1&complete-batch=true&ignore-payload=true"
         );
         let bare =
             OutgoingMessage { target: Arc::new(StreamTarget::default()), batch_id: None, ..message(MessageKind::Data) };
-        assert_eq!(telemetry_topic(hub, &bare, false), "devices/ws1:dev1/messages/events/");
-        assert_eq!(telemetry_topic(hub, &bare, true), "devices/ws1:dev1/messages/events/has-externalized-payload=true");
+        assert_eq!(telemetry_topic(hub, &bare, false, None), "devices/ws1:dev1/messages/events/");
+        assert_eq!(
+            telemetry_topic(hub, &bare, true, None),
+            "devices/ws1:dev1/messages/events/has-externalized-payload=true"
+        );
         assert_eq!(username("hub.local", hub), "hub.local/ws1:dev1/?api-version=2018-06-30");
+        assert_eq!(
+            telemetry_topic(hub, &bare, false, Some("0a1b-42")),
+            "devices/ws1:dev1/messages/events/$.mid=0a1b-42"
+        );
         let unicode = OutgoingMessage { batch_id: Some("ü~-_.".into()), ..bare };
-        assert_eq!(telemetry_topic(hub, &unicode, false), "devices/ws1:dev1/messages/events/batch-id=%C3%BC~-_.");
+        assert_eq!(telemetry_topic(hub, &unicode, false, None), "devices/ws1:dev1/messages/events/batch-id=%C3%BC~-_.");
     }
 
     #[test]

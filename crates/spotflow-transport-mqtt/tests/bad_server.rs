@@ -149,7 +149,10 @@ async fn garbage_from_the_broker_is_a_connection_error_not_a_panic() {
     for garbage in [&b"\xff\xff\xff\xff\xff"[..], b"\x30\x05\x00\x09abc", b"\x40\x02\x03\xe7"] {
         let port = fake_broker(garbage.to_vec()).await;
         let transport = MqttTransport::new(MqttTransportOptions::plain_tcp(port)).unwrap();
-        let mut conn = transport.connect(&creds("127.0.0.1")).await.expect("CONNACK accepted");
+        let mut conn = transport
+            .connect(&creds("127.0.0.1"), &spotflow_core::SessionInfo::default())
+            .await
+            .expect("CONNACK accepted");
         let next = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 if let Err(e) = conn.next_event().await {
@@ -167,7 +170,8 @@ async fn garbage_from_the_broker_is_a_connection_error_not_a_panic() {
 async fn a_broker_that_never_acknowledges_leaves_messages_unacknowledged() {
     let port = fake_broker(Vec::new()).await;
     let transport = MqttTransport::new(MqttTransportOptions::plain_tcp(port)).unwrap();
-    let mut conn: Box<dyn Connection> = transport.connect(&creds("127.0.0.1")).await.unwrap();
+    let mut conn: Box<dyn Connection> =
+        transport.connect(&creds("127.0.0.1"), &spotflow_core::SessionInfo::default()).await.unwrap();
     let message = message();
     for seq in 1..=50 {
         conn.publish_message(seq, &message).await.unwrap();
@@ -184,7 +188,7 @@ async fn a_twin_answer_for_an_unknown_request_is_ignored() {
     packets.extend(publish_packet("$iothub/twin/PATCH/properties/desired/?$version=7", br#"{"a":1,"$version":7}"#));
     let port = fake_broker(packets).await;
     let transport = MqttTransport::new(MqttTransportOptions::plain_tcp(port)).unwrap();
-    let mut conn = transport.connect(&creds("127.0.0.1")).await.unwrap();
+    let mut conn = transport.connect(&creds("127.0.0.1"), &spotflow_core::SessionInfo::default()).await.unwrap();
     // The unknown $rid and the non-numeric status are ignored; the desired patch comes through.
     let got = tokio::time::timeout(Duration::from_secs(10), conn.next_event()).await.unwrap().unwrap();
     match got {

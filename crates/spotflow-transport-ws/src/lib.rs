@@ -209,7 +209,11 @@ impl WsTransport {
 
 #[async_trait]
 impl Transport for WsTransport {
-    async fn connect(&self, creds: &ConnectionCredentials) -> Result<Box<dyn Connection>> {
+    async fn connect(
+        &self,
+        creds: &ConnectionCredentials,
+        session: &spotflow_core::SessionInfo,
+    ) -> Result<Box<dyn Connection>> {
         let o = self.options.clone();
         let setup = async {
             let ws = self.open(&creds.hub_host).await?;
@@ -236,7 +240,7 @@ impl Transport for WsTransport {
         let (commands, commands_rx) = mpsc::channel(1024);
         let (events_tx, events) = mpsc::unbounded_channel();
         let pump = tokio::spawn(run_session(framed, commands_rx, events_tx, twin.clone(), o.keep_alive));
-        let mapper = TelemetryMapper::new(creds.clone(), o.tls.clone(), o.upload_base_url.clone())?;
+        let mapper = TelemetryMapper::new(creds.clone(), session.clone(), o.tls.clone(), o.upload_base_url.clone())?;
         info!(hub = %creds.hub_host, port = o.port, "MQTT over WebSocket connected");
         Ok(Box::new(WsConnection { commands, events, twin, mapper, pump }))
     }
@@ -355,7 +359,7 @@ impl WsConnection {
 #[async_trait]
 impl Connection for WsConnection {
     async fn publish_message(&mut self, seq: u64, message: &OutgoingMessage) -> Result<()> {
-        let (topic, payload) = self.mapper.publish_of(message).await?;
+        let (topic, payload) = self.mapper.publish_of(seq, message).await?;
         self.publish(topic, payload, Some(seq)).await
     }
 

@@ -99,7 +99,10 @@ async fn packets_split_across_frames_and_packed_in_one_frame_are_parsed() {
         Message::Binary(b.to_vec().into()),
     ]))
     .await;
-    let mut conn = transport(port, 64 * 1024).connect(&creds()).await.expect("CONNACK in two frames");
+    let mut conn = transport(port, 64 * 1024)
+        .connect(&creds(), &spotflow_core::SessionInfo::default())
+        .await
+        .expect("CONNACK in two frames");
     let event = tokio::time::timeout(Duration::from_secs(10), conn.next_event()).await.unwrap().unwrap();
     assert!(matches!(event, TransportEvent::DesiredPatch { version: 3, .. }), "{event:?}");
 }
@@ -108,7 +111,8 @@ async fn expect_connection_error(frames: Vec<Message>, max: usize) {
     let mut all = vec![Message::Binary(connack().into())];
     all.extend(frames);
     let port = server(Script::Frames(all)).await;
-    let mut conn = transport(port, max).connect(&creds()).await.expect("connected");
+    let mut conn =
+        transport(port, max).connect(&creds(), &spotflow_core::SessionInfo::default()).await.expect("connected");
     let err = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Err(e) = conn.next_event().await {
@@ -145,7 +149,11 @@ async fn malformed_mqtt_inside_binary_frames_is_a_connection_error() {
 #[tokio::test]
 async fn a_server_without_the_mqtt_subprotocol_is_refused() {
     let port = server(Script::NoSubprotocol).await;
-    let err = transport(port, 64 * 1024).connect(&creds()).await.err().expect("refused");
+    let err = transport(port, 64 * 1024)
+        .connect(&creds(), &spotflow_core::SessionInfo::default())
+        .await
+        .err()
+        .expect("refused");
     // tungstenite refuses the handshake itself when the requested subprotocol is not echoed.
     let cause = std::error::Error::source(&err).map(|e| e.to_string()).unwrap_or_default();
     assert!(cause.to_lowercase().contains("protocol"), "{err}: {cause}");

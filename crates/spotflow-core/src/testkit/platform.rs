@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::{
     compression, merge_patch, Connection, ConnectionCredentials, DesiredState, Error, OutgoingMessage, PlatformApi,
-    ProvisioningOperation, ProvisioningStatus, Registration, RegistrationToken, RequestId, Result, Secret, Transport,
-    TransportEvent, TwinDocument,
+    ProvisioningOperation, ProvisioningStatus, Registration, RegistrationToken, RequestId, Result, Secret, SessionInfo,
+    Transport, TransportEvent, TwinDocument,
 };
 
 /// Host name the memory platform puts in its credentials.
@@ -91,7 +91,7 @@ struct State {
     sas: HashMap<String, (String, SystemTime)>,
     twins: HashMap<String, Twin>,
     received: Vec<ReceivedMessage>,
-    seen: HashSet<(String, u64)>,
+    seen: HashSet<(String, String)>,
     duplicates: usize,
     record_messages: bool,
     received_count: u64,
@@ -481,7 +481,7 @@ impl PlatformApi for MemoryPlatform {
 
 #[async_trait]
 impl Transport for MemoryPlatform {
-    async fn connect(&self, credentials: &ConnectionCredentials) -> Result<Box<dyn Connection>> {
+    async fn connect(&self, credentials: &ConnectionCredentials, session: &SessionInfo) -> Result<Box<dyn Connection>> {
         let mut s = self.lock();
         Self::check_online(&s)?;
         let valid = s
@@ -507,6 +507,7 @@ impl Transport for MemoryPlatform {
         Ok(Box::new(MemoryConnection {
             platform: self.clone(),
             hub_device_id: credentials.hub_device_id.clone(),
+            session: session.clone(),
             tx,
             rx,
             dead,
@@ -518,6 +519,7 @@ impl Transport for MemoryPlatform {
 struct MemoryConnection {
     platform: MemoryPlatform,
     hub_device_id: String,
+    session: SessionInfo,
     tx: mpsc::UnboundedSender<TransportEvent>,
     rx: mpsc::UnboundedReceiver<TransportEvent>,
     dead: Arc<AtomicBool>,
@@ -539,7 +541,8 @@ impl Connection for MemoryConnection {
     async fn publish_message(&mut self, seq: u64, message: &OutgoingMessage) -> Result<()> {
         self.check_alive()?;
         let mut s = self.platform.lock();
-        let first = s.seen.insert((self.hub_device_id.clone(), seq));
+        // Redeliveries are recognised by the message key, as a platform would.
+        let first = s.seen.insert((self.hub_device_id.clone(), self.session.message_key(seq)));
         if first {
             s.received_count += 1;
             if s.record_messages {

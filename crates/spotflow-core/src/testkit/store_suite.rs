@@ -54,6 +54,7 @@ pub fn sample_identity(suffix: &str) -> DeviceIdentity {
             sas: Secret::new("SharedAccessSignature sr=x&sig=y&se=1"),
             expires_at: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_900_000_123_456)),
         }),
+        queue_id: format!("q-{suffix}"),
     }
 }
 
