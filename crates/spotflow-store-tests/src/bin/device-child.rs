@@ -1,0 +1,53 @@
+//! A device process for the kill -9 test against the emulator: starts a `DeviceClient` with the
+//! default durable store, enqueues `COUNT` messages (message ids `r{RUN}-{i}`), printing
+//! `ACK {RUN} {i}` after each enqueue returned, then waits until everything queued is
+//! acknowledged and prints `DONE`. Environment: `INSTANCE`, `CA_FILE`, `MQTT_PORT`,
+//! `PROVISIONING_TOKEN`, `DB`, `RUN`, `COUNT`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use spotflow_device::{Compression, DeviceClient, Message};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        eprintln!("{name} is not set");
+        std::process::exit(2)
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let ca = std::fs::read_to_string(env("CA_FILE")).expect("CA file");
+    let mqtt_port: u16 = env("MQTT_PORT").parse().expect("port");
+    let (run, count): (String, u32) = (env("RUN"), env("COUNT").parse().expect("count"));
+    let client = DeviceClient::builder(Some("killed-device"), env("PROVISIONING_TOKEN"), env("DB"))
+        .instance(env("INSTANCE"))
+        .trust_ca_pem(ca)
+        .with_network(|n| {
+            n.platform_roots = false;
+            n.mqtt_port = mqtt_port;
+        })
+        .display_provisioning_operation_callback(|_| {})
+        .with_options(|o| {
+            o.retry_initial = Duration::from_millis(20);
+            o.retry_max = Duration::from_millis(200);
+        })
+        .start()
+        .await
+        .expect("device starts");
+    println!("READY");
+    let sender = client.create_stream_sender(Some("kill"), Some("test"), Compression::Uncompressed).expect("sender");
+    for i in 0..count {
+        sender
+            .enqueue_message(Message::new(format!("{run}:{i}")).message_id(format!("r{run}-{i}")))
+            .await
+            .expect("enqueue");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "ACK {run} {i}");
+        let _ = out.flush();
+    }
+    client.wait_enqueued_messages_sent_timeout(Duration::from_secs(60)).await.expect("all acknowledged");
+    println!("DONE");
+    client.close().await.expect("close");
+}
