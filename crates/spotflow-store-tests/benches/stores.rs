@@ -1,4 +1,5 @@
-//! Enqueue throughput of the durable stores against the raw limit of this disk, measured in the
+//! Enqueue throughput of the durable stores (the senders on a current-thread runtime, the store on
+//! its own thread) against the raw limit of this disk, measured in the
 //! same run: 256-byte messages from 1, 8 and 64 concurrent senders; the drain side (acknowledged
 //! deletes/s); and RSS and file size with 1,000,000 messages queued.
 //!
@@ -96,9 +97,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--rss") {
+        return rss_run(&args[i + 1], std::path::Path::new(&args[i + 2]));
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let runs = if quick { 1 } else { 3 };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let raw = median((0..runs).map(|_| raw_limit(dir.path(), if quick { 1000 } else { 3000 })).collect());
     println!("256-byte enqueues/s (median of {runs} run(s)); raw limit: fsync'd 256-byte appends to a plain file = {raw:.0}/s");
@@ -142,26 +147,36 @@ fn main() {
     if quick {
         return;
     }
-    println!("1,000,000 queued messages of 256 bytes (appended in batches of 1000):");
+    println!("1,000,000 queued messages of 256 bytes (appended in batches of 1000), each backend in a fresh process:");
     for backend in spotflow_store_tests::BACKENDS {
-        rt.block_on(async {
-            let path = dir.path().join(format!("{backend}-1m.db"));
-            let store = spotflow_store_tests::open(backend, &path).await.expect("open");
-            let target = Arc::new(StreamTarget::default());
-            let mut samples = Vec::new();
-            for k in 0..1000 {
-                store.append_messages((0..1000).map(|_| message(&target)).collect()).await.expect("append");
-                if k % 250 == 249 {
-                    samples.push(format!("{:.0}", rss_mib()));
-                }
-            }
-            let size = disk_usage(&path) + disk_usage(&path.with_extension("db-wal"));
-            println!(
-                "  {backend:<26} RSS at 250k/500k/750k/1M: {} MiB; file {:.0} MB",
-                samples.join("/"),
-                size as f64 / 1e6
-            );
-            store.close().await.expect("close");
-        });
+        let out = std::process::Command::new(std::env::current_exe().expect("this benchmark"))
+            .args(["--rss", backend, dir.path().to_str().expect("utf-8 path")])
+            .output()
+            .expect("child run");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
+}
+
+/// The 1M-message phase of one backend, in its own process so that RSS is the backend's alone.
+fn rss_run(backend: &str, dir: &std::path::Path) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let path = dir.join(format!("{backend}-1m.db"));
+        let store = spotflow_store_tests::open(backend, &path).await.expect("open");
+        let target = Arc::new(StreamTarget::default());
+        let mut samples = vec![format!("{:.0}", rss_mib())];
+        for k in 0..1000 {
+            store.append_messages((0..1000).map(|_| message(&target)).collect()).await.expect("append");
+            if k % 250 == 249 {
+                samples.push(format!("{:.0}", rss_mib()));
+            }
+        }
+        let size = disk_usage(&path) + disk_usage(&path.with_extension("db-wal"));
+        println!(
+            "  {backend:<26} RSS at 0/250k/500k/750k/1M: {} MiB; on disk {:.0} MB",
+            samples.join("/"),
+            size as f64 / 1e6
+        );
+        store.close().await.expect("close");
+    });
 }
