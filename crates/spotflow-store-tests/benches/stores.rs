@@ -10,19 +10,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use spotflow_core::{MessageKind, OutgoingMessage, Store, StreamTarget};
+use spotflow_core::testkit::sample_message;
+use spotflow_core::{OutgoingMessage, Store, StreamTarget};
 
 fn message(target: &Arc<StreamTarget>) -> OutgoingMessage {
-    OutgoingMessage {
-        target: target.clone(),
-        kind: MessageKind::Data,
-        batch_id: None,
-        batch_slice_id: None,
-        message_id: None,
-        chunk_id: None,
-        content_encoding: None,
-        payload: bytes::Bytes::from(vec![b'x'; 256]),
-    }
+    OutgoingMessage { target: target.clone(), payload: bytes::Bytes::from(vec![b'x'; 256]), ..sample_message(0) }
 }
 
 /// fsync'd 256-byte appends to a plain file, one fsync per append.

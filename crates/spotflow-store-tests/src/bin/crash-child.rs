@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use spotflow_core::{MessageKind, OutgoingMessage, StreamTarget};
+use spotflow_core::testkit::sample_message;
+use spotflow_core::{OutgoingMessage, StreamTarget};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -30,13 +31,8 @@ async fn main() {
             for i in 0..1_000_000u64 {
                 let message = OutgoingMessage {
                     target: target.clone(),
-                    kind: MessageKind::Data,
-                    batch_id: None,
-                    batch_slice_id: None,
-                    message_id: None,
-                    chunk_id: None,
-                    content_encoding: None,
                     payload: bytes::Bytes::from(format!("{run} {t} {i} {}", "x".repeat(200))),
+                    ..sample_message(0)
                 };
                 match store.append_message(message).await {
                     Ok(_) => {
