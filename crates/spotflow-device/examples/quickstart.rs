@@ -70,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let sender =
         client.create_stream_sender(Some("default-stream-group"), Some("default-stream"), Compression::Fastest)?;
-    let total = 20_000u32;
+    let total = 5_000u32;
     let started = Instant::now();
     let mut last_progress = Instant::now();
     for i in 0..total {
@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "site": "quickstart lab, bench 4, rack 2",
             "firmware": "1.0.0",
         });
-        sender.enqueue_message(Message::new(payload.to_string()).batch_id(format!("batch-{}", i / 5000))).await?;
+        sender.enqueue_message(Message::new(payload.to_string()).batch_id(format!("batch-{}", i / 1250))).await?;
         if last_progress.elapsed() > Duration::from_millis(250) || i + 1 == total {
             print!(
                 "\rEnqueued {:>6}/{total}, waiting for acknowledgement: {:>6}",
