@@ -419,7 +419,9 @@ impl Worker {
                 self.shared.message_acknowledged(m.message.queued_size());
             }
         }
-        warn!(dropped, freed_bytes = freed, "outgoing queue full: dropped the oldest messages");
+        if dropped > 0 {
+            warn!(dropped, freed_bytes = freed, "outgoing queue full: dropped the oldest messages");
+        }
         Ok(())
     }
 

@@ -76,6 +76,15 @@ fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response>
     }
 }
 
+/// The `DeviceToken` of a platform API request and its JSON object body (401 / 400 otherwise).
+fn device_request<'h>(
+    headers: &'h HeaderMap,
+    body: &Bytes,
+) -> Result<(&'h str, serde_json::Map<String, Value>), Response> {
+    let token = device_token(headers).ok_or_else(|| unauthorized("missing DeviceToken authorization"))?;
+    Ok((token, json_object(body)?))
+}
+
 fn optional_string(body: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, Response> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -85,9 +94,8 @@ fn optional_string(body: &serde_json::Map<String, Value>, key: &str) -> Result<O
 }
 
 async fn init(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(token) = device_token(&headers) else { return unauthorized("missing DeviceToken authorization") };
-    let body = match json_object(&body) {
-        Ok(b) => b,
+    let (token, body) = match device_request(&headers, &body) {
+        Ok(r) => r,
         Err(r) => return r,
     };
     let device_id = match optional_string(&body, "deviceId") {
@@ -109,9 +117,8 @@ async fn init(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response
 }
 
 async fn complete(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(token) = device_token(&headers) else { return unauthorized("missing DeviceToken authorization") };
-    let body = match json_object(&body) {
-        Ok(b) => b,
+    let (token, body) = match device_request(&headers, &body) {
+        Ok(r) => r,
         Err(r) => return r,
     };
     let Ok(Some(id)) = optional_string(&body, "provisioningOperationId") else {
@@ -142,9 +149,8 @@ async fn complete(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Resp
 }
 
 async fn register(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(token) = device_token(&headers) else { return unauthorized("missing DeviceToken authorization") };
-    let body = match json_object(&body) {
-        Ok(b) => b,
+    let (token, body) = match device_request(&headers, &body) {
+        Ok(r) => r,
         Err(r) => return r,
     };
     match optional_string(&body, "connectionStringType") {
@@ -170,9 +176,8 @@ async fn register(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Resp
 }
 
 async fn refresh(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(token) = device_token(&headers) else { return unauthorized("missing DeviceToken authorization") };
-    let body = match json_object(&body) {
-        Ok(b) => b,
+    let (token, body) = match device_request(&headers, &body) {
+        Ok(r) => r,
         Err(r) => return r,
     };
     let Ok(Some(rt)) = optional_string(&body, "registrationToken") else {
