@@ -144,10 +144,17 @@ impl ReportedTracker {
         if patch.is_empty() {
             return None;
         }
-        let request = self.next_request;
-        self.next_request += 1;
+        let request = self.allocate_request_id();
         self.in_flight = Some((request, patch.clone()));
         Some((request, patch))
+    }
+
+    /// A request id not used before by this tracker: the caller's other twin requests (a twin
+    /// GET) take theirs from here too, so that no two requests in flight share a `$rid`.
+    pub fn allocate_request_id(&mut self) -> RequestId {
+        let request = self.next_request;
+        self.next_request += 1;
+        request
     }
 
     /// The platform answered `request` with `status`.
@@ -330,5 +337,15 @@ mod tests {
             prop_assert!(!r.any_pending());
             if let Some(last) = last { prop_assert_eq!(platform, last); }
         }
+    }
+
+    #[test]
+    fn request_ids_allocated_for_other_twin_requests_never_collide_with_patches() {
+        let mut r = ReportedTracker::new(ReportedState::default());
+        let get = r.allocate_request_id();
+        r.update(serde_json::json!({"a": 1}).as_object().unwrap().clone());
+        let (patch, _) = r.poll_patch().unwrap();
+        let get2 = r.allocate_request_id();
+        assert!(get != patch && get2 != patch && get != get2);
     }
 }

@@ -298,7 +298,6 @@ impl DeviceClientBuilder {
             backoff: Backoff::new(options.retry_initial, options.retry_max),
             twin_request: None,
             twin_retry_at: None,
-            next_request: 1,
             draining_until: None,
             store_retry_at: None,
             keeper: Some(tokio::spawn(keeper.run(fresh))),

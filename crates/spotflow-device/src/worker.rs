@@ -60,7 +60,6 @@ pub(crate) struct Worker {
     pub backoff: Backoff,
     pub twin_request: Option<RequestId>,
     pub twin_retry_at: Option<Instant>,
-    pub next_request: RequestId,
     /// Set while waiting for in-flight messages before switching to renewed credentials.
     pub draining_until: Option<Instant>,
     pub store_retry_at: Option<Instant>,
@@ -387,8 +386,7 @@ impl Worker {
             return;
         }
         let Some(conn) = self.conn.as_mut() else { return };
-        let request = self.next_request;
-        self.next_request += 1;
+        let request = self.reported.allocate_request_id();
         match conn.request_twin(request).await {
             Ok(()) => self.twin_request = Some(request),
             Err(e) => self.disconnected(e),

@@ -1,0 +1,190 @@
+"""Connect Devices to the Spotflow IoT Platform: provisioning, durable telemetry, desired and
+reported properties. The SDK's core is written in Rust; every blocking call releases the GIL and
+can be interrupted with Ctrl+C. Background events are logged with the ``spotflow_device`` logger
+of the standard :mod:`logging` module."""
+
+from typing import Callable, Optional, Union
+
+__version__: str
+
+class SpotflowError(Exception):
+    """Any function, method, or property can throw this exception when it cannot continue because
+    of an error. Errors that happen during the communication in the background are logged using
+    the package logging."""
+
+class ProvisioningOperation:
+    """The summary of an ongoing Provisioning Operation.
+
+    If you specify a custom callback to DeviceClient.start, you'll receive a ProvisioningOperation
+    as its argument."""
+
+    @property
+    def id(self) -> str:
+        """(Read-only) The ID of this Provisioning Operation."""
+    @property
+    def verification_code(self) -> str:
+        """(Read-only) The verification code of this Provisioning Operation."""
+    @property
+    def expiration_time(self) -> str:
+        """(Read-only) The expiration time of this Provisioning Operation. The operation is no
+        longer valid after that. The date/time format is RFC 3339."""
+
+class Compression:
+    """An enum that specifies the compression to use for sending a message.
+
+    * ``UNCOMPRESSED`` - Don't compress the message.
+    * ``FASTEST`` - Compress the message using the fastest compression algorithm settings.
+    * ``SMALLEST_SIZE`` - Compress the message using the algorithm settings that produce the
+      smallest size. Beware that this may be significantly slower than the fastest compression.
+    """
+
+    UNCOMPRESSED: "Compression"
+    FASTEST: "Compression"
+    SMALLEST_SIZE: "Compression"
+    def __int__(self) -> int: ...
+
+class DesiredProperties:
+    """A wrapper of Desired Properties."""
+
+    @property
+    def version(self) -> int:
+        """The version of the current properties."""
+    @property
+    def values(self) -> dict:
+        """The dictionary containing the values of the individual properties."""
+
+class StreamSender:
+    """A sender of Messages to a Stream.
+
+    Create it with DeviceClient.create_stream_sender. StreamSender will send all the Messages to
+    the given Stream."""
+
+    def send_message(
+        self,
+        payload: Union[str, bytes],
+        batch_id: Optional[str] = None,
+        message_id: Optional[str] = None,
+        batch_slice_id: Optional[str] = None,
+        chunk_id: Optional[str] = None,
+    ) -> None:
+        """Send a Message to the Platform.
+
+        Warning: This method blocks the current thread until the Message (and all the Messages
+        enqueued before it) is sent to the Platform. If your Device doesn't have a stable Internet
+        connection, consider using enqueue_message instead.
+
+        If the Stream doesn't have a Message ID Autofill Pattern, you must provide the message_id.
+        If the Stream groups Messages into Batches and doesn't have a Batch ID Autofill Pattern,
+        you must provide the batch_id. Optionally, you can provide also batch_slice_id to use
+        Batch Slices and chunk_id to use Message Chunking."""
+    def enqueue_message(
+        self,
+        payload: Union[str, bytes],
+        batch_id: Optional[str] = None,
+        message_id: Optional[str] = None,
+        batch_slice_id: Optional[str] = None,
+        chunk_id: Optional[str] = None,
+    ) -> None:
+        """Enqueue a Message to be sent to the Platform.
+
+        The method returns right after it saves the Message to the queue in the local database
+        file (the Message then survives a crash or a power cut). A background thread sends the
+        messages from the queue to the Platform. You can check the number of pending messages in
+        the queue using DeviceClient.pending_messages_count."""
+    def enqueue_batch_completion(self, batch_id: str) -> None:
+        """Enqueue the manual completion of the current Batch to be sent to the Platform.
+
+        The Platform also completes the previous Batch automatically when the new one starts.
+        Therefore, you might not need to call this method at all."""
+    def enqueue_message_completion(self, batch_id: str, message_id: str) -> None:
+        """Enqueue the manual completion of the current Message to be sent to the Platform. Use
+        this method when Message Chunking is used."""
+
+class DeviceClient:
+    """A client connected to the Platform. Create its instance using DeviceClient.start.
+
+    The client stores all outgoing communication to the local database file and then sends it in
+    a background thread asynchronously. Thanks to that, it works even when the connection is
+    unreliable. The client is a context manager: leaving the ``with`` block closes it (it is also
+    closed at interpreter exit)."""
+
+    @staticmethod
+    def start(
+        device_id: Optional[str],
+        provisioning_token: str,
+        db: str,
+        instance: Optional[str] = None,
+        display_provisioning_operation_callback: Optional[Callable[[ProvisioningOperation], None]] = None,
+        desired_properties_updated_callback: Optional[Callable[[DesiredProperties], None]] = None,
+    ) -> "DeviceClient":
+        """Start communicating with the Platform.
+
+        * device_id: The unique Device ID you are running the code from. If you don't specify it
+          here, you'll need to either store it in the Provisioning Token, or choose Provisioning
+          Operation.
+        * provisioning_token: The Provisioning Token used to start Device Provisioning.
+        * db: The path to the local database file where the Device SDK stores the connection
+          credentials and temporarily persists incoming and outgoing messages. This method creates
+          the file if it doesn't exist. The file must end with the suffix ".db".
+        * instance: The URI/hostname of the Platform instance where the Device will connect to.
+          The default value is api.eu1.spotflow.io. Extra certificate authorities are trusted
+          through the ``SSL_CERT_FILE`` environment variable.
+        * display_provisioning_operation_callback: The function that displays the details of the
+          Provisioning Operation. Set it to override the default message that is written to the
+          standard output.
+        * desired_properties_updated_callback: The function that is called right after
+          DeviceClient.start with the current version of the Desired Properties and then whenever
+          the Device receives their update from the Platform. The function is called in a
+          separate thread; the whole interface of the Device SDK is thread-safe, so it's safe to
+          use it in the function.
+
+        If the Device is not yet registered in the Platform, or its Registration Token is
+        expired, this method performs Device Provisioning and waits for the approval. If the
+        Registration Token from the last run is still valid, this method succeeds even without
+        the connection to the Internet."""
+    @property
+    def workspace_id(self) -> str:
+        """(Read-only) The ID of the Workspace to which the Device belongs."""
+    @property
+    def device_id(self) -> str:
+        """(Read-only) The Device ID. Note that the value might differ from the one requested in
+        DeviceClient.start if the technician overrides it during the approval of the Provisioning
+        Operation."""
+    def create_stream_sender(
+        self,
+        stream_group: Optional[str] = None,
+        stream: Optional[str] = None,
+        compression: Optional[Compression] = Compression.UNCOMPRESSED,
+    ) -> StreamSender:
+        """Create a StreamSender for sending Messages to a Stream that is contained in a Stream
+        Group. If stream_group is omitted, the Platform directs the Messages to the default Stream
+        Group of the current Workspace. If stream is omitted, the Platform directs the Messages
+        into the default Stream of the given Stream Group."""
+    @property
+    def pending_messages_count(self) -> int:
+        """The number of Messages that have been persisted in the local database file but haven't
+        been sent to the Platform yet."""
+    def wait_enqueued_messages_sent(self) -> None:
+        """Block the current thread until all the Messages that have been previously enqueued are
+        sent to the Platform."""
+    def get_desired_properties(self) -> DesiredProperties:
+        """Get the current Desired Properties. Only the latest version is returned, any versions
+        between the last obtained one and the current one are skipped."""
+    def get_desired_properties_if_newer(self, version: Optional[int] = None) -> Optional[DesiredProperties]:
+        """Get the current Desired Properties if their version is higher than version or if
+        version is None. Otherwise, return None."""
+    def update_reported_properties(self, properties: dict) -> None:
+        """Enqueue an update of the Reported Properties to be sent to the Platform.
+
+        This method saves these Reported Properties persistently in the local database file. The
+        update will be sent asynchronously when possible. To be sure that it has been sent to the
+        Platform, call any_pending_reported_properties_updates."""
+    @property
+    def any_pending_reported_properties_updates(self) -> bool:
+        """(Read-only) Whether are there any updates to Reported Properties that are yet to be
+        sent to the Platform."""
+    def close(self) -> None:
+        """Stop the background communication and release the database file. Messages not sent yet
+        stay in the database and are sent by the next client started with it."""
+    def __enter__(self) -> "DeviceClient": ...
+    def __exit__(self, exc_type: object = None, exc_value: object = None, traceback: object = None) -> bool: ...

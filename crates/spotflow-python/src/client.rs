@@ -1,0 +1,294 @@
+//! `DeviceClient` and `StreamSender`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
+use spotflow_device::Message;
+
+use crate::types::{dict_to_json, Compression, DesiredProperties, ProvisioningOperation};
+use crate::{logging, run_detached, run_interruptible, to_py};
+
+/// Clients still open, closed at interpreter exit.
+static OPEN: Mutex<Vec<Weak<spotflow_device::DeviceClient>>> = Mutex::new(Vec::new());
+
+fn register(client: &Arc<spotflow_device::DeviceClient>) {
+    let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    open.retain(|w| w.strong_count() > 0);
+    open.push(Arc::downgrade(client));
+}
+
+/// Closes every client still open (at most 2 s each): acknowledgements are flushed to the
+/// database, the connection and the database file are closed.
+pub fn close_all(py: Python<'_>) {
+    let open: Vec<_> = std::mem::take(&mut *OPEN.lock().unwrap_or_else(|p| p.into_inner()));
+    for client in open.into_iter().filter_map(|w| w.upgrade()) {
+        let _ = run_detached(py, async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
+            Ok(())
+        });
+    }
+}
+
+/// The default display of a provisioning operation: printed to `sys.stdout`.
+fn print_operation(py: Python<'_>, op: &spotflow_device::ProvisioningOperation) -> PyResult<()> {
+    let mut text = Vec::new();
+    spotflow_device::write_provisioning_operation(&mut text, op)
+        .map_err(|e| crate::SpotflowError::new_err(e.to_string()))?;
+    let text = String::from_utf8_lossy(&text);
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("end", "")?;
+    kwargs.set_item("flush", true)?;
+    py.import("builtins")?.call_method("print", (text,), Some(&kwargs))?;
+    Ok(())
+}
+
+/// A client connected to the Platform. Create its instance using `DeviceClient.start`.
+///
+/// The client stores all outgoing communication in the local database file and sends it from a
+/// background thread, so it works even when the connection is unreliable.
+#[pyclass(frozen, module = "spotflow_device", name = "DeviceClient")]
+pub struct DeviceClient {
+    client: Arc<spotflow_device::DeviceClient>,
+}
+
+#[pymethods]
+impl DeviceClient {
+    /// Start communicating with the Platform; provisions the Device and waits for its approval if
+    /// it is not registered yet (or its Registration Token expired).
+    #[staticmethod]
+    #[pyo3(signature = (device_id, provisioning_token, db, instance=None, display_provisioning_operation_callback=None, desired_properties_updated_callback=None))]
+    fn start(
+        py: Python<'_>,
+        device_id: Option<String>,
+        provisioning_token: String,
+        db: PathBuf,
+        instance: Option<String>,
+        display_provisioning_operation_callback: Option<Py<PyAny>>,
+        desired_properties_updated_callback: Option<Py<PyAny>>,
+    ) -> PyResult<DeviceClient> {
+        for (name, cb) in [
+            ("display_provisioning_operation_callback", &display_provisioning_operation_callback),
+            ("desired_properties_updated_callback", &desired_properties_updated_callback),
+        ] {
+            if let Some(cb) = cb {
+                if !cb.bind(py).is_callable() {
+                    return Err(PyTypeError::new_err(format!(
+                        "{name} must be callable or None, not {}",
+                        cb.bind(py).get_type().name()?
+                    )));
+                }
+            }
+        }
+        logging::refresh_threshold(py);
+        let mut builder = spotflow_device::DeviceClient::builder(device_id, provisioning_token, db);
+        if let Some(instance) = instance {
+            builder = builder.instance(instance);
+        }
+        builder = builder.display_provisioning_operation_callback(move |op| {
+            if logging::stopped() {
+                return;
+            }
+            Python::attach(|py| {
+                let shown = match &display_provisioning_operation_callback {
+                    Some(cb) => Py::new(py, ProvisioningOperation::from(op)).and_then(|op| cb.call1(py, (op,)).map(drop)),
+                    None => print_operation(py, op),
+                };
+                if let Err(e) = shown {
+                    logging::log_exception(py, "display_provisioning_operation_callback", e);
+                }
+            })
+        });
+        if let Some(cb) = desired_properties_updated_callback {
+            builder = builder.desired_properties_updated_callback(move |desired| {
+                if logging::stopped() {
+                    return;
+                }
+                Python::attach(|py| {
+                    let called =
+                        DesiredProperties::new(py, &desired).and_then(|d| Py::new(py, d)).and_then(|d| cb.call1(py, (d,)));
+                    if let Err(e) = called {
+                        logging::log_exception(py, "desired_properties_updated_callback", e);
+                    }
+                })
+            });
+        }
+        let client = Arc::new(run_interruptible(py, builder.start())?);
+        register(&client);
+        Ok(DeviceClient { client })
+    }
+
+    /// (Read-only) The ID of the Workspace to which the Device belongs.
+    #[getter]
+    fn workspace_id(&self) -> &str {
+        self.client.workspace_id()
+    }
+
+    /// (Read-only) The Device ID (may differ from the requested one if the technician overrode it).
+    #[getter]
+    fn device_id(&self) -> &str {
+        self.client.device_id()
+    }
+
+    /// Create a `StreamSender` for sending Messages to a Stream that is contained in a Stream Group.
+    #[pyo3(signature = (stream_group=None, stream=None, compression=Compression::Uncompressed))]
+    fn create_stream_sender(
+        &self,
+        stream_group: Option<String>,
+        stream: Option<String>,
+        compression: Option<Compression>,
+    ) -> PyResult<StreamSender> {
+        let compression = compression.unwrap_or(Compression::Uncompressed);
+        let sender = self
+            .client
+            .create_stream_sender(stream_group.as_deref(), stream.as_deref(), compression.into())
+            .map_err(to_py)?;
+        Ok(StreamSender { sender })
+    }
+
+    /// The number of Messages persisted in the local database file but not yet sent to the Platform.
+    #[getter]
+    fn pending_messages_count(&self) -> u64 {
+        self.client.pending_messages_count()
+    }
+
+    /// Block the current thread until all the Messages that have been previously enqueued are sent.
+    fn wait_enqueued_messages_sent(&self, py: Python<'_>) -> PyResult<()> {
+        let client = self.client.clone();
+        run_interruptible(py, async move { client.wait_enqueued_messages_sent().await })
+    }
+
+    /// Get the current Desired Properties.
+    fn get_desired_properties(&self, py: Python<'_>) -> PyResult<DesiredProperties> {
+        DesiredProperties::new(py, &self.client.get_desired_properties())
+    }
+
+    /// Get the current Desired Properties if their version is higher than `version` or if
+    /// `version` is None. Otherwise, return None.
+    #[pyo3(signature = (version=None))]
+    fn get_desired_properties_if_newer(&self, py: Python<'_>, version: Option<i64>) -> PyResult<Option<DesiredProperties>> {
+        // A negative version is older than any: the current properties are returned.
+        let version = version.and_then(|v| u64::try_from(v).ok());
+        self.client.get_desired_properties_if_newer(version).map(|d| DesiredProperties::new(py, &d)).transpose()
+    }
+
+    /// Enqueue an update of the Reported Properties to be sent to the Platform (persisted first).
+    fn update_reported_properties(&self, py: Python<'_>, properties: &Bound<'_, PyDict>) -> PyResult<()> {
+        let value = dict_to_json(py, properties)?;
+        let client = self.client.clone();
+        run_detached(py, async move { client.update_reported_properties(value).await })
+    }
+
+    /// (Read-only) Whether there are any updates to Reported Properties yet to be sent.
+    #[getter]
+    fn any_pending_reported_properties_updates(&self) -> bool {
+        self.client.any_pending_reported_properties_updates()
+    }
+
+    /// Stop the background communication and release the database file. Messages not sent yet
+    /// stay in the database and are sent by the next client started with it. Called by `with`
+    /// blocks and at interpreter exit; calling it again does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let client = self.client.clone();
+        run_interruptible(py, async move { client.close().await })
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (_exc_type=None, _exc_value=None, _traceback=None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: Option<Py<PyAny>>,
+        _exc_value: Option<Py<PyAny>>,
+        _traceback: Option<Py<PyAny>>,
+    ) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<DeviceClient workspace_id={:?} device_id={:?}>",
+            self.client.workspace_id(),
+            self.client.device_id()
+        )
+    }
+}
+
+/// A sender of Messages to a Stream. Create it with `DeviceClient.create_stream_sender`.
+#[pyclass(frozen, module = "spotflow_device", name = "StreamSender")]
+pub struct StreamSender {
+    sender: spotflow_device::StreamSender,
+}
+
+fn payload_bytes(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(b) = payload.cast::<PyBytes>() {
+        Ok(b.as_bytes().to_vec())
+    } else if let Ok(s) = payload.cast::<PyString>() {
+        Ok(s.to_cow()?.as_bytes().to_vec())
+    } else if let Ok(b) = payload.cast::<PyByteArray>() {
+        Ok(b.to_vec())
+    } else {
+        Err(PyTypeError::new_err(format!("payload must be str or bytes, not {}", payload.get_type().name()?)))
+    }
+}
+
+fn message(
+    payload: &Bound<'_, PyAny>,
+    batch_id: Option<String>,
+    message_id: Option<String>,
+    batch_slice_id: Option<String>,
+    chunk_id: Option<String>,
+) -> PyResult<Message> {
+    Ok(Message::new(payload_bytes(payload)?).with_ids(batch_id, message_id, batch_slice_id, chunk_id))
+}
+
+#[pymethods]
+impl StreamSender {
+    /// Send a Message to the Platform: blocks until it (and every Message enqueued before it) is sent.
+    #[pyo3(signature = (payload, batch_id=None, message_id=None, batch_slice_id=None, chunk_id=None))]
+    fn send_message(
+        &self,
+        py: Python<'_>,
+        payload: &Bound<'_, PyAny>,
+        batch_id: Option<String>,
+        message_id: Option<String>,
+        batch_slice_id: Option<String>,
+        chunk_id: Option<String>,
+    ) -> PyResult<()> {
+        let message = message(payload, batch_id, message_id, batch_slice_id, chunk_id)?;
+        let sender = self.sender.clone();
+        run_interruptible(py, async move { sender.send_message(message).await })
+    }
+
+    /// Enqueue a Message to be sent to the Platform: returns once it is saved in the local database file.
+    #[pyo3(signature = (payload, batch_id=None, message_id=None, batch_slice_id=None, chunk_id=None))]
+    fn enqueue_message(
+        &self,
+        py: Python<'_>,
+        payload: &Bound<'_, PyAny>,
+        batch_id: Option<String>,
+        message_id: Option<String>,
+        batch_slice_id: Option<String>,
+        chunk_id: Option<String>,
+    ) -> PyResult<()> {
+        let message = message(payload, batch_id, message_id, batch_slice_id, chunk_id)?;
+        run_detached(py, self.sender.enqueue_message(message))
+    }
+
+    /// Enqueue the manual completion of the current Batch.
+    fn enqueue_batch_completion(&self, py: Python<'_>, batch_id: String) -> PyResult<()> {
+        run_detached(py, self.sender.enqueue_batch_completion(&batch_id))
+    }
+
+    /// Enqueue the manual completion of the current Message (with Message Chunking).
+    fn enqueue_message_completion(&self, py: Python<'_>, batch_id: String, message_id: String) -> PyResult<()> {
+        run_detached(py, self.sender.enqueue_message_completion(&batch_id, &message_id))
+    }
+}

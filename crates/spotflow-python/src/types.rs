@@ -1,0 +1,159 @@
+//! The value types of the module: `Compression`, `ProvisioningOperation`, `DesiredProperties`,
+//! and the conversions between JSON and Python objects.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use serde_json::Value;
+
+use crate::SpotflowError;
+
+/// The compression to use for sending a message.
+#[pyclass(eq, eq_int, frozen, hash, from_py_object, module = "spotflow_device", name = "Compression")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// Don't compress the message.
+    #[pyo3(name = "UNCOMPRESSED")]
+    Uncompressed = 0,
+    /// Compress the message with the fastest settings (LZ4).
+    #[pyo3(name = "FASTEST")]
+    Fastest = 1,
+    /// Compress the message with the settings that produce the smallest size (zstd level 19);
+    /// may be significantly slower.
+    #[pyo3(name = "SMALLEST_SIZE")]
+    SmallestSize = 2,
+}
+
+#[pymethods]
+impl Compression {
+    fn __repr__(&self) -> String {
+        format!("<Compression.{}: {}>", self.name(), *self as u8)
+    }
+
+    fn __str__(&self) -> String {
+        format!("Compression.{}", self.name())
+    }
+}
+
+impl Compression {
+    fn name(self) -> &'static str {
+        match self {
+            Compression::Uncompressed => "UNCOMPRESSED",
+            Compression::Fastest => "FASTEST",
+            Compression::SmallestSize => "SMALLEST_SIZE",
+        }
+    }
+}
+
+impl From<Compression> for spotflow_device::Compression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::Uncompressed => spotflow_device::Compression::Uncompressed,
+            Compression::Fastest => spotflow_device::Compression::Fastest,
+            Compression::SmallestSize => spotflow_device::Compression::SmallestSize,
+        }
+    }
+}
+
+/// The summary of an ongoing Provisioning Operation, given to the
+/// `display_provisioning_operation_callback` of `DeviceClient.start`.
+#[pyclass(frozen, get_all, module = "spotflow_device", name = "ProvisioningOperation")]
+pub struct ProvisioningOperation {
+    /// The ID of this Provisioning Operation.
+    pub id: String,
+    /// The verification code of this Provisioning Operation.
+    pub verification_code: String,
+    /// The expiration time of this Provisioning Operation (RFC 3339).
+    pub expiration_time: String,
+}
+
+impl From<&spotflow_device::ProvisioningOperation> for ProvisioningOperation {
+    fn from(op: &spotflow_device::ProvisioningOperation) -> Self {
+        ProvisioningOperation {
+            id: op.id.clone(),
+            verification_code: op.verification_code.clone(),
+            expiration_time: op.expiration_time_rfc3339(),
+        }
+    }
+}
+
+#[pymethods]
+impl ProvisioningOperation {
+    fn __repr__(&self) -> String {
+        format!(
+            "ProvisioningOperation(id={:?}, verification_code={:?}, expiration_time={:?})",
+            self.id, self.verification_code, self.expiration_time
+        )
+    }
+}
+
+/// A wrapper of Desired Properties: `version` and `values` (a dict).
+#[pyclass(frozen, get_all, module = "spotflow_device", name = "DesiredProperties")]
+pub struct DesiredProperties {
+    /// The version of the current properties.
+    pub version: u64,
+    /// The dictionary containing the values of the individual properties.
+    pub values: Py<PyDict>,
+}
+
+impl DesiredProperties {
+    pub fn new(py: Python<'_>, state: &spotflow_device::DesiredProperties) -> PyResult<Self> {
+        let values = PyDict::new(py);
+        for (k, v) in &state.values {
+            values.set_item(k, json_to_py(py, v)?)?;
+        }
+        Ok(DesiredProperties { version: state.version, values: values.unbind() })
+    }
+}
+
+#[pymethods]
+impl DesiredProperties {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("DesiredProperties(version={}, values={})", self.version, self.values.bind(py).repr()?))
+    }
+}
+
+/// A JSON value as the Python object `json.loads` would give.
+pub fn json_to_py(py: Python<'_>, v: &Value) -> PyResult<Py<PyAny>> {
+    Ok(match v {
+        Value::Null => py.None(),
+        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any().unbind()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any().unbind()
+            } else {
+                n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any().unbind()
+            }
+        }
+        Value::String(s) => s.into_pyobject(py)?.into_any().unbind(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(json_to_py(py, item)?)?;
+            }
+            list.into_any().unbind()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, item) in map {
+                dict.set_item(k, json_to_py(py, item)?)?;
+            }
+            dict.into_any().unbind()
+        }
+    })
+}
+
+/// A Python dict as JSON, through the standard `json` module (so that it accepts exactly what
+/// `json.dumps` accepts; NaN and infinities are refused, as JSON has none).
+pub fn dict_to_json(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<Value> {
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("allow_nan", false)?;
+    let text: String = py
+        .import("json")?
+        .call_method("dumps", (dict,), Some(&kwargs))
+        .map_err(|e| SpotflowError::new_err(format!("the properties cannot be serialized to JSON: {e}")))?
+        .extract()?;
+    serde_json::from_str(&text)
+        .map_err(|e| SpotflowError::new_err(format!("the properties cannot be serialized to JSON: {e}")))
+}

@@ -1,0 +1,341 @@
+"""The reference API of `spotflow_device`, end to end against the emulator process."""
+
+import base64
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import spotflow_device
+from spotflow_device import (
+    Compression,
+    DesiredProperties,
+    DeviceClient,
+    ProvisioningOperation,
+    SpotflowError,
+    StreamSender,
+)
+
+from conftest import wait_until
+
+
+def hub_id(client):
+    return f"{client.workspace_id}:{client.device_id}"
+
+
+def start(emulator, token, db, device_id, approver, **kwargs):
+    return DeviceClient.start(
+        device_id=device_id,
+        provisioning_token=token,
+        db=str(db),
+        instance=emulator.instance,
+        display_provisioning_operation_callback=approver,
+        **kwargs,
+    )
+
+
+def test_module_exports_the_reference_names():
+    for name in ["DeviceClient", "StreamSender", "Compression", "ProvisioningOperation", "DesiredProperties", "SpotflowError"]:
+        assert hasattr(spotflow_device, name)
+    assert issubclass(SpotflowError, Exception)
+    assert [Compression.UNCOMPRESSED, Compression.FASTEST, Compression.SMALLEST_SIZE] == [
+        Compression.UNCOMPRESSED,
+        Compression.FASTEST,
+        Compression.SMALLEST_SIZE,
+    ]
+    assert int(Compression.UNCOMPRESSED) == 0 and int(Compression.FASTEST) == 1 and int(Compression.SMALLEST_SIZE) == 2
+    assert repr(Compression.UNCOMPRESSED) == "<Compression.UNCOMPRESSED: 0>"
+    assert Compression.FASTEST != Compression.SMALLEST_SIZE
+
+
+def test_provisioning_with_custom_display_then_telemetry(emulator, token, approver, tmp_path):
+    client = start(emulator, token, tmp_path / "device.db", "py-basic", approver)
+    try:
+        assert len(approver.operations) == 1
+        op = approver.operations[0]
+        assert isinstance(op, ProvisioningOperation)
+        assert op.id and op.verification_code
+        assert op.expiration_time.endswith(("Z", "+00:00")) and "T" in op.expiration_time
+        assert client.device_id == "py-basic"
+        assert client.workspace_id
+        sender = client.create_stream_sender()
+        assert isinstance(sender, StreamSender)
+        sender.enqueue_message("text payload")
+        sender.enqueue_message(b"\xff\xfebinary")
+        sender.enqueue_message(bytearray(b"from a bytearray"))
+        sender.send_message(json.dumps({"temperatureCelsius": 21.5}).encode())
+        # send_message returns after this and every earlier message was acknowledged.
+        assert client.pending_messages_count == 0
+        for i in range(200):
+            sender.enqueue_message(f"message {i}")
+        client.wait_enqueued_messages_sent()
+        assert client.pending_messages_count == 0
+        stored = emulator.messages(hub_id(client))
+        texts = [m.get("payload") for m in stored]
+        assert texts[0] == "text payload"
+        assert stored[1]["payloadHex"] == "fffe" + b"binary".hex()
+        assert texts[2] == "from a bytearray"
+        assert json.loads(texts[3]) == {"temperatureCelsius": 21.5}
+        assert texts[4:] == [f"message {i}" for i in range(200)]
+        assert all(m["streamGroup"] is None and m["stream"] is None for m in stored)
+    finally:
+        client.close()
+
+
+def test_default_display_prints_the_operation(emulator, token, tmp_path, capsys):
+    approving = threading.Thread(target=emulator.approve_next, args=("py-default-display",), daemon=True)
+    approving.start()
+    with DeviceClient.start("py-default-display", token, str(tmp_path / "d.db"), emulator.instance) as client:
+        assert client.device_id == "py-default-display"
+    approving.join(timeout=30)
+    out = capsys.readouterr().out
+    assert "Provisioning operation initialized, waiting for approval." in out
+    op = [o for o in emulator.operations() if o.get("requestedDeviceId") == "py-default-display"][0]
+    assert f"Operation ID: {op['id']}" in out
+    assert f"Verification Code: {op['verificationCode']}" in out
+    assert "Expiration Time: " in out
+
+
+def test_technician_overrides_the_device_id(emulator, token, approver, tmp_path):
+    approver.device_id = "py-overridden"
+    with start(emulator, token, tmp_path / "o.db", None, approver) as client:
+        assert client.device_id == "py-overridden"
+        client.create_stream_sender().send_message("hello")
+        assert [m["payload"] for m in emulator.messages(hub_id(client))] == ["hello"]
+
+
+def test_streams_ids_completions_and_compression(emulator, token, approver, tmp_path):
+    with start(emulator, token, tmp_path / "s.db", "py-streams", approver) as client:
+        payload = json.dumps({"values": list(range(200))})
+        for compression in [Compression.UNCOMPRESSED, Compression.FASTEST, Compression.SMALLEST_SIZE, None]:
+            sender = client.create_stream_sender("sensors", "temperature", compression)
+            sender.enqueue_message(payload, batch_id="b1", message_id="m1", batch_slice_id="s1", chunk_id="c1")
+        named = client.create_stream_sender(stream_group="sensors", stream="humidity", compression=Compression.FASTEST)
+        named.enqueue_message(payload, "b2", "m2")
+        named.enqueue_message_completion("b2", "m2")
+        named.enqueue_batch_completion("b2")
+        group_only = client.create_stream_sender("sensors")
+        group_only.send_message("default stream of the group")
+        stored = emulator.messages(hub_id(client))
+        assert len(stored) == 8
+        for m, encoding in zip(stored[:4], [None, "lz4", "zstd", None]):
+            assert (m["streamGroup"], m["stream"]) == ("sensors", "temperature")
+            assert (m["batchId"], m["messageId"], m["batchSliceId"], m["chunkId"]) == ("b1", "m1", "s1", "c1")
+            assert m["contentEncoding"] == encoding
+            assert m["payload"] == payload
+        assert (stored[4]["stream"], stored[4]["batchId"], stored[4]["messageId"], stored[4]["payload"]) == (
+            "humidity", "b2", "m2", payload)
+        assert stored[5]["completeMessage"] and (stored[5]["batchId"], stored[5]["messageId"]) == ("b2", "m2")
+        assert stored[6]["completeBatch"] and stored[6]["batchId"] == "b2"
+        assert (stored[7]["streamGroup"], stored[7]["stream"]) == ("sensors", None)
+
+
+def test_desired_properties_callback_reports_from_inside(emulator, token, approver, tmp_path):
+    seen = []
+    errors = []
+    lock = threading.Lock()
+    holder = {}
+
+    def on_desired(desired):
+        with lock:
+            seen.append((desired.version, dict(desired.values), threading.get_ident()))
+        client = holder.get("client")  # the first call may come before `start` returns
+        if client is not None:
+            try:
+                # The whole interface is thread-safe and may be used from the callback.
+                client.update_reported_properties({"applied": desired.values.get("interval")})
+            except Exception as e:  # recorded, the test fails below
+                errors.append(e)
+
+    client = None
+    try:
+        client = DeviceClient.start("py-desired", token, str(tmp_path / "p.db"), emulator.instance, approver, on_desired)
+        holder["client"] = client
+        wait_until(lambda: seen, 10, "the initial desired properties callback")
+        version = emulator.set_desired(hub_id(client), {"interval": 30, "nested": {"a": [1, 2.5, None, True, "x"]}})
+        wait_until(lambda: any(v == version for v, _, _ in seen), 10, "the callback with the new version")
+        with lock:
+            last = [s for s in seen if s[0] == version][-1]
+        assert last[1] == {"interval": 30, "nested": {"a": [1, 2.5, None, True, "x"]}}
+        assert last[2] != threading.get_ident(), "the callback runs in a separate thread"
+        assert not errors, errors
+        wait_until(
+            lambda: emulator.twin(hub_id(client))["reported"].get("applied") == 30,
+            10,
+            "the reported update made from inside the callback",
+        )
+        current = client.get_desired_properties()
+        assert isinstance(current, DesiredProperties)
+        assert current.version == version and current.values["interval"] == 30
+        assert client.get_desired_properties_if_newer(version) is None
+        assert client.get_desired_properties_if_newer(version + 5) is None
+        assert client.get_desired_properties_if_newer(version - 1).version == version
+        assert client.get_desired_properties_if_newer().version == version
+        assert client.get_desired_properties_if_newer(None).version == version
+    finally:
+        if client:
+            client.close()
+
+
+def test_reported_properties(emulator, token, approver, tmp_path):
+    with start(emulator, token, tmp_path / "r.db", "py-reported", approver) as client:
+        client.update_reported_properties({"firmware": "1.2.3", "battery": {"level": 0.93, "charging": False}})
+        wait_until(lambda: not client.any_pending_reported_properties_updates, 10, "the reported update to be sent")
+        reported = emulator.twin(hub_id(client))["reported"]
+        assert reported["firmware"] == "1.2.3"
+        assert reported["battery"] == {"level": 0.93, "charging": False}
+        client.update_reported_properties({"firmware": "2.0.0"})
+        wait_until(lambda: not client.any_pending_reported_properties_updates, 10, "the second update")
+        reported = emulator.twin(hub_id(client))["reported"]
+        assert reported["firmware"] == "2.0.0"
+        assert "battery" not in reported, "update_reported_properties replaces the whole document"
+
+
+def test_offline_start_with_the_stored_registration(emulator, token, approver, tmp_path):
+    db = str(tmp_path / "offline.db")
+    with start(emulator, token, db, "py-offline", approver) as client:
+        client.create_stream_sender().send_message("online")
+        hub = hub_id(client)
+    emulator.stop()
+    try:
+        # No platform: the stored registration is enough, messages wait in the database.
+        with DeviceClient.start("py-offline", token, db, emulator.instance, approver) as client:
+            assert client.device_id == "py-offline"
+            sender = client.create_stream_sender()
+            for i in range(50):
+                sender.enqueue_message(f"offline {i}")
+            assert client.pending_messages_count == 50
+        assert len(approver.operations) == 1, "no new provisioning"
+    finally:
+        emulator.start()
+    with DeviceClient.start("py-offline", token, db, emulator.instance, approver) as client:
+        client.wait_enqueued_messages_sent()
+        assert client.pending_messages_count == 0
+    assert [m["payload"] for m in emulator.messages(hub)] == ["online"] + [f"offline {i}" for i in range(50)]
+
+
+def test_bad_arguments(emulator, token, approver, tmp_path):
+    with pytest.raises(SpotflowError, match=r"\.db"):
+        DeviceClient.start("py-bad", token, str(tmp_path / "spotflow.sqlite"), emulator.instance, approver)
+    with pytest.raises(TypeError):
+        DeviceClient.start(5, token, str(tmp_path / "a.db"), emulator.instance, approver)
+    with pytest.raises(TypeError):
+        DeviceClient.start("py-bad", None, str(tmp_path / "a.db"), emulator.instance, approver)
+    with pytest.raises(TypeError):
+        DeviceClient.start("py-bad", token, str(tmp_path / "a.db"), emulator.instance, "not callable")
+    with pytest.raises(TypeError):
+        DeviceClient.start("py-bad", token)
+    with pytest.raises(SpotflowError, match="instance"):
+        DeviceClient.start("py-bad", token, str(tmp_path / "a.db"), "ftp://example.com", approver)
+    with pytest.raises(SpotflowError):
+        DeviceClient.start("py-bad", "not-a-token", str(tmp_path / "b.db"), emulator.instance, approver)
+
+    with start(emulator, token, tmp_path / "ok.db", "py-bad", approver) as client:
+        with pytest.raises(TypeError):
+            client.update_reported_properties(["not", "a", "dict"])
+        with pytest.raises(TypeError):
+            client.update_reported_properties("{}")
+        with pytest.raises(SpotflowError, match="JSON"):
+            client.update_reported_properties({"value": object()})
+        with pytest.raises(SpotflowError, match="JSON"):
+            client.update_reported_properties({"value": float("nan")})
+        with pytest.raises(TypeError):
+            client.create_stream_sender(compression="FASTEST")
+        with pytest.raises(SpotflowError, match="stream group"):
+            client.create_stream_sender("")
+        with pytest.raises(SpotflowError, match="stream"):
+            client.create_stream_sender("group", "with\ncontrol character")
+        with pytest.raises(TypeError):
+            client.get_desired_properties_if_newer("1")
+        sender = client.create_stream_sender()
+        with pytest.raises(TypeError, match="payload must be str or bytes"):
+            sender.enqueue_message(12)
+        with pytest.raises(TypeError):
+            sender.enqueue_message(None)
+        with pytest.raises(TypeError):
+            sender.enqueue_message("x", batch_id=1)
+        with pytest.raises(SpotflowError):
+            sender.enqueue_message(b"x" * (16 * 1024 * 1024 + 1))
+        with pytest.raises(SpotflowError, match="message id"):
+            sender.enqueue_message("x", message_id="")
+        with pytest.raises(TypeError):
+            sender.enqueue_batch_completion(None)
+        assert client.pending_messages_count == 0
+    # A closed client refuses work with a clear error.
+    with pytest.raises(SpotflowError, match="closed"):
+        sender.enqueue_message("after close")
+    with pytest.raises(SpotflowError, match="closed"):
+        client.update_reported_properties({"a": 1})
+
+
+def test_a_database_held_by_a_live_client_is_refused(emulator, token, approver, tmp_path):
+    db = str(tmp_path / "locked.db")
+    with start(emulator, token, db, "py-locked", approver):
+        with pytest.raises(SpotflowError, match="locked.db"):
+            start(emulator, token, db, "py-locked", approver)
+    # Closed: the file is free again.
+    with start(emulator, token, db, "py-locked", approver) as client:
+        assert client.device_id == "py-locked"
+
+
+def test_background_events_reach_the_logging_module(emulator, token, approver, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="spotflow_device")
+    with start(emulator, token, tmp_path / "l.db", "py-logging", approver) as client:
+        client.create_stream_sender().send_message("logged")
+        wait_until(
+            lambda: any(r.name == "spotflow_device" and "connected" in r.getMessage() for r in caplog.records),
+            10,
+            "a 'connected' record from the spotflow_device logger",
+        )
+    records = [r for r in caplog.records if r.name == "spotflow_device"]
+    assert any("registered" in r.getMessage() for r in records)
+    assert all(token not in r.getMessage() for r in caplog.records), "the provisioning token is never logged"
+
+
+def test_callback_exceptions_are_logged_not_raised(emulator, token, approver, tmp_path, caplog):
+    def failing(desired):
+        raise RuntimeError("callback failure for the test")
+
+    caplog.set_level(logging.ERROR, logger="spotflow_device")
+    with start(emulator, token, tmp_path / "e.db", "py-cb-error", approver, desired_properties_updated_callback=failing) as client:
+        wait_until(
+            lambda: any("callback failure for the test" in r.getMessage() for r in caplog.records),
+            10,
+            "the logged callback exception",
+        )
+        client.create_stream_sender().send_message("still works")
+    record = [r for r in caplog.records if "callback failure" in r.getMessage()][0]
+    assert record.name == "spotflow_device" and record.exc_info is not None
+
+
+def test_the_reference_basic_usage_example_runs(emulator, token, tmp_path):
+    """The reference's example, unmodified but for the token, the instance and the loop count."""
+    example = (pathlib.Path(__file__).parent.parent / "examples" / "basic_usage.py").read_text()
+    assert 'provisioning_token="<Your Provisioning Token>", db="spotflow.db")' in example
+    assert "for i in range(0, 60):" in example
+    example = example.replace(
+        'provisioning_token="<Your Provisioning Token>", db="spotflow.db")',
+        f'provisioning_token="{token}", db="spotflow.db", instance="{emulator.instance}")',
+    ).replace("for i in range(0, 60):", "for i in range(0, 2):")
+    script = tmp_path / "basic_usage.py"
+    script.write_text(example)
+    approving = threading.Thread(target=emulator.approve_next, args=("my-device",), daemon=True)
+    approving.start()
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, SSL_CERT_FILE=emulator.ca_path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Verification Code:" in done.stdout
+    printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 2
+    ws = [d for d in emulator.admin("GET", "/admin/devices") if d["deviceId"] == "my-device"][0]["workspaceId"]
+    stored = [json.loads(m["payload"]) for m in emulator.messages(f"{ws}:my-device")]
+    assert stored == printed
+    assert (tmp_path / "spotflow.db").exists()
