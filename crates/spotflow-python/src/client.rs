@@ -94,7 +94,9 @@ impl DeviceClient {
             }
             Python::attach(|py| {
                 let shown = match &display_provisioning_operation_callback {
-                    Some(cb) => Py::new(py, ProvisioningOperation::from(op)).and_then(|op| cb.call1(py, (op,)).map(drop)),
+                    Some(cb) => {
+                        Py::new(py, ProvisioningOperation::from(op)).and_then(|op| cb.call1(py, (op,)).map(drop))
+                    }
                     None => print_operation(py, op),
                 };
                 if let Err(e) = shown {
@@ -108,8 +110,9 @@ impl DeviceClient {
                     return;
                 }
                 Python::attach(|py| {
-                    let called =
-                        DesiredProperties::new(py, &desired).and_then(|d| Py::new(py, d)).and_then(|d| cb.call1(py, (d,)));
+                    let called = DesiredProperties::new(py, &desired)
+                        .and_then(|d| Py::new(py, d))
+                        .and_then(|d| cb.call1(py, (d,)));
                     if let Err(e) = called {
                         logging::log_exception(py, "desired_properties_updated_callback", e);
                     }
@@ -169,7 +172,11 @@ impl DeviceClient {
     /// Get the current Desired Properties if their version is higher than `version` or if
     /// `version` is None. Otherwise, return None.
     #[pyo3(signature = (version=None))]
-    fn get_desired_properties_if_newer(&self, py: Python<'_>, version: Option<i64>) -> PyResult<Option<DesiredProperties>> {
+    fn get_desired_properties_if_newer(
+        &self,
+        py: Python<'_>,
+        version: Option<i64>,
+    ) -> PyResult<Option<DesiredProperties>> {
         // A negative version is older than any: the current properties are returned.
         let version = version.and_then(|v| u64::try_from(v).ok());
         self.client.get_desired_properties_if_newer(version).map(|d| DesiredProperties::new(py, &d)).transpose()
@@ -213,11 +220,7 @@ impl DeviceClient {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "<DeviceClient workspace_id={:?} device_id={:?}>",
-            self.client.workspace_id(),
-            self.client.device_id()
-        )
+        format!("<DeviceClient workspace_id={:?} device_id={:?}>", self.client.workspace_id(), self.client.device_id())
     }
 }
 

@@ -72,7 +72,8 @@ where
 {
     let mut task = runtime().spawn(f);
     loop {
-        let polled = py.detach(|| block_on(async { tokio::time::timeout(Duration::from_millis(100), &mut task).await }));
+        let polled =
+            py.detach(|| block_on(async { tokio::time::timeout(Duration::from_millis(100), &mut task).await }));
         match polled {
             Ok(Ok(result)) => return result.map_err(to_py),
             Ok(Err(join)) => return Err(SpotflowError::new_err(format!("internal error: {join}"))),

@@ -22,7 +22,7 @@ from spotflow_device import (
     StreamSender,
 )
 
-from conftest import wait_until
+from emulator_process import wait_until
 
 
 def hub_id(client):

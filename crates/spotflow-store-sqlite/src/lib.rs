@@ -159,7 +159,8 @@ impl SqliteStore {
             .name("spotflow-sqlite".into())
             .spawn(move || {
                 let worker = open_connection(&worker_path, options.durability, options.max_bytes)
-                    .and_then(|c| Worker::new(c, worker_path, options.min_free_bytes));
+                    .and_then(|c| Worker::new(c, worker_path, options.min_free_bytes))
+                    .map(|w| Worker { relaxed_removals: options.durability == Durability::PowerLossSafe, ..w });
                 match worker {
                     Ok(w) => {
                         ready(Ok(()));
@@ -248,6 +249,10 @@ struct Worker {
     min_free: u64,
     /// Bytes appended since free space was last checked (`None`: check before the next append).
     since_check: Option<u64>,
+    /// Removals commit without their own fsync (see [`Worker::remove`]).
+    relaxed_removals: bool,
+    /// `synchronous=FULL` could not be restored after a removal: appends retry it first.
+    sync_relaxed: bool,
 }
 
 fn opt(s: Option<String>) -> Option<Arc<str>> {
@@ -272,6 +277,8 @@ impl Worker {
             last_seq: last_seq as u64,
             min_free,
             since_check: None,
+            relaxed_removals: false,
+            sync_relaxed: false,
         })
     }
 
@@ -349,6 +356,7 @@ impl Worker {
         }
         let path = self.path.clone();
         let result = (|| -> rusqlite::Result<Vec<(u64, u64, u64)>> {
+            self.restore_full_sync()?;
             let tx = self.conn.transaction()?;
             let mut firsts = Vec::with_capacity(appends.len());
             {
@@ -500,7 +508,31 @@ impl Worker {
         rows.collect()
     }
 
+    /// Removes acknowledged messages. With `synchronous=FULL`, the removal commits without an
+    /// fsync of its own (`synchronous=NORMAL` for this transaction): the next append's commit
+    /// syncs it together with the append, and a removal lost to a power cut only means a
+    /// redelivery that the platform drops by its message key. The appends' own fsync, which the
+    /// durability promise rests on, is untouched; a single sender then pays one fsync per
+    /// message instead of one per message plus one per acknowledgement batch.
     fn remove(&mut self, seqs: &[u64]) -> rusqlite::Result<()> {
+        if !self.relaxed_removals {
+            return self.remove_in_transaction(seqs);
+        }
+        self.sync_relaxed = true;
+        self.conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        let removed = self.remove_in_transaction(seqs);
+        self.restore_full_sync().and(removed)
+    }
+
+    fn restore_full_sync(&mut self) -> rusqlite::Result<()> {
+        if self.sync_relaxed {
+            self.conn.execute_batch("PRAGMA synchronous=FULL")?;
+            self.sync_relaxed = false;
+        }
+        Ok(())
+    }
+
+    fn remove_in_transaction(&mut self, seqs: &[u64]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         let mut removed = (0u64, 0u64);
         {
@@ -582,5 +614,36 @@ impl Store for SqliteStore {
             Err(e) if matches!(&e, Error::Store { context, .. } if context.contains("thread stopped")) => Ok(()),
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(w: &Worker) -> i64 {
+        w.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn removals_skip_their_fsync_but_appends_stay_fully_synchronous() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let conn = open_connection(&path, Durability::PowerLossSafe, None).unwrap();
+        let mut w = Worker { relaxed_removals: true, ..Worker::new(conn, path, 0).unwrap() };
+        assert_eq!(synchronous(&w), 2, "FULL");
+        let (reply, _rx) = oneshot::channel();
+        let mut appends = vec![(vec![spotflow_core::testkit::sample_message(1)], reply)];
+        w.append_group(&mut appends);
+        assert_eq!(w.count, 1);
+        w.remove(&[1]).unwrap();
+        assert_eq!(w.count, 0);
+        assert_eq!(synchronous(&w), 2, "FULL again after the removal");
+        // A failed restore is retried before the next append.
+        w.sync_relaxed = true;
+        w.conn.execute_batch("PRAGMA synchronous=NORMAL").unwrap();
+        let (reply, _rx) = oneshot::channel();
+        w.append_group(&mut vec![(vec![spotflow_core::testkit::sample_message(2)], reply)]);
+        assert_eq!(synchronous(&w), 2);
     }
 }
