@@ -339,3 +339,16 @@ def test_the_reference_basic_usage_example_runs(emulator, token, tmp_path):
     stored = [json.loads(m["payload"]) for m in emulator.messages(f"{ws}:my-device")]
     assert stored == printed
     assert (tmp_path / "spotflow.db").exists()
+
+
+def test_durability_from_the_environment(emulator, token, approver, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPOTFLOW_DURABILITY", "sometimes")
+    with pytest.raises(SpotflowError, match="SPOTFLOW_DURABILITY"):
+        start(emulator, token, tmp_path / "d.db", "py-durability", approver)
+    monkeypatch.setenv("SPOTFLOW_DURABILITY", "crash-safe")
+    with start(emulator, token, tmp_path / "d.db", "py-durability", approver) as client:
+        sender = client.create_stream_sender()
+        for i in range(100):
+            sender.enqueue_message(f"crash-safe {i}")
+        client.wait_enqueued_messages_sent()
+        assert [m["payload"] for m in emulator.messages(hub_id(client))] == [f"crash-safe {i}" for i in range(100)]

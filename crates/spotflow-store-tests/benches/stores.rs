@@ -94,6 +94,8 @@ fn main() {
         return rss_run(&args[i + 1], std::path::Path::new(&args[i + 2]));
     }
     let quick = args.iter().any(|a| a == "--quick");
+    // `--only <backend>`: one backend, no 1M phase (for quick experiments).
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let runs = if quick { 1 } else { 3 };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -103,7 +105,7 @@ fn main() {
         "{:<26} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12}",
         "backend", "1 sender", "8", "64", "1/raw", "64/raw", "drain del/s"
     );
-    for backend in spotflow_store_tests::BACKENDS {
+    for &backend in spotflow_store_tests::BACKENDS.iter().filter(|b| only.as_deref().is_none_or(|o| o == **b)) {
         let mut by_senders = Vec::new();
         let mut drains = Vec::new();
         for senders in [1usize, 8, 64] {
@@ -136,7 +138,7 @@ fn main() {
             median(drains)
         );
     }
-    if quick {
+    if quick || only.is_some() {
         return;
     }
     println!("1,000,000 queued messages of 256 bytes (appended in batches of 1000), each backend in a fresh process:");
