@@ -133,6 +133,12 @@ impl OutgoingQueue {
         (!self.to_remove.is_empty()).then(|| std::mem::take(&mut self.to_remove))
     }
 
+    /// Acknowledged messages waiting for [`OutgoingQueue::poll_remove`] (a driver may let them
+    /// gather, to remove many in one store transaction).
+    pub fn removals_pending(&self) -> usize {
+        self.to_remove.len()
+    }
+
     /// Removal failed: try again later (the messages stay acknowledged).
     pub fn handle_remove_failed(&mut self, seqs: Vec<u64>) {
         self.to_remove.extend(seqs);

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use serde_json::Value;
 use spotflow_core::{
     validate_name, Backoff, Compression, DesiredState, DesiredTracker, Error, MessageKind, OutgoingMessage,
-    OutgoingQueue, PlatformApi, ProvisioningOperation, ReportedTracker, Result, Secret, Store, StreamTarget, Transport,
+    OutgoingQueue, PlatformApi, ProvisioningOperation, QueuedMessage, ReportedTracker, Result, Secret, Store,
+    StreamTarget, Transport,
 };
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
@@ -36,9 +37,62 @@ pub(crate) struct Shared {
     /// Whether a reported update is pending, and the status that rejected it.
     reported: watch::Sender<(bool, Option<u16>)>,
     connected: AtomicBool,
+    /// The latest appended messages, so that the worker need not read back from the store what
+    /// was just written to it (a read competes with the next append for the store).
+    recent: Mutex<RecentAppends>,
 }
 
+/// Messages just appended, in sequence order, bounded in count and bytes.
+#[derive(Default)]
+pub(crate) struct RecentAppends {
+    messages: std::collections::VecDeque<QueuedMessage>,
+    bytes: usize,
+}
+
+/// Bounds of [`RecentAppends`]: beyond them the oldest entries go (the worker then reads them
+/// from the store).
+const RECENT_MAX_MESSAGES: usize = 4096;
+const RECENT_MAX_BYTES: usize = 4 * 1024 * 1024;
+
 impl Shared {
+    fn remember_appended(&self, message: QueuedMessage) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let size = message.message.payload.len();
+        // Concurrent appends may finish out of order: keep the deque sorted.
+        let at = recent.messages.iter().rposition(|m| m.seq < message.seq).map_or(0, |i| i + 1);
+        recent.messages.insert(at, message);
+        recent.bytes += size;
+        while recent.messages.len() > RECENT_MAX_MESSAGES || recent.bytes > RECENT_MAX_BYTES {
+            let Some(old) = recent.messages.pop_front() else { break };
+            recent.bytes -= old.message.payload.len();
+        }
+    }
+
+    /// The messages after `after` through `through` (at most `limit`), if all of them are still
+    /// remembered; `None` when the store must be read.
+    pub fn take_recent(&self, after: Option<u64>, through: u64, limit: usize) -> Option<Vec<QueuedMessage>> {
+        let after = after.unwrap_or(0);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        while recent.messages.front().is_some_and(|m| m.seq <= after) {
+            if let Some(old) = recent.messages.pop_front() {
+                recent.bytes -= old.message.payload.len();
+            }
+        }
+        let wanted = usize::try_from(through.checked_sub(after)?).ok()?.min(limit);
+        if wanted == 0 || recent.messages.len() < wanted {
+            return None;
+        }
+        let contiguous = recent.messages.iter().take(wanted).enumerate().all(|(i, m)| m.seq == after + 1 + i as u64);
+        contiguous.then(|| recent.messages.iter().take(wanted).cloned().collect())
+    }
+
+    /// Forgets every remembered message (their store rows were removed without being sent).
+    pub fn forget_recent(&self) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.messages.clear();
+        recent.bytes = 0;
+    }
+
     pub fn last_appended(&self) -> u64 {
         self.last_appended.load(Ordering::Acquire)
     }
@@ -260,6 +314,7 @@ impl DeviceClientBuilder {
             desired: Mutex::new(desired.clone()),
             reported: watch::channel((false, None)).0,
             connected: AtomicBool::new(false),
+            recent: Mutex::new(RecentAppends::default()),
         });
         let reported = ReportedTracker::new(reported);
         shared.set_reported_status(reported.any_pending(), None);
@@ -298,6 +353,7 @@ impl DeviceClientBuilder {
             backoff: Backoff::new(options.retry_initial, options.retry_max),
             twin_request: None,
             twin_retry_at: None,
+            remove_due: None,
             draining_until: None,
             store_retry_at: None,
             keeper: Some(tokio::spawn(keeper.run(fresh))),
@@ -687,7 +743,8 @@ impl DeviceClient {
                 _ => return Err(Error::QueueFull { bytes: queued, budget }),
             }
         }
-        let seq = self.inner.store.append_message(outgoing).await?;
+        let seq = self.inner.store.append_message(outgoing.clone()).await?;
+        self.inner.shared.remember_appended(QueuedMessage { seq, message: outgoing });
         self.inner.shared.message_appended(seq, size);
         Ok(seq)
     }

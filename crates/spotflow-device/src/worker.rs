@@ -60,6 +60,8 @@ pub(crate) struct Worker {
     pub backoff: Backoff,
     pub twin_request: Option<RequestId>,
     pub twin_retry_at: Option<Instant>,
+    /// When acknowledged messages gathered so far are removed from the store (see [`REMOVE_DELAY`]).
+    pub remove_due: Option<Instant>,
     /// Set while waiting for in-flight messages before switching to renewed credentials.
     pub draining_until: Option<Instant>,
     pub store_retry_at: Option<Instant>,
@@ -101,6 +103,13 @@ fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
     }
 }
 
+/// Acknowledged messages are removed from the store in batches: when this many have gathered, or
+/// [`REMOVE_DELAY`] after the first of them, so that a steady trickle of acknowledgements does not
+/// put one removal transaction between every two appends. (A removal lost to a crash only means a
+/// redelivery, which the platform drops by its message key.)
+const REMOVE_BATCH: usize = 512;
+const REMOVE_DELAY: Duration = Duration::from_millis(20);
+
 impl Worker {
     pub async fn run(mut self) {
         if self.credentials.borrow().is_some() {
@@ -109,10 +118,11 @@ impl Worker {
         self.notify_desired();
         loop {
             self.pump().await;
-            let wake = [self.reconnect_at, self.twin_retry_at, self.draining_until, self.store_retry_at]
-                .into_iter()
-                .flatten()
-                .min();
+            let wake =
+                [self.reconnect_at, self.twin_retry_at, self.draining_until, self.store_retry_at, self.remove_due]
+                    .into_iter()
+                    .flatten()
+                    .min();
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => match cmd {
@@ -159,18 +169,23 @@ impl Worker {
 
     /// Does all work that needs no waiting: reads, transmissions, removals, twin requests.
     async fn pump(&mut self) {
-        self.queue.on_appended(self.shared.last_appended());
+        let last_appended = self.shared.last_appended();
+        self.queue.on_appended(last_appended);
         for _ in 0..64 {
             let mut progressed = false;
             if self.store_retry_at.is_none() {
                 if let Some((after, limit)) = self.queue.poll_fetch() {
                     progressed = true;
-                    match self.store.read_messages(after, limit).await {
-                        Ok(messages) => self.queue.handle_fetched(messages, limit),
-                        Err(e) => {
-                            warn!(error = %e, "reading the outgoing queue failed; retrying");
-                            self.queue.handle_fetch_failed();
-                            self.store_retry_at = Some(Instant::now() + self.options.retry_initial);
+                    if let Some(messages) = self.shared.take_recent(after, last_appended, limit) {
+                        self.queue.handle_fetched(messages, limit);
+                    } else {
+                        match self.store.read_messages(after, limit).await {
+                            Ok(messages) => self.queue.handle_fetched(messages, limit),
+                            Err(e) => {
+                                warn!(error = %e, "reading the outgoing queue failed; retrying");
+                                self.queue.handle_fetch_failed();
+                                self.store_retry_at = Some(Instant::now() + self.options.retry_initial);
+                            }
                         }
                     }
                 }
@@ -198,8 +213,19 @@ impl Worker {
                     }
                 }
             }
-            if let Some(seqs) = self.queue.poll_remove() {
+            let removal_due = match self.remove_due {
+                _ if self.queue.removals_pending() >= REMOVE_BATCH => true,
+                Some(due) => Instant::now() >= due,
+                None => {
+                    if self.queue.removals_pending() > 0 {
+                        self.remove_due = Some(Instant::now() + REMOVE_DELAY);
+                    }
+                    false
+                }
+            };
+            if let Some(seqs) = removal_due.then(|| self.queue.poll_remove()).flatten() {
                 progressed = true;
+                self.remove_due = None;
                 if let Err(e) = self.store.remove_messages(&seqs).await {
                     warn!(error = %e, "removing acknowledged messages failed; retrying");
                     self.queue.handle_remove_failed(seqs);
@@ -411,6 +437,7 @@ impl Worker {
                 seqs.push(m.seq);
             }
             self.store.remove_messages(&seqs).await?;
+            self.shared.forget_recent();
             self.queue.forget(&seqs);
             dropped += seqs.len() as u64;
             for m in oldest.iter().take(seqs.len()) {
