@@ -64,5 +64,7 @@ pub use message::{validate_name, MessageKind, OutgoingMessage, QueuedMessage, St
 pub use platform::{PlatformApi, ProvisioningOperation, ProvisioningStatus, Registration, RegistrationToken};
 pub use properties::{DesiredTracker, PatchOutcome, ReportedOutcome, ReportedTracker};
 pub use queue::OutgoingQueue;
-pub use store::{ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store};
+pub use store::{
+    recv_polling, ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store,
+};
 pub use transport::{Connection, RequestId, SessionInfo, Transport, TransportEvent, TwinDocument};

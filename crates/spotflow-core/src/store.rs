@@ -231,3 +231,23 @@ mod tests {
         assert!(shown.contains("Secret(***)"));
     }
 }
+
+/// The next command for a store's dedicated thread: polls `rx` for up to `spin` before sleeping
+/// on it (`None` once every sender is gone).
+///
+/// A sender that appends one message at a time sends its next command a few microseconds after
+/// its answer; putting the store thread to sleep and waking it up again costs more than that (and
+/// more than a commit that needs no fsync), so a short poll keeps a single sender fast. The poll
+/// yields the CPU between attempts.
+pub fn recv_polling<T>(rx: &std::sync::mpsc::Receiver<T>, spin: std::time::Duration) -> Option<T> {
+    use std::sync::mpsc::TryRecvError;
+    let until = std::time::Instant::now() + spin;
+    loop {
+        match rx.try_recv() {
+            Ok(command) => return Some(command),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if std::time::Instant::now() < until => std::thread::yield_now(),
+            Err(TryRecvError::Empty) => return rx.recv().ok(),
+        }
+    }
+}

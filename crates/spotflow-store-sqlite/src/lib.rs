@@ -264,21 +264,6 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The next command: a sender that appends one message at a time sends the next one a few
-/// microseconds after its answer, so the thread polls briefly before sleeping (a sleep and wake-up
-/// costs more than the commit itself with `synchronous=NORMAL`).
-fn next_command(rx: &mpsc::Receiver<Command>) -> Option<Command> {
-    let spin_until = std::time::Instant::now() + std::time::Duration::from_micros(SPIN_MICROS);
-    loop {
-        match rx.try_recv() {
-            Ok(command) => return Some(command),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) if std::time::Instant::now() < spin_until => std::thread::yield_now(),
-            Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
-        }
-    }
-}
-
 /// Counts a call out of [`SqliteStore::waiting`] when it ends (also when its future is dropped).
 struct WaitingGuard<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -291,7 +276,8 @@ impl Drop for WaitingGuard<'_> {
 /// How long a caller of a crash-safe store polls for the answer before it awaits it.
 const REPLY_POLL_MICROS: u64 = 50;
 
-/// How long the store thread polls for the next command before it sleeps.
+/// How long the store thread polls for the next command before it sleeps (see
+/// [`spotflow_core::recv_polling`]).
 const SPIN_MICROS: u64 = 200;
 
 struct Worker {
@@ -366,7 +352,7 @@ impl Worker {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Command>) {
-        while let Some(first) = next_command(&rx) {
+        while let Some(first) = spotflow_core::recv_polling(&rx, std::time::Duration::from_micros(SPIN_MICROS)) {
             let mut appends = Vec::new();
             let mut next = Some(first);
             while let Some(command) = next.take() {
