@@ -214,24 +214,6 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_are_redacted() {
-        let creds = ConnectionCredentials {
-            hub_host: "hub".into(),
-            hub_device_id: "ws:dev".into(),
-            sas: Secret::new("SharedAccessSignature sig=topsecret"),
-            expires_at: None,
-        };
-        let shown = format!("{creds:?}");
-        assert!(!shown.contains("topsecret"), "{shown}");
-        assert!(shown.contains("Secret(***)"));
-    }
-}
-
 /// The next command for a store's dedicated thread: polls `rx` for up to `spin` before sleeping
 /// on it (`None` once every sender is gone).
 ///
@@ -249,5 +231,23 @@ pub fn recv_polling<T>(rx: &std::sync::mpsc::Receiver<T>, spin: std::time::Durat
             Err(TryRecvError::Empty) if std::time::Instant::now() < until => std::thread::yield_now(),
             Err(TryRecvError::Empty) => return rx.recv().ok(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let creds = ConnectionCredentials {
+            hub_host: "hub".into(),
+            hub_device_id: "ws:dev".into(),
+            sas: Secret::new("SharedAccessSignature sig=topsecret"),
+            expires_at: None,
+        };
+        let shown = format!("{creds:?}");
+        assert!(!shown.contains("topsecret"), "{shown}");
+        assert!(shown.contains("Secret(***)"));
     }
 }
