@@ -76,6 +76,8 @@ pub fn load_or_create(dir: Option<&Path>, hosts: &[String]) -> Result<TlsMateria
     let mut params = CertificateParams::new(names).map_err(|e| err(&e))?;
     params.distinguished_name.push(DnType::CommonName, "spotflow-emulator");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Strict verifiers (Python 3.13's default `VERIFY_X509_STRICT`) require it.
+    params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
     params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
