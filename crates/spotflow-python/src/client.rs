@@ -97,6 +97,7 @@ impl DeviceClient {
             }
         }
         logging::refresh_threshold(py);
+        logging::start_forwarding(py)?;
         let durability = durability_from_env()?;
         let mut builder = spotflow_device::DeviceClient::builder(device_id, provisioning_token, db)
             .with_options(|o| o.durability = durability);

@@ -101,14 +101,24 @@ impl Visit for Fields<'_> {
 }
 
 /// Installs the forwarding layer as the process's `tracing` subscriber (unless the embedding
-/// program installed one) and starts the forwarding thread.
+/// program installed one). Records are queued from then on; the thread that hands them to
+/// `logging` starts with the first client ([`start_forwarding`]).
 pub fn install(py: Python<'_>) -> PyResult<()> {
     refresh_threshold(py);
     let (tx, rx) = sync_channel::<Record>(4096);
     if SENDER.set(Mutex::new(Some(tx))).is_err() {
         return Ok(());
     }
+    let _ = RECEIVER.set(Mutex::new(Some(rx)));
     let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(ForwardLayer));
+    Ok(())
+}
+
+static RECEIVER: OnceLock<Mutex<Option<std::sync::mpsc::Receiver<Record>>>> = OnceLock::new();
+
+/// Starts the forwarding thread (once; called by `DeviceClient.start`).
+pub fn start_forwarding(py: Python<'_>) -> PyResult<()> {
+    let Some(rx) = RECEIVER.get().and_then(|r| r.lock().ok()?.take()) else { return Ok(()) };
     let logger: Py<PyAny> = py.import("logging")?.call_method1("getLogger", (LOGGER,))?.unbind();
     std::thread::Builder::new()
         .name("spotflow-logging".into())
