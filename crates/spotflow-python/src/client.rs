@@ -153,7 +153,11 @@ impl DeviceClient {
     }
 
     /// Create a `StreamSender` for sending Messages to a Stream that is contained in a Stream Group.
-    #[pyo3(signature = (stream_group=None, stream=None, compression=Compression::Uncompressed))]
+    #[pyo3(
+        signature = (stream_group=None, stream=None, compression=Compression::Uncompressed),
+        // `inspect` accepts only literal defaults; None means UNCOMPRESSED (as in the official package).
+        text_signature = "(self, /, stream_group=None, stream=None, compression=None)"
+    )]
     fn create_stream_sender(
         &self,
         stream_group: Option<String>,

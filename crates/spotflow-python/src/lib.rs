@@ -91,7 +91,7 @@ where
 #[pyfunction]
 fn _shutdown(py: Python<'_>) {
     client::close_all(py);
-    logging::stop();
+    logging::stop(py);
 }
 
 #[pymodule]

@@ -23,6 +23,10 @@ pub const LOGGER: &str = "spotflow_device";
 /// Python's numeric level below which events are not forwarded (`logging.WARNING` until read).
 static THRESHOLD: AtomicU8 = AtomicU8::new(30);
 static STOPPED: AtomicBool = AtomicBool::new(false);
+/// Set at interpreter exit: the forwarding thread hands over what is queued, then ends.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// `true` once the forwarding thread ended (or never started).
+static FORWARDER_DONE: (Mutex<bool>, std::sync::Condvar) = (Mutex::new(true), std::sync::Condvar::new());
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static SENDER: OnceLock<Mutex<Option<SyncSender<Record>>>> = OnceLock::new();
 
@@ -120,49 +124,68 @@ static RECEIVER: OnceLock<Mutex<Option<std::sync::mpsc::Receiver<Record>>>> = On
 pub fn start_forwarding(py: Python<'_>) -> PyResult<()> {
     let Some(rx) = RECEIVER.get().and_then(|r| r.lock().ok()?.take()) else { return Ok(()) };
     let logger: Py<PyAny> = py.import("logging")?.call_method1("getLogger", (LOGGER,))?.unbind();
+    set_forwarder_done(false);
     std::thread::Builder::new()
         .name("spotflow-logging".into())
-        .spawn(move || loop {
-            let received = rx.recv_timeout(Duration::from_secs(1));
-            if STOPPED.load(Ordering::Acquire) {
-                return;
+        .spawn(move || {
+            loop {
+                let wait = if STOPPING.load(Ordering::Acquire) { Duration::ZERO } else { Duration::from_secs(1) };
+                let received = rx.recv_timeout(wait);
+                if STOPPED.load(Ordering::Acquire) {
+                    break;
+                }
+                match received {
+                    Ok(record) => Python::attach(|py| {
+                        let logger = logger.bind(py);
+                        let dropped = DROPPED.swap(0, Ordering::Relaxed);
+                        if dropped > 0 {
+                            let text = format!("{dropped} log records were dropped (logging could not keep up)");
+                            let _ = logger.call_method1("log", (30, text));
+                        }
+                        let _ = logger.call_method1("log", (record.level, record.message));
+                        // Everything already queued, under the same GIL acquisition.
+                        while let Ok(next) = rx.try_recv() {
+                            let _ = logger.call_method1("log", (next.level, next.message));
+                        }
+                        refresh_threshold(py);
+                    }),
+                    Err(RecvTimeoutError::Timeout) if STOPPING.load(Ordering::Acquire) => break,
+                    Err(RecvTimeoutError::Timeout) => Python::attach(refresh_threshold),
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
-            match received {
-                Ok(record) => Python::attach(|py| {
-                    let logger = logger.bind(py);
-                    let dropped = DROPPED.swap(0, Ordering::Relaxed);
-                    if dropped > 0 {
-                        let text = format!("{dropped} log records were dropped (logging could not keep up)");
-                        let _ = logger.call_method1("log", (30, text));
-                    }
-                    let _ = logger.call_method1("log", (record.level, record.message));
-                    // Everything already queued, under the same GIL acquisition.
-                    while let Ok(next) = rx.try_recv() {
-                        let _ = logger.call_method1("log", (next.level, next.message));
-                    }
-                    refresh_threshold(py);
-                }),
-                Err(RecvTimeoutError::Timeout) => Python::attach(refresh_threshold),
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
+            set_forwarder_done(true);
         })
         .map_err(|e| crate::SpotflowError::new_err(format!("cannot start the logging thread: {e}")))?;
     Ok(())
 }
 
-/// Stops forwarding (at interpreter exit: the thread must not take the GIL any more).
-pub fn stop() {
-    STOPPED.store(true, Ordering::Release);
+fn set_forwarder_done(done: bool) {
+    let (lock, changed) = &FORWARDER_DONE;
+    *lock.lock().unwrap_or_else(|p| p.into_inner()) = done;
+    changed.notify_all();
+}
+
+/// Stops forwarding at interpreter exit: the records already queued are handed to `logging`
+/// (waiting at most 2 s, without the GIL), then the thread ends and never takes the GIL again.
+pub fn stop(py: Python<'_>) {
+    STOPPING.store(true, Ordering::Release);
     if let Some(sender) = SENDER.get() {
         if let Ok(mut s) = sender.lock() {
             s.take();
         }
     }
+    py.detach(|| {
+        let (lock, changed) = &FORWARDER_DONE;
+        let done = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = changed.wait_timeout_while(done, Duration::from_secs(2), |done| !*done);
+    });
+    STOPPED.store(true, Ordering::Release);
 }
 
 /// Whether the interpreter is shutting down (callbacks are no longer called).
 pub fn stopped() -> bool {
-    STOPPED.load(Ordering::Acquire)
+    STOPPING.load(Ordering::Acquire)
 }
 
 /// Logs from Rust code holding the GIL (used for exceptions raised by user callbacks).

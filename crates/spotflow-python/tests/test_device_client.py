@@ -1,6 +1,6 @@
 """The reference API of `spotflow_device`, end to end against the emulator process."""
 
-import base64
+import inspect
 import json
 import logging
 import os
@@ -52,6 +52,44 @@ def test_module_exports_the_reference_names():
     assert int(Compression.UNCOMPRESSED) == 0 and int(Compression.FASTEST) == 1 and int(Compression.SMALLEST_SIZE) == 2
     assert repr(Compression.UNCOMPRESSED) == "<Compression.UNCOMPRESSED: 0>"
     assert Compression.FASTEST != Compression.SMALLEST_SIZE
+    assert Compression.UNCOMPRESSED == 0 and Compression.SMALLEST_SIZE == 2
+
+
+def test_signatures_are_the_reference_ones():
+    def params(f):
+        return [
+            (p.name, p.default if p.default is not inspect.Parameter.empty else "required")
+            for p in inspect.signature(f).parameters.values()
+            if p.name != "self"
+        ]
+
+    assert params(DeviceClient.start) == [
+        ("device_id", "required"),
+        ("provisioning_token", "required"),
+        ("db", "required"),
+        ("instance", None),
+        ("display_provisioning_operation_callback", None),
+        ("desired_properties_updated_callback", None),
+    ]
+    # `inspect` shows literal defaults only: None, which means Compression.UNCOMPRESSED.
+    assert params(DeviceClient.create_stream_sender) == [("stream_group", None), ("stream", None), ("compression", None)]
+    assert params(DeviceClient.wait_enqueued_messages_sent) == []
+    assert params(DeviceClient.get_desired_properties) == []
+    assert params(DeviceClient.get_desired_properties_if_newer) == [("version", None)]
+    assert params(DeviceClient.update_reported_properties) == [("properties", "required")]
+    ids = [("batch_id", None), ("message_id", None), ("batch_slice_id", None), ("chunk_id", None)]
+    assert params(StreamSender.send_message) == [("payload", "required")] + ids
+    assert params(StreamSender.enqueue_message) == [("payload", "required")] + ids
+    assert params(StreamSender.enqueue_batch_completion) == [("batch_id", "required")]
+    assert params(StreamSender.enqueue_message_completion) == [("batch_id", "required"), ("message_id", "required")]
+    for prop in ["workspace_id", "device_id", "pending_messages_count", "any_pending_reported_properties_updates"]:
+        assert getattr(DeviceClient, prop).__doc__, prop
+    for cls, fields in [
+        (ProvisioningOperation, ["id", "verification_code", "expiration_time"]),
+        (DesiredProperties, ["version", "values"]),
+    ]:
+        for field in fields:
+            assert getattr(cls, field).__doc__, f"{cls.__name__}.{field}"
 
 
 def test_provisioning_with_custom_display_then_telemetry(emulator, token, approver, tmp_path):

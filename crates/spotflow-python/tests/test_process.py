@@ -158,3 +158,38 @@ def test_interpreter_exit_closes_the_client(emulator, token, approver, tmp_path)
         client.wait_enqueued_messages_sent()
         hub = f"{client.workspace_id}:{client.device_id}"
     assert [m["payload"] for m in emulator.messages(hub)] == [f"before exit {i}" for i in range(100)]
+
+
+def test_the_reference_logging_snippet_shows_the_sdk_events(emulator, token, approver, tmp_path):
+    db = tmp_path / "log.db"
+    with DeviceClient.start("py-log-snippet", token, str(db), emulator.instance, approver):
+        pass
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import logging
+                import sys
+
+                logging.basicConfig()
+                logging.getLogger().setLevel(logging.DEBUG)
+
+                from spotflow_device import DeviceClient
+                with DeviceClient.start("py-log-snippet", sys.argv[1], sys.argv[2], sys.argv[3]) as client:
+                    client.create_stream_sender().send_message("logged")
+                """
+            ),
+            token,
+            str(db),
+            emulator.instance,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "INFO:spotflow_device:device client started" in done.stderr, done.stderr
+    assert "spotflow_device:connected to the platform" in done.stderr, done.stderr
+    assert token not in done.stderr
