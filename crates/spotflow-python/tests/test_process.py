@@ -70,6 +70,22 @@ class Child:
         return code, time.monotonic() - sent
 
 
+def registered(emulator, token, approver, db, device_id):
+    """Provisions `device_id` with the database `db` (so that a child process starts at once)."""
+    with DeviceClient.start(device_id, token, str(db), emulator.instance, approver):
+        pass
+
+
+def run_script(script, token, db, emulator):
+    """Runs `script` in a new interpreter with argv = token, db, instance; returns the result."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), token, str(db), emulator.instance],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def assert_interrupted_promptly(child):
     child.wait_line(lambda l: l.startswith("TICK 3"))  # other Python threads run meanwhile
     code, elapsed = child.interrupt()
@@ -97,8 +113,7 @@ def test_ctrl_c_interrupts_start_waiting_for_approval(emulator, token, tmp_path)
 
 def test_ctrl_c_interrupts_waiting_for_acknowledgements(emulator, token, approver, tmp_path):
     db = tmp_path / "w.db"
-    with DeviceClient.start("py-ctrl-c-wait", token, str(db), emulator.instance, approver):
-        pass
+    registered(emulator, token, approver, db, "py-ctrl-c-wait")
     emulator.stop()  # no platform: nothing is ever acknowledged
     try:
         for call in ["client.wait_enqueued_messages_sent()", "sender.send_message('never acknowledged')"]:
@@ -124,31 +139,19 @@ def test_ctrl_c_interrupts_waiting_for_acknowledgements(emulator, token, approve
 
 def test_interpreter_exit_closes_the_client(emulator, token, approver, tmp_path):
     db = tmp_path / "exit.db"
-    with DeviceClient.start("py-exit", token, str(db), emulator.instance, approver):
-        pass
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                """
-                import sys
-                from spotflow_device import DeviceClient
-                client = DeviceClient.start("py-exit", sys.argv[1], sys.argv[2], sys.argv[3])
-                sender = client.create_stream_sender()
-                for i in range(100):
-                    sender.enqueue_message(f"before exit {i}")
-                print("ENQUEUED", flush=True)
-                # No close(): the interpreter's exit closes the client.
-                """
-            ),
-            token,
-            str(db),
-            emulator.instance,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    registered(emulator, token, approver, db, "py-exit")
+    done = run_script(
+        """
+        import sys
+        from spotflow_device import DeviceClient
+        client = DeviceClient.start("py-exit", sys.argv[1], sys.argv[2], sys.argv[3])
+        sender = client.create_stream_sender()
+        for i in range(100):
+            sender.enqueue_message(f"before exit {i}")
+        print("ENQUEUED", flush=True)
+        # No close(): the interpreter's exit closes the client.
+        """,
+        token, db, emulator,
     )
     assert done.returncode == 0, done.stderr
     assert "ENQUEUED" in done.stdout
@@ -162,32 +165,20 @@ def test_interpreter_exit_closes_the_client(emulator, token, approver, tmp_path)
 
 def test_the_reference_logging_snippet_shows_the_sdk_events(emulator, token, approver, tmp_path):
     db = tmp_path / "log.db"
-    with DeviceClient.start("py-log-snippet", token, str(db), emulator.instance, approver):
-        pass
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                """
-                import logging
-                import sys
+    registered(emulator, token, approver, db, "py-log-snippet")
+    done = run_script(
+        """
+        import logging
+        import sys
 
-                logging.basicConfig()
-                logging.getLogger().setLevel(logging.DEBUG)
+        logging.basicConfig()
+        logging.getLogger().setLevel(logging.DEBUG)
 
-                from spotflow_device import DeviceClient
-                with DeviceClient.start("py-log-snippet", sys.argv[1], sys.argv[2], sys.argv[3]) as client:
-                    client.create_stream_sender().send_message("logged")
-                """
-            ),
-            token,
-            str(db),
-            emulator.instance,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        from spotflow_device import DeviceClient
+        with DeviceClient.start("py-log-snippet", sys.argv[1], sys.argv[2], sys.argv[3]) as client:
+            client.create_stream_sender().send_message("logged")
+        """,
+        token, db, emulator,
     )
     assert done.returncode == 0, done.stderr
     assert "INFO:spotflow_device:device client started" in done.stderr, done.stderr
