@@ -4,11 +4,14 @@
 //!   error. A regular file at the path is refused, never overwritten.
 //! * The page cache is bounded ([`DEFAULT_CACHE_BYTES`], configurable); sled's default would hold
 //!   hundreds of MiB with a long queue.
-//! * One dedicated thread applies the commands; appends that arrive together are written as one
-//!   batch and flushed (written and fsync'd) once before every caller of the group is answered.
-//!   sled keeps writes in process memory until a flush, so there is one durability level: every
-//!   acknowledged append has been flushed. Removals of acknowledged messages are flushed with the
-//!   next append (or at `close`), not on their own.
+//! * One dedicated thread applies the commands. Appends that arrive together are written to an
+//!   append journal next to sled's files and fdatasync'd once before every caller of the group is
+//!   answered, and inserted into sled without a flush; sled is flushed (and its log fdatasync'd:
+//!   sled 0.34's own flush ends with `sync_file_range`, which is not power-loss safe) every 4 MiB
+//!   of journal, at `close` and with state changes, and the journal is then emptied. At open, the
+//!   journal's appends that sled had not flushed are applied again. There is one durability level:
+//!   every acknowledged append survives a crash and a power cut. Removals of acknowledged messages
+//!   are not flushed on their own (a lost one means a redelivery the platform drops by key).
 //! * Recovery: sled replays its log at open. Its crash consistency is checked by the kill -9
 //!   tests of `spotflow-store-tests`, not assumed.
 #![deny(missing_docs)]
@@ -25,7 +28,10 @@ use spotflow_core::{
     Result, Store,
 };
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::{debug, warn};
+
+mod journal;
+use journal::Journal;
 
 /// Default page cache: 8 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
@@ -132,6 +138,8 @@ struct Worker {
     last_seq: u64,
     /// sled's log file, for the fdatasync after each flush.
     data_file: std::fs::File,
+    /// Where appends are made durable (see the `journal` module).
+    journal: Journal,
 }
 
 fn size_of(value: &[u8]) -> u64 {
@@ -154,11 +162,6 @@ impl Worker {
             .map_err(err("cannot open"))?;
         let messages = db.open_tree("messages").map_err(err("cannot open"))?;
         let state = db.open_tree("state").map_err(err("cannot open"))?;
-        let (mut count, mut bytes) = (0, 0);
-        for item in messages.iter().values() {
-            bytes += size_of(&item.map_err(err("cannot read"))?);
-            count += 1;
-        }
         let last_seq = state
             .get(LAST_SEQ)
             .map_err(err("cannot read"))?
@@ -171,7 +174,7 @@ impl Worker {
             .map_err(err("cannot read"))?
             .and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
-        let last_seq = last_seq.max(last_key);
+        let mut last_seq = last_seq.max(last_key);
         // sled's flush on Linux ends with `sync_file_range`, which writes the data but neither
         // flushes the drive's write cache nor the file's size: a power cut could still lose it.
         // An fdatasync of sled's log file after each flush completes it (checked with strace).
@@ -180,8 +183,39 @@ impl Worker {
             status: ErrorStatus::Permanent,
             source: None,
         })?;
-        debug!(path = %path.display(), count, "sled store opened");
-        Ok(Worker { path, db, messages, state, count, bytes, last_seq, data_file })
+        // Appends acknowledged after sled's last flush are in the journal: apply them again.
+        let (journal, records) = Journal::open(&path).map_err(|e| Error::Store {
+            context: format!("cannot read the journal in {}: {e}", path.display()),
+            status: ErrorStatus::Permanent,
+            source: None,
+        })?;
+        let mut replayed = 0;
+        for (seq, value) in records {
+            if seq > last_seq {
+                messages.insert(seq.to_be_bytes(), value).map_err(err("cannot recover"))?;
+                last_seq = seq;
+                replayed += 1;
+            }
+        }
+        let (mut count, mut bytes) = (0, 0);
+        for item in messages.iter().values() {
+            bytes += size_of(&item.map_err(err("cannot read"))?);
+            count += 1;
+        }
+        if replayed > 0 {
+            state.insert(LAST_SEQ, &last_seq.to_le_bytes()).map_err(err("cannot recover"))?;
+        }
+        let mut worker = Worker { path: path.clone(), db, messages, state, count, bytes, last_seq, data_file, journal };
+        worker.checkpoint().map_err(|e| sled_error(&worker.path, "cannot recover", e))?;
+        debug!(path = %worker.path.display(), count, replayed, "sled store opened");
+        Ok(worker)
+    }
+
+    /// Makes sled hold everything durably, then empties the journal.
+    fn checkpoint(&mut self) -> sled::Result<()> {
+        self.flush()?;
+        self.journal.clear()?;
+        Ok(())
     }
 
     /// sled's flush, then an fdatasync of its log file (see [`Worker::open`]).
@@ -201,7 +235,7 @@ impl Worker {
                     Command::Append(m, reply) => appends.push((m, reply)),
                     Command::Close(reply) => {
                         self.append_group(&mut appends);
-                        let r = self.flush().map_err(|e| sled_error(&self.path, "cannot flush", e));
+                        let r = self.checkpoint().map_err(|e| sled_error(&self.path, "cannot flush", e));
                         drop(self);
                         let _ = reply.send(r);
                         return;
@@ -223,7 +257,7 @@ impl Worker {
         if appends.is_empty() {
             return;
         }
-        let mut batch = sled::Batch::default();
+        let mut records = Vec::new();
         let mut seq = self.last_seq;
         let mut firsts = Vec::with_capacity(appends.len());
         let mut added = (0u64, 0u64);
@@ -234,17 +268,12 @@ impl Worker {
                 let size = m.queued_size();
                 let mut value = size.to_le_bytes().to_vec();
                 value.extend_from_slice(&persist::encode_message(m));
-                batch.insert(&seq.to_be_bytes(), value);
+                records.push((seq, value));
                 added.0 += 1;
                 added.1 += size;
             }
         }
-        // The sequence counter is saved with the messages, so numbers are never reused.
-        let result = self
-            .messages
-            .apply_batch(batch)
-            .and_then(|_| self.state.insert(LAST_SEQ, &seq.to_le_bytes()).map(|_| ()))
-            .and_then(|_| self.flush());
+        let result = self.apply_durably(&records, seq);
         match result {
             Ok(()) => {
                 self.last_seq = seq;
@@ -254,8 +283,7 @@ impl Worker {
                     let _ = reply.send(Ok(first));
                 }
             }
-            Err(e) => {
-                let shown = sled_error(&self.path, "cannot append to", e).to_string();
+            Err(shown) => {
                 for (_, reply) in appends.drain(..) {
                     let _ = reply.send(Err(Error::Store {
                         context: shown.clone(),
@@ -265,6 +293,39 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Applies appended records to sled (in memory) and makes them durable in the journal; on
+    /// failure takes them out of sled again. Empties the journal when it has grown large.
+    fn apply_durably(&mut self, records: &[(u64, Vec<u8>)], last: u64) -> std::result::Result<(), String> {
+        // Plain inserts, not a sled batch: a batch makes sled write its buffer out at once (an
+        // extra disk write per append); atomicity comes from the journal.
+        let applied = records
+            .iter()
+            .try_for_each(|(seq, value)| self.messages.insert(seq.to_be_bytes(), value.as_slice()).map(drop))
+            // The sequence counter is saved with the messages, so numbers are never reused.
+            .and_then(|_| self.state.insert(LAST_SEQ, &last.to_le_bytes()).map(drop))
+            .map_err(|e| sled_error(&self.path, "cannot append to", e).to_string());
+        let journaled = applied.and_then(|()| {
+            let refs: Vec<(u64, &[u8])> = records.iter().map(|(s, v)| (*s, v.as_slice())).collect();
+            self.journal
+                .append(&refs)
+                .map_err(|e| format!("cannot write the journal {}: {e}", self.journal.path().display()))
+        });
+        if let Err(e) = journaled {
+            for (seq, _) in records {
+                let _ = self.messages.remove(seq.to_be_bytes());
+            }
+            let _ = self.state.insert(LAST_SEQ, &self.last_seq.to_le_bytes());
+            return Err(e);
+        }
+        if self.journal.len() > journal::CHECKPOINT_BYTES {
+            if let Err(e) = self.checkpoint() {
+                // The appends are durable in the journal; the next checkpoint tries again.
+                warn!(error = %e, path = %self.path.display(), "sled checkpoint failed");
+            }
+        }
+        Ok(())
     }
 
     fn serve(&mut self, command: Command) {
@@ -327,7 +388,7 @@ impl Worker {
                 let r = self
                     .state
                     .insert(name, value.to_string().into_bytes())
-                    .and_then(|_| self.flush())
+                    .and_then(|_| self.checkpoint())
                     .map_err(err("cannot write"));
                 let _ = reply.send(r);
             }
@@ -337,7 +398,7 @@ impl Worker {
                     .clear()
                     .and_then(|_| self.state.remove("desired").map(|_| ()))
                     .and_then(|_| self.state.remove("reported").map(|_| ()))
-                    .and_then(|_| self.flush())
+                    .and_then(|_| self.checkpoint())
                     .map_err(err("cannot clear"));
                 if r.is_ok() {
                     self.count = 0;
