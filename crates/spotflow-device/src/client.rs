@@ -54,43 +54,50 @@ pub(crate) struct RecentAppends {
 const RECENT_MAX_MESSAGES: usize = 4096;
 const RECENT_MAX_BYTES: usize = 4 * 1024 * 1024;
 
-impl Shared {
-    fn remember_appended(&self, message: QueuedMessage) {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+impl RecentAppends {
+    fn remember(&mut self, message: QueuedMessage) {
         let size = message.message.payload.len();
         // Concurrent appends may finish out of order: keep the deque sorted.
-        let at = recent.messages.iter().rposition(|m| m.seq < message.seq).map_or(0, |i| i + 1);
-        recent.messages.insert(at, message);
-        recent.bytes += size;
-        while recent.messages.len() > RECENT_MAX_MESSAGES || recent.bytes > RECENT_MAX_BYTES {
-            let Some(old) = recent.messages.pop_front() else { break };
-            recent.bytes -= old.message.payload.len();
+        let at = self.messages.iter().rposition(|m| m.seq < message.seq).map_or(0, |i| i + 1);
+        self.messages.insert(at, message);
+        self.bytes += size;
+        while self.messages.len() > RECENT_MAX_MESSAGES || self.bytes > RECENT_MAX_BYTES {
+            let Some(old) = self.messages.pop_front() else { break };
+            self.bytes -= old.message.payload.len();
         }
     }
 
     /// The messages after `after` through `through` (at most `limit`), if all of them are still
     /// remembered; `None` when the store must be read.
-    pub fn take_recent(&self, after: Option<u64>, through: u64, limit: usize) -> Option<Vec<QueuedMessage>> {
+    fn take(&mut self, after: Option<u64>, through: u64, limit: usize) -> Option<Vec<QueuedMessage>> {
         let after = after.unwrap_or(0);
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        while recent.messages.front().is_some_and(|m| m.seq <= after) {
-            if let Some(old) = recent.messages.pop_front() {
-                recent.bytes -= old.message.payload.len();
+        while self.messages.front().is_some_and(|m| m.seq <= after) {
+            if let Some(old) = self.messages.pop_front() {
+                self.bytes -= old.message.payload.len();
             }
         }
         let wanted = usize::try_from(through.checked_sub(after)?).ok()?.min(limit);
-        if wanted == 0 || recent.messages.len() < wanted {
+        if wanted == 0 || self.messages.len() < wanted {
             return None;
         }
-        let contiguous = recent.messages.iter().take(wanted).enumerate().all(|(i, m)| m.seq == after + 1 + i as u64);
-        contiguous.then(|| recent.messages.iter().take(wanted).cloned().collect())
+        let contiguous = self.messages.iter().take(wanted).enumerate().all(|(i, m)| m.seq == after + 1 + i as u64);
+        contiguous.then(|| self.messages.iter().take(wanted).cloned().collect())
+    }
+}
+
+impl Shared {
+    fn remember_appended(&self, message: QueuedMessage) {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).remember(message);
+    }
+
+    /// See [`RecentAppends::take`].
+    pub fn take_recent(&self, after: Option<u64>, through: u64, limit: usize) -> Option<Vec<QueuedMessage>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).take(after, through, limit)
     }
 
     /// Forgets every remembered message (their store rows were removed without being sent).
     pub fn forget_recent(&self) {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.messages.clear();
-        recent.bytes = 0;
+        *self.recent.lock().unwrap_or_else(|p| p.into_inner()) = RecentAppends::default();
     }
 
     pub fn last_appended(&self) -> u64 {
@@ -919,5 +926,37 @@ mod tests {
             let e = validate_db_path(Path::new(bad)).expect_err(bad);
             assert!(e.to_string().contains(".db"), "{e}");
         }
+    }
+
+    fn queued(seq: u64) -> QueuedMessage {
+        QueuedMessage { seq, message: spotflow_core::testkit::sample_message(seq) }
+    }
+
+    fn seqs(v: Option<Vec<QueuedMessage>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|m| m.seq).collect())
+    }
+
+    #[test]
+    fn recent_appends_serve_only_complete_contiguous_ranges() {
+        let mut r = RecentAppends::default();
+        // Appends finishing out of order are kept sorted.
+        for seq in [1, 2, 4, 3, 5] {
+            r.remember(queued(seq));
+        }
+        assert_eq!(seqs(r.take(None, 5, 100)), Some(vec![1, 2, 3, 4, 5]));
+        assert_eq!(seqs(r.take(Some(2), 5, 2)), Some(vec![3, 4]), "at most `limit`");
+        assert_eq!(r.take(Some(5), 5, 100).map(|v| v.len()), None, "nothing new");
+        // A gap (7 not remembered yet): read the store instead.
+        r.remember(queued(6));
+        r.remember(queued(8));
+        assert_eq!(seqs(r.take(Some(5), 8, 100)), None);
+        assert_eq!(seqs(r.take(Some(5), 6, 100)), Some(vec![6]));
+        // Evicted entries are not served.
+        let mut r = RecentAppends::default();
+        for seq in 1..=(RECENT_MAX_MESSAGES as u64 + 10) {
+            r.remember(queued(seq));
+        }
+        assert_eq!(seqs(r.take(None, 20, 100)), None, "the oldest were evicted");
+        assert!(r.take(Some(20), 30, 100).is_some());
     }
 }
