@@ -66,5 +66,6 @@ pub use properties::{DesiredTracker, PatchOutcome, ReportedOutcome, ReportedTrac
 pub use queue::OutgoingQueue;
 pub use store::{
     recv_polling, ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store,
+    STORE_THREAD_POLL,
 };
 pub use transport::{Connection, RequestId, SessionInfo, Transport, TransportEvent, TwinDocument};

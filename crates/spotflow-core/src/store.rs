@@ -214,6 +214,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
 }
 
+/// How long a store's dedicated thread polls for its next command before sleeping (see
+/// [`recv_polling`]).
+pub const STORE_THREAD_POLL: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// The next command for a store's dedicated thread: polls `rx` for up to `spin` before sleeping
 /// on it (`None` once every sender is gone).
 ///

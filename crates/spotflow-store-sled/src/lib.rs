@@ -226,8 +226,7 @@ impl Worker {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Command>) {
-        // Polls 200 µs for the next command before sleeping (see `recv_polling`).
-        while let Some(first) = spotflow_core::recv_polling(&rx, std::time::Duration::from_micros(200)) {
+        while let Some(first) = spotflow_core::recv_polling(&rx, spotflow_core::STORE_THREAD_POLL) {
             let mut appends = Vec::new();
             let mut next = Some(first);
             while let Some(command) = next.take() {

@@ -8,7 +8,9 @@
 //!   is answered only after that transaction is durable: with [`Durability::PowerLossSafe`]
 //!   (default) SQLite runs with `synchronous=FULL`, so the WAL is fsync'd at every commit; with
 //!   [`Durability::CrashSafe`] it runs with `synchronous=NORMAL`, which survives a crash of the
-//!   process (kill -9) but may lose the last commits on power loss.
+//!   process (kill -9) but may lose the last commits on power loss. Removals of acknowledged
+//!   messages commit without an fsync of their own in both modes (the next append's commit syncs
+//!   them); one lost to a power cut is a redelivery the platform drops by its message key.
 //! * Schema versions with migrations (`PRAGMA user_version`); a file written by a newer release
 //!   or a file that is not an SQLite database is refused with an error naming it, and never
 //!   overwritten.
@@ -276,10 +278,6 @@ impl Drop for WaitingGuard<'_> {
 /// How long a caller of a crash-safe store polls for the answer before it awaits it.
 const REPLY_POLL_MICROS: u64 = 50;
 
-/// How long the store thread polls for the next command before it sleeps (see
-/// [`spotflow_core::recv_polling`]).
-const SPIN_MICROS: u64 = 200;
-
 struct Worker {
     conn: Connection,
     path: PathBuf,
@@ -352,7 +350,7 @@ impl Worker {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Command>) {
-        while let Some(first) = spotflow_core::recv_polling(&rx, std::time::Duration::from_micros(SPIN_MICROS)) {
+        while let Some(first) = spotflow_core::recv_polling(&rx, spotflow_core::STORE_THREAD_POLL) {
             let mut appends = Vec::new();
             let mut next = Some(first);
             while let Some(command) = next.take() {
