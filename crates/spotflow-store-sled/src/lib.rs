@@ -30,8 +30,10 @@ use spotflow_core::{
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+mod chunk;
 mod journal;
-use journal::Journal;
+use chunk::Chunk;
+use journal::{Entry, Journal};
 
 /// Default page cache: 8 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
@@ -131,7 +133,8 @@ impl SledStore {
 struct Worker {
     path: PathBuf,
     db: sled::Db,
-    messages: sled::Tree,
+    /// The queued messages, packed in chunks (see the `chunk` module).
+    chunks: sled::Tree,
     state: sled::Tree,
     count: u64,
     bytes: u64,
@@ -140,11 +143,31 @@ struct Worker {
     data_file: std::fs::File,
     /// Where appends are made durable (see the `journal` module).
     journal: Journal,
+    /// The newest chunk while it fills. Its messages are durable in the journal; it is written to
+    /// sled when full and at every checkpoint (sled may then hold an older copy of it).
+    open: Option<OpenChunk>,
+}
+
+#[derive(Clone)]
+struct OpenChunk {
+    chunk: Chunk,
+    /// sled holds a copy (written at a checkpoint) that must be replaced or removed.
+    in_sled: bool,
+    /// Changed since it was last written to sled.
+    dirty: bool,
 }
 
 fn size_of(value: &[u8]) -> u64 {
     value.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
 }
+
+fn key_seq(key: &[u8]) -> Option<u64> {
+    key.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// The first format kept one message per entry in this tree; it is converted to chunks at open.
+const MESSAGES_V1: &str = "messages";
+const CHUNKS: &str = "chunks";
 
 impl Worker {
     fn open(path: PathBuf, cache_bytes: u64) -> Result<Worker> {
@@ -160,21 +183,8 @@ impl Worker {
             .flush_every_ms(None)
             .open()
             .map_err(err("cannot open"))?;
-        let messages = db.open_tree("messages").map_err(err("cannot open"))?;
+        let chunks = db.open_tree(CHUNKS).map_err(err("cannot open"))?;
         let state = db.open_tree("state").map_err(err("cannot open"))?;
-        let last_seq = state
-            .get(LAST_SEQ)
-            .map_err(err("cannot read"))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
-            .unwrap_or(0);
-        // The counter and the messages are flushed together, but take the larger of the two in
-        // case a crash persisted one write and not the other.
-        let last_key = messages
-            .last()
-            .map_err(err("cannot read"))?
-            .and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
-        let mut last_seq = last_seq.max(last_key);
         // sled's flush on Linux ends with `sync_file_range`, which writes the data but neither
         // flushes the drive's write cache nor the file's size: a power cut could still lose it.
         // An fdatasync of sled's log file after each flush completes it (checked with strace).
@@ -183,36 +193,133 @@ impl Worker {
             status: ErrorStatus::Permanent,
             source: None,
         })?;
-        // Appends acknowledged after sled's last flush are in the journal: apply them again.
+        // Appends acknowledged after sled's last flush are in the journal.
         let (journal, records) = Journal::open(&path).map_err(|e| Error::Store {
             context: format!("cannot read the journal in {}: {e}", path.display()),
             status: ErrorStatus::Permanent,
             source: None,
         })?;
-        let mut replayed = 0;
-        for (seq, value) in records {
-            if seq > last_seq {
-                messages.insert(seq.to_be_bytes(), value).map_err(err("cannot recover"))?;
-                last_seq = seq;
-                replayed += 1;
+        let mut worker = Worker {
+            path: path.clone(),
+            db,
+            chunks,
+            state,
+            count: 0,
+            bytes: 0,
+            last_seq: 0,
+            data_file,
+            journal,
+            open: None,
+        };
+        if worker.db.tree_names().iter().any(|name| name.as_ref() == MESSAGES_V1.as_bytes()) {
+            worker.migrate_v1()?;
+        }
+        let saved_seq = worker
+            .state
+            .get(LAST_SEQ)
+            .map_err(err("cannot read"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0);
+        let mut max_seq = 0;
+        for item in worker.chunks.iter().values() {
+            for record in chunk::records(&item.map_err(err("cannot read"))?) {
+                let (seq, value) = record.ok_or_else(|| corrupt(&path))?;
+                worker.count += 1;
+                worker.bytes += size_of(value);
+                max_seq = max_seq.max(seq);
             }
         }
-        let (mut count, mut bytes) = (0, 0);
-        for item in messages.iter().values() {
-            bytes += size_of(&item.map_err(err("cannot read"))?);
-            count += 1;
+        // The counter and the messages are flushed together, but take the larger of the two in
+        // case a crash persisted one write and not the other.
+        worker.last_seq = saved_seq.max(max_seq);
+        if let Some((key, value)) = worker.chunks.last().map_err(err("cannot read"))? {
+            let key = key_seq(&key).ok_or_else(|| corrupt(&path))?;
+            let chunk = Chunk::decode(key, &value).ok_or_else(|| corrupt(&path))?;
+            if !chunk.is_full() {
+                worker.open = Some(OpenChunk { chunk, in_sled: true, dirty: false });
+            }
         }
-        if replayed > 0 {
-            state.insert(LAST_SEQ, &last_seq.to_le_bytes()).map_err(err("cannot recover"))?;
+        // Apply the journal's appends that sled had not flushed again, and its removals.
+        let mut replayed = 0;
+        for entry in records {
+            match entry {
+                Entry::Append(seq, value) if seq > worker.last_seq => {
+                    worker.count += 1;
+                    worker.bytes += size_of(&value);
+                    worker.push(seq, value).map_err(err("cannot recover"))?;
+                    worker.last_seq = seq;
+                    replayed += 1;
+                }
+                Entry::Append(..) => {}
+                Entry::Remove(mut seqs) => {
+                    seqs.sort_unstable();
+                    seqs.dedup();
+                    worker.apply_removal(&seqs)?;
+                }
+            }
         }
-        let mut worker = Worker { path: path.clone(), db, messages, state, count, bytes, last_seq, data_file, journal };
-        worker.checkpoint().map_err(|e| sled_error(&worker.path, "cannot recover", e))?;
-        debug!(path = %worker.path.display(), count, replayed, "sled store opened");
+        worker.checkpoint().map_err(err("cannot recover"))?;
+        debug!(path = %path.display(), count = worker.count, replayed, "sled store opened");
         Ok(worker)
     }
 
-    /// Makes sled hold everything durably, then empties the journal.
+    /// Converts a store of the first format (one message per entry) to chunks. The chunks are
+    /// made durable before the old tree is dropped; a conversion cut short starts over.
+    fn migrate_v1(&mut self) -> Result<()> {
+        let err = |e| sled_error(&self.path, "cannot convert", e);
+        let old = self.db.open_tree(MESSAGES_V1).map_err(err)?;
+        self.chunks.clear().map_err(err)?;
+        let mut current: Option<Chunk> = None;
+        let mut moved = 0u64;
+        for item in old.iter() {
+            let (key, value) = item.map_err(err)?;
+            let seq = key_seq(&key).ok_or_else(|| corrupt(&self.path))?;
+            let chunk = current.get_or_insert_with(|| Chunk::new(seq));
+            chunk.push(seq, value.to_vec());
+            moved += 1;
+            if chunk.is_full() {
+                self.chunks.insert(chunk.key.to_be_bytes(), chunk.encode()).map_err(err)?;
+                current = None;
+            }
+        }
+        if let Some(chunk) = current {
+            self.chunks.insert(chunk.key.to_be_bytes(), chunk.encode()).map_err(err)?;
+        }
+        self.flush().map_err(err)?;
+        self.db.drop_tree(MESSAGES_V1).map_err(err)?;
+        self.flush().map_err(err)?;
+        debug!(path = %self.path.display(), moved, "sled store converted to chunks");
+        Ok(())
+    }
+
+    /// Adds a message to the open chunk; writes the chunk to sled (without a flush) when that
+    /// fills it, and returns its key then.
+    fn push(&mut self, seq: u64, value: Vec<u8>) -> sled::Result<Option<u64>> {
+        let open = self.open.get_or_insert_with(|| OpenChunk { chunk: Chunk::new(seq), in_sled: false, dirty: false });
+        open.chunk.push(seq, value);
+        open.dirty = true;
+        if !open.chunk.is_full() {
+            return Ok(None);
+        }
+        let key = open.chunk.key;
+        self.chunks.insert(key.to_be_bytes(), open.chunk.encode())?;
+        self.open = None;
+        Ok(Some(key))
+    }
+
+    /// Makes sled hold everything durably (the open chunk included), then empties the journal.
+    ///
+    /// The sequence counter is saved here only, with the open chunk. Saved with every append, it
+    /// could reach the disk (sled writes its buffer out when it fills) ahead of the open chunk's
+    /// messages, and recovery would then skip them in the journal: it replays the records above
+    /// both the saved counter and the highest sequence number in sled's chunks.
     fn checkpoint(&mut self) -> sled::Result<()> {
+        if let Some(open) = self.open.as_mut().filter(|o| o.dirty) {
+            self.chunks.insert(open.chunk.key.to_be_bytes(), open.chunk.encode())?;
+            open.in_sled = true;
+            open.dirty = false;
+        }
+        self.state.insert(LAST_SEQ, &self.last_seq.to_le_bytes())?;
         self.flush()?;
         self.journal.clear()?;
         Ok(())
@@ -275,7 +382,6 @@ impl Worker {
         let result = self.apply_durably(&records, seq);
         match result {
             Ok(()) => {
-                self.last_seq = seq;
                 self.count += added.0;
                 self.bytes += added.1;
                 for ((_, reply), first) in appends.drain(..).zip(firsts) {
@@ -295,15 +401,19 @@ impl Worker {
     }
 
     /// Applies appended records to sled (in memory) and makes them durable in the journal; on
-    /// failure takes them out of sled again. Empties the journal when it has grown large.
+    /// failure takes them out of sled again. `last` becomes the last sequence number. Empties the
+    /// journal when it has grown large.
     fn apply_durably(&mut self, records: &[(u64, Vec<u8>)], last: u64) -> std::result::Result<(), String> {
+        let before = self.open.clone();
+        let mut sealed = Vec::new();
         // Plain inserts, not a sled batch: a batch makes sled write its buffer out at once (an
         // extra disk write per append); atomicity comes from the journal.
         let applied = records
             .iter()
-            .try_for_each(|(seq, value)| self.messages.insert(seq.to_be_bytes(), value.as_slice()).map(drop))
-            // The sequence counter is saved with the messages, so numbers are never reused.
-            .and_then(|_| self.state.insert(LAST_SEQ, &last.to_le_bytes()).map(drop))
+            .try_for_each(|(seq, value)| {
+                sealed.extend(self.push(*seq, value.clone())?);
+                Ok(())
+            })
             .map_err(|e| sled_error(&self.path, "cannot append to", e).to_string());
         let journaled = applied.and_then(|()| {
             let refs: Vec<(u64, &[u8])> = records.iter().map(|(s, v)| (*s, v.as_slice())).collect();
@@ -312,12 +422,18 @@ impl Worker {
                 .map_err(|e| format!("cannot write the journal {}: {e}", self.journal.path().display()))
         });
         if let Err(e) = journaled {
-            for (seq, _) in records {
-                let _ = self.messages.remove(seq.to_be_bytes());
+            // Back to the chunks as they were: a chunk sealed by this group existed in sled
+            // before only if it was the open chunk's copy from a checkpoint.
+            for key in sealed {
+                let _ = match before.as_ref().filter(|b| b.in_sled && b.chunk.key == key) {
+                    Some(b) => self.chunks.insert(key.to_be_bytes(), b.chunk.encode()).map(drop),
+                    None => self.chunks.remove(key.to_be_bytes()).map(drop),
+                };
             }
-            let _ = self.state.insert(LAST_SEQ, &self.last_seq.to_le_bytes());
+            self.open = before;
             return Err(e);
         }
+        self.last_seq = last;
         if self.journal.len() > journal::CHECKPOINT_BYTES {
             if let Err(e) = self.checkpoint() {
                 // The appends are durable in the journal; the next checkpoint tries again.
@@ -325,6 +441,117 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// The sealed chunk that holds `seq`, if any.
+    fn chunk_holding(&self, seq: u64) -> Result<Option<Chunk>> {
+        let found = self
+            .chunks
+            .get_lt(seq.saturating_add(1).to_be_bytes())
+            .map_err(|e| sled_error(&self.path, "cannot read", e))?;
+        let Some((key, value)) = found else { return Ok(None) };
+        let key = key_seq(&key).ok_or_else(|| corrupt(&self.path))?;
+        let chunk = Chunk::decode(key, &value).ok_or_else(|| corrupt(&self.path))?;
+        Ok(chunk.last_seq().is_some_and(|last| last >= seq).then_some(chunk))
+    }
+
+    /// Removes acknowledged messages (`seqs` sorted) from the chunks. Not flushed here: the
+    /// journal notes it (see the `journal` module) and the next checkpoint flushes it.
+    fn apply_removal(&mut self, seqs: &[u64]) -> Result<()> {
+        let write_err = |path: &Path, e| sled_error(path, "cannot remove from", e);
+        // The sealed chunk being edited, the highest sequence number it held, whether changed.
+        let mut current: Option<(Chunk, u64, bool)> = None;
+        let mut removed = Vec::new();
+        for &seq in seqs {
+            if let Some(open) = self.open.as_mut().filter(|o| seq >= o.chunk.key) {
+                if let Some(value) = open.chunk.remove(seq) {
+                    open.dirty = true;
+                    removed.push(value);
+                }
+                continue;
+            }
+            if current.as_ref().is_none_or(|(_, end, _)| seq > *end) {
+                if let Some(done) = current.take() {
+                    self.write_back(done).map_err(|e| write_err(&self.path, e))?;
+                }
+                current = self.chunk_holding(seq)?.map(|c| {
+                    let end = c.last_seq().unwrap_or(0);
+                    (c, end, false)
+                });
+            }
+            if let Some((chunk, _, changed)) = current.as_mut() {
+                if let Some(value) = chunk.remove(seq) {
+                    *changed = true;
+                    removed.push(value);
+                }
+            }
+        }
+        if let Some(done) = current.take() {
+            self.write_back(done).map_err(|e| write_err(&self.path, e))?;
+        }
+        if let Some(open) = self.open.take_if(|o| o.chunk.records.is_empty()) {
+            if open.in_sled {
+                self.chunks.remove(open.chunk.key.to_be_bytes()).map_err(|e| write_err(&self.path, e))?;
+            }
+        }
+        for value in removed {
+            self.count = self.count.saturating_sub(1);
+            self.bytes = self.bytes.saturating_sub(size_of(&value));
+        }
+        Ok(())
+    }
+
+    fn write_back(&self, (chunk, _, changed): (Chunk, u64, bool)) -> sled::Result<()> {
+        if !changed {
+            Ok(())
+        } else if chunk.records.is_empty() {
+            self.chunks.remove(chunk.key.to_be_bytes()).map(drop)
+        } else {
+            self.chunks.insert(chunk.key.to_be_bytes(), chunk.encode()).map(drop)
+        }
+    }
+
+    /// Up to `limit` messages from sequence number `start` on.
+    fn read(&self, start: u64, limit: usize) -> Result<Vec<QueuedMessage>> {
+        let err = |e| sled_error(&self.path, "cannot read", e);
+        let message = |seq: u64, value: &[u8]| -> Result<QueuedMessage> {
+            let message = persist::decode_message(value.get(8..).ok_or_else(|| corrupt(&self.path))?)?;
+            Ok(QueuedMessage { seq, message })
+        };
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let open_key = self.open.as_ref().map(|o| o.chunk.key);
+        let from = match self.chunks.get_lt(start.saturating_add(1).to_be_bytes()).map_err(err)? {
+            Some((key, _)) => key_seq(&key).ok_or_else(|| corrupt(&self.path))?,
+            None => 0,
+        };
+        for item in self.chunks.range(from.to_be_bytes()..) {
+            let (key, value) = item.map_err(err)?;
+            // sled's copy of the open chunk may be older than the one in memory.
+            if open_key.is_some_and(|open| key_seq(&key).is_none_or(|k| k >= open)) {
+                break;
+            }
+            for record in chunk::records(&value) {
+                let (seq, value) = record.ok_or_else(|| corrupt(&self.path))?;
+                if seq >= start {
+                    out.push(message(seq, value)?);
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        for (seq, value) in self.open.iter().flat_map(|o| &o.chunk.records) {
+            if *seq >= start {
+                out.push(message(*seq, value)?);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn serve(&mut self, command: Command) {
@@ -336,37 +563,18 @@ impl Worker {
         match command {
             Command::Append(..) | Command::Close(_) => {}
             Command::Read(after, limit, reply) => {
-                let start = after.map_or(0, |a| a.saturating_add(1));
-                let r = self
-                    .messages
-                    .range(start.to_be_bytes()..)
-                    .take(limit)
-                    .map(|item| {
-                        let (k, v) = item.map_err(err("cannot read"))?;
-                        let seq = k.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| corrupt(&self.path))?;
-                        let message = persist::decode_message(v.get(8..).ok_or_else(|| corrupt(&self.path))?)?;
-                        Ok(QueuedMessage { seq, message })
-                    })
-                    .collect();
-                let _ = reply.send(r);
+                let _ = reply.send(self.read(after.map_or(0, |a| a.saturating_add(1)), limit));
             }
-            Command::Remove(seqs, reply) => {
-                let mut removed = (0u64, 0u64);
-                let r = (|| {
-                    for seq in seqs {
-                        if let Some(v) = self.messages.remove(seq.to_be_bytes())? {
-                            removed.0 += 1;
-                            removed.1 += size_of(&v);
-                        }
+            Command::Remove(mut seqs, reply) => {
+                seqs.sort_unstable();
+                seqs.dedup();
+                let r = self.apply_removal(&seqs);
+                if r.is_ok() {
+                    if let Err(e) = self.journal.note_removal(&seqs) {
+                        // Only a redelivery after a crash, which the platform drops by key.
+                        warn!(error = %e, path = %self.journal.path().display(), "cannot note a removal in the journal");
                     }
-                    // Not flushed here: the next append's flush (or `close`) makes the removal
-                    // durable. One lost to a crash only means a redelivery, which the platform
-                    // drops by its message key; appends keep their own flush.
-                    Ok::<(), sled::Error>(())
-                })()
-                .map_err(err("cannot remove from"));
-                self.count -= removed.0.min(self.count);
-                self.bytes -= removed.1.min(self.bytes);
+                }
                 let _ = reply.send(r);
             }
             Command::Stats(reply) => {
@@ -392,8 +600,9 @@ impl Worker {
                 let _ = reply.send(r);
             }
             Command::Clear(reply) => {
+                self.open = None;
                 let r = self
-                    .messages
+                    .chunks
                     .clear()
                     .and_then(|_| self.state.remove("desired").map(|_| ()))
                     .and_then(|_| self.state.remove("reported").map(|_| ()))

@@ -41,3 +41,123 @@ async fn a_store_held_by_another_user_or_a_file_at_the_path_is_a_clear_error() {
     assert!(err.to_string().contains("is a file"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
 }
+
+/// A message of `n` with a payload between a few bytes and 9 KiB, so that chunks fill by count
+/// and by size, and some messages are larger than a chunk.
+fn message_of_size(n: u64) -> spotflow_core::OutgoingMessage {
+    let mut m = sample_message(n);
+    let len = match n % 11 {
+        0 => 9 * 1024,
+        1 | 2 => 700,
+        _ => (n % 300) as usize,
+    };
+    m.payload = vec![(n % 251) as u8; len].into();
+    m
+}
+
+/// Random appends, removals (in and out of order), reads from anywhere and reopens, checked
+/// against a model of the queue after every step.
+#[tokio::test]
+async fn a_random_walk_of_appends_removals_reads_and_reopens_matches_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    let mut store = SledStore::open_async(&path, DEFAULT_CACHE_BYTES).await.unwrap();
+    let mut model = std::collections::BTreeMap::new();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    let mut last = 0;
+    for step in 0..400 {
+        match next(10) {
+            0..=3 => {
+                let bound = if next(4) == 0 { 120 } else { 6 };
+                let n = 1 + next(bound);
+                let batch: Vec<_> = (0..n).map(|i| message_of_size(last + 1 + i)).collect();
+                let first = store.append_messages(batch.clone()).await.unwrap();
+                assert_eq!(first, last + 1, "step {step}");
+                for (i, m) in batch.into_iter().enumerate() {
+                    model.insert(first + i as u64, m);
+                }
+                last = first + n - 1;
+            }
+            4..=6 if !model.is_empty() => {
+                // Mostly the oldest ones, as acknowledgements come; sometimes scattered ones.
+                let seqs: Vec<u64> = if next(2) == 0 {
+                    model.keys().take(1 + next(80) as usize).copied().collect()
+                } else {
+                    model.keys().filter(|_| next(3) == 0).copied().chain([last + 5, 0]).collect()
+                };
+                store.remove_messages(&seqs).await.unwrap();
+                for seq in seqs {
+                    model.remove(&seq);
+                }
+            }
+            7 | 8 => {
+                let after = (next(3) != 0).then(|| next(last + 2));
+                let limit = 1 + next(150) as usize;
+                let got = store.read_messages(after, limit).await.unwrap();
+                let want: Vec<_> = model.range(after.map_or(0, |a| a + 1)..).take(limit).collect();
+                assert_eq!(got.len(), want.len(), "step {step}: read after {after:?} limit {limit}");
+                for (g, (seq, m)) in got.iter().zip(want) {
+                    assert_eq!((g.seq, &g.message), (*seq, m), "step {step}");
+                }
+            }
+            _ => {
+                store.close().await.unwrap();
+                store = SledStore::open_async(&path, DEFAULT_CACHE_BYTES).await.unwrap();
+            }
+        }
+        let stats = store.queue_stats().await.unwrap();
+        let bytes: u64 = model.values().map(|m| m.queued_size()).sum();
+        assert_eq!((stats.count, stats.bytes), (model.len() as u64, bytes), "step {step}");
+        assert_eq!(stats.last_seq, (last > 0).then_some(last), "step {step}");
+    }
+    let all = store.read_messages(None, usize::MAX).await.unwrap();
+    assert_eq!(all.iter().map(|q| q.seq).collect::<Vec<_>>(), model.keys().copied().collect::<Vec<_>>());
+}
+
+/// A store written by the first release (one message per sled entry in the `messages` tree) opens
+/// with its messages, counter and state, and is converted.
+#[tokio::test]
+async fn a_store_of_the_first_format_is_converted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    {
+        let db = sled::Config::new().path(&path).open().unwrap();
+        let messages = db.open_tree("messages").unwrap();
+        for seq in 1..=100u64 {
+            if seq % 10 == 0 {
+                continue; // acknowledged ones
+            }
+            let m = message_of_size(seq);
+            let mut value = m.queued_size().to_le_bytes().to_vec();
+            value.extend_from_slice(&spotflow_core::persist::encode_message(&m));
+            messages.insert(seq.to_be_bytes(), value).unwrap();
+        }
+        let state = db.open_tree("state").unwrap();
+        state.insert("last_seq", &100u64.to_le_bytes()).unwrap();
+        state
+            .insert(
+                "identity",
+                serde_json::to_vec(&spotflow_core::persist::identity_to_json(&sample_identity("v1"))).unwrap(),
+            )
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open_async(&path, DEFAULT_CACHE_BYTES).await.unwrap();
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!((stats.count, stats.last_seq), (90, Some(100)));
+    let all = store.read_messages(None, 1000).await.unwrap();
+    let want: Vec<u64> = (1..=100).filter(|s| s % 10 != 0).collect();
+    assert_eq!(all.iter().map(|q| q.seq).collect::<Vec<_>>(), want);
+    assert!(all.iter().all(|q| q.message == message_of_size(q.seq)));
+    assert_eq!(store.load_identity().await.unwrap(), Some(sample_identity("v1")));
+    assert_eq!(store.append_message(message_of_size(101)).await.unwrap(), 101);
+    store.close().await.unwrap();
+    let db = sled::Config::new().path(&path).open().unwrap();
+    assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"messages"), "the old tree is gone");
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 use spotflow_emulator::{Emulator, MessageQuery};
 
 fn child(
+    backend: Option<&str>,
     emu: &Emulator,
     token: &str,
     db: &std::path::Path,
@@ -18,7 +19,11 @@ fn child(
     run: usize,
     count: u32,
 ) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_device-child"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_device-child"));
+    if let Some(backend) = backend {
+        command.env("BACKEND", backend);
+    }
+    command
         .env("INSTANCE", emu.https_url())
         .env("CA_FILE", ca)
         .env("MQTT_PORT", emu.mqtts_addr().unwrap().port().to_string())
@@ -34,6 +39,16 @@ fn child(
 
 #[test]
 fn a_device_killed_while_sending_delivers_every_message_exactly_once() {
+    killed_while_sending(None);
+}
+
+#[test]
+fn a_device_on_sled_killed_while_sending_delivers_every_message_exactly_once() {
+    killed_while_sending(Some("sled"));
+}
+
+/// `backend`: a store of `spotflow_store_tests::BACKENDS`, or the device's default.
+fn killed_while_sending(backend: Option<&str>) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let emu = rt
@@ -46,7 +61,7 @@ fn a_device_killed_while_sending_delivers_every_message_exactly_once() {
     let mut acked: Vec<String> = Vec::new();
     let cycles = 20;
     for run in 0..cycles {
-        let mut c = child(&emu, &token, &db, &ca, run, 2000);
+        let mut c = child(backend, &emu, &token, &db, &ca, run, 2000);
         let (tx, rx) = std::sync::mpsc::channel();
         let stdout = c.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
@@ -72,7 +87,7 @@ fn a_device_killed_while_sending_delivers_every_message_exactly_once() {
         }
     }
     // A last run, not killed, delivers what is still queued.
-    let mut last = child(&emu, &token, &db, &ca, cycles, 0);
+    let mut last = child(backend, &emu, &token, &db, &ca, cycles, 0);
     let out = BufReader::new(last.stdout.take().unwrap()).lines().map_while(Result::ok).collect::<Vec<_>>();
     assert!(last.wait().unwrap().success(), "the last run finishes");
     assert!(out.contains(&"DONE".to_owned()));
@@ -87,7 +102,7 @@ fn a_device_killed_while_sending_delivers_every_message_exactly_once() {
     }
     assert!(counts.values().all(|n| *n == 1), "nothing stored twice");
     println!(
-        "{cycles} kills: {} acknowledged enqueues all stored exactly once; {} stored in all; {} redeliveries dropped by message key",
+        "{backend:?}: {cycles} kills: {} acknowledged enqueues all stored exactly once; {} stored in all; {} redeliveries dropped by message key",
         acked.len(),
         stored.len(),
         emu.duplicates()

@@ -2,7 +2,8 @@
 //! default durable store, enqueues `COUNT` messages (message ids `r{RUN}-{i}`), printing
 //! `ACK {RUN} {i}` after each enqueue returned, then waits until everything queued is
 //! acknowledged and prints `DONE`. Environment: `INSTANCE`, `CA_FILE`, `MQTT_PORT`,
-//! `PROVISIONING_TOKEN`, `DB`, `RUN`, `COUNT`.
+//! `PROVISIONING_TOKEN`, `DB`, `RUN`, `COUNT`, and optionally `BACKEND` (a store of
+//! `spotflow_store_tests::BACKENDS` instead of the default one).
 
 use std::io::Write;
 use std::time::Duration;
@@ -21,7 +22,12 @@ async fn main() {
     let ca = std::fs::read_to_string(env("CA_FILE")).expect("CA file");
     let mqtt_port: u16 = env("MQTT_PORT").parse().expect("port");
     let (run, count): (String, u32) = (env("RUN"), env("COUNT").parse().expect("count"));
-    let client = DeviceClient::builder(Some("killed-device"), env("PROVISIONING_TOKEN"), env("DB"))
+    let mut builder = DeviceClient::builder(Some("killed-device"), env("PROVISIONING_TOKEN"), env("DB"));
+    if let Ok(backend) = std::env::var("BACKEND") {
+        let store = spotflow_store_tests::open(&backend, std::path::Path::new(&env("DB"))).await.expect("store opens");
+        builder = builder.store(store);
+    }
+    let client = builder
         .instance(env("INSTANCE"))
         .trust_ca_pem(ca)
         .with_network(|n| {
