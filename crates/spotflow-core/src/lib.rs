@@ -49,6 +49,7 @@ mod platform;
 mod properties;
 mod queue;
 mod store;
+mod thread_store;
 pub mod time_format;
 mod transport;
 
@@ -68,4 +69,8 @@ pub use store::{
     recv_polling, ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store,
     STORE_THREAD_POLL,
 };
+pub use thread_store::{Durability, FreeSpace, StoreBackend, ThreadStore};
 pub use transport::{Connection, RequestId, SessionInfo, Transport, TransportEvent, TwinDocument};
+
+#[doc(hidden)]
+pub use async_trait::async_trait as __async_trait;

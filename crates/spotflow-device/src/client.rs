@@ -484,18 +484,16 @@ fn no_network(what: &str, instance: &Instance) -> Error {
 
 #[cfg(feature = "sqlite")]
 async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<dyn Store>> {
-    use spotflow_store_sqlite::{Durability as D, SqliteStore};
-    let d = match durability {
-        crate::Durability::CrashSafe => D::CrashSafe,
-        _ => D::PowerLossSafe,
-    };
-    Ok(Arc::new(SqliteStore::open_async(db, d).await?))
+    use spotflow_store_sqlite::SqliteStore;
+    Ok(Arc::new(SqliteStore::open_async(db, durability).await?))
 }
 
 #[cfg(all(feature = "sled", not(feature = "sqlite")))]
-async fn default_store(db: &Path, _durability: crate::Durability) -> Result<Arc<dyn Store>> {
-    use spotflow_store_sled::{SledStore, DEFAULT_CACHE_BYTES};
-    Ok(Arc::new(SledStore::open_async(db, DEFAULT_CACHE_BYTES).await?))
+async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<dyn Store>> {
+    use spotflow_store_sled::{SledOptions, SledStore};
+    let mut options = SledOptions::default();
+    options.durability = durability;
+    Ok(Arc::new(SledStore::open_async(db, options).await?))
 }
 
 #[cfg(not(any(feature = "sqlite", feature = "sled")))]

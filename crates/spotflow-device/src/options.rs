@@ -1,5 +1,6 @@
 //! Tunables of the device client, with defaults fit for a real device.
 
+pub use spotflow_core::Durability;
 use std::time::Duration;
 
 /// Largest payload accepted by `enqueue_message` by default (16 MiB).
@@ -30,7 +31,8 @@ pub struct ClientOptions {
     /// How long to wait for in-flight messages when switching to renewed credentials before the
     /// connection is replaced anyway. Default 10 s.
     pub renewal_drain_timeout: Duration,
-    /// Durability of the default SQLite store. Default [`Durability::PowerLossSafe`].
+    /// Durability of the default durable store (SQLite, or sled). Default
+    /// [`Durability::PowerLossSafe`].
     pub durability: Durability,
     /// Byte budget of the outgoing queue (payloads and ids). Default 256 MiB.
     pub queue_budget_bytes: u64,
@@ -49,17 +51,6 @@ pub enum QueueFullPolicy {
     /// Drop the oldest queued messages to make room (logged with their count); messages already
     /// handed to the connection may still arrive.
     DropOldest,
-}
-
-/// How far `enqueue_message` makes a message durable before it returns (durable stores).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Durability {
-    /// Survives power loss: fsync'd before `enqueue_message` returns (default).
-    #[default]
-    PowerLossSafe,
-    /// Survives a crash of the process (kill -9), not a power cut; much faster single enqueues.
-    CrashSafe,
 }
 
 impl Default for ClientOptions {

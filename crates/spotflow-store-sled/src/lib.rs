@@ -4,14 +4,22 @@
 //!   error. A regular file at the path is refused, never overwritten.
 //! * The page cache is bounded ([`DEFAULT_CACHE_BYTES`], configurable); sled's default would hold
 //!   hundreds of MiB with a long queue.
-//! * One dedicated thread applies the commands. Appends that arrive together are written to an
-//!   append journal next to sled's files and fdatasync'd once before every caller of the group is
-//!   answered, and inserted into sled without a flush; sled is flushed (and its log fdatasync'd:
+//! * One dedicated thread applies the commands ([`spotflow_core::ThreadStore`]). Appends that
+//!   arrive together are written to an append journal next to sled's files and fdatasync'd once
+//!   before every caller of the group is answered (with [`Durability::CrashSafe`], written without
+//!   the fdatasync: that survives a killed process, not a power cut), and inserted into sled
+//!   without a flush; sled is flushed (and its log fdatasync'd:
 //!   sled 0.34's own flush ends with `sync_file_range`, which is not power-loss safe) every 4 MiB
 //!   of journal, at `close` and with state changes, and the journal is then emptied. At open, the
-//!   journal's appends that sled had not flushed are applied again. There is one durability level:
-//!   every acknowledged append survives a crash and a power cut. Removals of acknowledged messages
-//!   are not flushed on their own (a lost one means a redelivery the platform drops by key).
+//!   journal's appends that sled had not flushed are applied again. With the default
+//!   [`Durability::PowerLossSafe`], every acknowledged append survives a crash and a power cut.
+//!   Removals of acknowledged messages
+//!   are noted in the journal without a sync of their own: they survive a killed process, and one
+//!   lost to a power cut means a redelivery the platform drops by key.
+//! * Messages are packed in chunks of up to 32 messages or 4 KiB per sled entry (see the `chunk`
+//!   module): sled keeps metadata in memory for every page it wrote, so one message per entry made
+//!   the memory grow with the queue (37 MiB with 1,000,000 messages and growing); with chunks it
+//!   stays flat. A store of the first format (one message per entry) is converted at open.
 //! * Recovery: sled replays its log at open. Its crash consistency is checked by the kill -9
 //!   tests of `spotflow-store-tests`, not assumed.
 #![deny(missing_docs)]
@@ -21,11 +29,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use spotflow_core::persist;
+pub use spotflow_core::Durability;
 use spotflow_core::{
-    DesiredState, DeviceIdentity, Error, ErrorStatus, OutgoingMessage, QueueStats, QueuedMessage, ReportedState,
-    Result, Store,
+    Error, ErrorStatus, FreeSpace, OutgoingMessage, QueueStats, QueuedMessage, Result, StoreBackend, ThreadStore,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -38,25 +45,40 @@ use journal::{Entry, Journal};
 /// Default page cache: 8 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
-const MAX_GROUP: usize = 1024;
+/// Free space below which appends are refused by default (16 MiB): a full disk must yield an
+/// error, not a store whose own writes failed halfway.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
-enum Command {
-    Append(Vec<OutgoingMessage>, oneshot::Sender<Result<u64>>),
-    Read(Option<u64>, usize, oneshot::Sender<Result<Vec<QueuedMessage>>>),
-    Remove(Vec<u64>, oneshot::Sender<Result<()>>),
-    Stats(oneshot::Sender<Result<QueueStats>>),
-    LoadState(&'static str, oneshot::Sender<Result<Option<serde_json::Value>>>),
-    SaveState(&'static str, serde_json::Value, oneshot::Sender<Result<()>>),
-    Clear(oneshot::Sender<Result<()>>),
-    Close(oneshot::Sender<Result<()>>),
+/// Options of [`SledStore::open_with_options`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SledOptions {
+    /// Durability of appends.
+    pub durability: Durability,
+    /// sled's page cache.
+    pub cache_bytes: u64,
+    /// Appends fail with a clear error while the file system has less free space than this.
+    pub min_free_bytes: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            durability: Durability::PowerLossSafe,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+        }
+    }
 }
 
 /// A durable store in a sled directory.
 #[derive(Debug, Clone)]
 pub struct SledStore {
-    tx: mpsc::Sender<Command>,
+    inner: ThreadStore,
     path: Arc<PathBuf>,
 }
+
+spotflow_core::store_via_thread!(SledStore, inner);
 
 fn sled_error(path: &Path, context: &str, e: sled::Error) -> Error {
     let (status, detail) = match &e {
@@ -78,23 +100,29 @@ fn closed() -> Error {
 const LAST_SEQ: &[u8] = b"last_seq";
 
 impl SledStore {
-    /// Opens (creating) the store at `path` with the default cache. Blocks while sled recovers.
+    /// Opens (creating) the store at `path` with the default options. Blocks while sled recovers
+    /// (on the store's own thread); inside an async runtime use [`SledStore::open_async`].
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore> {
+        Self::open_with_options(path, SledOptions::default())
+    }
+
+    /// Like [`SledStore::open`] with every option.
+    pub fn open_with_options(path: impl AsRef<Path>, options: SledOptions) -> Result<SledStore> {
         let (ready, opened) = mpsc::channel();
-        let store = Self::start(path.as_ref(), DEFAULT_CACHE_BYTES, move |r| drop(ready.send(r)))?;
+        let store = Self::start(path.as_ref(), options, move |r| drop(ready.send(r)))?;
         opened.recv().map_err(|_| closed())??;
         Ok(store)
     }
 
-    /// [`SledStore::open`] without blocking the async runtime, with a cache of `cache_bytes`.
-    pub async fn open_async(path: impl AsRef<Path>, cache_bytes: u64) -> Result<SledStore> {
+    /// [`SledStore::open_with_options`] without blocking the async runtime.
+    pub async fn open_async(path: impl AsRef<Path>, options: SledOptions) -> Result<SledStore> {
         let (ready, opened) = oneshot::channel();
-        let store = Self::start(path.as_ref(), cache_bytes, move |r| drop(ready.send(r)))?;
+        let store = Self::start(path.as_ref(), options, move |r| drop(ready.send(r)))?;
         opened.await.map_err(|_| closed())??;
         Ok(store)
     }
 
-    fn start(path: &Path, cache_bytes: u64, ready: impl FnOnce(Result<()>) + Send + 'static) -> Result<SledStore> {
+    fn start(path: &Path, options: SledOptions, ready: impl FnOnce(Result<()>) + Send + 'static) -> Result<SledStore> {
         let path = path.to_path_buf();
         if path.is_file() {
             return Err(Error::Store {
@@ -103,30 +131,17 @@ impl SledStore {
                 source: None,
             });
         }
-        let (tx, rx) = mpsc::channel();
         let worker_path = path.clone();
-        std::thread::Builder::new()
-            .name("spotflow-sled".into())
-            .spawn(move || match Worker::open(worker_path, cache_bytes) {
-                Ok(w) => {
-                    ready(Ok(()));
-                    w.run(rx);
-                }
-                Err(e) => ready(Err(e)),
-            })
-            .map_err(|e| Error::store("cannot start the sled thread", e))?;
-        Ok(SledStore { tx, path: Arc::new(path) })
+        // Crash safe: an append takes microseconds, so a lone caller polls for its answer.
+        let poll_reply = options.durability == Durability::CrashSafe;
+        let inner = ThreadStore::start("sled", poll_reply, move || Worker::open(worker_path, options), ready)?;
+        debug!(path = %path.display(), ?options, "opening the sled store");
+        Ok(SledStore { inner, path: Arc::new(path) })
     }
 
     /// The store's directory.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| closed())?;
-        rx.await.map_err(|_| closed())?
     }
 }
 
@@ -143,6 +158,9 @@ struct Worker {
     data_file: std::fs::File,
     /// Where appends are made durable (see the `journal` module).
     journal: Journal,
+    free: FreeSpace,
+    /// Power-loss safe: journal appends are fdatasync'd.
+    sync_appends: bool,
     /// The newest chunk while it fills. Its messages are durable in the journal; it is written to
     /// sled when full and at every checkpoint (sled may then hold an older copy of it).
     open: Option<OpenChunk>,
@@ -170,7 +188,7 @@ const MESSAGES_V1: &str = "messages";
 const CHUNKS: &str = "chunks";
 
 impl Worker {
-    fn open(path: PathBuf, cache_bytes: u64) -> Result<Worker> {
+    fn open(path: PathBuf, options: SledOptions) -> Result<Worker> {
         let err = |c: &str| {
             let p = path.clone();
             let c = c.to_owned();
@@ -178,7 +196,7 @@ impl Worker {
         };
         let db = sled::Config::new()
             .path(&path)
-            .cache_capacity(cache_bytes)
+            .cache_capacity(options.cache_bytes)
             .mode(sled::Mode::LowSpace)
             .flush_every_ms(None)
             .open()
@@ -209,6 +227,8 @@ impl Worker {
             last_seq: 0,
             data_file,
             journal,
+            free: FreeSpace::new(&path, options.min_free_bytes),
+            sync_appends: options.durability == Durability::PowerLossSafe,
             open: None,
         };
         if worker.db.tree_names().iter().any(|name| name.as_ref() == MESSAGES_V1.as_bytes()) {
@@ -332,72 +352,21 @@ impl Worker {
         Ok(())
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Command>) {
-        while let Some(first) = spotflow_core::recv_polling(&rx, spotflow_core::STORE_THREAD_POLL) {
-            let mut appends = Vec::new();
-            let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Append(m, reply) => appends.push((m, reply)),
-                    Command::Close(reply) => {
-                        self.append_group(&mut appends);
-                        let r = self.checkpoint().map_err(|e| sled_error(&self.path, "cannot flush", e));
-                        drop(self);
-                        let _ = reply.send(r);
-                        return;
-                    }
-                    other => {
-                        self.append_group(&mut appends);
-                        self.serve(other);
-                    }
-                }
-                if appends.len() < MAX_GROUP {
-                    next = rx.try_recv().ok();
-                }
-            }
-            self.append_group(&mut appends);
-        }
-    }
-
-    fn append_group(&mut self, appends: &mut Vec<(Vec<OutgoingMessage>, oneshot::Sender<Result<u64>>)>) {
-        if appends.is_empty() {
-            return;
-        }
+    /// The journal and sled records of the groups' messages, and each group's first number.
+    fn records(&self, groups: &[Vec<OutgoingMessage>]) -> (Vec<(u64, Vec<u8>)>, Vec<u64>) {
         let mut records = Vec::new();
+        let mut firsts = Vec::with_capacity(groups.len());
         let mut seq = self.last_seq;
-        let mut firsts = Vec::with_capacity(appends.len());
-        let mut added = (0u64, 0u64);
-        for (messages, _) in appends.iter() {
+        for messages in groups {
             firsts.push(seq + 1);
             for m in messages {
                 seq += 1;
-                let size = m.queued_size();
-                let mut value = size.to_le_bytes().to_vec();
+                let mut value = m.queued_size().to_le_bytes().to_vec();
                 value.extend_from_slice(&persist::encode_message(m));
                 records.push((seq, value));
-                added.0 += 1;
-                added.1 += size;
             }
         }
-        let result = self.apply_durably(&records, seq);
-        match result {
-            Ok(()) => {
-                self.count += added.0;
-                self.bytes += added.1;
-                for ((_, reply), first) in appends.drain(..).zip(firsts) {
-                    let _ = reply.send(Ok(first));
-                }
-            }
-            Err(shown) => {
-                for (_, reply) in appends.drain(..) {
-                    let _ = reply.send(Err(Error::Store {
-                        context: shown.clone(),
-                        status: ErrorStatus::Temporary,
-                        source: None,
-                    }));
-                }
-            }
-        }
+        (records, firsts)
     }
 
     /// Applies appended records to sled (in memory) and makes them durable in the journal; on
@@ -418,7 +387,7 @@ impl Worker {
         let journaled = applied.and_then(|()| {
             let refs: Vec<(u64, &[u8])> = records.iter().map(|(s, v)| (*s, v.as_slice())).collect();
             self.journal
-                .append(&refs)
+                .append(&refs, self.sync_appends)
                 .map_err(|e| format!("cannot write the journal {}: {e}", self.journal.path().display()))
         });
         if let Err(e) = journaled {
@@ -512,7 +481,7 @@ impl Worker {
     }
 
     /// Up to `limit` messages from sequence number `start` on.
-    fn read(&self, start: u64, limit: usize) -> Result<Vec<QueuedMessage>> {
+    fn read_from(&self, start: u64, limit: usize) -> Result<Vec<QueuedMessage>> {
         let err = |e| sled_error(&self.path, "cannot read", e);
         let message = |seq: u64, value: &[u8]| -> Result<QueuedMessage> {
             let message = persist::decode_message(value.get(8..).ok_or_else(|| corrupt(&self.path))?)?;
@@ -553,68 +522,71 @@ impl Worker {
         }
         Ok(out)
     }
+}
 
-    fn serve(&mut self, command: Command) {
-        let path = self.path.clone();
-        let err = move |c: &'static str| {
-            let p = path.clone();
-            move |e| sled_error(&p, c, e)
-        };
-        match command {
-            Command::Append(..) | Command::Close(_) => {}
-            Command::Read(after, limit, reply) => {
-                let _ = reply.send(self.read(after.map_or(0, |a| a.saturating_add(1)), limit));
-            }
-            Command::Remove(mut seqs, reply) => {
-                seqs.sort_unstable();
-                seqs.dedup();
-                let r = self.apply_removal(&seqs);
-                if r.is_ok() {
-                    if let Err(e) = self.journal.note_removal(&seqs) {
-                        // Only a redelivery after a crash, which the platform drops by key.
-                        warn!(error = %e, path = %self.journal.path().display(), "cannot note a removal in the journal");
-                    }
-                }
-                let _ = reply.send(r);
-            }
-            Command::Stats(reply) => {
-                let _ = reply.send(Ok(QueueStats {
-                    count: self.count,
-                    bytes: self.bytes,
-                    last_seq: (self.last_seq > 0).then_some(self.last_seq),
-                }));
-            }
-            Command::LoadState(name, reply) => {
-                let r =
-                    self.state.get(name).map_err(err("cannot read")).and_then(|v| {
-                        v.map(|v| serde_json::from_slice(&v).map_err(|_| corrupt(&self.path))).transpose()
-                    });
-                let _ = reply.send(r);
-            }
-            Command::SaveState(name, value, reply) => {
-                let r = self
-                    .state
-                    .insert(name, value.to_string().into_bytes())
-                    .and_then(|_| self.checkpoint())
-                    .map_err(err("cannot write"));
-                let _ = reply.send(r);
-            }
-            Command::Clear(reply) => {
-                self.open = None;
-                let r = self
-                    .chunks
-                    .clear()
-                    .and_then(|_| self.state.remove("desired").map(|_| ()))
-                    .and_then(|_| self.state.remove("reported").map(|_| ()))
-                    .and_then(|_| self.checkpoint())
-                    .map_err(err("cannot clear"));
-                if r.is_ok() {
-                    self.count = 0;
-                    self.bytes = 0;
-                }
-                let _ = reply.send(r);
-            }
+impl StoreBackend for Worker {
+    fn append(&mut self, groups: &[Vec<OutgoingMessage>]) -> Result<Vec<u64>> {
+        let incoming: u64 = groups.iter().flatten().map(|m| m.payload.len() as u64 + 64).sum();
+        self.free.check(incoming, &self.path)?;
+        let (records, firsts) = self.records(groups);
+        let Some(&(last, _)) = records.last() else { return Ok(firsts) };
+        self.apply_durably(&records, last).map_err(|shown| Error::Store {
+            context: shown,
+            status: ErrorStatus::Temporary,
+            source: None,
+        })?;
+        self.count += records.len() as u64;
+        self.bytes += groups.iter().flatten().map(OutgoingMessage::queued_size).sum::<u64>();
+        Ok(firsts)
+    }
+
+    fn read(&mut self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
+        self.read_from(after.map_or(0, |a| a.saturating_add(1)), limit)
+    }
+
+    fn remove(&mut self, seqs: &[u64]) -> Result<()> {
+        let mut seqs = seqs.to_vec();
+        seqs.sort_unstable();
+        seqs.dedup();
+        self.apply_removal(&seqs)?;
+        if let Err(e) = self.journal.note_removal(&seqs) {
+            // Only a redelivery after a crash, which the platform drops by key.
+            warn!(error = %e, path = %self.journal.path().display(), "cannot note a removal in the journal");
         }
+        Ok(())
+    }
+
+    fn stats(&mut self) -> Result<QueueStats> {
+        Ok(QueueStats { count: self.count, bytes: self.bytes, last_seq: (self.last_seq > 0).then_some(self.last_seq) })
+    }
+
+    fn load_state(&mut self, name: &str) -> Result<Option<serde_json::Value>> {
+        let value = self.state.get(name).map_err(|e| sled_error(&self.path, "cannot read", e))?;
+        value.map(|v| serde_json::from_slice(&v).map_err(|_| corrupt(&self.path))).transpose()
+    }
+
+    fn save_state(&mut self, name: &str, value: &serde_json::Value) -> Result<()> {
+        self.state
+            .insert(name, value.to_string().into_bytes())
+            .and_then(|_| self.checkpoint())
+            .map_err(|e| sled_error(&self.path, "cannot write", e))
+    }
+
+    fn clear(&mut self) -> Result<()> {
+        self.open = None;
+        self.chunks
+            .clear()
+            .and_then(|_| self.state.remove("desired").map(drop))
+            .and_then(|_| self.state.remove("reported").map(drop))
+            .and_then(|_| self.checkpoint())
+            .map_err(|e| sled_error(&self.path, "cannot clear", e))?;
+        self.count = 0;
+        self.bytes = 0;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.checkpoint().map_err(|e| sled_error(&self.path, "cannot flush", e))
     }
 }
 
@@ -623,58 +595,5 @@ fn corrupt(path: &Path) -> Error {
         context: format!("corrupt record in {}", path.display()),
         status: ErrorStatus::Permanent,
         source: None,
-    }
-}
-
-#[async_trait]
-impl Store for SledStore {
-    async fn append_messages(&self, messages: Vec<OutgoingMessage>) -> Result<u64> {
-        self.call(|r| Command::Append(messages, r)).await
-    }
-    async fn read_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
-        self.call(|r| Command::Read(after, limit, r)).await
-    }
-    async fn remove_messages(&self, seqs: &[u64]) -> Result<()> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        let seqs = seqs.to_vec();
-        self.call(|r| Command::Remove(seqs, r)).await
-    }
-    async fn queue_stats(&self) -> Result<QueueStats> {
-        self.call(Command::Stats).await
-    }
-    async fn load_identity(&self) -> Result<Option<DeviceIdentity>> {
-        let v = self.call(|r| Command::LoadState("identity", r)).await?;
-        v.as_ref().map(persist::identity_from_json).transpose()
-    }
-    async fn save_identity(&self, identity: &DeviceIdentity) -> Result<()> {
-        let v = persist::identity_to_json(identity);
-        self.call(|r| Command::SaveState("identity", v, r)).await
-    }
-    async fn load_desired(&self) -> Result<Option<DesiredState>> {
-        let v = self.call(|r| Command::LoadState("desired", r)).await?;
-        v.as_ref().map(persist::desired_from_json).transpose()
-    }
-    async fn save_desired(&self, desired: &DesiredState) -> Result<()> {
-        let v = persist::desired_to_json(desired);
-        self.call(|r| Command::SaveState("desired", v, r)).await
-    }
-    async fn load_reported(&self) -> Result<ReportedState> {
-        let v = self.call(|r| Command::LoadState("reported", r)).await?;
-        Ok(v.as_ref().map(persist::reported_from_json).transpose()?.unwrap_or_default())
-    }
-    async fn save_reported(&self, reported: &ReportedState) -> Result<()> {
-        let v = persist::reported_to_json(reported);
-        self.call(|r| Command::SaveState("reported", v, r)).await
-    }
-    async fn clear_device_state(&self) -> Result<()> {
-        self.call(Command::Clear).await
-    }
-    async fn close(&self) -> Result<()> {
-        match self.call(Command::Close).await {
-            Err(Error::Store { context, .. }) if context.contains("thread stopped") => Ok(()),
-            other => other,
-        }
     }
 }

@@ -2,12 +2,12 @@
 
 use spotflow_core::testkit::{sample_identity, sample_message, store_conformance};
 use spotflow_core::Store;
-use spotflow_store_sled::{SledStore, DEFAULT_CACHE_BYTES};
+use spotflow_store_sled::{SledOptions, SledStore};
 
 #[tokio::test]
 async fn passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open_async(dir.path().join("device.db"), DEFAULT_CACHE_BYTES).await.unwrap();
+    let store = SledStore::open_async(dir.path().join("device.db"), SledOptions::default()).await.unwrap();
     store_conformance(&store).await;
 }
 
@@ -15,12 +15,12 @@ async fn passes_the_conformance_suite() {
 async fn everything_survives_a_reopen_and_sequence_numbers_are_not_reused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.db");
-    let store = SledStore::open_async(&path, DEFAULT_CACHE_BYTES).await.unwrap();
+    let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
     let first = store.append_messages((0..50).map(sample_message).collect()).await.unwrap();
     store.remove_messages(&[first + 49]).await.unwrap();
     store.save_identity(&sample_identity("s")).await.unwrap();
     store.close().await.unwrap();
-    let store = SledStore::open_async(&path, DEFAULT_CACHE_BYTES).await.unwrap();
+    let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
     let stats = store.queue_stats().await.unwrap();
     assert_eq!((stats.count, stats.last_seq), (49, Some(first + 49)));
     assert_eq!(store.read_messages(None, 100).await.unwrap()[3].message, sample_message(3));
@@ -32,12 +32,12 @@ async fn everything_survives_a_reopen_and_sequence_numbers_are_not_reused() {
 async fn a_store_held_by_another_user_or_a_file_at_the_path_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.db");
-    let _holder = SledStore::open_async(&path, DEFAULT_CACHE_BYTES).await.unwrap();
-    let err = SledStore::open_async(&path, DEFAULT_CACHE_BYTES).await.unwrap_err();
+    let _holder = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
+    let err = SledStore::open_async(&path, SledOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("device.db"), "{err}");
     let file = dir.path().join("file.db");
     std::fs::write(&file, b"not a directory").unwrap();
-    let err = SledStore::open_async(&file, DEFAULT_CACHE_BYTES).await.unwrap_err();
+    let err = SledStore::open_async(&file, SledOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("is a file"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
 }
@@ -61,7 +61,7 @@ fn message_of_size(n: u64) -> spotflow_core::OutgoingMessage {
 async fn a_random_walk_of_appends_removals_reads_and_reopens_matches_a_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.db");
-    let mut store = SledStore::open_async(&path, DEFAULT_CACHE_BYTES).await.unwrap();
+    let mut store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
     let mut model = std::collections::BTreeMap::new();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = move |bound: u64| {
@@ -108,7 +108,7 @@ async fn a_random_walk_of_appends_removals_reads_and_reopens_matches_a_model() {
             }
             _ => {
                 store.close().await.unwrap();
-                store = SledStore::open_async(&path, DEFAULT_CACHE_BYTES).await.unwrap();
+                store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
             }
         }
         let stats = store.queue_stats().await.unwrap();
@@ -148,7 +148,7 @@ async fn a_store_of_the_first_format_is_converted_at_open() {
             .unwrap();
         db.flush().unwrap();
     }
-    let store = SledStore::open_async(&path, DEFAULT_CACHE_BYTES).await.unwrap();
+    let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
     let stats = store.queue_stats().await.unwrap();
     assert_eq!((stats.count, stats.last_seq), (90, Some(100)));
     let all = store.read_messages(None, 1000).await.unwrap();

@@ -121,6 +121,11 @@ fn sled_survives_kill_9() {
 }
 
 #[test]
+fn sled_crash_safe_survives_kill_9() {
+    crash_cycles("sled-crash-safe");
+}
+
+#[test]
 fn a_database_held_by_a_live_process_is_refused_by_another() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("held.db");

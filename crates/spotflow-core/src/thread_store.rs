@@ -1,0 +1,511 @@
+//! What the durable stores share: a [`Store`] whose storage work runs on one dedicated thread.
+//!
+//! A store crate implements [`StoreBackend`] (blocking calls on its files) and wraps a
+//! [`ThreadStore`], which owns the thread and the channel to it, merges appends that arrive
+//! together into one call of [`StoreBackend::append`] (group commit: one durable write for all
+//! of them, each caller answered after it), and implements [`Store`] on top. No tokio worker ever
+//! blocks on the disk. [`crate::store_via_thread!`] implements [`Store`] for the wrapper.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use crate::{
+    persist, DesiredState, DeviceIdentity, Error, ErrorStatus, OutgoingMessage, QueueStats, QueuedMessage,
+    ReportedState, Result, STORE_THREAD_POLL,
+};
+
+/// How far an append (`enqueue_message`) is durable when it returns, in the durable stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Survives power loss: on the disk (fsync'd) before the caller is answered (default).
+    #[default]
+    PowerLossSafe,
+    /// Survives a crash of the process (kill -9), not a power cut: much faster single appends.
+    CrashSafe,
+}
+
+/// The storage work of a durable store, done on its thread by [`ThreadStore`]; every call blocks.
+pub trait StoreBackend: Send + 'static {
+    /// Appends the messages of every group, in order, durably (as the store's [`Durability`]
+    /// promises) before it returns. Returns the sequence number of each group's first message
+    /// (for an empty group, the number its next message would get). An error fails every group.
+    fn append(&mut self, groups: &[Vec<OutgoingMessage>]) -> Result<Vec<u64>>;
+    /// Up to `limit` queued messages with sequence numbers above `after`, in order.
+    fn read(&mut self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>>;
+    /// Removes acknowledged messages; unknown sequence numbers are ignored.
+    fn remove(&mut self, seqs: &[u64]) -> Result<()>;
+    /// The queue's size and last sequence number.
+    fn stats(&mut self) -> Result<QueueStats>;
+    /// A named state document (`identity`, `desired`, `reported`).
+    fn load_state(&mut self, name: &str) -> Result<Option<serde_json::Value>>;
+    /// Saves a named state document durably.
+    fn save_state(&mut self, name: &str, value: &serde_json::Value) -> Result<()>;
+    /// Removes the queued messages and the `desired` and `reported` documents.
+    fn clear(&mut self) -> Result<()>;
+    /// Makes everything durable before the files are released (the backend is dropped next).
+    fn close(&mut self) -> Result<()>;
+}
+
+/// Appends merged into one [`StoreBackend::append`] at most.
+const MAX_GROUP: usize = 1024;
+
+/// How long a lone caller of a store that answers in microseconds (see
+/// [`ThreadStore::start`]) polls for the answer before it awaits it.
+const REPLY_POLL: Duration = Duration::from_micros(50);
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Command {
+    Append(Vec<OutgoingMessage>, Reply<u64>),
+    Read(Option<u64>, usize, Reply<Vec<QueuedMessage>>),
+    Remove(Vec<u64>, Reply<()>),
+    Stats(Reply<QueueStats>),
+    LoadState(&'static str, Reply<Option<serde_json::Value>>),
+    SaveState(&'static str, serde_json::Value, Reply<()>),
+    Clear(Reply<()>),
+    Close(Reply<()>),
+}
+
+/// A [`Store`](crate::Store) served by one thread that owns a [`StoreBackend`].
+#[derive(Clone)]
+pub struct ThreadStore {
+    tx: mpsc::Sender<Command>,
+    /// The backend's name, for errors ("SQLite", "sled").
+    label: &'static str,
+    /// Poll briefly for answers (see [`ThreadStore::start`]).
+    poll_reply: bool,
+    /// Calls waiting for an answer; only a lone caller polls (concurrent ones are grouped anyway).
+    waiting: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for ThreadStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadStore").field("backend", &self.label).finish_non_exhaustive()
+    }
+}
+
+/// Counts a call out of [`ThreadStore::waiting`] when it ends (also when its future is dropped).
+struct WaitingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ThreadStore {
+    /// Starts the thread `spotflow-{label}` (lowercase), which opens the backend with `open`,
+    /// reports the outcome through `ready`, then serves it until the store is closed or dropped.
+    ///
+    /// `poll_reply`: the backend answers appends in microseconds (no fsync), less than it takes
+    /// to put the caller's thread to sleep and wake it up, so a lone caller polls for its answer
+    /// for up to 50 µs (yielding to other tasks, whose appends then join its group) first.
+    pub fn start<B: StoreBackend>(
+        label: &'static str,
+        poll_reply: bool,
+        open: impl FnOnce() -> Result<B> + Send + 'static,
+        ready: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<ThreadStore> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("spotflow-{}", label.to_lowercase()))
+            .spawn(move || match open() {
+                Ok(backend) => {
+                    ready(Ok(()));
+                    serve(backend, label, rx);
+                }
+                Err(e) => ready(Err(e)),
+            })
+            .map_err(|e| Error::store(format!("cannot start the {label} store thread"), e))?;
+        Ok(ThreadStore { tx, label, poll_reply, waiting: Arc::default() })
+    }
+
+    fn closed(&self) -> Error {
+        Error::Store {
+            context: format!("the {} store is closed", self.label),
+            status: ErrorStatus::Permanent,
+            source: None,
+        }
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (reply, mut rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| self.closed())?;
+        let alone = self.waiting.fetch_add(1, Ordering::AcqRel) == 0;
+        let _waiting = WaitingGuard(&self.waiting);
+        if self.poll_reply && alone {
+            let until = Instant::now() + REPLY_POLL;
+            while Instant::now() < until {
+                match rx.try_recv() {
+                    Ok(result) => return result,
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(self.closed()),
+                    Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+                }
+            }
+        }
+        rx.await.map_err(|_| self.closed())?
+    }
+
+    /// [`Store::append_messages`](crate::Store::append_messages).
+    pub async fn append_messages(&self, messages: Vec<OutgoingMessage>) -> Result<u64> {
+        self.call(|r| Command::Append(messages, r)).await
+    }
+    /// [`Store::read_messages`](crate::Store::read_messages).
+    pub async fn read_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
+        self.call(|r| Command::Read(after, limit, r)).await
+    }
+    /// [`Store::remove_messages`](crate::Store::remove_messages).
+    pub async fn remove_messages(&self, seqs: &[u64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let seqs = seqs.to_vec();
+        self.call(|r| Command::Remove(seqs, r)).await
+    }
+    /// [`Store::queue_stats`](crate::Store::queue_stats).
+    pub async fn queue_stats(&self) -> Result<QueueStats> {
+        self.call(Command::Stats).await
+    }
+    /// [`Store::load_identity`](crate::Store::load_identity).
+    pub async fn load_identity(&self) -> Result<Option<DeviceIdentity>> {
+        let v = self.call(|r| Command::LoadState("identity", r)).await?;
+        v.as_ref().map(persist::identity_from_json).transpose()
+    }
+    /// [`Store::save_identity`](crate::Store::save_identity).
+    pub async fn save_identity(&self, identity: &DeviceIdentity) -> Result<()> {
+        let v = persist::identity_to_json(identity);
+        self.call(|r| Command::SaveState("identity", v, r)).await
+    }
+    /// [`Store::load_desired`](crate::Store::load_desired).
+    pub async fn load_desired(&self) -> Result<Option<DesiredState>> {
+        let v = self.call(|r| Command::LoadState("desired", r)).await?;
+        v.as_ref().map(persist::desired_from_json).transpose()
+    }
+    /// [`Store::save_desired`](crate::Store::save_desired).
+    pub async fn save_desired(&self, desired: &DesiredState) -> Result<()> {
+        let v = persist::desired_to_json(desired);
+        self.call(|r| Command::SaveState("desired", v, r)).await
+    }
+    /// [`Store::load_reported`](crate::Store::load_reported).
+    pub async fn load_reported(&self) -> Result<ReportedState> {
+        let v = self.call(|r| Command::LoadState("reported", r)).await?;
+        Ok(v.as_ref().map(persist::reported_from_json).transpose()?.unwrap_or_default())
+    }
+    /// [`Store::save_reported`](crate::Store::save_reported).
+    pub async fn save_reported(&self, reported: &ReportedState) -> Result<()> {
+        let v = persist::reported_to_json(reported);
+        self.call(|r| Command::SaveState("reported", v, r)).await
+    }
+    /// [`Store::clear_device_state`](crate::Store::clear_device_state).
+    pub async fn clear_device_state(&self) -> Result<()> {
+        self.call(Command::Clear).await
+    }
+    /// Closes the store now (everything durable, the files released for another process)
+    /// instead of when the last clone is dropped. Later calls on any clone fail; closing again is
+    /// a no-op.
+    pub async fn close(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Close(reply)).is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+/// The store thread: commands in arrival order, appends merged until another command (or
+/// [`MAX_GROUP`] of them) comes.
+fn serve<B: StoreBackend>(mut backend: B, label: &str, rx: mpsc::Receiver<Command>) {
+    while let Some(first) = crate::recv_polling(&rx, STORE_THREAD_POLL) {
+        let mut appends = Vec::new();
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Append(messages, reply) => appends.push((messages, reply)),
+                Command::Close(reply) => {
+                    append_group(&mut backend, &mut appends);
+                    let r = backend.close();
+                    drop(backend);
+                    let _ = reply.send(r);
+                    return;
+                }
+                other => {
+                    append_group(&mut backend, &mut appends);
+                    serve_one(&mut backend, other);
+                }
+            }
+            if appends.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        append_group(&mut backend, &mut appends);
+    }
+    // Every handle was dropped without `close`.
+    if let Err(e) = backend.close() {
+        warn!(error = %e, "the {label} store did not close cleanly");
+    }
+}
+
+fn append_group<B: StoreBackend>(backend: &mut B, appends: &mut Vec<(Vec<OutgoingMessage>, Reply<u64>)>) {
+    if appends.is_empty() {
+        return;
+    }
+    let (groups, replies): (Vec<_>, Vec<_>) = appends.drain(..).unzip();
+    match backend.append(&groups) {
+        Ok(firsts) => {
+            for (reply, first) in replies.into_iter().zip(firsts) {
+                let _ = reply.send(Ok(first));
+            }
+        }
+        Err(e) => {
+            let shown = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(Error::Store {
+                    context: shown.clone(),
+                    status: ErrorStatus::Temporary,
+                    source: None,
+                }));
+            }
+        }
+    }
+}
+
+fn serve_one<B: StoreBackend>(backend: &mut B, command: Command) {
+    match command {
+        Command::Append(..) | Command::Close(_) => {}
+        Command::Read(after, limit, reply) => drop(reply.send(backend.read(after, limit))),
+        Command::Remove(seqs, reply) => drop(reply.send(backend.remove(&seqs))),
+        Command::Stats(reply) => drop(reply.send(backend.stats())),
+        Command::LoadState(name, reply) => drop(reply.send(backend.load_state(name))),
+        Command::SaveState(name, value, reply) => drop(reply.send(backend.save_state(name, &value))),
+        Command::Clear(reply) => drop(reply.send(backend.clear())),
+    }
+}
+
+/// Implements [`Store`](crate::Store) for a type whose field `$field` is a [`ThreadStore`].
+#[macro_export]
+macro_rules! store_via_thread {
+    ($ty:ty, $field:ident) => {
+        #[$crate::__async_trait]
+        impl $crate::Store for $ty {
+            async fn append_messages(&self, messages: Vec<$crate::OutgoingMessage>) -> $crate::Result<u64> {
+                self.$field.append_messages(messages).await
+            }
+            async fn read_messages(
+                &self,
+                after: Option<u64>,
+                limit: usize,
+            ) -> $crate::Result<Vec<$crate::QueuedMessage>> {
+                self.$field.read_messages(after, limit).await
+            }
+            async fn remove_messages(&self, seqs: &[u64]) -> $crate::Result<()> {
+                self.$field.remove_messages(seqs).await
+            }
+            async fn queue_stats(&self) -> $crate::Result<$crate::QueueStats> {
+                self.$field.queue_stats().await
+            }
+            async fn load_identity(&self) -> $crate::Result<Option<$crate::DeviceIdentity>> {
+                self.$field.load_identity().await
+            }
+            async fn save_identity(&self, identity: &$crate::DeviceIdentity) -> $crate::Result<()> {
+                self.$field.save_identity(identity).await
+            }
+            async fn load_desired(&self) -> $crate::Result<Option<$crate::DesiredState>> {
+                self.$field.load_desired().await
+            }
+            async fn save_desired(&self, desired: &$crate::DesiredState) -> $crate::Result<()> {
+                self.$field.save_desired(desired).await
+            }
+            async fn load_reported(&self) -> $crate::Result<$crate::ReportedState> {
+                self.$field.load_reported().await
+            }
+            async fn save_reported(&self, reported: &$crate::ReportedState) -> $crate::Result<()> {
+                self.$field.save_reported(reported).await
+            }
+            async fn clear_device_state(&self) -> $crate::Result<()> {
+                self.$field.clear_device_state().await
+            }
+            async fn close(&self) -> $crate::Result<()> {
+                self.$field.close().await
+            }
+        }
+    };
+}
+
+/// Free space of the file system that holds a store, checked before appends every
+/// [`FreeSpace::INTERVAL`] bytes, so that a full disk fails appends with a clear error instead of
+/// failing the store's own writes halfway.
+#[derive(Debug)]
+pub struct FreeSpace {
+    dir: PathBuf,
+    reserve: u64,
+    /// Bytes appended since the last check (`None`: check before the next append).
+    since_check: Option<u64>,
+}
+
+impl FreeSpace {
+    /// Bytes appended between two checks.
+    pub const INTERVAL: u64 = 1024 * 1024;
+
+    /// Checks the file system of the directory `dir`, keeping `reserve` bytes free.
+    pub fn new(dir: &Path, reserve: u64) -> FreeSpace {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        FreeSpace { dir: dir.to_path_buf(), reserve, since_check: None }
+    }
+
+    /// Before appending about `incoming` bytes to the store `shown` (named in the error).
+    pub fn check(&mut self, incoming: u64, shown: &Path) -> Result<()> {
+        let due = self.since_check.is_none_or(|b| b + incoming >= Self::INTERVAL);
+        if !due {
+            self.since_check = self.since_check.map(|b| b + incoming);
+            return Ok(());
+        }
+        let free = match rustix::fs::statvfs(&self.dir) {
+            Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
+            // Unknown: the store's own write reports a full disk.
+            Err(_) => u64::MAX,
+        };
+        if free < self.reserve.saturating_add(incoming) {
+            self.since_check = None;
+            return Err(Error::Store {
+                context: format!(
+                    "not enough free disk space for {}: {free} bytes free, {} kept in reserve",
+                    shown.display(),
+                    self.reserve
+                ),
+                status: ErrorStatus::Temporary,
+                source: None,
+            });
+        }
+        self.since_check = Some(0);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{sample_message, store_conformance};
+    use crate::{MemoryStore, Store};
+
+    /// A backend on the in-memory store, counting the append calls.
+    struct Counting {
+        inner: MemoryStore,
+        rt: tokio::runtime::Runtime,
+        appends: Arc<AtomicUsize>,
+    }
+
+    impl StoreBackend for Counting {
+        fn append(&mut self, groups: &[Vec<OutgoingMessage>]) -> Result<Vec<u64>> {
+            self.appends.fetch_add(1, Ordering::SeqCst);
+            // As long as a disk's flush: callers arriving meanwhile are grouped.
+            std::thread::sleep(Duration::from_micros(200));
+            groups.iter().map(|g| self.rt.block_on(self.inner.append_messages(g.clone()))).collect()
+        }
+        fn read(&mut self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
+            self.rt.block_on(self.inner.read_messages(after, limit))
+        }
+        fn remove(&mut self, seqs: &[u64]) -> Result<()> {
+            self.rt.block_on(self.inner.remove_messages(seqs))
+        }
+        fn stats(&mut self) -> Result<QueueStats> {
+            self.rt.block_on(self.inner.queue_stats())
+        }
+        fn load_state(&mut self, name: &str) -> Result<Option<serde_json::Value>> {
+            Ok(match name {
+                "identity" => self.rt.block_on(self.inner.load_identity())?.as_ref().map(persist::identity_to_json),
+                "desired" => self.rt.block_on(self.inner.load_desired())?.as_ref().map(persist::desired_to_json),
+                _ => Some(persist::reported_to_json(&self.rt.block_on(self.inner.load_reported())?)),
+            })
+        }
+        fn save_state(&mut self, name: &str, value: &serde_json::Value) -> Result<()> {
+            match name {
+                "identity" => self.rt.block_on(self.inner.save_identity(&persist::identity_from_json(value)?)),
+                "desired" => self.rt.block_on(self.inner.save_desired(&persist::desired_from_json(value)?)),
+                _ => self.rt.block_on(self.inner.save_reported(&persist::reported_from_json(value)?)),
+            }
+        }
+        fn clear(&mut self) -> Result<()> {
+            self.rt.block_on(self.inner.clear_device_state())
+        }
+        fn close(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Wrapped {
+        inner: ThreadStore,
+    }
+    crate::store_via_thread!(Wrapped, inner);
+
+    fn start(poll_reply: bool) -> (Wrapped, Arc<AtomicUsize>) {
+        let appends = Arc::new(AtomicUsize::new(0));
+        let counter = appends.clone();
+        let (ready, opened) = mpsc::channel();
+        let open = move || {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            Ok(Counting { inner: MemoryStore::new(), rt, appends: counter })
+        };
+        let inner = ThreadStore::start("Test", poll_reply, open, move |r| drop(ready.send(r))).unwrap();
+        opened.recv().unwrap().unwrap();
+        (Wrapped { inner }, appends)
+    }
+
+    #[tokio::test]
+    async fn a_thread_store_passes_the_conformance_suite_either_way_of_waiting() {
+        for poll_reply in [false, true] {
+            let (store, _) = start(poll_reply);
+            store_conformance(&store).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_are_grouped_and_each_caller_gets_its_own_numbers() {
+        let (store, appends) = start(false);
+        let store = Arc::new(store);
+        let tasks: Vec<_> = (0..64)
+            .map(|t| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut firsts = Vec::new();
+                    for i in 0..20 {
+                        firsts.push(store.append_messages(vec![sample_message(t * 100 + i); 2]).await.unwrap());
+                    }
+                    firsts
+                })
+            })
+            .collect();
+        let mut firsts = Vec::new();
+        for t in tasks {
+            firsts.extend(t.await.unwrap());
+        }
+        firsts.sort_unstable();
+        assert_eq!(firsts, (0..64 * 20).map(|i| 1 + 2 * i as u64).collect::<Vec<_>>());
+        let calls = appends.load(Ordering::SeqCst);
+        assert!(calls < 64 * 20, "{calls} backend appends for {} callers: none grouped", 64 * 20);
+        store.close().await.unwrap();
+        store.close().await.unwrap();
+        let err = store.queue_stats().await.unwrap_err();
+        assert!(err.to_string().contains("Test store is closed"), "{err}");
+    }
+
+    #[test]
+    fn free_space_is_checked_every_interval_and_names_the_store() {
+        let dir = std::env::temp_dir();
+        let mut plenty = FreeSpace::new(&dir, 0);
+        plenty.check(10, Path::new("x.db")).unwrap();
+        assert_eq!(plenty.since_check, Some(0));
+        plenty.check(10, Path::new("x.db")).unwrap();
+        assert_eq!(plenty.since_check, Some(10), "not checked again before the interval");
+        let mut none = FreeSpace::new(&dir, u64::MAX / 2);
+        let err = none.check(10, Path::new("x.db")).unwrap_err();
+        assert!(err.to_string().contains("not enough free disk space for x.db"), "{err}");
+        assert_eq!(none.since_check, None, "checked again before the next append");
+    }
+}
