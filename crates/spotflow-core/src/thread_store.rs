@@ -263,13 +263,13 @@ fn append_group<B: StoreBackend>(backend: &mut B, appends: &mut Vec<(Vec<Outgoin
             }
         }
         Err(e) => {
-            let shown = e.to_string();
+            // The error is not `Clone`: every caller gets its text and status.
+            let (context, status) = match &e {
+                Error::Store { context, status, .. } => (context.clone(), *status),
+                other => (other.to_string(), ErrorStatus::Temporary),
+            };
             for reply in replies {
-                let _ = reply.send(Err(Error::Store {
-                    context: shown.clone(),
-                    status: ErrorStatus::Temporary,
-                    source: None,
-                }));
+                let _ = reply.send(Err(Error::Store { context: context.clone(), status, source: None }));
             }
         }
     }

@@ -85,6 +85,9 @@ fn sled_error(path: &Path, context: &str, e: sled::Error) -> Error {
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
             (ErrorStatus::Temporary, "the database is used by another process".to_owned())
         }
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            (ErrorStatus::Temporary, "the disk is full".to_owned())
+        }
         sled::Error::Corruption { .. } => {
             (ErrorStatus::Permanent, "the database is corrupt (it was left untouched)".to_owned())
         }
@@ -372,7 +375,7 @@ impl Worker {
     /// Applies appended records to sled (in memory) and makes them durable in the journal; on
     /// failure takes them out of sled again. `last` becomes the last sequence number. Empties the
     /// journal when it has grown large.
-    fn apply_durably(&mut self, records: &[(u64, Vec<u8>)], last: u64) -> std::result::Result<(), String> {
+    fn apply_durably(&mut self, records: &[(u64, Vec<u8>)], last: u64) -> Result<()> {
         let before = self.open.clone();
         let mut sealed = Vec::new();
         // Plain inserts, not a sled batch: a batch makes sled write its buffer out at once (an
@@ -383,12 +386,14 @@ impl Worker {
                 sealed.extend(self.push(*seq, value.clone())?);
                 Ok(())
             })
-            .map_err(|e| sled_error(&self.path, "cannot append to", e).to_string());
+            .map_err(|e| sled_error(&self.path, "cannot append to", e));
         let journaled = applied.and_then(|()| {
             let refs: Vec<(u64, &[u8])> = records.iter().map(|(s, v)| (*s, v.as_slice())).collect();
-            self.journal
-                .append(&refs, self.sync_appends)
-                .map_err(|e| format!("cannot write the journal {}: {e}", self.journal.path().display()))
+            self.journal.append(&refs, self.sync_appends).map_err(|e| Error::Store {
+                context: format!("cannot write the journal {}: {e}", self.journal.path().display()),
+                status: ErrorStatus::Temporary,
+                source: Some(Box::new(e)),
+            })
         });
         if let Err(e) = journaled {
             // Back to the chunks as they were: a chunk sealed by this group existed in sled
@@ -530,11 +535,7 @@ impl StoreBackend for Worker {
         self.free.check(incoming, &self.path)?;
         let (records, firsts) = self.records(groups);
         let Some(&(last, _)) = records.last() else { return Ok(firsts) };
-        self.apply_durably(&records, last).map_err(|shown| Error::Store {
-            context: shown,
-            status: ErrorStatus::Temporary,
-            source: None,
-        })?;
+        self.apply_durably(&records, last)?;
         self.count += records.len() as u64;
         self.bytes += groups.iter().flatten().map(OutgoingMessage::queued_size).sum::<u64>();
         Ok(firsts)

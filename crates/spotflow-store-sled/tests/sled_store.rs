@@ -161,3 +161,29 @@ async fn a_store_of_the_first_format_is_converted_at_open() {
     let db = sled::Config::new().path(&path).open().unwrap();
     assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"messages"), "the old tree is gone");
 }
+
+#[tokio::test]
+async fn too_little_free_disk_space_refuses_appends_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = SledOptions::default();
+    // More free space than any disk has: the check must refuse the append.
+    options.min_free_bytes = u64::MAX / 4;
+    let store = SledStore::open_async(dir.path().join("device.db"), options).await.unwrap();
+    spotflow_core::testkit::refuses_appends_without_free_space(&store).await;
+}
+
+#[tokio::test]
+async fn the_crash_safe_level_passes_the_conformance_suite_and_keeps_everything_at_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    let mut options = SledOptions::default();
+    options.durability = spotflow_store_sled::Durability::CrashSafe;
+    let store = SledStore::open_async(&path, options).await.unwrap();
+    store_conformance(&store).await;
+    let first = store.append_messages((0..100).map(message_of_size).collect()).await.unwrap();
+    store.close().await.unwrap();
+    let store = SledStore::open_async(&path, options).await.unwrap();
+    let all = store.read_messages(Some(first - 1), 1000).await.unwrap();
+    assert_eq!(all.len(), 100);
+    assert!(all.iter().zip(0..).all(|(q, n)| q.seq == first + n && q.message == message_of_size(n)));
+}

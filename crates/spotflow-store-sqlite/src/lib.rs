@@ -78,7 +78,8 @@ spotflow_core::store_via_thread!(SqliteStore, inner);
 
 fn sql_error(path: &Path, context: &str, e: rusqlite::Error) -> Error {
     let status = match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => ErrorStatus::Temporary,
+        // Busy: another process; full: until acknowledged messages are removed or space is freed.
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => ErrorStatus::Temporary,
         _ => ErrorStatus::Permanent,
     };
     let detail = match e.sqlite_error_code() {

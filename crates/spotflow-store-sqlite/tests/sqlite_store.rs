@@ -149,8 +149,5 @@ async fn too_little_free_disk_space_refuses_appends_before_writing() {
     .await
     .unwrap()
     .unwrap();
-    let err = store.append_message(sample_message(0)).await.unwrap_err();
-    assert!(err.to_string().contains("not enough free disk space"), "{err}");
-    assert!(err.is_temporary());
-    assert_eq!(store.queue_stats().await.unwrap().count, 0, "nothing half-written");
+    spotflow_core::testkit::refuses_appends_without_free_space(&store).await;
 }

@@ -6,4 +6,4 @@ mod platform;
 mod store_suite;
 
 pub use platform::{AckMode, MemoryPlatform, PlatformStats, ReceivedMessage, MEMORY_HUB_HOST};
-pub use store_suite::{sample_identity, sample_message, store_conformance};
+pub use store_suite::{refuses_appends_without_free_space, sample_identity, sample_message, store_conformance};

@@ -233,3 +233,12 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     .await;
     outputs.into_iter().map(|o| o.expect("all futures completed")).collect()
 }
+
+/// For a durable store opened with a free-space reserve larger than any disk: appends are refused
+/// before anything is written, with a clear, temporary error.
+pub async fn refuses_appends_without_free_space(store: &dyn Store) {
+    let err = store.append_message(sample_message(0)).await.unwrap_err();
+    assert!(err.to_string().contains("not enough free disk space"), "{err}");
+    assert!(err.is_temporary());
+    assert_eq!(store.queue_stats().await.unwrap().count, 0, "nothing half-written");
+}
