@@ -48,8 +48,11 @@ pub trait StoreBackend: Send + 'static {
     fn save_state(&mut self, name: &str, value: &serde_json::Value) -> Result<()>;
     /// Removes the queued messages and the `desired` and `reported` documents.
     fn clear(&mut self) -> Result<()>;
-    /// Makes everything durable before the files are released (the backend is dropped next).
-    fn close(&mut self) -> Result<()>;
+    /// Makes everything durable and releases the files: when it returns, another store may open
+    /// them.
+    fn close(self) -> Result<()>
+    where
+        Self: Sized;
 }
 
 /// Appends merged into one [`StoreBackend::append`] at most.
@@ -229,9 +232,7 @@ fn serve<B: StoreBackend>(mut backend: B, label: &str, rx: mpsc::Receiver<Comman
                 Command::Append(messages, reply) => appends.push((messages, reply)),
                 Command::Close(reply) => {
                     append_group(&mut backend, &mut appends);
-                    let r = backend.close();
-                    drop(backend);
-                    let _ = reply.send(r);
+                    let _ = reply.send(backend.close());
                     return;
                 }
                 other => {
@@ -433,7 +434,7 @@ mod tests {
         fn clear(&mut self) -> Result<()> {
             self.rt.block_on(self.inner.clear_device_state())
         }
-        fn close(&mut self) -> Result<()> {
+        fn close(self) -> Result<()> {
             Ok(())
         }
     }

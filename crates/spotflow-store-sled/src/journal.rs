@@ -14,20 +14,42 @@
 //! only what was in flight. (A removal lost to a power cut is a redelivery, which the platform
 //! drops by key.)
 //!
-//! A record is `[len: u32 LE][crc32 of body: u32 LE][body]`, body = `[seq: u64 LE][message
-//! value]` for an append, `[u64::MAX][seq: u64 LE]...` for a removal. Reading stops at the first
-//! record that is short or fails its checksum: a torn write at the end of the journal is an append
-//! that was never acknowledged. A failed write is cut off again, so that later records are not
-//! hidden behind it.
+//! The file is written once with zeros ([`PREALLOCATED`] bytes) and then overwritten in place:
+//! an fdatasync of blocks that already belong to the file flushes the data alone, where an append
+//! also has to commit the file's new size (measured here: ≈ 7,000–8,000 overwrites + fdatasync per
+//! second against ≈ 5,000 appends). Emptying the journal starts a new generation instead of
+//! truncating it.
+//!
+//! Layout: a 16-byte header `[MAGIC][generation: u64 LE]`, then frames `[len: u32 LE][crc32:
+//! u32 LE][body]`, the checksum covering the generation and the body, one frame per append group
+//! (body `[1]` then `[seq: u64 LE][len: u32 LE][message value]` per message) or per removal
+//! (body `[2]` then `[seq: u64 LE]` per message). Reading stops at the first frame that is short,
+//! fails its checksum or is malformed: a torn write at the end (a group that was never
+//! acknowledged), or the frames of an older generation behind the current ones. A group is one
+//! frame, so no part of an unacknowledged group can be read as valid after a later group that
+//! overwrote its start. Records are never appended after an open before the journal was emptied
+//! (a new generation), so frames of a torn write cannot resurface either.
+//!
+//! A journal of the first format (no header; one record `[len][crc32 of body][seq][value]` per
+//! message) is still read; the first emptying converts it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// The journal is emptied (after a sled flush) once it grows past this.
 pub const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
 
-const HEADER: usize = 8;
+/// Bytes of the file written with zeros up front.
+pub const PREALLOCATED: u64 = CHECKPOINT_BYTES + 1024 * 1024;
+
+/// Starts the header; a first-format journal cannot start with it (no record is 4 GiB long).
+const MAGIC: [u8; 8] = *b"\xff\xff\xff\xffSFJ2";
+const FILE_HEADER: u64 = 16;
+const FRAME_HEADER: usize = 8;
+const APPENDS: u8 = 1;
+const REMOVALS: u8 = 2;
 
 /// A record of the journal.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,71 +60,123 @@ pub enum Entry {
     Remove(Vec<u64>),
 }
 
-/// The body of a removal record starts with this instead of a sequence number.
-const REMOVAL: u64 = u64::MAX;
-
 /// The journal file of a store.
 pub struct Journal {
     file: File,
     path: PathBuf,
-    len: u64,
-    /// A failed write left bytes past `len` that could not be cut off yet.
-    torn: bool,
+    generation: u64,
+    /// End of the valid frames (the next frame goes here).
+    end: u64,
+    /// Bytes the file already holds (written), so that writes below it overwrite.
+    allocated: u64,
+    /// Emptied since it was opened: appends may go in.
+    fresh: bool,
 }
 
-/// Appends one framed record to `buf`.
-fn frame(buf: &mut Vec<u8>, head: u64, body: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; HEADER]);
-    buf.extend_from_slice(&head.to_le_bytes());
-    body(buf);
-    let body_len = (buf.len() - start - HEADER) as u32;
-    let crc = crc32fast::hash(&buf[start + HEADER..]);
-    buf[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
-    buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+fn frame_crc(generation: u64, body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&generation.to_le_bytes());
+    hasher.update(body);
+    hasher.finalize()
+}
+
+fn u64_at(data: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(data.get(at..at.checked_add(8)?)?.try_into().ok()?))
+}
+
+fn u32_at(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(at..at.checked_add(4)?)?.try_into().ok()?))
+}
+
+/// The entries of a frame body; `None` if it is malformed.
+fn parse_body(body: &[u8]) -> Option<Vec<Entry>> {
+    let (&kind, mut rest) = body.split_first()?;
+    let mut entries = Vec::new();
+    match kind {
+        APPENDS => {
+            while !rest.is_empty() {
+                let seq = u64_at(rest, 0)?;
+                let len = u32_at(rest, 8)? as usize;
+                let value = rest.get(12..12usize.checked_add(len)?)?;
+                entries.push(Entry::Append(seq, value.to_vec()));
+                rest = &rest[12 + len..];
+            }
+        }
+        REMOVALS => {
+            if rest.len() % 8 != 0 {
+                return None;
+            }
+            entries.push(Entry::Remove(rest.chunks_exact(8).filter_map(|b| u64_at(b, 0)).collect()));
+        }
+        _ => return None,
+    }
+    Some(entries)
+}
+
+/// The valid frames of a current-format journal, and where they end.
+fn read_frames(data: &[u8], generation: u64) -> (Vec<Entry>, u64) {
+    let mut entries = Vec::new();
+    let mut at = FILE_HEADER as usize;
+    while let (Some(len), Some(crc)) = (u32_at(data, at), u32_at(data, at + 4)) {
+        let start = at + FRAME_HEADER;
+        let Some(body) = data.get(start..start + len as usize) else { break };
+        if len == 0 || frame_crc(generation, body) != crc {
+            break;
+        }
+        let Some(parsed) = parse_body(body) else { break };
+        entries.extend(parsed);
+        at = start + len as usize;
+    }
+    (entries, at as u64)
+}
+
+/// The valid records of a first-format journal.
+fn read_first_format(data: &[u8]) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while let (Some(len), Some(crc)) = (u32_at(data, at), u32_at(data, at + 4)) {
+        let Some(body) = data.get(at + 8..at + 8 + len as usize) else { break };
+        if len < 8 || crc32fast::hash(body) != crc {
+            break;
+        }
+        entries.push(Entry::Append(u64_at(body, 0).unwrap_or_default(), body[8..].to_vec()));
+        at += 8 + len as usize;
+    }
+    entries
 }
 
 impl Journal {
     /// Opens (creating) the journal in the store's directory; returns it with its valid records.
+    /// Apply them (durably), then [`Journal::clear`] it before appending.
     pub fn open(dir: &Path) -> std::io::Result<(Journal, Vec<Entry>)> {
         let path = dir.join("spotflow-journal");
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
         // The file's directory entry must survive a power cut too.
         File::open(dir)?.sync_all()?;
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
-        let mut records = Vec::new();
-        let mut at = 0;
-        while let Some(header) = data.get(at..at + HEADER) {
-            let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default()) as usize;
-            let crc = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
-            let Some(body) = data.get(at + HEADER..at + HEADER + len) else { break };
-            if len < 8 || crc32fast::hash(body) != crc {
-                break;
+        let (generation, entries, end) = match u64_at(&data, 8) {
+            Some(generation) if data.starts_with(&MAGIC) => {
+                let (entries, end) = read_frames(&data, generation);
+                (generation, entries, end)
             }
-            let head = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
-            records.push(if head == REMOVAL {
-                Entry::Remove(
-                    body[8..].chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default())).collect(),
-                )
-            } else {
-                Entry::Append(head, body[8..].to_vec())
-            });
-            at += HEADER + len;
-        }
-        // Whatever follows the valid prefix is a torn write: later records go in its place.
-        file.set_len(at as u64)?;
-        Ok((Journal { file, path, len: at as u64, torn: false }, records))
+            _ => (0, read_first_format(&data), FILE_HEADER),
+        };
+        let journal = Journal { file, path, generation, end, allocated: data.len() as u64, fresh: false };
+        Ok((journal, entries))
     }
 
     /// Appends the records of one group and, with `sync`, makes them durable (one fdatasync).
     /// Without it they survive the process being killed, not a power cut.
     pub fn append(&mut self, records: &[(u64, &[u8])], sync: bool) -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(records.iter().map(|(_, v)| HEADER + 8 + v.len()).sum());
+        let mut body = Vec::with_capacity(1 + records.iter().map(|(_, v)| 12 + v.len()).sum::<usize>());
+        body.push(APPENDS);
         for (seq, value) in records {
-            frame(&mut buf, *seq, |b| b.extend_from_slice(value));
+            body.extend_from_slice(&seq.to_le_bytes());
+            body.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            body.extend_from_slice(value);
         }
-        self.write(&buf)?;
+        self.write_frame(&body)?;
         if sync {
             self.file.sync_data()?;
         }
@@ -111,39 +185,64 @@ impl Journal {
 
     /// Notes removed messages, without a sync.
     pub fn note_removal(&mut self, seqs: &[u64]) -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(HEADER + 8 + 8 * seqs.len());
-        frame(&mut buf, REMOVAL, |b| seqs.iter().for_each(|s| b.extend_from_slice(&s.to_le_bytes())));
-        self.write(&buf)
+        let mut body = Vec::with_capacity(1 + 8 * seqs.len());
+        body.push(REMOVALS);
+        seqs.iter().for_each(|s| body.extend_from_slice(&s.to_le_bytes()));
+        self.write_frame(&body)
     }
 
-    /// Writes at the end; a failed write is cut off (now, or before the next write).
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if self.torn {
-            self.file.set_len(self.len)?;
-            self.torn = false;
+    /// Writes a frame after the valid ones. A failed write leaves `end` where it was: the next
+    /// frame overwrites it, and a reader stops at its bad checksum meanwhile.
+    fn write_frame(&mut self, body: &[u8]) -> std::io::Result<()> {
+        if !self.fresh {
+            return Err(std::io::Error::other("the journal was not emptied after it was opened"));
         }
-        if let Err(e) = self.file.write_all(buf) {
-            self.torn = self.file.set_len(self.len).is_err();
-            return Err(e);
-        }
-        self.len += buf.len() as u64;
+        let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("append group too large"))?;
+        let mut frame = Vec::with_capacity(FRAME_HEADER + body.len());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&frame_crc(self.generation, body).to_le_bytes());
+        frame.extend_from_slice(body);
+        self.file.write_all_at(&frame, self.end)?;
+        self.end += frame.len() as u64;
+        self.allocated = self.allocated.max(self.end);
         Ok(())
     }
 
-    /// Bytes in the journal.
+    /// Bytes of records since the journal was last emptied.
     pub fn len(&self) -> u64 {
-        self.len
+        self.end - FILE_HEADER
     }
 
-    /// Empties the journal (call only once sled holds everything in it durably).
+    /// Empties the journal (call only once sled holds everything in it durably): a new
+    /// generation, whose header makes every frame written so far invalid.
     pub fn clear(&mut self) -> std::io::Result<()> {
-        if self.len == 0 {
+        if self.fresh && self.end == FILE_HEADER {
             return Ok(());
         }
-        self.file.set_len(0)?;
-        self.file.sync_all()?;
-        self.len = 0;
-        self.torn = false;
+        if self.allocated < PREALLOCATED {
+            // Only an optimisation: on a (nearly) full disk, frames are appended instead.
+            if self.preallocate().is_err() {
+                let _ = self.file.set_len(self.allocated);
+            }
+        }
+        let generation = self.generation.wrapping_add(1);
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&generation.to_le_bytes());
+        self.file.write_all_at(&header, 0)?;
+        self.file.sync_data()?;
+        self.generation = generation;
+        self.end = FILE_HEADER;
+        self.fresh = true;
+        Ok(())
+    }
+
+    fn preallocate(&mut self) -> std::io::Result<()> {
+        let zeros = vec![0u8; 1024 * 1024];
+        while self.allocated < PREALLOCATED {
+            let n = zeros.len().min((PREALLOCATED - self.allocated) as usize);
+            self.file.write_all_at(&zeros[..n], self.allocated)?;
+            self.allocated += n as u64;
+        }
         Ok(())
     }
 
@@ -156,40 +255,88 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    fn appended(records: &[(u64, &str)]) -> Vec<Entry> {
+        records.iter().map(|(s, v)| Entry::Append(*s, v.as_bytes().to_vec())).collect()
+    }
+
+    fn reopen(dir: &Path) -> Vec<Entry> {
+        Journal::open(dir).unwrap().1
+    }
 
     #[test]
-    fn records_round_trip_and_a_torn_tail_is_ignored_and_cut_off() {
+    fn records_round_trip_in_order_and_appends_wait_for_the_first_emptying() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, records) = Journal::open(dir.path()).unwrap();
-        assert!(records.is_empty());
-        j.append(&[(1, b"one".as_slice()), (2, b"two".as_slice())], true).unwrap();
-        j.append(&[(3, b"three".as_slice())], true).unwrap();
-        j.note_removal(&[2, 1]).unwrap();
-        drop(j);
-        // A torn write: half a record at the end.
-        let path = dir.path().join("spotflow-journal");
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&[20, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
-        drop(f);
-        let (mut j, records) = Journal::open(dir.path()).unwrap();
-        let appends = [(1, "one"), (2, "two"), (3, "three")].map(|(s, v)| Entry::Append(s, v.as_bytes().to_vec()));
-        assert_eq!(records[..3], appends);
-        assert_eq!(records[3..], [Entry::Remove(vec![2, 1])]);
-        // The torn tail was cut off: a record written now is read back after the valid ones.
-        j.append(&[(4, b"four".as_slice())], true).unwrap();
-        let (_, records) = Journal::open(dir.path()).unwrap();
-        assert_eq!(records.len(), 5);
-        assert_eq!(records[4], Entry::Append(4, b"four".to_vec()));
-        // A flipped byte ends the valid prefix there.
-        let mut data = std::fs::read(&path).unwrap();
-        let second = HEADER + 8 + 3;
-        data[second + HEADER + 8] ^= 0xff;
-        std::fs::write(&path, &data).unwrap();
-        let (mut j, records) = Journal::open(dir.path()).unwrap();
-        assert_eq!(records, vec![Entry::Append(1, b"one".to_vec())]);
+        let (mut j, entries) = Journal::open(dir.path()).unwrap();
+        assert!(entries.is_empty());
+        assert!(j.append(&[(1, b"one".as_slice())], true).is_err(), "not emptied since it was opened");
         j.clear().unwrap();
-        assert_eq!(j.len(), 0);
-        let (_, records) = Journal::open(dir.path()).unwrap();
-        assert!(records.is_empty());
+        j.append(&[(1, b"one".as_slice()), (2, b"two".as_slice())], true).unwrap();
+        j.note_removal(&[2, 1]).unwrap();
+        j.append(&[(3, b"three".as_slice())], false).unwrap();
+        assert_eq!(j.len(), (8 + 1 + 2 * 12 + 6) + (8 + 1 + 16) + (8 + 1 + 12 + 5));
+        let mut want = appended(&[(1, "one"), (2, "two")]);
+        want.push(Entry::Remove(vec![2, 1]));
+        want.extend(appended(&[(3, "three")]));
+        assert_eq!(reopen(dir.path()), want);
+        assert_eq!(std::fs::metadata(dir.path().join("spotflow-journal")).unwrap().len(), PREALLOCATED);
+    }
+
+    #[test]
+    fn a_torn_or_damaged_frame_ends_the_journal_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spotflow-journal");
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.clear().unwrap();
+        j.append(&[(1, b"one".as_slice())], true).unwrap();
+        let first_end = j.end as usize;
+        j.append(&[(2, b"two".as_slice()), (3, b"three".as_slice())], true).unwrap();
+        // A flipped byte in the second group drops the whole group, not just one message.
+        let mut data = std::fs::read(&path).unwrap();
+        data[first_end + FRAME_HEADER + 1 + 12] ^= 0xff;
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(reopen(dir.path()), appended(&[(1, "one")]));
+        // A frame cut short at the end of the file.
+        std::fs::write(&path, &data[..first_end + 5]).unwrap();
+        assert_eq!(reopen(dir.path()), appended(&[(1, "one")]));
+    }
+
+    #[test]
+    fn frames_of_an_older_generation_are_not_read_after_the_journal_was_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.clear().unwrap();
+        j.append(&[(1, b"aaaa".as_slice())], true).unwrap();
+        j.append(&[(2, b"bbbb".as_slice())], true).unwrap();
+        j.clear().unwrap();
+        // Exactly as long as the first frame: the next one read would be the old second frame.
+        j.append(&[(3, b"cccc".as_slice())], true).unwrap();
+        assert_eq!(reopen(dir.path()), appended(&[(3, "cccc")]));
+        // Emptied and reopened: nothing.
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.clear().unwrap();
+        assert!(reopen(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_journal_of_the_first_format_is_read_and_converted_by_the_first_emptying() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spotflow-journal");
+        let mut old = Vec::new();
+        for (seq, value) in [(7u64, "seven"), (8, "eight")] {
+            let mut body = seq.to_le_bytes().to_vec();
+            body.extend_from_slice(value.as_bytes());
+            old.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            old.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            old.extend_from_slice(&body);
+        }
+        old.extend_from_slice(&[20, 0, 0, 0, 1, 2]); // a torn record
+        File::create(&path).unwrap().write_all(&old).unwrap();
+        let (mut j, entries) = Journal::open(dir.path()).unwrap();
+        assert_eq!(entries, appended(&[(7, "seven"), (8, "eight")]));
+        j.clear().unwrap();
+        j.append(&[(9, b"nine".as_slice())], true).unwrap();
+        assert_eq!(reopen(dir.path()), appended(&[(9, "nine")]));
     }
 }

@@ -415,8 +415,8 @@ impl StoreBackend for Worker {
         Ok(())
     }
 
-    /// Every commit is already durable; the connection is closed when the worker is dropped.
-    fn close(&mut self) -> Result<()> {
+    /// Every commit is already durable; dropping the worker closes the connection.
+    fn close(self) -> Result<()> {
         Ok(())
     }
 }

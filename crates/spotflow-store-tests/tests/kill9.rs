@@ -38,8 +38,16 @@ fn crash_cycles(backend: &str) {
             }
         });
         // Once the store is open, kill at a random moment of the child's work.
-        let ready = rx.recv_timeout(Duration::from_secs(30)).expect("the child opens the store");
-        assert_eq!(ready, "READY");
+        let ready = rx.recv_timeout(Duration::from_secs(30));
+        if ready.as_deref() != Ok("READY") {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{backend} run {run}: the child did not open the store ({ready:?}, {}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(rng.u64(1..40)));
         child.kill().expect("SIGKILL");
         let status = child.wait().unwrap();
