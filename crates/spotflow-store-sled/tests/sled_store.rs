@@ -148,6 +148,7 @@ async fn a_store_of_the_first_format_is_converted_at_open() {
             .unwrap();
         db.flush().unwrap();
     }
+    wait_for_sled_to_release(&path);
     let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
     let stats = store.queue_stats().await.unwrap();
     assert_eq!((stats.count, stats.last_seq), (90, Some(100)));
@@ -186,4 +187,17 @@ async fn the_crash_safe_level_passes_the_conformance_suite_and_keeps_everything_
     let all = store.read_messages(Some(first - 1), 1000).await.unwrap();
     assert_eq!(all.len(), 100);
     assert!(all.iter().zip(0..).all(|(q, n)| q.seq == first + n && q.message == message_of_size(n)));
+}
+
+/// sled's background writes keep its lock for a moment after a `sled::Db` is dropped (the store's
+/// `close` waits for it; a raw `sled::Db` does not): wait for it, at most 5 s.
+fn wait_for_sled_to_release(dir: &std::path::Path) {
+    use rustix::fs::{flock, FlockOperation};
+    let file = std::fs::File::open(dir.join("db")).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        assert!(std::time::Instant::now() < until, "sled kept its lock");
+        std::thread::yield_now();
+    }
+    flock(&file, FlockOperation::Unlock).unwrap();
 }
