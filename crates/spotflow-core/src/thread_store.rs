@@ -1,10 +1,12 @@
-//! What the durable stores share: a [`Store`] whose storage work runs on one dedicated thread.
+//! What the durable stores share: a [`Store`](crate::Store) whose storage work runs on one
+//! dedicated thread.
 //!
 //! A store crate implements [`StoreBackend`] (blocking calls on its files) and wraps a
 //! [`ThreadStore`], which owns the thread and the channel to it, merges appends that arrive
 //! together into one call of [`StoreBackend::append`] (group commit: one durable write for all
-//! of them, each caller answered after it), and implements [`Store`] on top. No tokio worker ever
-//! blocks on the disk. [`crate::store_via_thread!`] implements [`Store`] for the wrapper.
+//! of them, each caller answered after it), and implements [`Store`](crate::Store) on top. No
+//! tokio worker ever blocks on the disk. [`crate::store_via_thread!`] implements
+//! [`Store`](crate::Store) for the wrapper.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

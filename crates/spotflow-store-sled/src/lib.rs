@@ -1,4 +1,4 @@
-//! `SledStore`: a durable [`Store`] on sled.
+//! `SledStore`: a durable [`Store`](spotflow_core::Store) on sled.
 //!
 //! * The `db` path is sled's directory; sled locks it, so a second live process gets a clear
 //!   error. A regular file at the path is refused, never overwritten.
@@ -20,6 +20,10 @@
 //!   module): sled keeps metadata in memory for every page it wrote, so one message per entry made
 //!   the memory grow with the queue (37 MiB with 1,000,000 messages and growing); with chunks it
 //!   stays flat. A store of the first format (one message per entry) is converted at open.
+//! * The file system's free space is checked before appends ([`SledOptions::min_free_bytes`]);
+//!   on a full disk appends fail with a clear error and nothing acknowledged is lost. sled itself
+//!   writes when it opens, so on a full disk the store cannot be opened (a clear error) until there
+//!   is room again.
 //! * Recovery: sled replays its log at open. Its crash consistency is checked by the kill -9
 //!   tests of `spotflow-store-tests`, not assumed.
 #![deny(missing_docs)]

@@ -1,4 +1,5 @@
-//! `SqliteStore`: the durable [`Store`] of the Spotflow device SDK on SQLite (rusqlite, bundled).
+//! `SqliteStore`: the durable [`Store`](spotflow_core::Store) of the Spotflow device SDK on SQLite
+//! (rusqlite, bundled).
 //!
 //! * One file at the application's `db` path, WAL journal, locked exclusively by this process:
 //!   another live process opening it gets a clear error, not a "database is locked" loop.
