@@ -62,6 +62,13 @@ impl Chunk {
         Some(value)
     }
 
+    /// Keeps the first `len` messages.
+    pub fn truncate(&mut self, len: usize) {
+        for (_, value) in self.records.drain(len.min(self.records.len())..) {
+            self.bytes -= RECORD_HEADER + value.len();
+        }
+    }
+
     /// Whether it takes no more messages.
     pub fn is_full(&self) -> bool {
         self.records.len() >= MAX_MESSAGES || self.bytes >= MAX_BYTES
@@ -147,6 +154,11 @@ mod tests {
         assert_eq!(seqs, [1, 2, 4, 5]);
         assert_eq!(chunk.encode().len(), chunk.bytes);
         assert_eq!(Chunk::decode(1, &chunk.encode()).unwrap(), chunk);
+        chunk.truncate(2);
+        assert_eq!(chunk.records.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(chunk.encode().len(), chunk.bytes);
+        chunk.truncate(5);
+        assert_eq!(chunk.records.len(), 2);
     }
 
     #[test]

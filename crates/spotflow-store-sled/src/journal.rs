@@ -66,6 +66,8 @@ pub struct Journal {
     generation: u64,
     /// End of the valid frames (the next frame goes here).
     end: u64,
+    /// Where the last frame written starts (for [`Journal::retract_last`]).
+    last_frame: Option<u64>,
     /// Bytes the file already holds (written), so that writes below it overwrite.
     allocated: u64,
     /// Emptied since it was opened: appends may go in.
@@ -184,7 +186,8 @@ impl Journal {
             }
             _ => (0, read_first_format(&file, size)?, FILE_HEADER),
         };
-        let journal = Journal { file, path, generation, end, allocated: size, fresh: false, frame: Vec::new() };
+        let journal =
+            Journal { file, path, generation, end, last_frame: None, allocated: size, fresh: false, frame: Vec::new() };
         Ok((journal, entries))
     }
 
@@ -233,8 +236,22 @@ impl Journal {
             frame = Vec::new();
         }
         self.frame = frame;
-        self.end += written?;
+        let written = written?;
+        self.last_frame = Some(self.end);
+        self.end += written;
         self.allocated = self.allocated.max(self.end);
+        Ok(())
+    }
+
+    /// Takes back the last frame written (its group failed afterwards): its header is zeroed, so
+    /// that no reader takes it, and the next frame goes in its place.
+    pub fn retract_last(&mut self, sync: bool) -> std::io::Result<()> {
+        let Some(start) = self.last_frame.take() else { return Ok(()) };
+        self.file.write_all_at(&[0; FRAME_HEADER], start)?;
+        self.end = start;
+        if sync {
+            self.file.sync_data()?;
+        }
         Ok(())
     }
 
@@ -262,6 +279,7 @@ impl Journal {
         self.file.sync_data()?;
         self.generation = generation;
         self.end = FILE_HEADER;
+        self.last_frame = None;
         self.fresh = true;
         Ok(())
     }
@@ -331,6 +349,19 @@ mod tests {
         // A frame cut short at the end of the file.
         std::fs::write(&path, &data[..first_end + 5]).unwrap();
         assert_eq!(reopen(dir.path()), appended(&[(1, "one")]));
+    }
+
+    #[test]
+    fn a_retracted_frame_is_not_read_and_the_next_one_takes_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.clear().unwrap();
+        j.append(&[(1, b"one".as_slice())], true).unwrap();
+        j.append(&[(2, b"failed".as_slice())], true).unwrap();
+        j.retract_last(true).unwrap();
+        assert_eq!(reopen(dir.path()), appended(&[(1, "one")]));
+        j.append(&[(3, b"three".as_slice())], true).unwrap();
+        assert_eq!(reopen(dir.path()), appended(&[(1, "one"), (3, "three")]));
     }
 
     #[test]

@@ -8,14 +8,13 @@
 //!   arrive together are written to an append journal next to sled's files and fdatasync'd once
 //!   before every caller of the group is answered (with [`Durability::CrashSafe`], written without
 //!   the fdatasync: that survives a killed process, not a power cut), and inserted into sled
-//!   without a flush; sled is flushed (and its log fdatasync'd:
-//!   sled 0.34's own flush ends with `sync_file_range`, which is not power-loss safe) every 4 MiB
-//!   of journal, at `close` and with state changes, and the journal is then emptied. At open, the
-//!   journal's appends that sled had not flushed are applied again. With the default
-//!   [`Durability::PowerLossSafe`], every acknowledged append survives a crash and a power cut.
-//!   Removals of acknowledged messages
-//!   are noted in the journal without a sync of their own: they survive a killed process, and one
-//!   lost to a power cut means a redelivery the platform drops by key.
+//!   without a flush; sled is flushed (and its log fdatasync'd: sled 0.34's own flush ends with
+//!   `sync_file_range`, which is not power-loss safe) every 4 MiB of journal, at `close` and with
+//!   state changes, and the journal is then emptied. At open, the journal's appends that sled had
+//!   not flushed are applied again. With the default [`Durability::PowerLossSafe`], every
+//!   acknowledged append survives a crash and a power cut. Removals of acknowledged messages are
+//!   noted in the journal without a sync of their own: they survive a killed process, and one lost
+//!   to a power cut means a redelivery the platform drops by key.
 //! * Messages are packed in chunks of up to 32 messages or 4 KiB per sled entry (see the `chunk`
 //!   module): sled keeps metadata in memory for every page it wrote, so one message per entry made
 //!   the memory grow with the queue (37 MiB with 1,000,000 messages and growing); with chunks it
@@ -319,19 +318,17 @@ impl Worker {
         Ok(())
     }
 
-    /// Adds a message to the open chunk; writes the chunk to sled (without a flush) when that
-    /// fills it, and returns its key then.
-    fn push(&mut self, seq: u64, value: Vec<u8>) -> sled::Result<Option<u64>> {
+    /// Adds a message to the open chunk; when that fills it, writes the chunk to sled (without a
+    /// flush) and returns it. If the write fails, the chunk stays open.
+    fn push(&mut self, seq: u64, value: Vec<u8>) -> sled::Result<Option<Chunk>> {
         let open = self.open.get_or_insert_with(|| OpenChunk { chunk: Chunk::new(seq), in_sled: false, dirty: false });
         open.chunk.push(seq, value);
         open.dirty = true;
         if !open.chunk.is_full() {
             return Ok(None);
         }
-        let key = open.chunk.key;
-        self.chunks.insert(key.to_be_bytes(), open.chunk.encode())?;
-        self.open = None;
-        Ok(Some(key))
+        self.chunks.insert(open.chunk.key.to_be_bytes(), open.chunk.encode())?;
+        Ok(self.open.take().map(|o| o.chunk))
     }
 
     /// Makes sled hold everything durably (the open chunk included), then empties the journal.
@@ -376,42 +373,36 @@ impl Worker {
         (records, firsts)
     }
 
-    /// Applies appended records to sled (in memory) and makes them durable in the journal; on
-    /// failure takes them out of sled again. `last` becomes the last sequence number. Empties the
-    /// journal when it has grown large.
-    fn apply_durably(&mut self, records: &[(u64, Vec<u8>)], last: u64) -> Result<()> {
-        let before = self.open.clone();
+    /// Makes appended records durable in the journal, then applies them to sled (in memory).
+    /// `last` becomes the last sequence number, also when the append fails: a number is never
+    /// given twice, even if a failed group's frame could not be taken back. Empties the journal
+    /// when it has grown large.
+    fn apply_durably(&mut self, records: Vec<(u64, Vec<u8>)>, last: u64) -> Result<()> {
+        self.last_seq = last;
+        // The journal first: the values then move into the chunks without a copy.
+        let refs: Vec<(u64, &[u8])> = records.iter().map(|(s, v)| (*s, v.as_slice())).collect();
+        self.journal.append(&refs, self.sync_appends).map_err(|e| Error::Store {
+            context: format!("cannot write the journal {}: {e}", self.journal.path().display()),
+            status: ErrorStatus::Temporary,
+            source: Some(Box::new(e)),
+        })?;
+        let before = self.open.as_ref().map(|o| (o.chunk.key, o.chunk.records.len(), o.in_sled, o.dirty));
         let mut sealed = Vec::new();
         // Plain inserts, not a sled batch: a batch makes sled write its buffer out at once (an
         // extra disk write per append); atomicity comes from the journal.
-        let applied = records
-            .iter()
-            .try_for_each(|(seq, value)| {
-                sealed.extend(self.push(*seq, value.clone())?);
-                Ok(())
-            })
-            .map_err(|e| sled_error(&self.path, "cannot append to", e));
-        let journaled = applied.and_then(|()| {
-            let refs: Vec<(u64, &[u8])> = records.iter().map(|(s, v)| (*s, v.as_slice())).collect();
-            self.journal.append(&refs, self.sync_appends).map_err(|e| Error::Store {
-                context: format!("cannot write the journal {}: {e}", self.journal.path().display()),
-                status: ErrorStatus::Temporary,
-                source: Some(Box::new(e)),
-            })
-        });
-        if let Err(e) = journaled {
-            // Back to the chunks as they were: a chunk sealed by this group existed in sled
-            // before only if it was the open chunk's copy from a checkpoint.
-            for key in sealed {
-                let _ = match before.as_ref().filter(|b| b.in_sled && b.chunk.key == key) {
-                    Some(b) => self.chunks.insert(key.to_be_bytes(), b.chunk.encode()).map(drop),
-                    None => self.chunks.remove(key.to_be_bytes()).map(drop),
-                };
+        for (seq, value) in records {
+            match self.push(seq, value) {
+                Ok(chunk) => sealed.extend(chunk),
+                Err(e) => {
+                    self.undo_push(before, &sealed);
+                    // Or a restart would bring back messages whose append failed.
+                    if let Err(e) = self.journal.retract_last(self.sync_appends) {
+                        warn!(error = %e, path = %self.journal.path().display(), "cannot take back a failed append");
+                    }
+                    return Err(sled_error(&self.path, "cannot append to", e));
+                }
             }
-            self.open = before;
-            return Err(e);
         }
-        self.last_seq = last;
         if self.journal.len() > journal::CHECKPOINT_BYTES {
             if let Err(e) = self.checkpoint() {
                 // The appends are durable in the journal; the next checkpoint tries again.
@@ -419,6 +410,27 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Takes the messages of a failed group out of the chunks again. `before`: the open chunk's
+    /// key, length and flags before the group; `sealed`: the chunks the group filled (and wrote
+    /// to sled), the first of which may be that open chunk.
+    fn undo_push(&mut self, before: Option<(u64, usize, bool, bool)>, sealed: &[Chunk]) {
+        let still_open = self.open.take().map(|o| o.chunk);
+        let restored = before.and_then(|(key, len, in_sled, dirty)| {
+            let mut chunk = sealed.iter().find(|c| c.key == key).cloned().or(still_open.filter(|c| c.key == key))?;
+            chunk.truncate(len);
+            Some(OpenChunk { chunk, in_sled, dirty })
+        });
+        for chunk in sealed {
+            let key = chunk.key.to_be_bytes();
+            // A chunk sealed by the group existed in sled before only as the open chunk's copy.
+            let _ = match restored.as_ref().filter(|o| o.chunk.key == chunk.key && o.in_sled) {
+                Some(o) => self.chunks.insert(key, o.chunk.encode()).map(drop),
+                None => self.chunks.remove(key).map(drop),
+            };
+        }
+        self.open = restored;
     }
 
     /// The sealed chunk that holds `seq`, if any.
@@ -539,8 +551,9 @@ impl StoreBackend for Worker {
         self.free.check(incoming, &self.path)?;
         let (records, firsts) = self.records(groups);
         let Some(&(last, _)) = records.last() else { return Ok(firsts) };
-        self.apply_durably(&records, last)?;
-        self.count += records.len() as u64;
+        let added = records.len() as u64;
+        self.apply_durably(records, last)?;
+        self.count += added;
         self.bytes += groups.iter().flatten().map(OutgoingMessage::queued_size).sum::<u64>();
         Ok(firsts)
     }
