@@ -46,8 +46,8 @@ pub use instance::{Instance, DEFAULT_INSTANCE};
 pub use options::{ClientOptions, Durability, NetworkOptions, Protocol, QueueFullPolicy, DEFAULT_MAX_MESSAGE_SIZE};
 pub use provisioning::{print_provisioning_operation, write_provisioning_operation, DisplayCallback};
 pub use spotflow_core::{
-    Compression, ConnectionCredentials, Error, ErrorStatus, MemoryStore, PlatformApi, ProvisioningOperation, Result,
-    Store, Transport,
+    Compression, ConnectionCredentials, ContentEncoding, Error, ErrorStatus, MemoryStore, PlatformApi,
+    ProvisioningOperation, Result, Store, Transport,
 };
 
 /// Desired properties: a version and the values (a JSON object without `$version`).

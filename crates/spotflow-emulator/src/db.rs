@@ -51,6 +51,9 @@ pub struct StoredMessage {
     pub other_properties: Vec<(String, String)>,
     /// The message key (`$.mid`): a redelivery with a key already stored is not stored again.
     pub message_key: Option<String>,
+    /// Set when the payload could not be decoded (unknown `content-encoding`, corrupt data, or
+    /// larger than the decoding limit once decoded): `payload` is then kept exactly as it arrived.
+    pub decode_error: Option<String>,
 }
 
 /// Which messages to return.
@@ -129,6 +132,9 @@ ALTER TABLE messages ADD COLUMN message_key TEXT;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_key ON messages (hub_device_id, message_key) WHERE message_key IS NOT NULL;
 ";
 
+/// Added later: why a payload is stored undecoded.
+const DECODE_ERRORS: &str = "ALTER TABLE messages ADD COLUMN decode_error TEXT;";
+
 /// Largest number of messages committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -139,14 +145,18 @@ impl Db {
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;")
             .and_then(|_| conn.execute_batch(SCHEMA))
             .map_err(|e| format!("cannot initialise {}: {e}", path.display()))?;
-        let has_keys: bool = conn
-            .query_row("SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = 'message_key'", [], |r| {
+        let has_column = |name: &str| -> Result<bool, String> {
+            conn.query_row("SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = ?1", [name], |r| {
                 r.get::<_, i64>(0)
             })
             .map(|n| n > 0)
-            .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
-        if !has_keys {
+            .map_err(|e| format!("cannot inspect {}: {e}", path.display()))
+        };
+        if !has_column("message_key")? {
             conn.execute_batch(MESSAGE_KEYS).map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
+        }
+        if !has_column("decode_error")? {
+            conn.execute_batch(DECODE_ERRORS).map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
         }
         let json: Option<String> = conn
             .query_row("SELECT json FROM control_state WHERE id = 0", [], |r| r.get(0))
@@ -262,7 +272,7 @@ fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO messages (hub_device_id, received_at, stream_group, stream, batch_id, batch_slice_id,
                  message_id, chunk_id, complete_batch, complete_message, content_encoding, externalized, wire_size,
-                 other_properties, payload, message_key) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)",
+                 other_properties, payload, message_key, decode_error) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
             )?;
             for (m, _) in pending.iter() {
                 let other = serde_json::to_string(&m.other_properties).unwrap_or_else(|_| "[]".into());
@@ -283,6 +293,7 @@ fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)
                     other,
                     m.payload,
                     m.message_key,
+                    m.decode_error,
                 ])?;
                 outcomes.push(if inserted > 0 { Stored::Inserted } else { Stored::Duplicate });
             }
@@ -351,7 +362,7 @@ fn serve(conn: &Connection, command: Command) {
 fn query(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<StoredMessage>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, hub_device_id, received_at, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id,
-         complete_batch, complete_message, content_encoding, externalized, wire_size, other_properties, payload, message_key
+         complete_batch, complete_message, content_encoding, externalized, wire_size, other_properties, payload, message_key, decode_error
          FROM messages WHERE id > ?1 AND (?2 IS NULL OR hub_device_id = ?2) ORDER BY id LIMIT ?3",
     )?;
     let rows =
@@ -375,6 +386,7 @@ fn query(conn: &Connection, q: &MessageQuery) -> rusqlite::Result<Vec<StoredMess
                 other_properties: serde_json::from_str(&other).unwrap_or_default(),
                 payload: r.get(15)?,
                 message_key: r.get(16)?,
+                decode_error: r.get(17)?,
             })
         })?;
     rows.collect()

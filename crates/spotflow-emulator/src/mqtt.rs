@@ -373,7 +373,7 @@ fn finish_payload(message: &mut StoredMessage, payload: &[u8]) {
         Ok(decoded) => message.payload = decoded,
         Err(e) => {
             warn!(device = %message.hub_device_id, error = %e, "cannot decode the payload; stored as received");
-            message.other_properties.push(("decode-error".into(), e));
+            message.decode_error = Some(e);
             message.payload = payload.to_vec();
         }
     }

@@ -1,9 +1,7 @@
 //! The telemetry property bag and payload decoding.
 
-use std::io::Read;
-
 use percent_encoding::percent_decode_str;
-use spotflow_core::{decompress, ContentEncoding};
+use spotflow_core::{decompress_limited, ContentEncoding};
 
 use crate::db::StoredMessage;
 
@@ -46,23 +44,17 @@ pub fn apply_properties(message: &mut StoredMessage, properties: Vec<(String, St
     Ok(())
 }
 
-/// Decodes a payload sent with `encoding` (`br`, `lz4`, `zstd`).
+/// Largest decoded payload the emulator stores: the SDK's largest message (16 MiB). A payload
+/// that would decode to more (a decompression bomb) is stored as it arrived, flagged.
+pub const MAX_DECODED_SIZE: usize = spotflow_core::MAX_DECOMPRESSED_SIZE;
+
+/// Decodes a payload sent with `encoding` (`br`, `lz4` frame, `zstd`); an error for an unknown
+/// encoding, corrupt data or a payload over [`MAX_DECODED_SIZE`] once decoded.
 pub fn decode_payload(encoding: Option<&str>, payload: &[u8]) -> Result<Vec<u8>, String> {
     match encoding {
         None => Ok(payload.to_vec()),
-        Some("br") => {
-            let mut out = Vec::new();
-            brotli_decompressor::Decompressor::new(payload, 4096)
-                .take(spotflow_core::MAX_DECOMPRESSED_SIZE as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| format!("invalid brotli payload: {e}"))?;
-            if out.len() > spotflow_core::MAX_DECOMPRESSED_SIZE {
-                return Err("brotli payload too large once decoded".into());
-            }
-            Ok(out)
-        }
         Some(token) => match ContentEncoding::from_token(token) {
-            Some(enc) => decompress(enc, payload).map_err(|e| e.to_string()),
+            Some(enc) => decompress_limited(enc, payload, MAX_DECODED_SIZE).map_err(|e| e.to_string()),
             None => Err(format!("unknown content encoding {token:?}")),
         },
     }
@@ -91,15 +83,21 @@ mod tests {
 
     #[test]
     fn decodes_payloads() {
-        let raw = b"hello hello hello hello hello hello".to_vec();
-        let lz4 = spotflow_core::Compression::Fastest.compress(&raw).unwrap().1;
+        let raw = b"hello hello hello hello hello hello ".repeat(20);
+        let lz4 = spotflow_core::Compression::Lz4.compress(&raw).unwrap().1;
         assert_eq!(decode_payload(Some("lz4"), &lz4).unwrap(), raw);
-        let zstd = spotflow_core::Compression::SmallestSize.compress(&raw).unwrap().1;
+        let zstd = spotflow_core::Compression::Zstd { level: 19 }.compress(&raw).unwrap().1;
         assert_eq!(decode_payload(Some("zstd"), &zstd).unwrap(), raw);
+        let br = spotflow_core::Compression::Fastest.compress(&raw).unwrap().1;
+        assert_eq!(decode_payload(Some("br"), &br).unwrap(), raw);
         // "hello" compressed by brotli (quality 11).
         let br = [0x0b, 0x02, 0x80, 0x68, 0x65, 0x6c, 0x6c, 0x6f, 0x03];
         assert_eq!(decode_payload(Some("br"), &br).unwrap(), b"hello");
         assert!(decode_payload(Some("br"), b"garbage!").is_err());
         assert!(decode_payload(Some("gzip"), b"x").is_err());
+        // A bomb: 17 MiB of zeros in a few kilobytes.
+        let bomb = spotflow_core::Compression::Zstd { level: 3 }.compress(&vec![0u8; 17 << 20]).unwrap().1;
+        assert!(bomb.len() < 8 * 1024);
+        assert!(decode_payload(Some("zstd"), &bomb).unwrap_err().contains("more than"));
     }
 }

@@ -407,10 +407,11 @@ async fn mqtt_over_tls_telemetry_twin_and_desired_pushes() {
     // decoded properties and payload.
     let raw: String = (0..50).map(|i| format!("{{\"t\":{i},\"v\":21.5}}")).collect();
     for i in 0..300u32 {
-        let (topic, payload) = match i % 3 {
+        let (topic, payload) = match i % 4 {
             0 => (format!("devices/{}/messages/events/stream-group-name=sg%201&stream-name=st%2F1&batch-id=b{}&message-id=m{i}", dev.hub_id, i / 100), raw.clone().into_bytes()),
-            1 => (format!("devices/{}/messages/events/stream-name=s&content-encoding=lz4", dev.hub_id), spotflow_core::Compression::Fastest.compress(raw.as_bytes()).unwrap().1),
-            _ => (format!("devices/{}/messages/events/content-encoding=zstd", dev.hub_id), spotflow_core::Compression::SmallestSize.compress(raw.as_bytes()).unwrap().1),
+            1 => (format!("devices/{}/messages/events/stream-name=s&content-encoding=lz4", dev.hub_id), spotflow_core::Compression::Lz4.compress(raw.as_bytes()).unwrap().1),
+            2 => (format!("devices/{}/messages/events/content-encoding=zstd", dev.hub_id), spotflow_core::Compression::Zstd { level: 19 }.compress(raw.as_bytes()).unwrap().1),
+            _ => (format!("devices/{}/messages/events/content-encoding=br", dev.hub_id), spotflow_core::Compression::Fastest.compress(raw.as_bytes()).unwrap().1),
         };
         client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
     }
@@ -431,6 +432,8 @@ async fn mqtt_over_tls_telemetry_twin_and_desired_pushes() {
     assert_eq!((stored[0].batch_id.as_deref(), stored[0].message_id.as_deref()), (Some("b0"), Some("m0")));
     assert_eq!(stored[1].content_encoding.as_deref(), Some("lz4"));
     assert_eq!(stored[2].content_encoding.as_deref(), Some("zstd"));
+    assert_eq!(stored[3].content_encoding.as_deref(), Some("br"));
+    assert!(stored.iter().all(|m| m.decode_error.is_none()));
     // Markers.
     client
         .publish(
