@@ -332,3 +332,58 @@ async fn the_drop_oldest_policy_keeps_the_newest_messages() {
     let expected: Vec<String> = (40..50u32).map(|i| format!("{i:0>100}")).collect();
     assert_eq!(got, expected, "the newest ten, in order");
 }
+
+/// A 16 MiB `SmallestSize` message (Brotli quality 11: seconds of work) is compressed off the
+/// executor: on a single-threaded runtime, other tasks keep answering while it is enqueued.
+#[tokio::test(flavor = "current_thread")]
+async fn compressing_a_16_mib_smallest_size_message_does_not_stall_the_runtime() {
+    let platform = MemoryPlatform::new();
+    let store = new_store();
+    let client = start(&platform, &store).await;
+    let sender = client.create_stream_sender(None, Some("big"), Compression::SmallestSize).unwrap();
+    // A repeated 4 KiB block: shrinks well, and quality 11 still takes over a second on it.
+    let block: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let payload = block.repeat(4096);
+    assert_eq!(payload.len(), 16 * 1024 * 1024);
+
+    let (ping_tx, mut ping_rx) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
+    let echo = tokio::spawn(async move {
+        while let Some(reply) = ping_rx.recv().await {
+            let _ = reply.send(());
+        }
+    });
+    let enqueue = sender.enqueue_message(payload.clone());
+    tokio::pin!(enqueue);
+    let mut answered = 0;
+    let enqueued_first = tokio::time::timeout(WAIT, async {
+        loop {
+            let (reply, pong) = tokio::sync::oneshot::channel();
+            tokio::select! {
+                biased;
+                result = &mut enqueue => {
+                    result.unwrap();
+                    break true;
+                }
+                _ = async { ping_tx.send(reply).await.unwrap(); pong.await.unwrap() } => {
+                    answered += 1;
+                    if answered == 100 {
+                        break false;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the runtime answers");
+    assert!(!enqueued_first, "the enqueue finished before another task could run {answered} times: it blocked the runtime");
+    // The compression finishes, and the message arrives whole, as Brotli.
+    tokio::time::timeout(Duration::from_secs(600), &mut enqueue).await.expect("compressed within 600 s").unwrap();
+    client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();
+    let messages = platform.messages();
+    let big = messages.iter().find(|m| m.decoded_payload.len() == payload.len()).expect("the big message arrived");
+    assert_eq!(big.message.content_encoding, Some(ContentEncoding::Brotli));
+    assert!(big.message.payload.len() < 4096 * 2);
+    assert!(big.decoded_payload == payload);
+    drop(ping_tx);
+    echo.await.unwrap();
+}
