@@ -36,11 +36,20 @@ class Compression:
     * ``FASTEST`` - Compress the message using the fastest compression algorithm settings.
     * ``SMALLEST_SIZE`` - Compress the message using the algorithm settings that produce the
       smallest size. Beware that this may be significantly slower than the fastest compression.
+
+    ``FASTEST`` and ``SMALLEST_SIZE`` are Brotli (``content-encoding=br``), which the Spotflow
+    platform decodes. Beyond the reference, for receivers known to decode them (such as the local
+    emulator; the Spotflow platform is only known to decode Brotli):
+
+    * ``LZ4`` - the LZ4 frame format (``content-encoding=lz4``): very fast, lower ratio.
+    * ``ZSTD`` - Zstandard at level 3 (``content-encoding=zstd``).
     """
 
     UNCOMPRESSED: "Compression"
     FASTEST: "Compression"
     SMALLEST_SIZE: "Compression"
+    LZ4: "Compression"
+    ZSTD: "Compression"
     def __int__(self) -> int: ...
 
 class DesiredProperties:

@@ -46,7 +46,53 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/admin/devices/{hub_device_id}/desired", patch(admin_desired))
         .route("/admin/devices/{hub_device_id}/disconnect", post(admin_disconnect))
         .route("/admin/messages", get(admin_messages))
+        .route("/admin/traffic", get(admin_traffic))
+        .layer(axum::middleware::from_fn_with_state(inner.clone(), record_http))
         .with_state(inner)
+}
+
+/// Largest body the traffic recorder reads (the SDK's largest upload is 16 MiB).
+const MAX_RECORDED_BODY: usize = 64 * 1024 * 1024;
+
+/// Records the device protocol's HTTP exchanges when traffic recording is on (not the admin API
+/// or the WebSocket upgrade).
+async fn record_http(
+    State(inner): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    if !inner.traffic.enabled() || path.starts_with("/admin/") || path == "/$iothub/websocket" {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_RECORDED_BODY).await else {
+        return problem(StatusCode::PAYLOAD_TOO_LARGE, "/problems/too-large", "request body too large");
+    };
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        let name = name.as_str();
+        if matches!(name, "host" | "content-length" | "connection") {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let value = if name == "authorization" { crate::traffic::mask_secret(&value) } else { value.into_owned() };
+        headers.insert(name.to_owned(), Value::String(value));
+    }
+    let mut record = serde_json::Map::new();
+    record.insert("proto".into(), json!("http"));
+    record.insert("method".into(), json!(parts.method.as_str()));
+    record.insert("path".into(), json!(path));
+    record.insert("query".into(), json!(parts.uri.query()));
+    record.insert("headers".into(), Value::Object(headers));
+    record.insert("body".into(), crate::traffic::body(&body));
+    let response = next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body))).await;
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, MAX_RECORDED_BODY).await.unwrap_or_default();
+    record.insert("status".into(), json!(parts.status.as_u16()));
+    record.insert("response".into(), crate::traffic::body(&body));
+    inner.traffic.record(record);
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// RFC 7807 problem details.
@@ -424,6 +470,21 @@ struct MessagesQuery {
     after_id: Option<i64>,
     device: Option<String>,
     limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct TrafficQuery {
+    from: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// `GET /admin/traffic?from=&limit=`: recorded traffic, a page at a time (at most 1,000 records).
+async fn admin_traffic(State(inner): Shared, headers: HeaderMap, Query(q): Query<TrafficQuery>) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    let (records, dropped) = inner.traffic.records(q.from.unwrap_or(0), q.limit.unwrap_or(1000).min(1000));
+    Json(json!({ "recording": inner.traffic.enabled(), "records": records, "notKept": dropped })).into_response()
 }
 
 async fn admin_messages(State(inner): Shared, headers: HeaderMap, Query(q): Query<MessagesQuery>) -> Response {

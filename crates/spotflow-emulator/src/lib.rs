@@ -21,6 +21,7 @@ mod mqtt;
 mod props;
 mod state;
 mod tls;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -79,6 +80,9 @@ pub struct EmulatorConfig {
     pub admin_token: Option<String>,
     /// Largest MQTT packet accepted.
     pub max_packet_size: usize,
+    /// Record every HTTP exchange and MQTT packet of the device protocol (secrets masked; see
+    /// [`Emulator::traffic`] and `GET /admin/traffic`). Off by default.
+    pub record_traffic: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -99,6 +103,7 @@ impl Default for EmulatorConfig {
             auto_approve: None,
             admin_token: None,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            record_traffic: false,
         }
     }
 }
@@ -145,6 +150,11 @@ impl EmulatorBuilder {
     /// HTTPS on this port.
     pub fn https_port(mut self, port: u16) -> Self {
         self.config.https_port = Some(port);
+        self
+    }
+    /// Records the device protocol's traffic ([`Emulator::traffic`]).
+    pub fn record_traffic(mut self, on: bool) -> Self {
+        self.config.record_traffic = on;
         self
     }
     /// The admin token.
@@ -207,6 +217,7 @@ pub(crate) struct Inner {
     stored: watch::Sender<u64>,
     duplicates: std::sync::atomic::AtomicU64,
     https_addr: Mutex<Option<SocketAddr>>,
+    pub traffic: traffic::Traffic,
 }
 
 impl Inner {
@@ -426,6 +437,7 @@ impl Emulator {
             connection_lifetime: config.connection_lifetime,
             auto_approve: config.auto_approve,
         };
+        let record_traffic = config.record_traffic;
         let https = bind(config.bind, config.https_port).await?;
         let http = bind(config.bind, config.http_port).await?;
         let mqtts = bind(config.bind, config.mqtts_port).await?;
@@ -443,6 +455,7 @@ impl Emulator {
             stored: watch::channel(0).0,
             duplicates: std::sync::atomic::AtomicU64::new(0),
             https_addr: Mutex::new(https_addr),
+            traffic: traffic::Traffic::new(record_traffic),
         });
         let (shutdown, _) = watch::channel(false);
         let router = http::router(inner.clone());
@@ -601,6 +614,18 @@ impl Emulator {
         let mut rx = self.inner.stored.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok_and(|r| r.is_ok())
     }
+    /// The recorded traffic, in order (empty unless recording was turned on with
+    /// [`EmulatorBuilder::record_traffic`]): JSON objects with `seq`, `proto` (`http` or `mqtt`)
+    /// and the exchange's fields, as described in [`traffic`].
+    pub fn traffic(&self) -> Vec<Value> {
+        self.inner.traffic.records(0, usize::MAX).0
+    }
+
+    /// Forgets the recorded traffic.
+    pub fn clear_traffic(&self) {
+        self.inner.traffic.clear();
+    }
+
     /// Stops every listener and connection, and waits (briefly) until the state is on disk.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);

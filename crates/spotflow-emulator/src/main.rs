@@ -63,6 +63,9 @@ enum Command {
         /// Admin token (default: generated and stored in the data directory).
         #[arg(long, env = "SPOTFLOW_EMULATOR_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Record the devices' HTTP and MQTT traffic (secrets masked), for `traffic dump`.
+        #[arg(long)]
+        record_traffic: bool,
     },
     /// Provisioning tokens.
     ProvisioningToken {
@@ -88,6 +91,20 @@ enum Command {
     Messages {
         #[command(subcommand)]
         action: MessageAction,
+    },
+    /// Recorded device traffic (the emulator runs with --record-traffic).
+    Traffic {
+        #[command(subcommand)]
+        action: TrafficAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrafficAction {
+    /// Print every recorded HTTP exchange and MQTT packet, one JSON object a line.
+    Dump {
+        #[command(flatten)]
+        admin: Admin,
     },
 }
 
@@ -222,6 +239,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             registration_token_lifetime_secs,
             connection_lifetime_secs,
             admin_token,
+            record_traffic,
         } => {
             init_logs();
             let mut config = spotflow_emulator::EmulatorConfig::default();
@@ -236,6 +254,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             config.registration_token_lifetime = Duration::from_secs(registration_token_lifetime_secs);
             config.connection_lifetime = Duration::from_secs(connection_lifetime_secs);
             config.admin_token = admin_token;
+            config.record_traffic = record_traffic;
             let emulator = spotflow_emulator::Emulator::builder().config(config).start().await?;
             println!("spotflow-emulator is running");
             println!("  instance (HTTPS):  {}", emulator.https_url());
@@ -300,6 +319,24 @@ async fn run(cli: Cli) -> Result<(), String> {
             let path = format!("/admin/devices/{device}/desired");
             print(&AdminClient::new(&admin)?.call(Method::PATCH, &path, Some(patch)).await?);
             Ok(())
+        }
+        Command::Traffic { action: TrafficAction::Dump { admin } } => {
+            let client = AdminClient::new(&admin)?;
+            let mut from = 0usize;
+            loop {
+                let page = client.call(Method::GET, &format!("/admin/traffic?from={from}&limit=1000"), None).await?;
+                if page.get("recording") == Some(&Value::Bool(false)) {
+                    return Err("the emulator does not record traffic: start it with --record-traffic".into());
+                }
+                let records = page.get("records").and_then(Value::as_array).cloned().unwrap_or_default();
+                for r in &records {
+                    println!("{r}");
+                }
+                if records.len() < 1000 {
+                    return Ok(());
+                }
+                from += records.len();
+            }
         }
         Command::Messages { action: MessageAction::Tail { device, follow, admin } } => {
             let client = AdminClient::new(&admin)?;

@@ -9,7 +9,7 @@ use rumqttc::mqttbytes::v4::{
     Unsubscribe,
 };
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -69,6 +69,50 @@ async fn read_packet<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max: 
     }
 }
 
+/// Records an MQTT packet when traffic recording is on (see [`crate::traffic`]); keep-alive
+/// pings and acknowledgements of telemetry are left out (their timing is not the protocol).
+fn record(inner: &Inner, dir: &str, device: &str, packet: &Packet) {
+    if !inner.traffic.enabled() {
+        return;
+    }
+    let qos = |q: QoS| q as u8;
+    let (kind, fields) = match packet {
+        Packet::Connect(c) => (
+            "connect",
+            json!({
+                "clientId": c.client_id,
+                "cleanSession": c.clean_session,
+                "keepAlive": c.keep_alive,
+                "username": c.login.as_ref().map(|l| l.username.clone()),
+                "password": c.login.as_ref().map(|l| crate::traffic::mask_secret(&l.password)),
+                "lastWill": c.last_will.as_ref().map(|w| json!({"topic": w.topic, "qos": qos(w.qos), "retain": w.retain})),
+            }),
+        ),
+        Packet::ConnAck(a) => ("connack", json!({"code": format!("{:?}", a.code), "sessionPresent": a.session_present})),
+        Packet::Subscribe(s) => (
+            "subscribe",
+            json!({"filters": s.filters.iter().map(|f| json!({"filter": f.path, "qos": qos(f.qos)})).collect::<Vec<_>>()}),
+        ),
+        Packet::SubAck(a) => ("suback", json!({"codes": a.return_codes.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>()})),
+        Packet::Unsubscribe(u) => ("unsubscribe", json!({"filters": u.topics})),
+        Packet::Publish(p) => (
+            "publish",
+            json!({"topic": p.topic, "qos": qos(p.qos), "retain": p.retain, "payload": crate::traffic::payload(&p.payload)}),
+        ),
+        Packet::Disconnect => ("disconnect", json!({})),
+        _ => return,
+    };
+    let mut map = match fields {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    map.insert("proto".into(), json!("mqtt"));
+    map.insert("dir".into(), json!(dir));
+    map.insert("device".into(), json!(device));
+    map.insert("packet".into(), json!(kind));
+    inner.traffic.record(map);
+}
+
 fn write(out: &mut BytesMut, packet: &Packet) {
     if let Err(e) = packet.write(out, usize::MAX) {
         warn!(error = %e, "cannot encode an outgoing packet");
@@ -118,11 +162,14 @@ where
         }
     };
     let mut out = BytesMut::new();
+    record(&inner, "in", &connect.client_id, &Packet::Connect(connect.clone()));
     let hub_id = match authenticate(&inner, &connect) {
         Ok(id) => id,
         Err(code) => {
             info!(%peer, client_id = %connect.client_id, ?code, "MQTT connection refused");
-            write(&mut out, &Packet::ConnAck(ConnAck::new(code, false)));
+            let refusal = Packet::ConnAck(ConnAck::new(code, false));
+            record(&inner, "out", &connect.client_id, &refusal);
+            write(&mut out, &refusal);
             let _ = wr.write_all(&out).await;
             let _ = wr.shutdown().await;
             return;
@@ -131,7 +178,9 @@ where
     let (tx, mut rx) = mpsc::unbounded_channel();
     let session_present = inner.start_session(&hub_id, tx.clone(), connect.clean_session);
     info!(%peer, device = %hub_id, clean_session = connect.clean_session, "MQTT connected");
-    write(&mut out, &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)));
+    let connack = Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present));
+    record(&inner, "out", &hub_id, &connack);
+    write(&mut out, &connack);
     if wr.write_all(&out).await.is_err() {
         inner.end_session(&hub_id, &tx);
         return;
@@ -157,7 +206,10 @@ where
                 Err(e) => break e,
             },
             outbound = rx.recv() => match outbound {
-                Some(Outbound::Packet(p)) => write(&mut out, &p),
+                Some(Outbound::Packet(p)) => {
+                    record(&inner, "out", &hub_id, &p);
+                    write(&mut out, &p);
+                }
                 Some(Outbound::Ack(pkid)) => write(&mut out, &Packet::PubAck(PubAck::new(pkid))),
                 Some(Outbound::Kick) | None => break "closed by the platform".to_owned(),
             },
@@ -166,7 +218,10 @@ where
         // Drain what else is ready before writing, so acknowledgements go out in batches.
         while let Ok(outbound) = rx.try_recv() {
             match outbound {
-                Outbound::Packet(p) => write(&mut out, &p),
+                Outbound::Packet(p) => {
+                    record(&inner, "out", &hub_id, &p);
+                    write(&mut out, &p);
+                }
                 Outbound::Ack(pkid) => write(&mut out, &Packet::PubAck(PubAck::new(pkid))),
                 Outbound::Kick => break,
             }
@@ -199,11 +254,13 @@ fn handle_packet(
     packet: Packet,
     out: &mut BytesMut,
 ) -> Result<(), String> {
+    record(inner, "in", hub_id, &packet);
     match packet {
         Packet::Publish(p) => handle_publish(inner, hub_id, tx, p, out),
         Packet::Subscribe(s) => {
-            let suback = subscribe(inner, hub_id, &s);
-            write(out, &Packet::SubAck(suback));
+            let suback = Packet::SubAck(subscribe(inner, hub_id, &s));
+            record(inner, "out", hub_id, &suback);
+            write(out, &suback);
             Ok(())
         }
         Packet::Unsubscribe(Unsubscribe { pkid, topics }) => {
@@ -305,7 +362,9 @@ fn twin_response(
         None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
     };
     if inner.is_subscribed(hub_id, &topic) {
-        write(out, &Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body)));
+        let response = Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body));
+        record(inner, "out", hub_id, &response);
+        write(out, &response);
     } else {
         debug!(device = %hub_id, "twin response dropped: not subscribed to $iothub/twin/res/#");
     }

@@ -14,13 +14,22 @@ pub enum Compression {
     /// Don't compress the message.
     #[pyo3(name = "UNCOMPRESSED")]
     Uncompressed = 0,
-    /// Compress the message with the fastest settings (LZ4).
+    /// Compress the message with the fastest settings (Brotli quality 1, `content-encoding=br`,
+    /// readable by the Spotflow platform).
     #[pyo3(name = "FASTEST")]
     Fastest = 1,
-    /// Compress the message with the settings that produce the smallest size (zstd level 19);
-    /// may be significantly slower.
+    /// Compress the message with the settings that produce the smallest size (Brotli quality 11,
+    /// readable by the Spotflow platform); may be significantly slower.
     #[pyo3(name = "SMALLEST_SIZE")]
     SmallestSize = 2,
+    /// Beyond the reference: the LZ4 frame format (`content-encoding=lz4`). The Spotflow platform
+    /// is only known to decode Brotli: use it only with a receiver that decodes LZ4.
+    #[pyo3(name = "LZ4")]
+    Lz4 = 3,
+    /// Beyond the reference: Zstandard at level 3 (`content-encoding=zstd`). The Spotflow platform
+    /// is only known to decode Brotli: use it only with a receiver that decodes Zstandard.
+    #[pyo3(name = "ZSTD")]
+    Zstd = 4,
 }
 
 #[pymethods]
@@ -40,6 +49,8 @@ impl Compression {
             Compression::Uncompressed => "UNCOMPRESSED",
             Compression::Fastest => "FASTEST",
             Compression::SmallestSize => "SMALLEST_SIZE",
+            Compression::Lz4 => "LZ4",
+            Compression::Zstd => "ZSTD",
         }
     }
 }
@@ -50,6 +61,10 @@ impl From<Compression> for spotflow_device::Compression {
             Compression::Uncompressed => spotflow_device::Compression::Uncompressed,
             Compression::Fastest => spotflow_device::Compression::Fastest,
             Compression::SmallestSize => spotflow_device::Compression::SmallestSize,
+            Compression::Lz4 => spotflow_device::Compression::Lz4,
+            Compression::Zstd => {
+                spotflow_device::Compression::Zstd { level: spotflow_device::Compression::ZSTD_DEFAULT_LEVEL }
+            }
         }
     }
 }
