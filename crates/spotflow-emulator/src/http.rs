@@ -83,7 +83,12 @@ async fn record_http(
     record.insert("proto".into(), json!("http"));
     record.insert("method".into(), json!(parts.method.as_str()));
     record.insert("path".into(), json!(path));
-    record.insert("query".into(), json!(parts.uri.query()));
+    // A blob upload's query is a SAS token: its shape only.
+    let query = parts.uri.query().map(|q| match q.contains("sig=") {
+        true => crate::traffic::mask_secret(&format!("?{q}"))[1..].to_owned(),
+        false => q.to_owned(),
+    });
+    record.insert("query".into(), json!(query));
     record.insert("headers".into(), Value::Object(headers));
     record.insert("body".into(), crate::traffic::body(&body));
     let response = next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body))).await;

@@ -9,8 +9,9 @@
 //! - MQTT: `dir` (`in`: from the device, `out`: to it), `device`, `packet` (`connect`, `connack`,
 //!   `subscribe`, `suback`, `unsubscribe`, `publish`, `disconnect`) and the packet's fields.
 //!
-//! A payload or body is `{"json": …}` when it is a JSON document, `{"text": …}` when it is other
-//! UTF-8, `{"hex": …}` for other bytes up to 64 KiB, and `{"len": n, "crc32": …}` beyond (empty
+//! An MQTT payload is `{"text": …}` when it is UTF-8 (exactly as sent); an HTTP body is
+//! `{"json": …}` when it is a JSON document, `{"text": …}` when it is other UTF-8; both are
+//! `{"hex": …}` for other bytes up to 64 KiB, and `{"len": n, "crc32": …}` beyond (empty
 //! bodies are `null`). Secrets are masked: `Authorization` headers, MQTT passwords, and JSON
 //! string fields whose name says token, key, signature or password keep their shape, not their
 //! value (`SharedAccessSignature sr=<kept>&sig=<sig>&se=<expiry>`, `Bearer <token>`).
@@ -68,9 +69,13 @@ impl Traffic {
     }
 }
 
-/// How an MQTT payload is kept (see the module docs): as it is, telemetry is the device's data.
+/// How an MQTT payload is kept: UTF-8 as `{"text": …}` byte for byte (not re-serialised, so the
+/// recording shows exactly what was sent), other bytes as described in the module docs.
 pub fn payload(bytes: &[u8]) -> Value {
-    represent(bytes, false)
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.is_empty() && bytes.len() <= MAX_INLINE_PAYLOAD => json!({ "text": text }),
+        _ => represent(bytes, false),
+    }
 }
 
 /// How an HTTP body is kept: as [`payload`], with secret-named JSON fields masked.
@@ -111,7 +116,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn is_secret_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    ["token", "key", "signature", "password", "secret", "connectionstring"].iter().any(|s| n.contains(s))
+    n == "connectionstring" || ["token", "key", "signature", "password", "secret"].iter().any(|s| n.ends_with(s))
 }
 
 /// Masks the values of secret-named string fields, keeping the document's shape.
@@ -181,8 +186,9 @@ mod tests {
     #[test]
     fn payloads_by_kind() {
         assert_eq!(payload(b""), Value::Null);
-        assert_eq!(payload(b"{\"a\":1}"), json!({"json": {"a": 1}}));
-        assert_eq!(payload(b"{\"apiKey\":\"k\"}"), json!({"json": {"apiKey": "k"}}));
+        assert_eq!(payload(b"{\"a\":1}"), json!({"text": "{\"a\":1}"}));
+        assert_eq!(body(b"{\"a\":1}"), json!({"json": {"a": 1}}));
+        assert_eq!(body(b"{\"connectionStringType\":\"SAS\"}"), json!({"json": {"connectionStringType": "SAS"}}));
         assert_eq!(body(b"{\"apiKey\":\"k\"}"), json!({"json": {"apiKey": "<secret>"}}));
         assert_eq!(payload(b"hello"), json!({"text": "hello"}));
         assert_eq!(payload(&[0, 255]), json!({"hex": "00ff"}));

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use spotflow_core::{
     Backoff, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, SessionInfo, TransportEvent,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::topics::{self, Incoming};
 use crate::upload::Uploader;
@@ -74,6 +74,10 @@ impl TwinRequests {
                 }
             },
             Incoming::DesiredPatch { version, patch } => Some(TransportEvent::DesiredPatch { version, patch }),
+            Incoming::CloudToDevice { properties, size } => {
+                info!(%properties, size, "cloud-to-device message acknowledged and dropped (not part of this SDK's API)");
+                None
+            }
             Incoming::Ignored(reason) => {
                 debug!(%reason, "incoming message ignored");
                 None

@@ -9,8 +9,18 @@ use spotflow_core::{DesiredState, MessageKind, OutgoingMessage, TwinDocument};
 /// Everything except ASCII alphanumerics and `-_.~` is percent-encoded (space → `%20`).
 const VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
-/// Subscriptions the device needs (twin responses, desired-property patches).
-pub const SUBSCRIPTIONS: [&str; 2] = ["$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"];
+/// The subscriptions of a device, in one SUBSCRIBE, in the official SDK's order: twin responses,
+/// desired-property patches, and cloud-to-device messages. The official SDKs always subscribe to
+/// the last (the platform may queue messages for the device otherwise); this SDK has no API for
+/// them, so they are acknowledged and dropped with a log line, as the official Python package
+/// never hands them to the application either.
+pub fn subscriptions(hub_device_id: &str) -> [String; 3] {
+    [
+        "$iothub/twin/res/#".to_owned(),
+        "$iothub/twin/PATCH/properties/desired/#".to_owned(),
+        format!("devices/{hub_device_id}/messages/devicebound/#"),
+    ]
+}
 
 /// The MQTT user name: `{hub}/{hubDeviceId}/?api-version=2018-06-30`.
 pub fn username(hub_host: &str, hub_device_id: &str) -> String {
@@ -106,6 +116,13 @@ pub enum Incoming {
         /// The merge patch.
         patch: Map<String, Value>,
     },
+    /// A cloud-to-device message (`devices/{id}/messages/devicebound/…`): acknowledged, dropped.
+    CloudToDevice {
+        /// Its property bag (the topic after `devicebound/`).
+        properties: String,
+        /// Payload size.
+        size: usize,
+    },
     /// Anything else (ignored by the device, with the reason).
     Ignored(String),
 }
@@ -139,6 +156,11 @@ pub fn parse_incoming(topic: &str, payload: &[u8]) -> Incoming {
             ));
         }
         return Incoming::DesiredPatch { version, patch };
+    }
+    if let Some((_, properties)) = topic.split_once("/messages/devicebound/") {
+        if topic.starts_with("devices/") {
+            return Incoming::CloudToDevice { properties: properties.to_owned(), size: payload.len() };
+        }
     }
     Incoming::Ignored(format!("unexpected topic {topic:?}"))
 }
@@ -257,6 +279,11 @@ mod tests {
             Incoming::Ignored(_)
         ));
         assert!(matches!(parse_incoming("$iothub/twin/PATCH/properties/desired/", b"{}"), Incoming::Ignored(_)));
+        assert_eq!(
+            parse_incoming("devices/ws:d/messages/devicebound/%24.mid=1&k=v", b"abc"),
+            Incoming::CloudToDevice { properties: "%24.mid=1&k=v".into(), size: 3 }
+        );
+        assert_eq!(subscriptions("ws:d")[2], "devices/ws:d/messages/devicebound/#");
     }
 
     #[test]

@@ -85,10 +85,12 @@ impl Uploader {
             .map_err(|e| http_error("blob upload", e))?;
         let put_status = put.status();
         let ok = put_status.is_success();
+        // On success exactly what the official SDK sends (statusCode 200, whatever the blob
+        // store answered, e.g. 201 Created).
         let note = json!({
             "correlationId": correlation,
             "isSuccess": ok,
-            "statusCode": put_status.as_u16(),
+            "statusCode": if ok { 200 } else { put_status.as_u16() },
             "statusDescription": if ok { "Done" } else { "Failed" },
         });
         let notified = self

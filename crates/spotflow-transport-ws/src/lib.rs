@@ -228,8 +228,10 @@ impl Transport for WsTransport {
                 Packet::ConnAck(ack) => return Err(refused(ack.code)),
                 other => return Err(Error::transport(format!("expected CONNACK, got {other:?}"))),
             }
-            let filters =
-                topics::SUBSCRIPTIONS.iter().map(|f| SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce)).collect();
+            let filters = topics::subscriptions(&creds.hub_device_id)
+                .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce))
+                .into_iter()
+                .collect();
             framed.send(&Packet::Subscribe(Subscribe { pkid: 1, filters })).await?;
             Ok(framed)
         };

@@ -93,9 +93,152 @@ fn compress_bench(dir: &str) -> Result<()> {
     Ok(())
 }
 
+/// A payload of the golden scenario (`interop/golden/scenario.txt`); our SDK's test builds the
+/// same bytes.
+fn scenario_payload(spec: &str) -> Result<Vec<u8>> {
+    let mut parts = spec.split(':');
+    Ok(match (parts.next(), parts.next(), parts.next()) {
+        (Some("text"), Some(word), None) => word.as_bytes().to_vec(),
+        (Some("telemetry"), Some(n), None) => {
+            let records: Vec<String> = (0..n.parse::<u64>()?)
+                .map(|i| {
+                    format!(
+                        "{{\"t\":{},\"temperatureCelsius\":{}.{},\"state\":\"running\"}}",
+                        1_780_000_000_000u64 + i * 1000,
+                        20 + i % 7,
+                        i % 10
+                    )
+                })
+                .collect();
+            format!("[{}]", records.join(",")).into_bytes()
+        }
+        (Some("random"), Some(len), Some(seed)) => {
+            // xorshift64*: the top byte of each step.
+            let mut x = seed.parse::<u64>()?.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..len.parse::<usize>()?)
+                .map(|_| {
+                    x ^= x >> 12;
+                    x ^= x << 25;
+                    x ^= x >> 27;
+                    (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+                })
+                .collect()
+        }
+        _ => bail!("unknown payload {spec:?}"),
+    })
+}
+
+fn percent_decode(s: &str) -> Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16)?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(String::from_utf8(out)?)
+}
+
+/// `SCENARIO=<file>`: runs the golden scenario with the official SDK (see the scenario file).
+fn run_scenario(path: &str) -> Result<()> {
+    let instance = env("INSTANCE")?;
+    let token = env("PROVISIONING_TOKEN")?;
+    let db = env("DB_PATH")?;
+    let script = std::fs::read_to_string(path)?;
+    let client = DeviceClientBuilder::new(Some("golden-device".to_owned()), token, db)
+        .with_instance(instance)
+        .with_display_provisioning_operation_callback(Box::new(Display))
+        .with_desired_properties_updated_callback(Box::new(Desired))
+        .build()
+        .context("official SDK failed to start")?;
+    say(&format!("STARTED {} {}", client.workspace_id()?, client.device_id()?));
+    for (n, line) in script.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if verb == "reported" {
+            client.update_reported_properties(rest)?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while client.any_pending_reported_properties_updates()? {
+                if Instant::now() > deadline {
+                    bail!("line {}: reported properties not sent within 60 s", n + 1);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            continue;
+        }
+        if verb == "wait-sent" {
+            client.wait_enqueued_messages_sent()?;
+            continue;
+        }
+        let mut fields = std::collections::HashMap::new();
+        for kv in rest.split_whitespace() {
+            let (k, v) = kv.split_once('=').with_context(|| format!("line {}: {kv:?} is not key=value", n + 1))?;
+            fields.insert(k.to_owned(), v.to_owned());
+        }
+        let field = |k: &str| -> Result<Option<String>> {
+            match fields.get(k).map(String::as_str) {
+                None | Some("-") => Ok(None),
+                Some(v) => Ok(Some(percent_decode(v)?)),
+            }
+        };
+        let mut context = MessageContext::new(field("group")?, field("stream")?);
+        match verb {
+            "message" => {
+                context.set_compression(match field("compression")?.as_deref() {
+                    None | Some("none") => None,
+                    Some("fastest") => Some(spotflow::Compression::Fastest),
+                    Some("smallest") => Some(spotflow::Compression::SmallestSize),
+                    Some(other) => bail!("line {}: unknown compression {other}", n + 1),
+                });
+                let payload = scenario_payload(&field("payload")?.unwrap_or_default())?;
+                client.enqueue_message_advanced(
+                    &context,
+                    field("batch")?,
+                    field("slice")?,
+                    field("id")?,
+                    field("chunk")?,
+                    payload,
+                )?;
+            }
+            "message-completion" => client.enqueue_message_completion(
+                &context,
+                field("batch")?.context("batch")?,
+                field("id")?.context("id")?,
+            )?,
+            "batch-completion" => client.enqueue_batch_completion(&context, field("batch")?.context("batch")?)?,
+            other => bail!("line {}: unknown step {other}", n + 1),
+        }
+    }
+    say("SENT");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(d) = client.desired_properties_if_newer(1) {
+            say(&format!("GOT {}", d.version));
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("desired properties version 2 did not arrive");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    say("DONE");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     if let Ok(dir) = std::env::var("COMPRESS_BENCH") {
         return compress_bench(&dir);
+    }
+    if let Ok(path) = std::env::var("SCENARIO") {
+        return run_scenario(&path);
     }
     let instance = env("INSTANCE")?;
     let token = env("PROVISIONING_TOKEN")?;
