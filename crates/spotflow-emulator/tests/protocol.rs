@@ -738,3 +738,94 @@ async fn state_and_messages_survive_a_restart_of_the_emulator() {
     .await;
     assert!(connack.session_present, "subscriptions kept for the clean-session-false client");
 }
+
+/// Payloads the emulator cannot decode (an unknown encoding, corrupt data, a decompression bomb)
+/// are stored exactly as they arrived and flagged, never dropped; the admin API shows the flag.
+#[tokio::test]
+async fn undecodable_payloads_are_stored_as_received_and_flagged() {
+    let emu = emulator().await;
+    let dev = register(&emu, "flagged").await;
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, true), 100);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    let bomb = spotflow_core::Compression::Zstd { level: 3 }.compress(&vec![0u8; 32 << 20]).unwrap().1;
+    let good = spotflow_core::Compression::Lz4.compress(&b"lz4 frame ".repeat(50)).unwrap().1;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("gzip", b"\x1f\x8b not really".to_vec(), "unknown content encoding"),
+        ("br", b"definitely not brotli".to_vec(), "brotli payload"),
+        ("zstd", bomb.clone(), "more than"),
+        ("lz4", good.clone(), ""),
+    ];
+    for (encoding, payload, _) in &cases {
+        let topic = format!("devices/{}/messages/events/stream-name=flags&content-encoding={encoding}", dev.hub_id);
+        client.publish(topic, QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+    }
+    let mut acks = 0;
+    while acks < cases.len() {
+        until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+        acks += 1;
+    }
+    let stored = emu
+        .messages(MessageQuery { hub_device_id: Some(dev.hub_id.clone()), limit: Some(10), ..Default::default() })
+        .await;
+    assert_eq!(stored.len(), cases.len(), "every message is stored, decodable or not");
+    for (m, (encoding, payload, error)) in stored.iter().zip(&cases) {
+        assert_eq!(m.content_encoding.as_deref(), Some(*encoding));
+        if error.is_empty() {
+            assert_eq!(m.decode_error, None);
+            assert_eq!(m.payload, b"lz4 frame ".repeat(50));
+        } else {
+            let flag = m.decode_error.as_deref().unwrap_or_else(|| panic!("{encoding} flagged"));
+            assert!(flag.contains(error), "{encoding}: {flag}");
+            assert_eq!(&m.payload, payload, "{encoding}: kept exactly as it arrived");
+        }
+    }
+    // The admin API (and so `messages tail`) shows the flag.
+    let (status, listed) = call(
+        &https(&emu),
+        reqwest::Method::GET,
+        format!("{}/admin/messages?device={}", emu.https_url(), dev.hub_id),
+        Some(&format!("Bearer {}", emu.admin_token())),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let flags: Vec<bool> = listed.as_array().unwrap().iter().map(|m| m["decodeError"].is_string()).collect();
+    assert_eq!(flags, vec![true, true, true, false]);
+}
+
+/// With recording on, the emulator keeps what devices sent (secrets masked) and serves it to
+/// the admin API.
+#[tokio::test]
+async fn traffic_recording_keeps_the_exchanges_with_secrets_masked() {
+    let emu = Emulator::builder().record_traffic(true).start().await.unwrap();
+    let dev = register(&emu, "recorded").await;
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, true), 100);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    let topic = format!("devices/{}/messages/events/stream-name=s", dev.hub_id);
+    client.publish(topic.clone(), QoS::AtLeastOnce, false, b"\xff\x01raw".to_vec()).await.unwrap();
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    let traffic = emu.traffic();
+    let text = serde_json::to_string(&traffic).unwrap();
+    for secret in [&dev.sas, &dev.registration_token, &dev.provisioning_token] {
+        assert!(!text.contains(secret.as_str()), "a secret was recorded");
+    }
+    let paths: Vec<&str> = traffic.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert_eq!(paths, ["/provisioning-operations/init", "/provisioning-operations/complete", "/devices/register"]);
+    let connect = traffic.iter().find(|r| r["packet"] == "connect").unwrap();
+    assert_eq!(connect["clientId"], json!(dev.hub_id));
+    assert!(connect["password"].as_str().unwrap().contains("sig=<sig>"));
+    let publish = traffic.iter().find(|r| r["packet"] == "publish" && r["dir"] == "in").unwrap();
+    assert_eq!(publish["topic"].as_str(), Some(topic.as_str()));
+    assert_eq!(publish["payload"], json!({"hex": "ff01726177"}));
+    let (status, page) = call(
+        &https(&emu),
+        reqwest::Method::GET,
+        format!("{}/admin/traffic?from=1&limit=2", emu.https_url()),
+        Some(&format!("Bearer {}", emu.admin_token())),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["records"].as_array().unwrap().len(), 2);
+    assert_eq!(page["records"][0]["seq"], json!(1));
+}
