@@ -66,6 +66,7 @@ class Emulator:
                 "--https-port", str(self.https_port),
                 "--mqtts-port", str(MQTT_PORT),
                 "--admin-token", self.admin_token,
+                "--record-traffic",
             ],
             stdout=subprocess.PIPE,
             stderr=log,
@@ -151,6 +152,16 @@ class Emulator:
 
     def twin(self, hub_device_id):
         return self.admin("GET", f"/admin/devices/{urllib.parse.quote(hub_device_id)}/twin")
+
+    def traffic(self):
+        """Every recorded HTTP exchange and MQTT packet (the emulator runs with --record-traffic)."""
+        out = []
+        for _ in range(1000):
+            page = self.admin("GET", f"/admin/traffic?from={len(out)}&limit=1000")["records"]
+            out.extend(page)
+            if len(page) < 1000:
+                return out
+        raise RuntimeError("traffic listing did not end")
 
     def messages(self, hub_device_id):
         out, after = [], 0

@@ -53,6 +53,8 @@ def test_module_exports_the_reference_names():
     assert repr(Compression.UNCOMPRESSED) == "<Compression.UNCOMPRESSED: 0>"
     assert Compression.FASTEST != Compression.SMALLEST_SIZE
     assert Compression.UNCOMPRESSED == 0 and Compression.SMALLEST_SIZE == 2
+    # Beyond the reference: explicit codecs for receivers that decode them.
+    assert int(Compression.LZ4) == 3 and int(Compression.ZSTD) == 4
 
 
 def test_signatures_are_the_reference_ones():
@@ -162,7 +164,7 @@ def test_streams_ids_completions_and_compression(emulator, token, approver, tmp_
         group_only.send_message("default stream of the group")
         stored = emulator.messages(hub_id(client))
         assert len(stored) == 8
-        for m, encoding in zip(stored[:4], [None, "lz4", "zstd", None]):
+        for m, encoding in zip(stored[:4], [None, "br", "br", None]):
             assert (m["streamGroup"], m["stream"]) == ("sensors", "temperature")
             assert (m["batchId"], m["messageId"], m["batchSliceId"], m["chunkId"]) == ("b1", "m1", "s1", "c1")
             assert m["contentEncoding"] == encoding
@@ -390,3 +392,78 @@ def test_durability_from_the_environment(emulator, token, approver, tmp_path, mo
             sender.enqueue_message(f"crash-safe {i}")
         client.wait_enqueued_messages_sent()
         assert [m["payload"] for m in emulator.messages(hub_id(client))] == [f"crash-safe {i}" for i in range(100)]
+
+
+def _published(emulator, hub, stream):
+    """(topic, raw payload bytes) of every telemetry PUBLISH of `hub` to `stream`, as on the wire."""
+    out = []
+    for r in emulator.traffic():
+        topic = r.get("topic") or ""
+        if r.get("packet") == "publish" and r.get("dir") == "in" and topic.startswith(f"devices/{hub}/messages/events/") \
+                and f"stream-name={stream}" in topic:
+            p = r["payload"]
+            out.append((topic, bytes.fromhex(p["hex"]) if "hex" in p else p["text"].encode()))
+    return out
+
+
+def test_brotli_payloads_are_decoded_by_an_independent_decoder(emulator, token, approver, tmp_path):
+    """FASTEST and SMALLEST_SIZE are standard Brotli: Google's decoder (the `brotli` module) reads
+    the bytes our SDK put on the wire; LZ4 and ZSTD are the explicit codecs the emulator decodes."""
+    import brotli
+
+    payload = json.dumps([{"t": i, "temperatureCelsius": 21.5, "humidityPercent": 50.1} for i in range(50)])
+    with start(emulator, token, tmp_path / "br.db", "py-brotli", approver) as client:
+        for compression in [Compression.FASTEST, Compression.SMALLEST_SIZE, Compression.LZ4, Compression.ZSTD]:
+            client.create_stream_sender(stream="codecs", compression=compression).send_message(payload)
+        hub = hub_id(client)
+        wire = _published(emulator, hub, "codecs")
+        assert len(wire) == 4
+        for topic, raw in wire[:2]:
+            assert "content-encoding=br" in topic.split("&"), topic
+            assert len(raw) < len(payload) // 3
+            assert brotli.decompress(raw).decode() == payload
+        assert "content-encoding=lz4" in wire[2][0].split("&") and wire[2][1][:4] == b"\x04\x22\x4d\x18"
+        assert "content-encoding=zstd" in wire[3][0].split("&") and wire[3][1][:4] == b"\x28\xb5\x2f\xfd"
+        stored = emulator.messages(hub)
+        assert [m["payload"] for m in stored] == [payload] * 4
+        assert [m["contentEncoding"] for m in stored] == ["br", "br", "lz4", "zstd"]
+        assert all(m.get("decodeError") is None for m in stored)
+
+
+def test_the_reference_example_with_fastest_compression_stores_readable_payloads(emulator, token, tmp_path):
+    """The reference's example with `compression=Compression.FASTEST`: what the platform stores
+    is the JSON the example printed (Brotli on the wire, decoded by the platform)."""
+    example = (pathlib.Path(__file__).parent.parent / "examples" / "basic_usage.py").read_text()
+    original = 'sender = client.create_stream_sender(stream_group = "default-stream-group", stream = "default-stream")'
+    assert original in example
+    example = example.replace(
+        "from spotflow_device import DeviceClient", "from spotflow_device import Compression, DeviceClient"
+    ).replace(original, original[:-1] + ", compression=Compression.FASTEST)").replace(
+        'provisioning_token="<Your Provisioning Token>", db="spotflow.db")',
+        f'provisioning_token="{token}", db="spotflow.db", instance="{emulator.instance}")',
+    ).replace("for i in range(0, 60):", "for i in range(0, 3):").replace("time.sleep(5)", "time.sleep(0)")
+    assert 'device_id="my-device"' in example
+    script = tmp_path / "basic_usage_fastest.py"
+    script.write_text(example.replace('device_id="my-device"', 'device_id="my-fast-device"'))
+    approving = threading.Thread(target=emulator.approve_next, args=("my-fast-device",), daemon=True)
+    approving.start()
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, SSL_CERT_FILE=emulator.ca_path),
+    )
+    assert done.returncode == 0, done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 3
+    ws = [d for d in emulator.admin("GET", "/admin/devices") if d["deviceId"] == "my-fast-device"][0]["workspaceId"]
+    hub = f"{ws}:my-fast-device"
+    stored = emulator.messages(hub)
+    assert [json.loads(m["payload"]) for m in stored] == printed
+    assert all(m.get("decodeError") is None for m in stored)
+    # Compressed where Brotli made the payload smaller, and sent as it is otherwise.
+    wire = _published(emulator, hub, "default-stream")
+    assert len(wire) == 3
+    for (topic, raw), m in zip(wire, stored):
+        if "content-encoding=br" in topic.split("&"):
+            assert m["contentEncoding"] == "br" and len(raw) < len(m["payload"])
+        else:
+            assert m["contentEncoding"] is None
