@@ -8,9 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use spotflow_core::{
-    validate_name, Backoff, Compression, ContentEncoding, DesiredState, DesiredTracker, Error, MessageKind, OutgoingMessage,
-    OutgoingQueue, PlatformApi, ProvisioningOperation, QueuedMessage, ReportedTracker, Result, Secret, Store,
-    StreamTarget, Transport,
+    validate_name, Backoff, Compression, ContentEncoding, DesiredState, DesiredTracker, Error, MessageKind,
+    OutgoingMessage, OutgoingQueue, PlatformApi, ProvisioningOperation, QueuedMessage, ReportedTracker, Result, Secret,
+    Store, StreamTarget, Transport,
 };
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};

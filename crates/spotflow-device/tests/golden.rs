@@ -257,11 +257,9 @@ async fn record_ours() -> Vec<Value> {
     }
     let hub = format!("{}:{DEVICE_ID}", client.workspace_id());
     assert_eq!(emu.update_desired(&hub, json!({"interval": 5}).as_object().cloned().unwrap()), Some(2));
-    tokio::time::timeout(WAIT, async {
-        while desired_rx.recv().await != Some(2) {}
-    })
-    .await
-    .expect("desired version 2 arrives");
+    tokio::time::timeout(WAIT, async { while desired_rx.recv().await != Some(2) {} })
+        .await
+        .expect("desired version 2 arrives");
     client.close().await.unwrap();
     emu.traffic()
 }
@@ -272,8 +270,10 @@ async fn record_ours() -> Vec<Value> {
 /// The traffic as comparable lines, per kind: `http`, `connect`, `subscriptions`, `telemetry`,
 /// `twin`, `to-device`.
 fn normalize(records: &[Value]) -> Vec<(String, Vec<String>)> {
-    let mut kinds: Vec<(String, Vec<String>)> =
-        ["http", "connect", "subscriptions", "telemetry", "twin", "to-device"].iter().map(|k| (k.to_string(), Vec::new())).collect();
+    let mut kinds: Vec<(String, Vec<String>)> = ["http", "connect", "subscriptions", "telemetry", "twin", "to-device"]
+        .iter()
+        .map(|k| (k.to_string(), Vec::new()))
+        .collect();
     let mut subscriptions = BTreeSet::new();
     let push = |kinds: &mut Vec<(String, Vec<String>)>, kind: &str, line: String| {
         let list = &mut kinds.iter_mut().find(|(k, _)| k == kind).unwrap().1;
@@ -475,7 +475,10 @@ fn the_comparison_catches_a_changed_property_and_payload() {
     changed[i]["topic"] = json!(topic);
     assert_eq!(compare(&official, &changed).len(), 1);
     let mut reordered = official.clone();
-    let j = reordered.iter().position(|r| r["topic"].as_str().is_some_and(|t| t.contains("stream-name=compressed"))).unwrap();
+    let j = reordered
+        .iter()
+        .position(|r| r["topic"].as_str().is_some_and(|t| t.contains("stream-name=compressed")))
+        .unwrap();
     reordered[j]["payload"] = json!({"text": "something else"});
     assert!(!compare(&official, &reordered).is_empty());
     assert!(compare(&official, &official).is_empty());

@@ -375,7 +375,10 @@ async fn compressing_a_16_mib_smallest_size_message_does_not_stall_the_runtime()
     })
     .await
     .expect("the runtime answers");
-    assert!(!enqueued_first, "the enqueue finished before another task could run {answered} times: it blocked the runtime");
+    assert!(
+        !enqueued_first,
+        "the enqueue finished before another task could run {answered} times: it blocked the runtime"
+    );
     // The compression finishes, and the message arrives whole, as Brotli.
     tokio::time::timeout(Duration::from_secs(600), &mut enqueue).await.expect("compressed within 600 s").unwrap();
     client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();

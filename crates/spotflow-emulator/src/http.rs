@@ -56,11 +56,7 @@ const MAX_RECORDED_BODY: usize = 64 * 1024 * 1024;
 
 /// Records the device protocol's HTTP exchanges when traffic recording is on (not the admin API
 /// or the WebSocket upgrade).
-async fn record_http(
-    State(inner): Shared,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn record_http(State(inner): Shared, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let path = request.uri().path().to_owned();
     if !inner.traffic.enabled() || path.starts_with("/admin/") || path == "/$iothub/websocket" {
         return next.run(request).await;

@@ -88,12 +88,16 @@ fn record(inner: &Inner, dir: &str, device: &str, packet: &Packet) {
                 "lastWill": c.last_will.as_ref().map(|w| json!({"topic": w.topic, "qos": qos(w.qos), "retain": w.retain})),
             }),
         ),
-        Packet::ConnAck(a) => ("connack", json!({"code": format!("{:?}", a.code), "sessionPresent": a.session_present})),
+        Packet::ConnAck(a) => {
+            ("connack", json!({"code": format!("{:?}", a.code), "sessionPresent": a.session_present}))
+        }
         Packet::Subscribe(s) => (
             "subscribe",
             json!({"filters": s.filters.iter().map(|f| json!({"filter": f.path, "qos": qos(f.qos)})).collect::<Vec<_>>()}),
         ),
-        Packet::SubAck(a) => ("suback", json!({"codes": a.return_codes.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>()})),
+        Packet::SubAck(a) => {
+            ("suback", json!({"codes": a.return_codes.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>()}))
+        }
         Packet::Unsubscribe(u) => ("unsubscribe", json!({"filters": u.topics})),
         Packet::Publish(p) => (
             "publish",

@@ -180,7 +180,10 @@ mod tests {
         assert_eq!(mask_secret("raw-token"), "<secret>");
         let mut doc = json!({"registrationToken": "t0k", "nested": [{"sasToken": "?sig=1"}], "deviceId": "d"});
         mask_json(&mut doc);
-        assert_eq!(doc, json!({"registrationToken": "<secret>", "nested": [{"sasToken": "?sig=<sig>"}], "deviceId": "d"}));
+        assert_eq!(
+            doc,
+            json!({"registrationToken": "<secret>", "nested": [{"sasToken": "?sig=<sig>"}], "deviceId": "d"})
+        );
     }
 
     #[test]

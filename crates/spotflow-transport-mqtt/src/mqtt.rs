@@ -134,8 +134,7 @@ impl Transport for MqttTransport {
         .await
         .map_err(|_| Error::Timeout(format!("MQTT connection not established within {:?}", o.connect_timeout)))?;
         connected?;
-        let filters =
-            topics::subscriptions(&creds.hub_device_id).map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
+        let filters = topics::subscriptions(&creds.hub_device_id).map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
         client.subscribe_many(filters).await.map_err(|e| Error::transport_with("subscribe failed", e))?;
         let correlation = Arc::new(Mutex::new(Correlation::default()));
         let (events_tx, events_rx) = mpsc::unbounded_channel();

@@ -44,55 +44,6 @@ fn env(name: &str) -> Result<String> {
     std::env::var(name).with_context(|| format!("{name} is not set"))
 }
 
-/// `COMPRESS_BENCH=<dir> [COMPRESS_REPS=n]`: compresses each corpus file of `dir` exactly as the
-/// official SDK does (`BrotliCompress` with quality 1 or 11 and default parameters, brotli 3.5.0:
-/// `src/iothub/sender.rs` `compress_message`). A `.jsonl` file is a list of messages, one per line,
-/// each compressed on its own. Prints `RESULT <file> <quality> <raw bytes> <compressed bytes>
-/// <median compress seconds> <median decompress seconds>` per file and quality.
-fn compress_bench(dir: &str) -> Result<()> {
-    let reps: usize = std::env::var("COMPRESS_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
-    let mut files: Vec<_> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    files.sort();
-    for path in files {
-        let data = std::fs::read(&path)?;
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let messages: Vec<&[u8]> =
-            if name.ends_with(".jsonl") { data.split(|b| *b == b'\n').filter(|m| !m.is_empty()).collect() } else { vec![&data] };
-        let raw: usize = messages.iter().map(|m| m.len()).sum();
-        for quality in [1, 11] {
-            let params = brotli::enc::BrotliEncoderParams { quality, ..Default::default() };
-            let (mut times, mut decode_times) = (Vec::new(), Vec::new());
-            let mut outputs = Vec::new();
-            for _ in 0..reps {
-                let start = Instant::now();
-                outputs.clear();
-                for m in &messages {
-                    let mut out = Vec::new();
-                    brotli::BrotliCompress(&mut &m[..], &mut out, &params)?;
-                    outputs.push(out);
-                }
-                times.push(start.elapsed().as_secs_f64());
-                let start = Instant::now();
-                for out in &outputs {
-                    let mut back = Vec::new();
-                    brotli::BrotliDecompress(&mut &out[..], &mut back)?;
-                }
-                decode_times.push(start.elapsed().as_secs_f64());
-            }
-            // Sent compressed only when smaller, as the official SDK does.
-            let size: usize = outputs.iter().zip(&messages).map(|(o, m)| o.len().min(m.len())).sum();
-            times.sort_by(|a, b| a.total_cmp(b));
-            decode_times.sort_by(|a, b| a.total_cmp(b));
-            say(&format!(
-                "RESULT {name} {quality} {raw} {size} {:.9} {:.9}",
-                times[times.len() / 2],
-                decode_times[decode_times.len() / 2]
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// A payload of the golden scenario (`interop/golden/scenario.txt`); our SDK's test builds the
 /// same bytes.
 fn scenario_payload(spec: &str) -> Result<Vec<u8>> {
@@ -234,9 +185,6 @@ fn run_scenario(path: &str) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    if let Ok(dir) = std::env::var("COMPRESS_BENCH") {
-        return compress_bench(&dir);
-    }
     if let Ok(path) = std::env::var("SCENARIO") {
         return run_scenario(&path);
     }
@@ -283,7 +231,12 @@ fn main() -> Result<()> {
     let context = MessageContext::new(Some("interop-group".to_owned()), Some("interop-stream".to_owned()));
     for i in 0..count {
         let payload = format!("{{\"i\":{i},\"temperatureCelsius\":21.5}}");
-        client.enqueue_message(&context, Some(format!("batch-{}", i / 100)), Some(format!("msg-{i}")), payload.into_bytes())?;
+        client.enqueue_message(
+            &context,
+            Some(format!("batch-{}", i / 100)),
+            Some(format!("msg-{i}")),
+            payload.into_bytes(),
+        )?;
     }
     say(&format!("SENT {count}"));
 

@@ -1,6 +1,7 @@
-//! Compression benchmark: our settings against the official SDK's on a deterministic corpus.
+//! Compression benchmark: our settings against the official SDK's, in one process.
 //!
-//! `cargo bench -p spotflow-core --bench compression [-- --quick]`
+//! `cargo run --release --manifest-path interop/official-sdk/Cargo.toml --target-dir target/interop
+//! --bin compression-bench [-- --quick]`
 //!
 //! The corpus (generated, seeded): 2,000 small JSON telemetry messages (100–500 B, each
 //! compressed on its own), a 64 KiB JSON batch, a 1 MiB CSV log, a 1 MiB binary sensor dump, and
@@ -8,13 +9,13 @@
 //! ratio (raw / wire bytes; a payload that does not shrink is sent as it is), compress and
 //! decompress MB/s (medians), and the ratio of ours to the official SDK's settings.
 //!
-//! The official SDK's `Fastest`/`SmallestSize` are Brotli quality 1/11 through `BrotliCompress`
-//! with default parameters (brotli 3.5.0). With `SPOTFLOW_OFFICIAL_HARNESS` naming the interop
-//! harness binary (`interop/official-sdk`, which links that exact crate version), those rows are
-//! measured by it on the same corpus in the same run; otherwise the same call is made with the
-//! brotli version this workspace links, and the rows say so.
+//! The official SDK's `Fastest`/`SmallestSize` are its `compress_message` (spotflow 0.8.1,
+//! `src/iothub/sender.rs`): `BrotliCompress` with quality 1 or 11 and default parameters, made
+//! here with the brotli version it links (3.5.0); ours are `spotflow_core::Compression` (brotli
+//! 9). Both run in this process, in rounds that measure every setting once, so that a slow or fast
+//! stretch of the machine hits every row alike. Every row is decoded by the same decoder
+//! (`spotflow_core::decompress`), as the platform decodes them all alike.
 
-use std::path::Path;
 use std::time::Instant;
 
 use spotflow_core::{decompress, Compression, ContentEncoding};
@@ -80,8 +81,14 @@ fn corpus() -> Vec<CorpusFile> {
     let mut csv = String::from("timestamp,level,component,message,duration_ms\n");
     let components = ["mqtt", "store", "sensor", "gps", "modem"];
     let levels = ["INFO", "WARN", "DEBUG", "ERROR"];
-    let texts =
-        ["connected to broker", "reading sample", "flush completed", "signal strength changed", "retrying request", "queue depth"];
+    let texts = [
+        "connected to broker",
+        "reading sample",
+        "flush completed",
+        "signal strength changed",
+        "retrying request",
+        "queue depth",
+    ];
     i = 0;
     while csv.len() < 1 << 20 {
         csv.push_str(&format!(
@@ -125,6 +132,8 @@ struct Figures {
     wire: usize,
     compress_s: f64,
     decompress_s: f64,
+    /// Whether any payload was sent compressed (and so decoded).
+    decoded: bool,
 }
 
 impl Figures {
@@ -144,74 +153,48 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Compresses every message of `file` `reps` times with `f` (payloads that do not shrink are
-/// sent raw) and decodes the results.
-fn measure(file: &CorpusFile, reps: usize, f: &dyn Fn(&[u8]) -> Option<(ContentEncoding, Vec<u8>)>) -> Figures {
-    let (mut ct, mut dt) = (Vec::new(), Vec::new());
-    let mut outputs = Vec::new();
-    for _ in 0..reps {
-        let start = Instant::now();
-        outputs = file.messages.iter().map(|m| f(m)).collect();
-        ct.push(start.elapsed().as_secs_f64());
-        let start = Instant::now();
-        for (out, m) in outputs.iter().zip(&file.messages) {
-            if let Some((enc, data)) = out {
-                let back = decompress(*enc, data).expect("decodes");
-                assert_eq!(back.len(), m.len());
-            }
+/// One timed pass: compresses every message of `file` with `f` (payloads that do not shrink are
+/// sent raw), then decodes the results.
+fn measure_once(file: &CorpusFile, f: &dyn Fn(&[u8]) -> Option<(ContentEncoding, Vec<u8>)>) -> Figures {
+    let start = Instant::now();
+    let outputs: Vec<_> = file.messages.iter().map(|m| f(m)).collect();
+    let compress_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for (out, m) in outputs.iter().zip(&file.messages) {
+        if let Some((enc, data)) = out {
+            let back = decompress(*enc, data).expect("decodes");
+            assert_eq!(back.len(), m.len());
         }
-        dt.push(start.elapsed().as_secs_f64());
     }
+    let decompress_s = start.elapsed().as_secs_f64().max(1e-9);
     let wire = outputs.iter().zip(&file.messages).map(|(o, m)| o.as_ref().map_or(m.len(), |(_, d)| d.len())).sum();
-    Figures { raw: file.raw(), wire, compress_s: median(ct), decompress_s: median(dt).max(1e-9) }
+    Figures { raw: file.raw(), wire, compress_s, decompress_s, decoded: outputs.iter().any(Option::is_some) }
 }
 
-/// The official SDK's call (`BrotliCompress`, quality `q`, default parameters) with this
-/// workspace's brotli: the fallback when the harness is not available.
-fn official_in_process(q: i32, payload: &[u8]) -> Option<(ContentEncoding, Vec<u8>)> {
+/// Medians of the passes (the wire size is the same in every pass).
+fn medians(passes: &[Figures]) -> Figures {
+    Figures {
+        raw: passes[0].raw,
+        wire: passes[0].wire,
+        compress_s: median(passes.iter().map(|f| f.compress_s).collect()),
+        decompress_s: median(passes.iter().map(|f| f.decompress_s).collect()),
+        decoded: passes[0].decoded,
+    }
+}
+
+/// The official SDK's `compress_message` (brotli 3.5.0, `BrotliCompress`, quality `q`, default
+/// parameters), and its rule: sent compressed only when smaller.
+fn official(q: i32, payload: &[u8]) -> Option<(ContentEncoding, Vec<u8>)> {
     let params = brotli::enc::BrotliEncoderParams { quality: q, ..Default::default() };
     let mut out = Vec::new();
     brotli::BrotliCompress(&mut &payload[..], &mut out, &params).ok()?;
     (out.len() < payload.len()).then_some((ContentEncoding::Brotli, out))
 }
 
-/// Runs the interop harness on the corpus written to `dir`; `None` without a harness.
-fn official_by_harness(dir: &Path, reps: usize) -> Option<Vec<(String, i32, Figures)>> {
-    let harness = std::env::var("SPOTFLOW_OFFICIAL_HARNESS").ok()?;
-    let out = std::process::Command::new(&harness)
-        .env("COMPRESS_BENCH", dir)
-        .env("COMPRESS_REPS", reps.to_string())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {harness}: {e}"));
-    assert!(out.status.success(), "harness failed: {}", String::from_utf8_lossy(&out.stderr));
-    let mut rows = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.first() != Some(&"RESULT") || f.len() != 7 {
-            continue;
-        }
-        let figures = Figures {
-            raw: f[3].parse().ok()?,
-            wire: f[4].parse().ok()?,
-            compress_s: f[5].parse().ok()?,
-            decompress_s: f[6].parse::<f64>().ok()?.max(1e-9),
-        };
-        rows.push((f[1].to_owned(), f[2].parse().ok()?, figures));
-    }
-    Some(rows)
-}
-
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 1 } else { 5 };
     let files = corpus();
-    let dir = std::env::temp_dir().join(format!("spotflow-compression-corpus-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("corpus dir");
-    for file in &files {
-        let sep: &[u8] = if file.name.ends_with(".jsonl") { b"\n" } else { b"" };
-        std::fs::write(dir.join(file.name), file.messages.join(sep)).expect("corpus file");
-    }
-
     // Settings measured in process.
     type Setting = (&'static str, Box<dyn Fn(&[u8]) -> Option<(ContentEncoding, Vec<u8>)>>);
     let mut settings: Vec<Setting> = vec![
@@ -230,30 +213,24 @@ fn main() {
             std::hint::black_box(Compression::Lz4.compress(m));
         }
     }
-    let harness = official_by_harness(&dir, reps);
-    let official_label = if harness.is_some() { "official" } else { "official call, brotli 9" };
-    let mut table: Vec<(String, Vec<Figures>)> = Vec::new();
-    for (name, f) in &settings {
-        eprintln!("measuring {name} ...");
-        table.push((name.to_string(), files.iter().map(|file| measure(file, reps, f.as_ref())).collect()));
-    }
-    for q in [1, 11] {
-        let label = format!("{official_label} q{q}");
-        let row = match &harness {
-            Some(rows) => files
-                .iter()
-                .map(|file| {
-                    rows.iter().find(|(n, rq, _)| n == file.name && *rq == q).map(|r| r.2).expect("harness row")
-                })
-                .collect(),
-            None => {
-                eprintln!("measuring {label} ...");
-                files.iter().map(|file| measure(file, reps, &|p| official_in_process(q, p))).collect()
+    // Rounds: each round measures every setting once, so that a slow or fast stretch of the
+    // machine hits every row alike; the table shows medians.
+    settings.push(("official q1", Box::new(|p| official(1, p))));
+    settings.push(("official q11", Box::new(|p| official(11, p))));
+    let mut passes: Vec<Vec<Vec<Figures>>> = vec![vec![Vec::new(); files.len()]; settings.len()];
+    for round in 0..reps {
+        eprintln!("round {} of {reps} ...", round + 1);
+        for (si, (_, f)) in settings.iter().enumerate() {
+            for (fi, file) in files.iter().enumerate() {
+                passes[si][fi].push(measure_once(file, f.as_ref()));
             }
-        };
-        table.push((label, row));
+        }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let table: Vec<(String, Vec<Figures>)> = settings
+        .iter()
+        .zip(&passes)
+        .map(|((name, _), p)| (name.to_string(), p.iter().map(|f| medians(f)).collect()))
+        .collect();
 
     println!("\n## Compression (ratio = raw / wire bytes; MB/s of raw data; median of {reps} run(s))\n");
     print!("| setting |");
@@ -269,17 +246,19 @@ fn main() {
     for (name, row) in &table {
         print!("| {name} |");
         for f in &row[..4] {
-            print!(" {:.2} | {:.1} | {:.0} |", f.ratio(), f.compress_mbs(), f.decompress_mbs());
+            let decode = if f.decoded { format!("{:.0}", f.decompress_mbs()) } else { "– (sent raw)".into() };
+            print!(" {:.2} | {:.1} | {decode} |", f.ratio(), f.compress_mbs());
         }
         let fixed = &row[4];
         println!(" {:.1} |", fixed.wire as f64 / files[4].messages.len() as f64);
     }
-    let find = |prefix: &str| &table.iter().find(|(n, _)| n.starts_with(prefix)).expect("row").1;
+    let find =
+        |name: &str| &table.iter().find(|(n, _)| n == name || n.starts_with(&format!("{name} ("))).expect("row").1;
     println!("\n## Ours / official (ratio of ratios and of compress speeds; targets: both >= 1.00 for Fastest, size ratio >= 1.00 for SmallestSize)\n");
     println!("| file | Fastest size | Fastest speed | SmallestSize size | SmallestSize speed |");
     println!("|---|---|---|---|---|");
     let (fast, small) = (find("ours Fastest"), find("ours SmallestSize"));
-    let (of, os) = (find(&format!("{official_label} q1")), find(&format!("{official_label} q11")));
+    let (of, os) = (find("official q1"), find("official q11"));
     for (i, file) in files.iter().enumerate() {
         println!(
             "| {} | {:.3}x | {:.2}x | {:.3}x | {:.2}x |",
