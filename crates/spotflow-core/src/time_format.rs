@@ -22,7 +22,19 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime> {
         .map_err(|e| Error::Platform(format!("invalid RFC 3339 time {s:?}: {e}")))
 }
 
-/// Parses a .NET TimeSpan in the "c" format, `[-][d.]hh:mm:ss[.fffffff]`; negative values are zero.
+/// The longest lifetime taken from the platform (100 years): a longer one is taken as this, so
+/// that no time computed from it can overflow (`SystemTime + Duration` panics on overflow).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `now + lifetime` for a lifetime that came from the platform: never panics (the lifetime is
+/// capped at [`MAX_LIFETIME`], and a sum past what `SystemTime` holds saturates).
+pub fn expiry_after(now: SystemTime, lifetime: Duration) -> SystemTime {
+    let lifetime = lifetime.min(MAX_LIFETIME);
+    now.checked_add(lifetime).unwrap_or(now)
+}
+
+/// Parses a .NET TimeSpan in the "c" format, `[-][d.]hh:mm:ss[.fffffff]`; negative values are zero,
+/// values over [`MAX_LIFETIME`] are [`MAX_LIFETIME`].
 pub fn parse_timespan(s: &str) -> Result<Duration> {
     let bad = || Error::Platform(format!("invalid TimeSpan {s:?}"));
     if s.starts_with('-') {
@@ -41,9 +53,8 @@ pub fn parse_timespan(s: &str) -> Result<Duration> {
     if hours > 23 || minutes > 59 || secs > 59 || !frac.chars().all(|c| c.is_ascii_digit()) {
         return Err(bad());
     }
-    let total =
-        days.checked_mul(86_400).and_then(|d| d.checked_add(hours * 3600 + minutes * 60 + secs)).ok_or_else(bad)?;
-    Ok(Duration::from_secs(total))
+    let total = days.saturating_mul(86_400).saturating_add(hours * 3600 + minutes * 60 + secs);
+    Ok(Duration::from_secs(total).min(MAX_LIFETIME))
 }
 
 /// Formats a duration as a .NET TimeSpan, `d.hh:mm:ss` (days omitted when zero).
@@ -68,6 +79,15 @@ mod tests {
         assert_eq!(parse_timespan("00:00:39").unwrap(), Duration::from_secs(39));
         assert_eq!(parse_timespan("0000.00:00:00.00").unwrap(), Duration::ZERO);
         assert_eq!(parse_timespan("-1.00:00:00").unwrap(), Duration::ZERO);
+        // A hostile or broken server: taken as the cap, and a time computed from it never panics
+        // (this made `start` panic: "overflow when adding duration to instant").
+        for huge in ["200000000000000.00:00:00", "18446744073709551615.23:59:59"] {
+            let lifetime = parse_timespan(huge).unwrap();
+            assert_eq!(lifetime, MAX_LIFETIME);
+            let now = SystemTime::now();
+            assert!(expiry_after(now, lifetime) > now);
+        }
+        assert_eq!(expiry_after(SystemTime::UNIX_EPOCH, Duration::MAX), SystemTime::UNIX_EPOCH + MAX_LIFETIME);
         for bad in ["", "12", "1:2", "a:b:c", "1:2:3:4", "99:00:00", "1.2.3:00:00"] {
             assert!(parse_timespan(bad).is_err(), "{bad}");
         }

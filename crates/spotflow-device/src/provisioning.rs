@@ -88,9 +88,9 @@ pub(crate) async fn obtain_identity(req: &StartRequest<'_>) -> Result<(DeviceIde
         provisioning_token: req.provisioning_token.clone(),
         requested_device_id: req.device_id.map(str::to_owned),
         registration_token: token.token,
-        registration_token_expires_at: token
-            .expires_at
-            .or_else(|| reg.token_remaining_lifetime.map(|l| SystemTime::now() + l)),
+        registration_token_expires_at: token.expires_at.or_else(|| {
+            reg.token_remaining_lifetime.map(|l| spotflow_core::time_format::expiry_after(SystemTime::now(), l))
+        }),
         workspace_id: String::new(),
         device_id: String::new(),
         connection: None,

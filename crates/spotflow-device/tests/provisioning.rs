@@ -211,3 +211,66 @@ async fn connection_credentials_are_renewed_while_sending_without_loss_or_duplic
     assert_eq!(platform.messages().len() as u64, sent);
     assert_eq!(platform.duplicates(), 0, "drained before switching: nothing sent twice");
 }
+
+/// A platform whose answers carry absurd lifetimes: no expiration time with the registration
+/// token, and a `tokenRemainingLifetime` of 200,000,000,000,000 days.
+#[derive(Debug)]
+struct AbsurdLifetimes(MemoryPlatform);
+
+#[async_trait::async_trait]
+impl spotflow_core::PlatformApi for AbsurdLifetimes {
+    fn instance(&self) -> &str {
+        self.0.instance()
+    }
+    async fn init_provisioning(
+        &self,
+        token: &spotflow_core::Secret,
+        device_id: Option<&str>,
+    ) -> spotflow_core::Result<spotflow_core::ProvisioningOperation> {
+        self.0.init_provisioning(token, device_id).await
+    }
+    async fn complete_provisioning(
+        &self,
+        token: &spotflow_core::Secret,
+        operation_id: &str,
+    ) -> spotflow_core::Result<spotflow_core::ProvisioningStatus> {
+        Ok(match self.0.complete_provisioning(token, operation_id).await? {
+            spotflow_core::ProvisioningStatus::Approved(mut t) => {
+                t.expires_at = None;
+                spotflow_core::ProvisioningStatus::Approved(t)
+            }
+            other => other,
+        })
+    }
+    async fn register(&self, token: &spotflow_core::Secret) -> spotflow_core::Result<spotflow_core::Registration> {
+        let mut r = self.0.register(token).await?;
+        r.token_remaining_lifetime = Some(spotflow_core::time_format::parse_timespan("200000000000000.00:00:00")?);
+        Ok(r)
+    }
+    async fn refresh_registration_token(
+        &self,
+        token: &spotflow_core::Secret,
+        registration_token: &spotflow_core::Secret,
+    ) -> spotflow_core::Result<spotflow_core::RegistrationToken> {
+        self.0.refresh_registration_token(token, registration_token).await
+    }
+}
+
+/// Hardening: a server-given lifetime past what `SystemTime` holds made `start` panic ("overflow
+/// when adding duration to instant"); it is now capped (100 years) and the device starts.
+#[tokio::test]
+async fn absurd_lifetimes_from_the_server_do_not_panic() {
+    let platform = MemoryPlatform::new();
+    let store = new_store();
+    let client = builder(&platform, &store, Some("dev-absurd"))
+        .platform_api(Arc::new(AbsurdLifetimes(platform.clone())))
+        .start()
+        .await
+        .expect("starts");
+    let identity = store.load_identity().await.unwrap().expect("identity persisted");
+    let expires = identity.registration_token_expires_at.expect("an expiry");
+    assert!(expires > SystemTime::now() + Duration::from_secs(50 * 365 * 86_400));
+    let sender = client.create_stream_sender(None, None, Compression::Uncompressed).unwrap();
+    sender.send_message("after an absurd lifetime").await.unwrap();
+    client.close().await.unwrap();
+}
