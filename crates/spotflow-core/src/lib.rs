@@ -62,7 +62,10 @@ pub use credentials::{CredentialAction, CredentialSchedule};
 pub use error::{Error, ErrorStatus, Result};
 pub use memory::MemoryStore;
 pub use message::{validate_name, MessageKind, OutgoingMessage, QueuedMessage, StreamTarget, MAX_NAME_LEN};
-pub use platform::{PlatformApi, ProvisioningOperation, ProvisioningStatus, Registration, RegistrationToken};
+pub use platform::{
+    is_loopback_host, require_loopback_for_plain, PlatformApi, ProvisioningOperation, ProvisioningStatus, Registration,
+    RegistrationToken,
+};
 pub use properties::{DesiredTracker, PatchOutcome, ReportedOutcome, ReportedTracker};
 pub use queue::OutgoingQueue;
 pub use store::{

@@ -59,6 +59,25 @@ pub struct Registration {
     pub token_remaining_lifetime: Option<Duration>,
 }
 
+/// Whether `host` (a name or an address, IPv6 with or without brackets) is the loopback interface:
+/// `localhost`, `127.0.0.0/8` or `::1`. Unencrypted transports are allowed only to such hosts.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses an unencrypted connection to a host that is not loopback (the platform chooses the
+/// hub host: plain MQTT would send the device's SAS in clear text to wherever it points).
+pub fn require_loopback_for_plain(host: &str, what: &str) -> crate::Result<()> {
+    if is_loopback_host(host) {
+        return Ok(());
+    }
+    Err(crate::Error::invalid(
+        "network options",
+        format!("{what} without TLS is allowed only to a loopback host, and the platform named {host:?}"),
+    ))
+}
+
 /// Provisioning and registration calls. The SDK drives them; an implementation only maps them to
 /// requests. Errors: [`crate::Error::Unauthorized`] for refused tokens,
 /// [`crate::Error::Provisioning`] for a cancelled operation, [`crate::Error::WorkspaceDisabled`],
@@ -121,5 +140,19 @@ impl<P: PlatformApi + ?Sized> PlatformApi for std::sync::Arc<P> {
         registration_token: &Secret,
     ) -> Result<RegistrationToken> {
         (**self).refresh_registration_token(provisioning_token, registration_token).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_hosts() {
+        for h in ["localhost", "LOCALHOST", "127.0.0.1", "127.8.9.10", "::1", "[::1]"] {
+            assert!(super::is_loopback_host(h), "{h}");
+        }
+        for h in ["example.com", "10.0.0.1", "localhost.example.com", "0.0.0.0", "[::2]", ""] {
+            assert!(!super::is_loopback_host(h), "{h}");
+        }
+        assert!(super::require_loopback_for_plain("hub.example.com", "MQTT").is_err());
     }
 }

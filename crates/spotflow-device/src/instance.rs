@@ -1,5 +1,6 @@
 //! Parsing of the `instance` option.
 
+use spotflow_core::is_loopback_host as is_loopback;
 use spotflow_core::{Error, Result};
 
 /// The default platform instance.
@@ -97,10 +98,6 @@ fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
         return None;
     }
     Some((host.to_ascii_lowercase(), port))
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -108,6 +108,9 @@ fn refused(code: ConnectReturnCode) -> Error {
 impl Transport for MqttTransport {
     async fn connect(&self, creds: &ConnectionCredentials, session: &SessionInfo) -> Result<Box<dyn Connection>> {
         let o = &self.options;
+        if o.tls.is_none() {
+            spotflow_core::require_loopback_for_plain(&creds.hub_host, "MQTT")?;
+        }
         let mut mqtt = rumqttc::MqttOptions::new(creds.hub_device_id.clone(), creds.hub_host.clone(), o.port);
         mqtt.set_credentials(topics::username(&creds.hub_host, &creds.hub_device_id), creds.sas.expose());
         mqtt.set_clean_session(false);

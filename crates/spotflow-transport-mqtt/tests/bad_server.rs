@@ -196,3 +196,22 @@ async fn a_twin_answer_for_an_unknown_request_is_ignored() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// Hardening: the platform names the hub host, so plain (unencrypted) MQTT would send the SAS in
+/// clear text wherever it points. Plain MQTT connects only to loopback hosts.
+#[tokio::test]
+async fn plain_mqtt_is_refused_to_a_host_that_is_not_loopback() {
+    let transport = MqttTransport::new(MqttTransportOptions::plain_tcp(1883)).unwrap();
+    for host in ["hub.example.com", "10.1.2.3", "localhost.example.com"] {
+        let err = match transport.connect(&creds(host), &spotflow_core::SessionInfo::default()).await {
+            Err(e) => e,
+            Ok(_) => panic!("plain MQTT to {host} was allowed"),
+        };
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        assert!(err.to_string().contains("loopback"), "{err}");
+    }
+    // Loopback is still allowed (the fake broker on 127.0.0.1 answers).
+    let port = fake_broker(Vec::new()).await;
+    let transport = MqttTransport::new(MqttTransportOptions::plain_tcp(port)).unwrap();
+    assert!(transport.connect(&creds("localhost"), &spotflow_core::SessionInfo::default()).await.is_ok());
+}

@@ -215,6 +215,9 @@ impl Transport for WsTransport {
         session: &spotflow_core::SessionInfo,
     ) -> Result<Box<dyn Connection>> {
         let o = self.options.clone();
+        if o.tls.is_none() {
+            spotflow_core::require_loopback_for_plain(&creds.hub_host, "MQTT over WebSocket")?;
+        }
         let setup = async {
             let ws = self.open(&creds.hub_host).await?;
             let mut framed = Framed { ws, buf: BytesMut::new(), max: o.max_incoming_packet };
