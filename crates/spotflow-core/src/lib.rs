@@ -46,6 +46,7 @@ pub mod merge_patch;
 mod message;
 pub mod persist;
 mod platform;
+pub mod private_fs;
 mod properties;
 mod queue;
 mod store;

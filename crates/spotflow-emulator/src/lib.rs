@@ -424,6 +424,15 @@ impl Emulator {
     async fn start(config: EmulatorConfig) -> Result<Emulator, String> {
         if let Some(dir) = &config.data_dir {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            // The database holds SAS keys and tokens: owner-only from the first byte (SQLite
+            // gives its -wal and -shm files the database's mode).
+            let db = dir.join("emulator.db");
+            spotflow_core::private_fs::prepare_private_file(&db)
+                .map_err(|e| format!("cannot restrict {}: {e}", db.display()))?;
+            for side in ["emulator.db-wal", "emulator.db-shm"] {
+                spotflow_core::private_fs::tighten_if_exists(&dir.join(side))
+                    .map_err(|e| format!("cannot restrict {side}: {e}"))?;
+            }
         }
         let db_path = config.data_dir.as_ref().map_or(PathBuf::from(":memory:"), |d| d.join("emulator.db"));
         let (db, state) = db::Db::open(&db_path)?;
@@ -652,9 +661,15 @@ fn admin_token(config: &EmulatorConfig) -> Result<String, String> {
     let Some(dir) = &config.data_dir else { return Ok(generated) };
     let path = dir.join("admin-token");
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        Ok(t) if !t.trim().is_empty() => {
+            // Written world-readable by earlier versions: tightened (with a warning).
+            spotflow_core::private_fs::prepare_private_file(&path)
+                .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+            Ok(t.trim().to_owned())
+        }
         _ => {
-            std::fs::write(&path, &generated).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            spotflow_core::private_fs::write_private_file(&path, generated.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             Ok(generated)
         }
     }

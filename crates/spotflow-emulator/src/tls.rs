@@ -8,6 +8,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use spotflow_core::private_fs::write_private_file;
 use tracing::info;
 
 /// TLS material of a running emulator.
@@ -53,8 +54,7 @@ pub fn load_or_create(dir: Option<&Path>, hosts: &[String]) -> Result<TlsMateria
             } else {
                 let key = KeyPair::generate().map_err(|e| err(&e))?;
                 let cert = ca_params().self_signed(&key).map_err(|e| err(&e))?;
-                std::fs::write(&key_path, key.serialize_pem()).map_err(|e| err(&e))?;
-                restrict(&key_path);
+                write_private_file(&key_path, key.serialize_pem().as_bytes()).map_err(|e| err(&e))?;
                 std::fs::write(&cert_path, cert.pem()).map_err(|e| err(&e))?;
                 info!(path = %cert_path.display(), "created the emulator's local CA");
                 (key, cert.pem(), Some(cert_path))
@@ -86,8 +86,7 @@ pub fn load_or_create(dir: Option<&Path>, hosts: &[String]) -> Result<TlsMateria
     if let Some(dir) = dir {
         let _ = std::fs::write(dir.join("server.pem"), cert.pem());
         let key_path = dir.join("server-key.pem");
-        let _ = std::fs::write(&key_path, key.serialize_pem());
-        restrict(&key_path);
+        let _ = write_private_file(&key_path, key.serialize_pem().as_bytes());
     }
     let ca_der = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
         .map_err(|e| err(&format!("CA certificate: {e:?}")))?;
@@ -101,15 +100,6 @@ pub fn load_or_create(dir: Option<&Path>, hosts: &[String]) -> Result<TlsMateria
         .map_err(|e| err(&e))?;
     Ok(TlsMaterial { ca_pem, ca_path, server_config: Arc::new(config) })
 }
-
-#[cfg(unix)]
-fn restrict(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-}
-
-#[cfg(not(unix))]
-fn restrict(_: &Path) {}
 
 /// A client configuration that trusts only the given CA (PEM), for tools and tests talking to the
 /// emulator.

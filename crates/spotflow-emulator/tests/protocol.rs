@@ -829,3 +829,26 @@ async fn traffic_recording_keeps_the_exchanges_with_secrets_masked() {
     assert_eq!(page["records"].as_array().unwrap().len(), 2);
     assert_eq!(page["records"][0]["seq"], json!(1));
 }
+
+/// Hardening: the emulator's database (SAS keys, tokens), admin token and private keys are
+/// owner-only; an admin token left world-readable by an earlier version is tightened.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_emulators_secret_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::builder().data_dir(dir.path()).start().await.unwrap();
+    register(&emu, "modes").await;
+    for f in ["emulator.db", "emulator.db-wal", "admin-token", "ca-key.pem", "server-key.pem"] {
+        assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
+    }
+    emu.shutdown();
+    drop(emu);
+    std::fs::set_permissions(dir.path().join("admin-token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(dir.path().join("emulator.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let emu = Emulator::builder().data_dir(dir.path()).start().await.unwrap();
+    assert_eq!(mode(&dir.path().join("admin-token")), 0o600);
+    assert_eq!(mode(&dir.path().join("emulator.db")), 0o600);
+    assert!(emu.devices().iter().any(|d| d.device_id == "modes"), "state kept");
+}

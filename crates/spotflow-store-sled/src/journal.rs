@@ -33,7 +33,7 @@
 //! A journal of the first format (no header; one record `[len][crc32 of body][seq][value]` per
 //! message) is still read; the first emptying converts it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -174,7 +174,7 @@ impl Journal {
     /// Apply them (durably), then [`Journal::clear`] it before appending.
     pub fn open(dir: &Path) -> std::io::Result<(Journal, Vec<Entry>)> {
         let path = dir.join("spotflow-journal");
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        let file = spotflow_core::private_fs::open_private_file(&path)?;
         // The file's directory entry must survive a power cut too.
         File::open(dir)?.sync_all()?;
         let size = file.metadata()?.len();

@@ -200,6 +200,13 @@ impl Worker {
             let c = c.to_owned();
             move |e| sled_error(&p, &c, e)
         };
+        // The store holds the device's tokens and SAS: its directory is owner-only (0700), so
+        // whatever sled creates inside stays private; an older one is tightened with a warning.
+        spotflow_core::private_fs::prepare_private_dir(&path).map_err(|e| Error::Store {
+            context: format!("{}: cannot make the directory owner-only: {e}", path.display()),
+            status: ErrorStatus::Permanent,
+            source: None,
+        })?;
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(options.cache_bytes)

@@ -201,3 +201,24 @@ fn wait_for_sled_to_release(dir: &std::path::Path) {
     }
     flock(&file, FlockOperation::Unlock).unwrap();
 }
+
+/// Hardening: the store holds the device's tokens and SAS: its directory is owner-only (0700) and
+/// its journal 0600; an older world-readable directory is tightened at open.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_store_directory_and_journal_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
+    store.save_identity(&sample_identity("secret-holder")).await.unwrap();
+    assert_eq!(mode(&path), 0o700);
+    assert_eq!(mode(&path.join("spotflow-journal")), 0o600);
+    store.close().await.unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
+    assert_eq!(mode(&path), 0o700);
+    assert_eq!(store.load_identity().await.unwrap(), Some(sample_identity("secret-holder")));
+    store.close().await.unwrap();
+}

@@ -151,3 +151,29 @@ async fn too_little_free_disk_space_refuses_appends_before_writing() {
     .unwrap();
     spotflow_core::testkit::refuses_appends_without_free_space(&store).await;
 }
+
+/// Hardening: the database holds the provisioning token, the registration token and the SAS. It
+/// is owner-only (0600) from the first byte, its WAL too, and an older world-readable one is
+/// tightened at open.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_and_its_wal_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    let store = SqliteStore::open_async(&path, Durability::PowerLossSafe).await.unwrap();
+    store.save_identity(&sample_identity("secret-holder")).await.unwrap();
+    store.append_message(sample_message(1)).await.unwrap();
+    assert_eq!(mode(&path), 0o600);
+    let wal = dir.path().join("device.db-wal");
+    assert!(wal.exists(), "WAL mode keeps a -wal file while open");
+    assert_eq!(mode(&wal), 0o600);
+    store.close().await.unwrap();
+    // A database left world-readable (by an earlier version) is tightened, its data kept.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = SqliteStore::open_async(&path, Durability::PowerLossSafe).await.unwrap();
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(store.load_identity().await.unwrap(), Some(sample_identity("secret-holder")));
+    store.close().await.unwrap();
+}

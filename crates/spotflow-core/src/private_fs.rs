@@ -1,0 +1,107 @@
+//! Files that hold secrets (provisioning and registration tokens, SAS, the emulator's admin token
+//! and keys): owner-only from the first byte (files 0600, directories 0700), and an existing one
+//! with a broader mode tightened at open, with a logged warning.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::Path;
+
+use tracing::warn;
+
+#[cfg(unix)]
+fn tighten(path: &Path, wanted: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & !wanted != 0 {
+        warn!(path = %path.display(), mode = format!("{mode:o}"), "secret file readable by others: tightened to {wanted:o}");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn tighten(_: &Path, _: u32) -> io::Result<()> {
+    Ok(())
+}
+
+/// Opens `path` for reading and writing, creating it owner-only (0600) if missing and tightening
+/// it if it exists with a broader mode. Never truncates.
+pub fn open_private_file(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path)?;
+    tighten(path, 0o600)?;
+    Ok(file)
+}
+
+/// Creates `path` owner-only if missing (so that a library that opens it next, such as SQLite,
+/// keeps that mode, and gives it to the files it creates beside it), or tightens it.
+pub fn prepare_private_file(path: &Path) -> io::Result<()> {
+    open_private_file(path).map(drop)
+}
+
+/// Tightens `path` if it exists (e.g. SQLite's `-wal` and `-shm` of an older database).
+pub fn tighten_if_exists(path: &Path) -> io::Result<()> {
+    match tighten(path, 0o600) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes `contents` to `path` (replacing it), owner-only from the first byte.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = open_private_file(path)?;
+    file.set_len(0)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Creates the directory `path` (and its parents) with the last one owner-only (0700), or
+/// tightens it if it exists.
+pub fn prepare_private_dir(path: &Path) -> io::Result<()> {
+    if !path.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(path)?;
+    }
+    tighten(path, 0o700)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn created_private_and_existing_ones_tightened() {
+        let dir = std::env::temp_dir().join(format!("spotflow-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        prepare_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let new = dir.join("new.db");
+        prepare_private_file(&new).unwrap();
+        assert_eq!(mode(&new), 0o600);
+        let old = dir.join("old.db");
+        std::fs::write(&old, b"keep me").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        prepare_private_file(&old).unwrap();
+        assert_eq!((mode(&old), std::fs::read(&old).unwrap()), (0o600, b"keep me".to_vec()));
+        write_private_file(&dir.join("token"), b"secret").unwrap();
+        assert_eq!(mode(&dir.join("token")), 0o600);
+        tighten_if_exists(&dir.join("missing")).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
