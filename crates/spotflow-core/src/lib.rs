@@ -49,6 +49,7 @@ mod platform;
 pub mod private_fs;
 mod properties;
 mod queue;
+pub mod secure_random;
 mod store;
 mod thread_store;
 pub mod time_format;

@@ -102,7 +102,7 @@ pub(crate) async fn obtain_identity(req: &StartRequest<'_>) -> Result<(DeviceIde
 
 /// A random id for a new outgoing queue.
 fn new_queue_id() -> String {
-    (0..8).map(|_| format!("{:02x}", fastrand::u8(..))).collect()
+    spotflow_core::secure_random::hex(8)
 }
 
 fn reusable(stored: &DeviceIdentity, req: &StartRequest<'_>, now: SystemTime) -> bool {

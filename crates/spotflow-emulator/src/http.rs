@@ -289,7 +289,11 @@ async fn put_blob(
 ) -> Response {
     let expected = inner.uploads.lock().unwrap_or_else(|p| p.into_inner()).get(&blob).cloned();
     let Some((hub_id, sas)) = expected else { return unauthorized("no upload was started for this blob") };
-    if query.get("sig").map(String::as_str) != sas.split("sig=").nth(1) {
+    let signature_ok = match (query.get("sig"), sas.split("sig=").nth(1)) {
+        (Some(given), Some(expected)) => spotflow_core::secure_random::ct_eq(given.as_bytes(), expected.as_bytes()),
+        _ => false,
+    };
+    if !signature_ok {
         return unauthorized("invalid blob signature");
     }
     if !inner.db.put_blob(blob.clone(), hub_id, body.to_vec()).await {
@@ -359,7 +363,7 @@ async fn websocket_session(inner: Arc<Inner>, mut socket: WebSocket) {
 
 fn admin(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
     let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(inner.admin_token.as_str()) {
+    if given.is_some_and(|g| spotflow_core::secure_random::ct_eq(g.as_bytes(), inner.admin_token.as_bytes())) {
         Ok(())
     } else {
         Err(unauthorized("admin token required (Authorization: Bearer …)"))

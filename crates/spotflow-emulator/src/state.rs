@@ -25,7 +25,7 @@ pub fn from_ms(ms: Millis) -> SystemTime {
 
 /// Random lowercase hex string of `bytes` random bytes.
 pub fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", fastrand::u8(..))).collect()
+    spotflow_core::secure_random::hex(bytes)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -184,7 +184,10 @@ impl ControlState {
             provisioning_token: token.to_owned(),
             workspace_id,
             requested_device_id,
-            verification_code: format!("{:04X}-{:04X}", fastrand::u16(..), fastrand::u16(..)),
+            verification_code: {
+                let b = spotflow_core::secure_random::bytes::<4>();
+                format!("{:02X}{:02X}-{:02X}{:02X}", b[0], b[1], b[2], b[3])
+            },
             created_at: now,
             expires_at: now + policy.operation_lifetime.as_millis() as u64,
             state: OperationState::Pending,

@@ -852,3 +852,32 @@ async fn the_emulators_secret_files_are_owner_only() {
     assert_eq!(mode(&dir.path().join("emulator.db")), 0o600);
     assert!(emu.devices().iter().any(|d| d.device_id == "modes"), "state kept");
 }
+
+/// Hardening: secrets (SAS keys, tokens, blob signatures, blob names, queue ids) come from the
+/// OS CSPRNG (`spotflow_core::secure_random`); `fastrand` is left for retry jitter only. A source
+/// check, so that a new secret cannot quietly come from the fast generator again.
+#[test]
+fn secrets_do_not_come_from_the_fast_generator() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut offenders = Vec::new();
+    for krate in
+        ["spotflow-emulator", "spotflow-device", "spotflow-transport-mqtt", "spotflow-transport-ws", "spotflow-core"]
+    {
+        let mut dirs = vec![root.join(krate).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let allowed = path.ends_with("backoff.rs") || path.components().any(|c| c.as_os_str() == "testkit");
+                    if text.contains("fastrand::") && !allowed {
+                        offenders.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "fastrand used outside retry jitter: {offenders:?}");
+}

@@ -13,12 +13,9 @@ pub(crate) struct Uploader {
     base_url: Option<String>,
 }
 
+/// Blob names are random v4 UUIDs from the OS CSPRNG (another device must not guess them).
 fn uuid_v4() -> String {
-    let mut b: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    spotflow_core::secure_random::uuid_v4()
 }
 
 fn http_error(context: &str, e: reqwest::Error) -> Error {
