@@ -149,8 +149,8 @@ async fn init(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response
         Ok(d) => d,
         Err(r) => return r,
     };
-    if device_id.as_deref().is_some_and(|d| d.is_empty() || d.contains([':', '/', '?', '#'])) {
-        return bad_request("deviceId must be non-empty and must not contain ':', '/', '?' or '#'");
+    if let Some(Err(e)) = device_id.as_deref().map(crate::state::validate_device_id) {
+        return bad_request(&e);
     }
     let op = inner.with_state(|s, policy| s.init_operation(token, device_id, policy));
     let Some(op) = op else { return unauthorized("Invalid Provisioning Token") };
@@ -270,7 +270,7 @@ async fn file_upload_init(
     let sas_token = format!("?sv=2020-08-04&sr=b&sig={}", random_hex(16));
     inner.uploads.lock().unwrap_or_else(|p| p.into_inner()).insert(blob.clone(), (hub_id.clone(), sas_token.clone()));
     let host = inner.upload_host();
-    debug!(device = %hub_id, %blob, "file upload started");
+    debug!(device = %hub_id, ?blob, "file upload started");
     Json(json!({
         "correlationId": correlation,
         "hostName": host,

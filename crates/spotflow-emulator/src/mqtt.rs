@@ -170,7 +170,8 @@ where
     let hub_id = match authenticate(&inner, &connect) {
         Ok(id) => id,
         Err(code) => {
-            info!(%peer, client_id = %connect.client_id, ?code, "MQTT connection refused");
+            // The client id is the client's own text: logged escaped (`?`), never raw.
+            info!(%peer, client_id = ?connect.client_id, ?code, "MQTT connection refused");
             let refusal = Packet::ConnAck(ConnAck::new(code, false));
             record(&inner, "out", &connect.client_id, &refusal);
             write(&mut out, &refusal);
@@ -295,7 +296,7 @@ fn subscribe(inner: &Inner, hub_id: &str, s: &Subscribe) -> SubAck {
                 QoS::AtLeastOnce
             }));
         } else {
-            warn!(device = %hub_id, filter = %f.path, "subscription refused");
+            warn!(device = %hub_id, filter = ?f.path, "subscription refused");
             codes.push(SubscribeReasonCode::Failure);
         }
     }
@@ -412,7 +413,7 @@ fn telemetry(
                 Some(name) => match inner.db.get_blob(name.clone()).await {
                     Some(blob) => finish_payload(&mut message, &blob),
                     None => {
-                        warn!(blob = %name, "linked blob not found; storing the link");
+                        warn!(blob = ?name, "linked blob not found; storing the link");
                         message.other_properties.push(("error".into(), format!("blob {name} not found")));
                         message.payload = payload.to_vec();
                     }

@@ -24,6 +24,22 @@ pub fn from_ms(ms: Millis) -> SystemTime {
 }
 
 /// Random lowercase hex string of `bytes` random bytes.
+/// Longest device id accepted.
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+
+/// Checks a device id (requested at provisioning or given at approval): 1–128 characters of
+/// ASCII letters, digits and `-._%*!(),=@$'` (IoT Hub's device-id alphabet without `:` and the
+/// URL delimiters, which the platform's topics and hub device ids use).
+pub fn validate_device_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_DEVICE_ID_LEN {
+        return Err(format!("deviceId must be 1 to {MAX_DEVICE_ID_LEN} characters long"));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._%*!(),=@$'".contains(*c))) {
+        return Err(format!("deviceId must not contain {c:?} (allowed: letters, digits and -._%*!(),=@$')"));
+    }
+    Ok(())
+}
+
 pub fn random_hex(bytes: usize) -> String {
     spotflow_core::secure_random::hex(bytes)
 }
@@ -203,6 +219,9 @@ impl ControlState {
         let op = self.operations.get_mut(operation_id).ok_or_else(|| format!("no operation {operation_id}"))?;
         if op.state != OperationState::Pending {
             return Err(format!("operation {operation_id} is not pending"));
+        }
+        if let Some(d) = device_id {
+            validate_device_id(d)?;
         }
         if now_ms() >= op.expires_at {
             return Err(format!("operation {operation_id} expired"));

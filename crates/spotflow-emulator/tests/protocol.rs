@@ -881,3 +881,108 @@ fn secrets_do_not_come_from_the_fast_generator() {
     }
     assert!(offenders.is_empty(), "fastrand used outside retry jitter: {offenders:?}");
 }
+
+/// Hardening: a client id with a newline and an escape sequence (forged log lines, coloured text)
+/// is logged escaped, never raw; device ids are validated at provisioning and approval.
+#[tokio::test]
+async fn untrusted_strings_are_logged_escaped_and_device_ids_validated() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spotflow-emulator"))
+        .args(["serve", "--https-port", "0", "--mqtts-port", "0", "--mqtt-port", "0", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut banner = String::new();
+    let mqtt = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stdout.read(&mut buf).unwrap();
+            assert!(n > 0, "the emulator exited: {banner}");
+            banner.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if let Some(line) = banner.lines().find(|l| l.contains("plain MQTT:")) {
+                if banner.contains("admin token file:") {
+                    return line.split("plain MQTT:").nth(1).unwrap().trim().to_owned();
+                }
+            }
+        }
+    })
+    .await
+    .expect("the emulator prints its addresses");
+    let evil = "evil\nFORGED LOG LINE \u{1b}[31mred";
+    let mut options =
+        MqttOptions::new(evil, mqtt.rsplit_once(':').unwrap().0, mqtt.rsplit_once(':').unwrap().1.parse().unwrap());
+    options.set_credentials("nobody", "nothing");
+    let (_client, mut ev) = AsyncClient::new(options, 10);
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            match ev.poll().await {
+                Err(e) => return e.to_string(),
+                Ok(Event::Incoming(Packet::ConnAck(a))) => return format!("{:?}", a.code),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!refused.contains("Success"), "{refused}");
+    // Wait (bounded) until the refusal is logged; the log goes to standard output with the banner.
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut log = banner;
+        let mut buf = [0u8; 4096];
+        while !log.contains("MQTT connection refused") {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => log.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        log
+    });
+    // Killing the emulator ends the read (EOF) if the line never comes.
+    let log = match tokio::time::timeout(WAIT, reader).await {
+        Ok(log) => {
+            child.kill().unwrap();
+            log.unwrap()
+        }
+        Err(_) => {
+            child.kill().unwrap();
+            panic!("the refusal was not logged within {WAIT:?}");
+        }
+    };
+    let _ = child.wait();
+    assert!(log.contains("MQTT connection refused"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("FORGED LOG LINE")), "a forged line reached the log:\n{log}");
+    assert!(log.contains(r"evil\nFORGED LOG LINE \u{1b}[31mred"), "escaped form expected:\n{log}");
+
+    // Device ids: validated where the platform takes them.
+    let emu = emulator().await;
+    let http = https(&emu);
+    let auth = format!("DeviceToken {}", emu.create_provisioning_token());
+    for bad in ["a\nb", "with space", "x:y", &"d".repeat(129), "\u{1b}[31m"] {
+        let (status, body) = call(
+            &http,
+            reqwest::Method::POST,
+            format!("{}/provisioning-operations/init", emu.https_url()),
+            Some(&auth),
+            &json!({"deviceId": bad}).to_string(),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad:?}: {body}");
+    }
+    let (status, op) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/provisioning-operations/init", emu.https_url()),
+        Some(&auth),
+        &json!({"deviceId": "good-device_1.a"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let id = op["provisioningOperationId"].as_str().unwrap();
+    assert!(emu.approve(id, Some("evil\nname")).is_err());
+    assert_eq!(emu.approve(id, None).unwrap(), "good-device_1.a");
+}
