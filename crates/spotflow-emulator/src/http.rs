@@ -477,6 +477,9 @@ struct MessagesQuery {
     limit: Option<usize>,
 }
 
+/// Largest payload total in one `/admin/messages` answer (at least one message is returned).
+const MAX_ADMIN_PAGE_BYTES: usize = 32 * 1024 * 1024;
+
 #[derive(Deserialize)]
 struct TrafficQuery {
     from: Option<usize>,
@@ -504,6 +507,17 @@ async fn admin_messages(State(inner): Shared, headers: HeaderMap, Query(q): Quer
             limit: Some(q.limit.unwrap_or(100).min(10_000)),
         })
         .await;
+    // Paged by count (`limit`, at most 10,000) and by size: an answer stops after the message that
+    // takes it past 32 MiB of payload (payloads are up to 16 MiB each); `afterId` continues.
+    let mut bytes = 0usize;
+    let messages: Vec<_> = messages
+        .into_iter()
+        .take_while(|m| {
+            let first_or_fits = bytes == 0 || bytes + m.payload.len() <= MAX_ADMIN_PAGE_BYTES;
+            bytes += m.payload.len();
+            first_or_fits
+        })
+        .collect();
     let out: Vec<Value> = messages
         .into_iter()
         .map(|m| {

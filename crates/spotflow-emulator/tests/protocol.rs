@@ -986,3 +986,36 @@ async fn untrusted_strings_are_logged_escaped_and_device_ids_validated() {
     assert!(emu.approve(id, Some("evil\nname")).is_err());
     assert_eq!(emu.approve(id, None).unwrap(), "good-device_1.a");
 }
+
+/// Hardening: admin answers are paged by size too: three messages that decode to 15 MiB each
+/// come back two, then one (a few hundred bytes on the wire each: compressed zeros).
+#[tokio::test]
+async fn admin_message_listings_are_paged_by_size() {
+    let emu = emulator().await;
+    let dev = register(&emu, "big-decoded").await;
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, true), 100);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    let packed = spotflow_core::Compression::Zstd { level: 3 }.compress(&vec![0u8; 15 << 20]).unwrap().1;
+    for _ in 0..3 {
+        let topic = format!("devices/{}/messages/events/content-encoding=zstd", dev.hub_id);
+        client.publish(topic, QoS::AtLeastOnce, false, packed.clone()).await.unwrap();
+    }
+    let mut acks = 0;
+    while acks < 3 {
+        until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+        acks += 1;
+    }
+    let list = |after: i64| {
+        let (http, url) =
+            (https(&emu), format!("{}/admin/messages?device={}&afterId={after}", emu.https_url(), dev.hub_id));
+        let auth = format!("Bearer {}", emu.admin_token());
+        async move { call(&http, reqwest::Method::GET, url, Some(&auth), "").await }
+    };
+    let (status, first) = list(0).await;
+    assert_eq!(status, 200);
+    let first = first.as_array().unwrap().clone();
+    assert_eq!(first.len(), 2, "32 MiB per answer");
+    assert!(first.iter().all(|m| m["payload"].as_str().unwrap().len() == 15 << 20 && m["decodeError"].is_null()));
+    let (_, rest) = list(first[1]["id"].as_i64().unwrap()).await;
+    assert_eq!(rest.as_array().unwrap().len(), 1);
+}

@@ -81,6 +81,7 @@ impl HttpPlatformApi {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, token: &Secret, body: Value) -> Result<Answer> {
+        // (The answer is read with a cap: see `read_capped`.)
         let resp = self
             .http
             .request(method, format!("{}{path}", self.base_url))
@@ -90,8 +91,7 @@ impl HttpPlatformApi {
             .await
             .map_err(|e| Error::transport_with(format!("request to {path} failed"), e))?;
         let status = resp.status().as_u16();
-        let bytes =
-            resp.bytes().await.map_err(|e| Error::transport_with(format!("reading the answer of {path}"), e))?;
+        let bytes = read_capped(resp, MAX_ANSWER_BYTES, path).await?;
         let body = serde_json::from_slice::<Value>(&bytes).ok();
         if body.is_none() && !bytes.is_empty() {
             debug!(path, status, "answer body is not JSON");
@@ -212,6 +212,30 @@ impl PlatformApi for HttpPlatformApi {
             _ => Err(a.error("registration token refresh")),
         }
     }
+}
+
+/// Largest answer read from the platform's HTTP API (provisioning, registration, upload init):
+/// real answers are well under 4 KiB; a server streaming more is cut off with an error instead of
+/// growing the device's memory.
+pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+/// Reads an HTTP answer body, refusing one over `limit` bytes (announced or streamed) without
+/// reading it further.
+pub(crate) async fn read_capped(mut resp: reqwest::Response, limit: usize, what: &str) -> Result<Vec<u8>> {
+    let too_large = || Error::Platform(format!("the answer of {what} is larger than {limit} bytes"));
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) =
+        resp.chunk().await.map_err(|e| Error::transport_with(format!("reading the answer of {what}"), e))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

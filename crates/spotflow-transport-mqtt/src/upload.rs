@@ -58,7 +58,10 @@ impl Uploader {
         if !status.is_success() {
             return Err(Error::Platform(format!("file upload init answered {status}")));
         }
-        let info: Value = resp.json().await.map_err(|e| http_error("file upload init body", e))?;
+        let body =
+            crate::platform_api::read_capped(resp, crate::platform_api::MAX_ANSWER_BYTES, "file upload init").await?;
+        let info: Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::Platform(format!("file upload init answered invalid JSON: {e}")))?;
         let field = |k: &str| {
             info.get(k)
                 .and_then(Value::as_str)

@@ -215,3 +215,56 @@ async fn plain_mqtt_is_refused_to_a_host_that_is_not_loopback() {
     let transport = MqttTransport::new(MqttTransportOptions::plain_tcp(port)).unwrap();
     assert!(transport.connect(&creds("localhost"), &spotflow_core::SessionInfo::default()).await.is_ok());
 }
+
+/// A server that streams an endless body (announced as 400 MB, or chunked without a length).
+async fn endless_server(announce_length: bool) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = s.read(&mut buf).await;
+                let head = if announce_length {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400000000\r\n\r\n".to_owned()
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+                };
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 * 1024];
+                // Bounded: at most 400 MB, and it stops as soon as the client hangs up.
+                for _ in 0..6_000 {
+                    let ok = if announce_length {
+                        s.write_all(&chunk).await.is_ok()
+                    } else {
+                        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_ok()
+                            && s.write_all(&chunk).await.is_ok()
+                            && s.write_all(b"\r\n").await.is_ok()
+                    };
+                    if !ok {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Hardening: an answer larger than the API ever needs is refused after at most
+/// `MAX_ANSWER_BYTES` (it used to be read whole: a fake platform streaming 400 MB took the
+/// process to 920 MB).
+#[tokio::test]
+async fn endless_http_answers_are_cut_off() {
+    for announce in [true, false] {
+        let api = api_at(&endless_server(announce).await);
+        let err = tokio::time::timeout(Duration::from_secs(20), api.init_provisioning(&Secret::new("pt"), Some("d")))
+            .await
+            .expect("refused at once, not after reading 400 MB")
+            .unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
+    assert_eq!(spotflow_transport_mqtt::MAX_ANSWER_BYTES, 256 * 1024);
+}
