@@ -93,10 +93,11 @@ enum Command {
         name: String,
         hub_device_id: String,
         data: Vec<u8>,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Result<bool, ()>>,
     },
     GetBlob {
         name: String,
+        hub_device_id: String,
         reply: oneshot::Sender<Option<Vec<u8>>>,
     },
     Query(MessageQuery, oneshot::Sender<Vec<StoredMessage>>),
@@ -201,15 +202,18 @@ impl Db {
         }
     }
 
-    pub async fn put_blob(&self, name: String, hub_device_id: String, data: Vec<u8>) -> bool {
+    /// Stores a blob of `hub_device_id`: `Ok(false)` when the name belongs to another device
+    /// (blobs are scoped to the device that created them), `Err` when the database failed.
+    pub async fn put_blob(&self, name: String, hub_device_id: String, data: Vec<u8>) -> Result<bool, ()> {
         let (reply, rx) = oneshot::channel();
         let _ = self.tx.send(Command::PutBlob { name, hub_device_id, data, reply });
-        rx.await.unwrap_or(false)
+        rx.await.unwrap_or(Err(()))
     }
 
-    pub async fn get_blob(&self, name: String) -> Option<Vec<u8>> {
+    /// A blob of `hub_device_id` (another device's blob of that name is not found).
+    pub async fn get_blob(&self, name: String, hub_device_id: String) -> Option<Vec<u8>> {
         let (reply, rx) = oneshot::channel();
-        let _ = self.tx.send(Command::GetBlob { name, reply });
+        let _ = self.tx.send(Command::GetBlob { name, hub_device_id, reply });
         rx.await.ok().flatten()
     }
 
@@ -326,17 +330,24 @@ fn serve(conn: &Connection, command: Command) {
             }
         }
         Command::PutBlob { name, hub_device_id, data, reply } => {
-            let ok = conn
+            // Replaces only the same device's blob: another device's stays as it is.
+            let changed = conn
                 .execute(
-                    "INSERT OR REPLACE INTO blobs (name, hub_device_id, data) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO blobs (name, hub_device_id, data) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(name) DO UPDATE SET data = excluded.data WHERE blobs.hub_device_id = excluded.hub_device_id",
                     params![name, hub_device_id, data],
                 )
-                .is_ok();
-            let _ = reply.send(ok);
+                .map(|n| n > 0)
+                .map_err(|_| ());
+            let _ = reply.send(changed);
         }
-        Command::GetBlob { name, reply } => {
+        Command::GetBlob { name, hub_device_id, reply } => {
             let data = conn
-                .query_row("SELECT data FROM blobs WHERE name = ?1", params![name], |r| r.get::<_, Vec<u8>>(0))
+                .query_row(
+                    "SELECT data FROM blobs WHERE name = ?1 AND hub_device_id = ?2",
+                    params![name, hub_device_id],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
                 .optional()
                 .ok()
                 .flatten();

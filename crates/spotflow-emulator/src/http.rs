@@ -268,7 +268,15 @@ async fn file_upload_init(
     }
     let correlation = random_hex(16);
     let sas_token = format!("?sv=2020-08-04&sr=b&sig={}", random_hex(16));
-    inner.uploads.lock().unwrap_or_else(|p| p.into_inner()).insert(blob.clone(), (hub_id.clone(), sas_token.clone()));
+    {
+        // Blob names are scoped to the device that started the upload: another device's pending
+        // upload of the same name is not taken over.
+        let mut uploads = inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if uploads.get(&blob).is_some_and(|(owner, _)| *owner != hub_id) {
+            return problem(StatusCode::CONFLICT, "/problems/blob-taken", "the blob name is used by another device");
+        }
+        uploads.insert(blob.clone(), (hub_id.clone(), sas_token.clone()));
+    }
     let host = inner.upload_host();
     debug!(device = %hub_id, ?blob, "file upload started");
     Json(json!({
@@ -296,8 +304,12 @@ async fn put_blob(
     if !signature_ok {
         return unauthorized("invalid blob signature");
     }
-    if !inner.db.put_blob(blob.clone(), hub_id, body.to_vec()).await {
-        return problem(StatusCode::INTERNAL_SERVER_ERROR, "/problems/storage", "cannot store the blob");
+    match inner.db.put_blob(blob.clone(), hub_id, body.to_vec()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return problem(StatusCode::CONFLICT, "/problems/blob-taken", "the blob belongs to another device")
+        }
+        Err(()) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "/problems/storage", "cannot store the blob"),
     }
     StatusCode::CREATED.into_response()
 }

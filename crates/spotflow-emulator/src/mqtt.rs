@@ -410,7 +410,7 @@ fn telemetry(
                 .ok()
                 .and_then(|v| v.get("link").and_then(Value::as_str).map(str::to_owned));
             match link {
-                Some(name) => match inner.db.get_blob(name.clone()).await {
+                Some(name) => match inner.db.get_blob(name.clone(), message.hub_device_id.clone()).await {
                     Some(blob) => finish_payload(&mut message, &blob),
                     None => {
                         warn!(blob = ?name, "linked blob not found; storing the link");

@@ -668,6 +668,35 @@ async fn large_messages_are_uploaded_and_linked() {
     assert_eq!(stored.len(), 1);
     assert!(stored[0].externalized);
     assert_eq!(stored[0].payload, payload, "the linked blob is stored with the message");
+
+    // Hardening: blobs are scoped to the device that uploaded them. Another device can neither
+    // take the name over nor link the blob into its own message.
+    let other = register(&emu, "other").await;
+    let (s, _) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/devices/{}/files?api-version=2020-03-13", other.hub_id),
+        Some(&other.sas),
+        &json!({"blobName": blob_name}).to_string(),
+    )
+    .await;
+    assert_eq!(s, 409, "another device cannot start an upload of the same blob name");
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &other, true), 10);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    client
+        .publish(
+            format!("devices/{}/messages/events/stream-name=files&has-externalized-payload=true", other.hub_id),
+            QoS::AtLeastOnce,
+            false,
+            json!({"link": blob_name}).to_string().into_bytes(),
+        )
+        .await
+        .unwrap();
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    let theirs = emu.messages(MessageQuery { hub_device_id: Some(other.hub_id.clone()), ..Default::default() }).await;
+    assert_eq!(theirs.len(), 1);
+    assert_ne!(theirs[0].payload, payload, "another device's blob is not linked");
+    assert!(theirs[0].other_properties.iter().any(|(k, v)| k == "error" && v.contains("not found")));
 }
 
 #[tokio::test]
