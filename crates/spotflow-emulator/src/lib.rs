@@ -80,6 +80,8 @@ pub struct EmulatorConfig {
     pub admin_token: Option<String>,
     /// Largest MQTT packet accepted.
     pub max_packet_size: usize,
+    /// How long an MQTT connection that asked for no keep-alive (0) may stay idle (default 5 min).
+    pub idle_timeout: Duration,
     /// Record every HTTP exchange and MQTT packet of the device protocol (secrets masked; see
     /// [`Emulator::traffic`] and `GET /admin/traffic`). Off by default.
     pub record_traffic: bool,
@@ -104,6 +106,7 @@ impl Default for EmulatorConfig {
             admin_token: None,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             record_traffic: false,
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }

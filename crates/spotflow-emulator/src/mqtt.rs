@@ -125,7 +125,7 @@ fn write(out: &mut BytesMut, packet: &Packet) {
 
 /// Checks CONNECT: client id `{ws}:{dev}`, username `{hub}/{ws}:{dev}/…`, password a valid SAS of
 /// that device.
-fn authenticate(inner: &Inner, connect: &Connect) -> Result<String, ConnectReturnCode> {
+fn authenticate(inner: &Inner, connect: &Connect) -> Result<(String, u64), ConnectReturnCode> {
     let client_id = connect.client_id.as_str();
     if client_id.is_empty() || !client_id.contains(':') {
         return Err(ConnectReturnCode::BadClientId);
@@ -136,8 +136,8 @@ fn authenticate(inner: &Inner, connect: &Connect) -> Result<String, ConnectRetur
         return Err(ConnectReturnCode::BadUserNamePassword);
     }
     let state = inner.lock_state();
-    match state.authorize(&login.password) {
-        Some(device) if device == client_id => Ok(client_id.to_owned()),
+    match state.sas_entry(&login.password) {
+        Some(s) if s.hub_device_id == client_id => Ok((client_id.to_owned(), s.expires_at)),
         _ => Err(ConnectReturnCode::NotAuthorized),
     }
 }
@@ -167,8 +167,8 @@ where
     };
     let mut out = BytesMut::new();
     record(&inner, "in", &connect.client_id, &Packet::Connect(connect.clone()));
-    let hub_id = match authenticate(&inner, &connect) {
-        Ok(id) => id,
+    let (hub_id, sas_expires_at) = match authenticate(&inner, &connect) {
+        Ok(found) => found,
         Err(code) => {
             // The client id is the client's own text: logged escaped (`?`), never raw.
             info!(%peer, client_id = ?connect.client_id, ?code, "MQTT connection refused");
@@ -191,8 +191,17 @@ where
         return;
     }
     out.clear();
-    let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    // Idle limit: 1.5 keep-alive intervals, or the configured idle timeout when the client asked
+    // for no keep-alive (0), so that no connection stays open forever without traffic.
+    let keep_alive = Some(match connect.keep_alive {
+        0 => inner.config.idle_timeout,
+        k => Duration::from_millis(u64::from(k) * 1500),
+    });
     let mut deadline = keep_alive.map(|k| Instant::now() + k);
+    // The connection ends when its SAS expires (the device reconnects with a renewed one).
+    let sas_left = Duration::from_millis(sas_expires_at.saturating_sub(now_ms()));
+    let sas_expiry = tokio::time::sleep(sas_left);
+    tokio::pin!(sas_expiry);
     let reason = loop {
         let sleep = async {
             match deadline {
@@ -219,6 +228,7 @@ where
                 Some(Outbound::Kick) | None => break "closed by the platform".to_owned(),
             },
             () = sleep => break "keep-alive timeout".to_owned(),
+            () = &mut sas_expiry => break "the connection's SAS expired".to_owned(),
         }
         // Drain what else is ready before writing, so acknowledgements go out in batches.
         while let Ok(outbound) = rx.try_recv() {

@@ -330,7 +330,12 @@ impl ControlState {
 
     /// The device a SAS authorises, if valid now.
     pub fn authorize(&self, sas: &str) -> Option<&str> {
-        self.sas.get(sas).filter(|s| now_ms() < s.expires_at).map(|s| s.hub_device_id.as_str())
+        self.sas_entry(sas).map(|s| s.hub_device_id.as_str())
+    }
+
+    /// The device and expiry (Unix ms) of a valid, unexpired SAS.
+    pub fn sas_entry(&self, sas: &str) -> Option<&SasInfo> {
+        self.sas.get(sas).filter(|s| now_ms() < s.expires_at)
     }
 
     /// Merges a patch into the desired properties; returns the new version.

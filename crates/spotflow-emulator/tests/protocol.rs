@@ -1048,3 +1048,51 @@ async fn admin_message_listings_are_paged_by_size() {
     let (_, rest) = list(first[1]["id"].as_i64().unwrap()).await;
     assert_eq!(rest.as_array().unwrap().len(), 1);
 }
+
+/// Hardening: a connection whose SAS expires is closed, and a connection that asked for no
+/// keep-alive (0) is still closed when idle for the configured time.
+#[tokio::test]
+async fn expired_sas_and_idle_keep_alive_zero_connections_are_closed() {
+    let mut config = spotflow_emulator::EmulatorConfig::default();
+    config.mqtt_port = Some(0);
+    config.connection_lifetime = Duration::from_secs(2);
+    config.idle_timeout = Duration::from_secs(1);
+    let emu = Emulator::builder().config(config).start().await.unwrap();
+    // SAS valid for 2 s: the broker closes the connection when it expires, though pings flow.
+    let dev = register(&emu, "short-sas").await;
+    let (_client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, true), 10);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if ev.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection outlived its SAS");
+
+    // Keep-alive 0 (a raw CONNECT): closed after the idle timeout instead of never.
+    let dev = register(&emu, "no-keepalive").await;
+    let mut tcp = tokio::net::TcpStream::connect(emu.mqtt_addr().unwrap()).await.unwrap();
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new(dev.hub_id.clone());
+    connect.keep_alive = 0;
+    connect.clean_session = false;
+    connect.set_login(format!("{}/{}/?api-version=2018-06-30", dev.hub_host, dev.hub_id), dev.sas.clone());
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Packet::Connect(connect).write(&mut buf, 1 << 20).unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, &buf).await.unwrap();
+    let mut seen = Vec::new();
+    let eof = tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 64];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut tcp, &mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(eof.is_ok(), "an idle keep-alive-0 connection stayed open");
+    assert_eq!(&seen[..4], &[0x20, 0x02, 0x00, 0x00], "CONNACK accepted first");
+}
