@@ -97,52 +97,12 @@ fn golden_dir() -> PathBuf {
 }
 
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).expect("percent escape"));
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).expect("UTF-8")
+    spotflow_core::testkit::golden::percent_decode(s).expect("a valid escaped value")
 }
 
 /// The payload generators shared with the harness.
 fn scenario_payload(spec: &str) -> Vec<u8> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    match parts.as_slice() {
-        ["text", word] => word.as_bytes().to_vec(),
-        ["telemetry", n] => {
-            let records: Vec<String> = (0..n.parse::<u64>().unwrap())
-                .map(|i| {
-                    format!(
-                        "{{\"t\":{},\"temperatureCelsius\":{}.{},\"state\":\"running\"}}",
-                        1_780_000_000_000u64 + i * 1000,
-                        20 + i % 7,
-                        i % 10
-                    )
-                })
-                .collect();
-            format!("[{}]", records.join(",")).into_bytes()
-        }
-        ["random", len, seed] => {
-            let mut x = seed.parse::<u64>().unwrap().wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            (0..len.parse::<usize>().unwrap())
-                .map(|_| {
-                    x ^= x >> 12;
-                    x ^= x << 25;
-                    x ^= x >> 27;
-                    (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-                })
-                .collect()
-        }
-        _ => panic!("unknown payload {spec:?}"),
-    }
+    spotflow_core::testkit::golden::scenario_payload(spec).unwrap_or_else(|| panic!("unknown payload {spec:?}"))
 }
 
 fn parse_scenario() -> Vec<Step> {

@@ -612,6 +612,15 @@ async fn every_http_endpoint_rejects_invalid_json_and_missing_auth() {
     assert_eq!(devices[0]["deviceId"], "json");
 }
 
+/// Connects `dev` and publishes a message linking the blob `blob`; returns once acknowledged.
+async fn publish_link(emu: &Emulator, dev: &Registered, blob: &str) {
+    let (client, mut ev) = AsyncClient::new(mqtt_options(emu, dev, true), 10);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    let topic = format!("devices/{}/messages/events/stream-name=files&has-externalized-payload=true", dev.hub_id);
+    client.publish(topic, QoS::AtLeastOnce, false, json!({"link": blob}).to_string().into_bytes()).await.unwrap();
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+}
+
 #[tokio::test]
 async fn large_messages_are_uploaded_and_linked() {
     let emu = emulator().await;
@@ -652,18 +661,7 @@ async fn large_messages_are_uploaded_and_linked() {
     )
     .await;
     assert_eq!(s, 204);
-    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, true), 10);
-    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
-    client
-        .publish(
-            format!("devices/{}/messages/events/stream-name=files&has-externalized-payload=true", dev.hub_id),
-            QoS::AtLeastOnce,
-            false,
-            json!({"link": blob_name}).to_string().into_bytes(),
-        )
-        .await
-        .unwrap();
-    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    publish_link(&emu, &dev, blob_name).await;
     let stored = emu.messages(MessageQuery::default()).await;
     assert_eq!(stored.len(), 1);
     assert!(stored[0].externalized);
@@ -681,18 +679,7 @@ async fn large_messages_are_uploaded_and_linked() {
     )
     .await;
     assert_eq!(s, 409, "another device cannot start an upload of the same blob name");
-    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &other, true), 10);
-    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
-    client
-        .publish(
-            format!("devices/{}/messages/events/stream-name=files&has-externalized-payload=true", other.hub_id),
-            QoS::AtLeastOnce,
-            false,
-            json!({"link": blob_name}).to_string().into_bytes(),
-        )
-        .await
-        .unwrap();
-    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    publish_link(&emu, &other, blob_name).await;
     let theirs = emu.messages(MessageQuery { hub_device_id: Some(other.hub_id.clone()), ..Default::default() }).await;
     assert_eq!(theirs.len(), 1);
     assert_ne!(theirs[0].payload, payload, "another device's blob is not linked");

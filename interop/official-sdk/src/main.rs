@@ -44,55 +44,14 @@ fn env(name: &str) -> Result<String> {
     std::env::var(name).with_context(|| format!("{name} is not set"))
 }
 
-/// A payload of the golden scenario (`interop/golden/scenario.txt`); our SDK's test builds the
-/// same bytes.
+/// A payload of the golden scenario (`interop/golden/scenario.txt`): the generators shared with
+/// our SDK's golden test (`spotflow_core::testkit::golden`), so both send the same bytes.
 fn scenario_payload(spec: &str) -> Result<Vec<u8>> {
-    let mut parts = spec.split(':');
-    Ok(match (parts.next(), parts.next(), parts.next()) {
-        (Some("text"), Some(word), None) => word.as_bytes().to_vec(),
-        (Some("telemetry"), Some(n), None) => {
-            let records: Vec<String> = (0..n.parse::<u64>()?)
-                .map(|i| {
-                    format!(
-                        "{{\"t\":{},\"temperatureCelsius\":{}.{},\"state\":\"running\"}}",
-                        1_780_000_000_000u64 + i * 1000,
-                        20 + i % 7,
-                        i % 10
-                    )
-                })
-                .collect();
-            format!("[{}]", records.join(",")).into_bytes()
-        }
-        (Some("random"), Some(len), Some(seed)) => {
-            // xorshift64*: the top byte of each step.
-            let mut x = seed.parse::<u64>()?.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            (0..len.parse::<usize>()?)
-                .map(|_| {
-                    x ^= x >> 12;
-                    x ^= x << 25;
-                    x ^= x >> 27;
-                    (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-                })
-                .collect()
-        }
-        _ => bail!("unknown payload {spec:?}"),
-    })
+    spotflow_core::testkit::golden::scenario_payload(spec).with_context(|| format!("unknown payload {spec:?}"))
 }
 
 fn percent_decode(s: &str) -> Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16)?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Ok(String::from_utf8(out)?)
+    spotflow_core::testkit::golden::percent_decode(s).with_context(|| format!("bad escape in {s:?}"))
 }
 
 /// `SCENARIO=<file>`: runs the golden scenario with the official SDK (see the scenario file).

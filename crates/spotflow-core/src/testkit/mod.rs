@@ -2,6 +2,7 @@
 //! [`MemoryPlatform`], an in-memory platform implementing [`crate::Transport`] and
 //! [`crate::PlatformApi`].
 
+pub mod golden;
 mod platform;
 mod store_suite;
 
