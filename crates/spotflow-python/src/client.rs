@@ -10,22 +10,24 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
 use spotflow_device::Message;
 
 use crate::types::{dict_to_json, Compression, DesiredProperties, ProvisioningOperation};
-use crate::{logging, run_detached, run_interruptible, to_py};
+use crate::{logging, run_detached, run_interruptible, same_process, to_py};
 
 /// Clients still open, closed at interpreter exit.
-static OPEN: Mutex<Vec<Weak<spotflow_device::DeviceClient>>> = Mutex::new(Vec::new());
+static OPEN: Mutex<Vec<(u32, Weak<spotflow_device::DeviceClient>)>> = Mutex::new(Vec::new());
 
 fn register(client: &Arc<spotflow_device::DeviceClient>) {
     let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
-    open.retain(|w| w.strong_count() > 0);
-    open.push(Arc::downgrade(client));
+    open.retain(|(_, w)| w.strong_count() > 0);
+    open.push((std::process::id(), Arc::downgrade(client)));
 }
 
 /// Closes every client still open (at most 2 s each): acknowledgements are flushed to the
 /// database, the connection and the database file are closed.
 pub fn close_all(py: Python<'_>) {
     let open: Vec<_> = std::mem::take(&mut *OPEN.lock().unwrap_or_else(|p| p.into_inner()));
-    for client in open.into_iter().filter_map(|w| w.upgrade()) {
+    // Only this process's clients: a forked child leaves its parent's alone.
+    let pid = std::process::id();
+    for client in open.into_iter().filter(|(owner, _)| *owner == pid).filter_map(|(_, w)| w.upgrade()) {
         let _ = run_detached(py, async move {
             let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
             Ok(())
@@ -66,6 +68,8 @@ fn print_operation(py: Python<'_>, op: &spotflow_device::ProvisioningOperation) 
 #[pyclass(frozen, module = "spotflow_device", name = "DeviceClient")]
 pub struct DeviceClient {
     client: Arc<spotflow_device::DeviceClient>,
+    /// The process that started it (see `same_process`).
+    pid: u32,
 }
 
 #[pymethods]
@@ -137,7 +141,7 @@ impl DeviceClient {
         }
         let client = Arc::new(run_interruptible(py, builder.start())?);
         register(&client);
-        Ok(DeviceClient { client })
+        Ok(DeviceClient { client, pid: std::process::id() })
     }
 
     /// (Read-only) The ID of the Workspace to which the Device belongs.
@@ -164,12 +168,13 @@ impl DeviceClient {
         stream: Option<String>,
         compression: Option<Compression>,
     ) -> PyResult<StreamSender> {
+        same_process(self.pid)?;
         let compression = compression.unwrap_or(Compression::Uncompressed);
         let sender = self
             .client
             .create_stream_sender(stream_group.as_deref(), stream.as_deref(), compression.into())
             .map_err(to_py)?;
-        Ok(StreamSender { sender })
+        Ok(StreamSender { sender, pid: self.pid })
     }
 
     /// The number of Messages persisted in the local database file but not yet sent to the Platform.
@@ -180,12 +185,14 @@ impl DeviceClient {
 
     /// Block the current thread until all the Messages that have been previously enqueued are sent.
     fn wait_enqueued_messages_sent(&self, py: Python<'_>) -> PyResult<()> {
+        same_process(self.pid)?;
         let client = self.client.clone();
         run_interruptible(py, async move { client.wait_enqueued_messages_sent().await })
     }
 
     /// Get the current Desired Properties.
     fn get_desired_properties(&self, py: Python<'_>) -> PyResult<DesiredProperties> {
+        same_process(self.pid)?;
         DesiredProperties::new(py, &self.client.get_desired_properties())
     }
 
@@ -197,6 +204,7 @@ impl DeviceClient {
         py: Python<'_>,
         version: Option<i64>,
     ) -> PyResult<Option<DesiredProperties>> {
+        same_process(self.pid)?;
         // A negative version is older than any: the current properties are returned.
         let version = version.and_then(|v| u64::try_from(v).ok());
         self.client.get_desired_properties_if_newer(version).map(|d| DesiredProperties::new(py, &d)).transpose()
@@ -204,6 +212,7 @@ impl DeviceClient {
 
     /// Enqueue an update of the Reported Properties to be sent to the Platform (persisted first).
     fn update_reported_properties(&self, py: Python<'_>, properties: &Bound<'_, PyDict>) -> PyResult<()> {
+        same_process(self.pid)?;
         let value = dict_to_json(py, properties)?;
         let client = self.client.clone();
         run_detached(py, async move { client.update_reported_properties(value).await })
@@ -219,6 +228,7 @@ impl DeviceClient {
     /// stay in the database and are sent by the next client started with it. Called by `with`
     /// blocks and at interpreter exit; calling it again does nothing.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
+        same_process(self.pid)?;
         let client = self.client.clone();
         run_interruptible(py, async move { client.close().await })
     }
@@ -248,6 +258,8 @@ impl DeviceClient {
 #[pyclass(frozen, module = "spotflow_device", name = "StreamSender")]
 pub struct StreamSender {
     sender: spotflow_device::StreamSender,
+    /// The process that started its client (see `same_process`).
+    pid: u32,
 }
 
 fn payload_bytes(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
@@ -285,6 +297,7 @@ impl StreamSender {
         batch_slice_id: Option<String>,
         chunk_id: Option<String>,
     ) -> PyResult<()> {
+        same_process(self.pid)?;
         let message = message(payload, batch_id, message_id, batch_slice_id, chunk_id)?;
         let sender = self.sender.clone();
         run_interruptible(py, async move { sender.send_message(message).await })
@@ -301,17 +314,20 @@ impl StreamSender {
         batch_slice_id: Option<String>,
         chunk_id: Option<String>,
     ) -> PyResult<()> {
+        same_process(self.pid)?;
         let message = message(payload, batch_id, message_id, batch_slice_id, chunk_id)?;
         run_detached(py, self.sender.enqueue_message(message))
     }
 
     /// Enqueue the manual completion of the current Batch.
     fn enqueue_batch_completion(&self, py: Python<'_>, batch_id: String) -> PyResult<()> {
+        same_process(self.pid)?;
         run_detached(py, self.sender.enqueue_batch_completion(&batch_id))
     }
 
     /// Enqueue the manual completion of the current Message (with Message Chunking).
     fn enqueue_message_completion(&self, py: Python<'_>, batch_id: String, message_id: String) -> PyResult<()> {
+        same_process(self.pid)?;
         run_detached(py, self.sender.enqueue_message_completion(&batch_id, &message_id))
     }
 }

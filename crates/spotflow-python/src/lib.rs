@@ -6,7 +6,6 @@
 //! background events go to the standard `logging` module under the `spotflow_device` logger.
 
 use std::future::Future;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -30,17 +29,41 @@ pub(crate) fn to_py(e: spotflow_device::Error) -> PyErr {
     SpotflowError::new_err(e.to_string())
 }
 
-/// The runtime shared by every client of the process (two worker threads).
+/// The runtime shared by every client of the process (two worker threads). A child made by
+/// `os.fork()` has none of the parent's threads: it gets a runtime of its own (the parent's is
+/// left alone, as its threads do not exist in the child).
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("spotflow")
-            .enable_all()
-            .build()
-            .expect("cannot start the spotflow_device runtime threads")
-    })
+    static RUNTIME: std::sync::Mutex<Option<(u32, &'static tokio::runtime::Runtime)>> = std::sync::Mutex::new(None);
+    let pid = std::process::id();
+    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    match *slot {
+        Some((owner, rt)) if owner == pid => rt,
+        _ => {
+            let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("spotflow")
+                    .enable_all()
+                    .build()
+                    .expect("cannot start the spotflow_device runtime threads"),
+            ));
+            *slot = Some((pid, rt));
+            rt
+        }
+    }
+}
+
+/// Refuses to use a client in another process than the one that started it: after `os.fork()`
+/// the child has none of the client's threads (its calls would hang), so it must start its own.
+pub(crate) fn same_process(started_in: u32) -> PyResult<()> {
+    let pid = std::process::id();
+    if pid == started_in {
+        return Ok(());
+    }
+    Err(SpotflowError::new_err(format!(
+        "this client was started in process {started_in}, not in this one ({pid}): after os.fork() \
+         a client cannot be used in the child; call DeviceClient.start in the process that uses it"
+    )))
 }
 
 /// Runs a short, bounded operation (an enqueue, a property update) without the GIL.

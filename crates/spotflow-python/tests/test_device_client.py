@@ -467,3 +467,49 @@ def test_the_reference_example_with_fastest_compression_stores_readable_payloads
             assert m["contentEncoding"] == "br" and len(raw) < len(m["payload"])
         else:
             assert m["contentEncoding"] is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_client_used_after_fork_raises_instead_of_hanging(emulator, token, approver, tmp_path):
+    """The child of os.fork() has none of the client's threads: using the parent's client there
+    raises a clear SpotflowError (it used to hang), and the parent's client keeps working."""
+    with start(emulator, token, tmp_path / "fork.db", "py-fork", approver) as client:
+        sender = client.create_stream_sender(stream="fork")
+        sender.send_message("before fork")
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what happened through the pipe, then leave at once
+            os.close(read)
+            try:
+                sender.enqueue_message("from the child")
+                outcome = "no error"
+            except SpotflowError as e:
+                outcome = "SpotflowError: " + str(e)
+            except BaseException as e:  # noqa: BLE001 (reported to the parent)
+                outcome = f"{type(e).__name__}: {e}"
+            os.write(write, outcome.encode())
+            os._exit(0)
+        os.close(write)
+        import select
+        import signal
+
+        chunks = []
+        deadline = time.monotonic() + 30
+        while True:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([read], [], [], max(remaining, 0))
+            if not ready:  # the child hangs: kill it and fail
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child's call did not return within 30 s")
+            chunk = os.read(read, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(read)
+        _, status = os.waitpid(pid, 0)
+        outcome = b"".join(chunks).decode()
+        assert outcome.startswith("SpotflowError:") and "os.fork()" in outcome, outcome
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        sender.send_message("after fork")
+        assert [m["payload"] for m in emulator.messages(hub_id(client))] == ["before fork", "after fork"]
