@@ -470,6 +470,7 @@ def test_the_reference_example_with_fastest_compression_stores_readable_payloads
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_client_used_after_fork_raises_instead_of_hanging(emulator, token, approver, tmp_path):
     """The child of os.fork() has none of the client's threads: using the parent's client there
     raises a clear SpotflowError (it used to hang), and the parent's client keeps working."""
