@@ -51,6 +51,13 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .with_state(inner)
 }
 
+/// Longest blob name accepted.
+const MAX_BLOB_NAME: usize = 256;
+/// How long a started upload's blob signature is valid.
+const UPLOAD_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Most uploads in progress at once (all devices).
+const MAX_UPLOADS: usize = 10_000;
+
 /// Largest body the traffic recorder reads (the SDK's largest upload is 16 MiB).
 const MAX_RECORDED_BODY: usize = 64 * 1024 * 1024;
 
@@ -263,8 +270,12 @@ async fn file_upload_init(
         Err(r) => return r,
     };
     let Ok(Some(blob)) = optional_string(&body, "blobName") else { return bad_request("blobName is required") };
-    if blob.is_empty() || blob.contains(['/', '?', '#']) {
-        return bad_request("invalid blobName");
+    if blob.is_empty()
+        || blob.len() > MAX_BLOB_NAME
+        || blob.contains(['/', '?', '#'])
+        || blob.chars().any(char::is_control)
+    {
+        return bad_request("invalid blobName (1 to 256 bytes, no '/', '?', '#' or control characters)");
     }
     let correlation = random_hex(16);
     let sas_token = format!("?sv=2020-08-04&sr=b&sig={}", random_hex(16));
@@ -272,10 +283,17 @@ async fn file_upload_init(
         // Blob names are scoped to the device that started the upload: another device's pending
         // upload of the same name is not taken over.
         let mut uploads = inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        if uploads.get(&blob).is_some_and(|(owner, _)| *owner != hub_id) {
+        // Started uploads expire (their blob signature is refused after an hour), and there are
+        // at most `MAX_UPLOADS` of them: the map does not grow for good.
+        uploads.retain(|_, (_, _, started)| started.elapsed() < UPLOAD_LIFETIME);
+        if uploads.get(&blob).is_some_and(|(owner, _, _)| *owner != hub_id) {
             return problem(StatusCode::CONFLICT, "/problems/blob-taken", "the blob name is used by another device");
         }
-        uploads.insert(blob.clone(), (hub_id.clone(), sas_token.clone()));
+        if uploads.len() >= MAX_UPLOADS && !uploads.contains_key(&blob) {
+            warn!(uploads = uploads.len(), "too many uploads in progress; refusing a new one");
+            return problem(StatusCode::SERVICE_UNAVAILABLE, "/problems/busy", "too many uploads in progress");
+        }
+        uploads.insert(blob.clone(), (hub_id.clone(), sas_token.clone(), std::time::Instant::now()));
     }
     let host = inner.upload_host();
     debug!(device = %hub_id, ?blob, "file upload started");
@@ -296,7 +314,10 @@ async fn put_blob(
     body: Bytes,
 ) -> Response {
     let expected = inner.uploads.lock().unwrap_or_else(|p| p.into_inner()).get(&blob).cloned();
-    let Some((hub_id, sas)) = expected else { return unauthorized("no upload was started for this blob") };
+    let Some((hub_id, sas, started)) = expected else { return unauthorized("no upload was started for this blob") };
+    if started.elapsed() >= UPLOAD_LIFETIME {
+        return unauthorized("the upload expired; start a new one");
+    }
     let signature_ok = match (query.get("sig"), sas.split("sig=").nth(1)) {
         (Some(given), Some(expected)) => spotflow_core::secure_random::ct_eq(given.as_bytes(), expected.as_bytes()),
         _ => false,

@@ -216,7 +216,8 @@ pub(crate) struct Inner {
     pub db: db::Db,
     pub admin_token: String,
     sessions: Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>,
-    pub uploads: Mutex<HashMap<String, (String, String)>>,
+    /// Started uploads: blob name → (device, SAS token, when).
+    pub uploads: Mutex<HashMap<String, (String, String, std::time::Instant)>>,
     stored: watch::Sender<u64>,
     duplicates: std::sync::atomic::AtomicU64,
     https_addr: Mutex<Option<SocketAddr>>,

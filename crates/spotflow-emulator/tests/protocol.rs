@@ -679,6 +679,18 @@ async fn large_messages_are_uploaded_and_linked() {
     )
     .await;
     assert_eq!(s, 409, "another device cannot start an upload of the same blob name");
+    // Names are bounded (the uploads map once grew by 93 MB from 60 calls with 1.5 MB names).
+    for bad in ["x".repeat(257), "a\nb".to_owned()] {
+        let (s, _) = call(
+            &http,
+            reqwest::Method::POST,
+            format!("{base}/devices/{}/files?api-version=2020-03-13", other.hub_id),
+            Some(&other.sas),
+            &json!({"blobName": bad}).to_string(),
+        )
+        .await;
+        assert_eq!(s, 400, "{bad:?}");
+    }
     publish_link(&emu, &other, blob_name).await;
     let theirs = emu.messages(MessageQuery { hub_device_id: Some(other.hub_id.clone()), ..Default::default() }).await;
     assert_eq!(theirs.len(), 1);
