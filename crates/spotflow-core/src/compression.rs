@@ -18,12 +18,13 @@ pub enum Compression {
     #[default]
     Uncompressed,
     /// Brotli with the fastest settings (quality 1; `content-encoding=br`), readable by the
-    /// Spotflow platform. At least as fast as the official SDK's `Fastest`, with at least its
-    /// ratio (see the compression benchmark).
+    /// Spotflow platform. At least the official SDK's ratio on every file of the compression
+    /// benchmark; faster than it on payloads of 8 KiB and more, the same code (and speed) below.
     Fastest,
-    /// Brotli with the settings that give the smallest size (quality 11, window 24;
-    /// `content-encoding=br`), readable by the Spotflow platform. Slow: about 1 MB/s, so a
-    /// 16 MiB payload takes many seconds (done off the async executor).
+    /// Brotli with the settings that give the smallest size (quality 11, window up to 24;
+    /// `content-encoding=br`), readable by the Spotflow platform. Slow: 0.1–0.6 MB/s in the
+    /// compression benchmark, so a 16 MiB payload takes seconds to a minute (done off the async
+    /// executor).
     SmallestSize,
     /// The standard LZ4 frame format (`content-encoding=lz4`): very fast, lower ratio.
     ///
@@ -60,15 +61,15 @@ pub const MAX_DECOMPRESSED_SIZE: usize = 16 * 1024 * 1024;
 /// Brotli settings of [`Compression::Fastest`]: quality 1, the official SDK's; what makes ours
 /// faster and smaller on payloads of 8 KiB and more is the chunk size (see `brotli_compress`).
 /// Chosen with the compression benchmark (`interop/official-sdk`, `compression-bench`): quality 0
-/// is slower on small messages and 16 % larger; quality 2 is slower on small messages; the text
-/// mode and smaller windows changed nothing measurable.
-const BROTLI_FASTEST: BrotliSettings = BrotliSettings { quality: 1, min_lgwin: 10, lgwin: 22, text_mode: false };
+/// is slower on small messages and up to 19 % larger; quality 2 is slower on small messages; the
+/// text mode and smaller windows changed nothing measurable.
+const BROTLI_FASTEST: BrotliSettings = BrotliSettings { quality: 1, min_lgwin: 10, lgwin: 22 };
 /// Brotli settings of [`Compression::SmallestSize`]: quality 11 with the largest standard window
 /// (24; it helps payloads over 4 MiB and changes nothing below; the text mode changed nothing
 /// measurable on the corpus). Each payload gets the smallest window that holds it
 /// (`window_for`), here at least 16: at quality 11, windows of 10–14 made the small messages of
 /// the corpus 0.3 % larger than the official SDK's window 22, 16 made them 0.3 % smaller.
-const BROTLI_SMALLEST: BrotliSettings = BrotliSettings { quality: 11, min_lgwin: 16, lgwin: 24, text_mode: false };
+const BROTLI_SMALLEST: BrotliSettings = BrotliSettings { quality: 11, min_lgwin: 16, lgwin: 24 };
 
 #[derive(Debug, Clone, Copy)]
 struct BrotliSettings {
@@ -77,7 +78,6 @@ struct BrotliSettings {
     min_lgwin: i32,
     /// Largest window used.
     lgwin: i32,
-    text_mode: bool,
 }
 
 impl ContentEncoding {
@@ -153,8 +153,8 @@ impl Compression {
     /// Payloads at least this long are compressed off the async executor (on Tokio's blocking
     /// pool), so that compressing one never stalls other tasks for more than about 100 µs.
     /// Derived from the compression benchmark's time per payload on the project's 2-core
-    /// machines (µs for 4/16/64 KiB: Brotli q1 45/165/723, LZ4 7/23/110, zstd-3 26/67/249,
-    /// zstd-9 102/669/1,712; Brotli q11 and zstd-19 take milliseconds even for 1 KiB).
+    /// machines (µs for 4/16/64 KiB: Brotli q1 42/172/668, LZ4 6/21/112, zstd-3 23/62/234,
+    /// zstd-9 84/592/1,552; Brotli q11 and zstd-19 take milliseconds even for 1 KiB).
     pub fn offload_threshold(self) -> usize {
         match self {
             Compression::Uncompressed => usize::MAX,
@@ -188,18 +188,16 @@ impl Compression {
 /// quality 11 a hash forest of two 4-byte entries per window byte: 128 MiB at window 24,
 /// allocated, page-faulted and freed for every message) and the decoder's ring buffer scale with
 /// the window, and a window larger than the payload buys nothing: with the fixed window 24, one
-/// 256-byte `SmallestSize` message cost about 80 ms on a device's blocking thread, 0.8 ms with
-/// this.
+/// 256-byte `SmallestSize` message cost about 80 ms on a device's blocking thread, about 0.7 ms
+/// with this (the throughput bench: 12 against 1,542 messages/s).
 fn window_for(len: usize, min: i32, max: i32) -> i32 {
     (min..max).find(|w| (1usize << w) - 16 >= len).unwrap_or(max)
 }
 
 fn brotli_compress(payload: &[u8], s: BrotliSettings) -> Vec<u8> {
-    use brotli::enc::backward_references::BrotliEncoderMode;
     let params = brotli::enc::BrotliEncoderParams {
         quality: s.quality,
         lgwin: window_for(payload.len(), s.min_lgwin, s.lgwin),
-        mode: if s.text_mode { BrotliEncoderMode::BROTLI_MODE_TEXT } else { BrotliEncoderMode::BROTLI_MODE_GENERIC },
         size_hint: payload.len(),
         ..Default::default()
     };

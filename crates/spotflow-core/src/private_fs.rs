@@ -50,6 +50,19 @@ pub fn tighten_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Prepares an SQLite database that holds secrets: the file owner-only from the first byte
+/// (SQLite gives its `-wal`, `-shm` and `-journal` files the database's mode), and those of an
+/// older database tightened too.
+pub fn prepare_sqlite_database(path: &Path) -> io::Result<()> {
+    prepare_private_file(path)?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        tighten_if_exists(Path::new(&side))?;
+    }
+    Ok(())
+}
+
 /// Writes `contents` to `path` (replacing it), owner-only from the first byte.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::io::Write;
@@ -99,6 +112,11 @@ mod tests {
         write_private_file(&dir.join("token"), b"secret").unwrap();
         assert_eq!(mode(&dir.join("token")), 0o600);
         tighten_if_exists(&dir.join("missing")).unwrap();
+        let wal = dir.join("old.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        prepare_sqlite_database(&old).unwrap();
+        assert_eq!(mode(&wal), 0o600);
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         prepare_private_dir(&dir).unwrap();
         assert_eq!(mode(&dir), 0o700);

@@ -53,6 +53,8 @@ async fn bad_messages_and_properties_are_clear_errors() {
     assert_invalid(client.create_stream_sender(None, Some("a\u{0}b"), Compression::Uncompressed), "stream");
     let long = "x".repeat(MAX_NAME_LEN + 1);
     assert_invalid(client.create_stream_sender(None, Some(&long), Compression::Uncompressed), "stream");
+    assert_invalid(client.create_stream_sender(None, None, Compression::Zstd { level: 0 }), "zstd level");
+    assert_invalid(client.create_stream_sender(None, None, Compression::Zstd { level: 99 }), "zstd level");
     let sender = client.create_stream_sender(None, None, Compression::Fastest).unwrap();
     match sender.enqueue_message(vec![0u8; 1025]).await {
         Err(Error::PayloadTooLarge { size: 1025, limit: 1024 }) => {}

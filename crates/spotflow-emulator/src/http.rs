@@ -87,11 +87,7 @@ async fn record_http(State(inner): Shared, request: axum::extract::Request, next
     record.insert("method".into(), json!(parts.method.as_str()));
     record.insert("path".into(), json!(path));
     // A blob upload's query is a SAS token: its shape only.
-    let query = parts.uri.query().map(|q| match q.contains("sig=") {
-        true => crate::traffic::mask_secret(&format!("?{q}"))[1..].to_owned(),
-        false => q.to_owned(),
-    });
-    record.insert("query".into(), json!(query));
+    record.insert("query".into(), json!(parts.uri.query().map(crate::traffic::mask_query)));
     record.insert("headers".into(), Value::Object(headers));
     record.insert("body".into(), crate::traffic::body(&body));
     let response = next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body))).await;
@@ -545,11 +541,12 @@ async fn admin_messages(State(inner): Shared, headers: HeaderMap, Query(q): Quer
     let mut bytes = 0usize;
     let messages: Vec<_> = messages
         .into_iter()
-        .take_while(|m| {
-            let first_or_fits = bytes == 0 || bytes + m.payload.len() <= MAX_ADMIN_PAGE_BYTES;
+        .enumerate()
+        .take_while(|(i, m)| {
             bytes += m.payload.len();
-            first_or_fits
+            *i == 0 || bytes <= MAX_ADMIN_PAGE_BYTES
         })
+        .map(|(_, m)| m)
         .collect();
     let out: Vec<Value> = messages
         .into_iter()

@@ -431,12 +431,8 @@ impl Emulator {
             // The database holds SAS keys and tokens: owner-only from the first byte (SQLite
             // gives its -wal and -shm files the database's mode).
             let db = dir.join("emulator.db");
-            spotflow_core::private_fs::prepare_private_file(&db)
+            spotflow_core::private_fs::prepare_sqlite_database(&db)
                 .map_err(|e| format!("cannot restrict {}: {e}", db.display()))?;
-            for side in ["emulator.db-wal", "emulator.db-shm"] {
-                spotflow_core::private_fs::tighten_if_exists(&dir.join(side))
-                    .map_err(|e| format!("cannot restrict {side}: {e}"))?;
-            }
         }
         let db_path = config.data_dir.as_ref().map_or(PathBuf::from(":memory:"), |d| d.join("emulator.db"));
         let (db, state) = db::Db::open(&db_path)?;

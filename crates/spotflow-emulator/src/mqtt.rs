@@ -166,7 +166,9 @@ where
         }
     };
     let mut out = BytesMut::new();
-    record(&inner, "in", &connect.client_id, &Packet::Connect(connect.clone()));
+    if inner.traffic.enabled() {
+        record(&inner, "in", &connect.client_id, &Packet::Connect(connect.clone()));
+    }
     let (hub_id, sas_expires_at) = match authenticate(&inner, &connect) {
         Ok(found) => found,
         Err(code) => {
@@ -193,26 +195,21 @@ where
     out.clear();
     // Idle limit: 1.5 keep-alive intervals, or the configured idle timeout when the client asked
     // for no keep-alive (0), so that no connection stays open forever without traffic.
-    let keep_alive = Some(match connect.keep_alive {
+    let keep_alive = match connect.keep_alive {
         0 => inner.config.idle_timeout,
         k => Duration::from_millis(u64::from(k) * 1500),
-    });
-    let mut deadline = keep_alive.map(|k| Instant::now() + k);
+    };
+    let mut deadline = Instant::now() + keep_alive;
     // The connection ends when its SAS expires (the device reconnects with a renewed one).
     let sas_left = Duration::from_millis(sas_expires_at.saturating_sub(now_ms()));
     let sas_expiry = tokio::time::sleep(sas_left);
     tokio::pin!(sas_expiry);
     let reason = loop {
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = tokio::time::sleep_until(deadline);
         tokio::select! {
             packet = read_packet(&mut rd, &mut buf, max) => match packet {
                 Ok(packet) => {
-                    deadline = keep_alive.map(|k| Instant::now() + k);
+                    deadline = Instant::now() + keep_alive;
                     if let Err(reason) = handle_packet(&inner, &hub_id, &tx, packet, &mut out) {
                         break reason;
                     }

@@ -1,7 +1,7 @@
 //! The telemetry property bag and payload decoding.
 
 use percent_encoding::percent_decode_str;
-use spotflow_core::{decompress_limited, ContentEncoding};
+use spotflow_core::{decompress, ContentEncoding};
 
 use crate::db::StoredMessage;
 
@@ -44,17 +44,15 @@ pub fn apply_properties(message: &mut StoredMessage, properties: Vec<(String, St
     Ok(())
 }
 
-/// Largest decoded payload the emulator stores: the SDK's largest message (16 MiB). A payload
-/// that would decode to more (a decompression bomb) is stored as it arrived, flagged.
-pub const MAX_DECODED_SIZE: usize = spotflow_core::MAX_DECOMPRESSED_SIZE;
-
 /// Decodes a payload sent with `encoding` (`br`, `lz4` frame, `zstd`); an error for an unknown
-/// encoding, corrupt data or a payload over [`MAX_DECODED_SIZE`] once decoded.
+/// encoding, corrupt data or a payload over the SDK's largest message (16 MiB,
+/// [`spotflow_core::MAX_DECOMPRESSED_SIZE`]) once decoded: a decompression bomb is stored as it
+/// arrived, flagged.
 pub fn decode_payload(encoding: Option<&str>, payload: &[u8]) -> Result<Vec<u8>, String> {
     match encoding {
         None => Ok(payload.to_vec()),
         Some(token) => match ContentEncoding::from_token(token) {
-            Some(enc) => decompress_limited(enc, payload, MAX_DECODED_SIZE).map_err(|e| e.to_string()),
+            Some(enc) => decompress(enc, payload).map_err(|e| e.to_string()),
             None => Err(format!("unknown content encoding {token:?}")),
         },
     }

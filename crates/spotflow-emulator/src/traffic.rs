@@ -138,6 +138,16 @@ pub fn mask_json(doc: &mut Value) {
     }
 }
 
+/// A URL query that carries a SAS token (`sv=…&sr=b&sig=…`) as its shape only; other queries as
+/// they are.
+pub fn mask_query(query: &str) -> String {
+    if query.contains("sig=") {
+        mask_secret(&format!("?{query}")).split_off(1)
+    } else {
+        query.to_owned()
+    }
+}
+
 /// The shape of a secret without its value: a SAS keeps its resource (`sr`) and the names of its
 /// fields; a SAS token query (`?sv=…&sig=…`) keeps its field names; a `Bearer` token becomes
 /// `Bearer <token>`; anything else `<secret>`.
@@ -178,6 +188,8 @@ mod tests {
         assert_eq!(mask_secret("Bearer eyJ0b2tlbiI6"), "Bearer <token>");
         assert_eq!(mask_secret("?sv=2020&sr=b&sig=00ff"), "?sv=<sv>&sr=b&sig=<sig>");
         assert_eq!(mask_secret("raw-token"), "<secret>");
+        assert_eq!(mask_query("sv=2020&sr=b&sig=00ff"), "sv=<sv>&sr=b&sig=<sig>");
+        assert_eq!(mask_query("api-version=2020-03-13"), "api-version=2020-03-13");
         let mut doc = json!({"registrationToken": "t0k", "nested": [{"sasToken": "?sig=1"}], "deviceId": "d"});
         mask_json(&mut doc);
         assert_eq!(

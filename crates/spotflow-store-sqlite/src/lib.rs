@@ -160,12 +160,7 @@ fn private_error(path: &Path, e: std::io::Error) -> Error {
 fn open_connection(path: &Path, durability: Durability, max_bytes: Option<u64>) -> Result<Connection> {
     // The database holds the device's tokens and SAS: owner-only from the first byte (SQLite gives
     // its -wal and -shm files the database's mode), and an older one tightened with a warning.
-    spotflow_core::private_fs::prepare_private_file(path).map_err(|e| private_error(path, e))?;
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let mut side = path.as_os_str().to_owned();
-        side.push(suffix);
-        spotflow_core::private_fs::tighten_if_exists(Path::new(&side)).map_err(|e| private_error(path, e))?;
-    }
+    spotflow_core::private_fs::prepare_sqlite_database(path).map_err(|e| private_error(path, e))?;
     let conn = Connection::open(path).map_err(|e| sql_error(path, "cannot open", e))?;
     let sync = match durability {
         Durability::CrashSafe => "NORMAL",

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use spotflow::{
-    DesiredProperties, DesiredPropertiesUpdatedCallback, DeviceClientBuilder, MessageContext, ProvisioningOperation,
-    ProvisioningOperationDisplayHandler,
+    DesiredProperties, DesiredPropertiesUpdatedCallback, DeviceClient, DeviceClientBuilder, MessageContext,
+    ProvisioningOperation, ProvisioningOperationDisplayHandler,
 };
 
 struct Display;
@@ -42,6 +42,35 @@ fn say(line: &str) {
 
 fn env(name: &str) -> Result<String> {
     std::env::var(name).with_context(|| format!("{name} is not set"))
+}
+
+/// Updates the reported properties and waits (60 s at most) until they are sent.
+fn report(client: &DeviceClient, json: &str) -> Result<()> {
+    client.update_reported_properties(json)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.any_pending_reported_properties_updates()? {
+        if Instant::now() > deadline {
+            bail!("reported properties not sent within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Waits (at most `timeout`) until desired properties of version `wanted` or newer arrive; says
+/// `GOT <version>`.
+fn await_desired(client: &DeviceClient, wanted: u64, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(d) = client.desired_properties_if_newer(wanted - 1) {
+            say(&format!("GOT {}", d.version));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("desired properties version {wanted} did not arrive");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A payload of the golden scenario (`interop/golden/scenario.txt`): the generators shared with
@@ -74,14 +103,7 @@ fn run_scenario(path: &str) -> Result<()> {
         }
         let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
         if verb == "reported" {
-            client.update_reported_properties(rest)?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while client.any_pending_reported_properties_updates()? {
-                if Instant::now() > deadline {
-                    bail!("line {}: reported properties not sent within 60 s", n + 1);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            report(&client, rest).with_context(|| format!("line {}", n + 1))?;
             continue;
         }
         if verb == "wait-sent" {
@@ -128,17 +150,7 @@ fn run_scenario(path: &str) -> Result<()> {
         }
     }
     say("SENT");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(d) = client.desired_properties_if_newer(1) {
-            say(&format!("GOT {}", d.version));
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("desired properties version 2 did not arrive");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    await_desired(&client, 2, Duration::from_secs(120))?;
     say("DONE");
     Ok(())
 }
@@ -178,14 +190,7 @@ fn main() -> Result<()> {
 
     // Reported properties first: the official SDK's PUBACK bookkeeping can delete a queued
     // telemetry row when a twin request is acknowledged (protocol.md §11.1).
-    client.update_reported_properties(r#"{"interop":true,"sdk":"spotflow 0.8.1"}"#)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.any_pending_reported_properties_updates()? {
-        if Instant::now() > deadline {
-            bail!("reported properties not sent within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    report(&client, r#"{"interop":true,"sdk":"spotflow 0.8.1"}"#)?;
 
     let context = MessageContext::new(Some("interop-group".to_owned()), Some("interop-stream".to_owned()));
     for i in 0..count {
@@ -200,17 +205,7 @@ fn main() -> Result<()> {
     say(&format!("SENT {count}"));
 
     // Wait (bounded) for the desired version the orchestrator sets after it saw the messages.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(d) = client.desired_properties_if_newer(wanted - 1) {
-            say(&format!("GOT {}", d.version));
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("desired properties version {wanted} did not arrive");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_desired(&client, wanted, Duration::from_secs(300))?;
     say("DONE");
     Ok(())
 }
