@@ -173,9 +173,16 @@ class DeviceClient:
     def pending_messages_count(self) -> int:
         """The number of Messages that have been persisted in the local database file but haven't
         been sent to the Platform yet."""
+    @property
+    def refused_messages_count(self) -> int:
+        """(Read-only, not in the official SDK) The number of Messages the Platform refused for
+        good since the start, e.g. a Message over 250,000 bytes whose upload was answered with a
+        4xx other than 401, 408 and 429. A refused Message leaves the queue (logged as an error);
+        the Messages behind it keep flowing."""
     def wait_enqueued_messages_sent(self) -> None:
         """Block the current thread until all the Messages that have been previously enqueued are
-        sent to the Platform."""
+        sent to the Platform. Raises SpotflowError if the Platform refused some of them for good
+        (each refusal is raised once, by the first wait that covers it)."""
     def get_desired_properties(self) -> DesiredProperties:
         """Get the current Desired Properties. Only the latest version is returned, any versions
         between the last obtained one and the current one are skipped."""

@@ -84,6 +84,16 @@ pub enum Error {
         /// Status code of the twin response.
         status: u16,
     },
+    /// The platform refused messages for good (see [`crate::TransportEvent::MessageRefused`]);
+    /// they were removed from the queue while the rest of it kept flowing. Reported by the first
+    /// wait for sent messages that covers them.
+    #[error("the platform refused {count} message(s) for good; last reason: {last_reason}")]
+    MessagesRefused {
+        /// How many of the messages waited for were refused.
+        count: u64,
+        /// The reason given for the last of them.
+        last_reason: String,
+    },
     /// A bounded wait ran out.
     #[error("timed out: {0}")]
     Timeout(String),

@@ -118,6 +118,13 @@ impl OutgoingQueue {
         Some(m.message.queued_size())
     }
 
+    /// The platform refused `seq` for good: it leaves the queue like an acknowledged message (it is
+    /// removed from the store; retrying cannot succeed). Returns its queued size when it was in
+    /// flight, `None` for unknown or repeated ones.
+    pub fn handle_refused(&mut self, seq: u64) -> Option<u64> {
+        self.handle_ack(seq)
+    }
+
     /// Messages removed from the store without being delivered (dropped to make room): forget
     /// them. Returns how many of them this machine still held (read, in flight or not).
     pub fn forget(&mut self, seqs: &[u64]) -> usize {

@@ -31,6 +31,16 @@ pub enum TransportEvent {
     /// The platform acknowledged the telemetry message with this sequence number (as given to
     /// [`Connection::publish_message`]).
     MessageAcknowledged(u64),
+    /// The platform refused the telemetry message with this sequence number for good (e.g. the
+    /// upload of a large payload answered 413 or another permanent 4xx): sending it again cannot
+    /// succeed. The SDK removes it from the queue and reports the failure to the application
+    /// (stats, log, [`crate::Error::MessagesRefused`] from the next wait for sent messages).
+    MessageRefused {
+        /// The message's sequence number.
+        seq: u64,
+        /// Why the platform refused it (shown to the application).
+        reason: String,
+    },
     /// Answer to [`Connection::request_twin`]: the twin, or the error status.
     Twin {
         /// The request answered.

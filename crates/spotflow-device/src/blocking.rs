@@ -200,7 +200,13 @@ impl DeviceClient {
         self.inner.client.pending_messages_count()
     }
 
-    /// Blocks until every message enqueued before the call is acknowledged.
+    /// See [`crate::DeviceClient::refused_messages_count`].
+    pub fn refused_messages_count(&self) -> u64 {
+        self.inner.client.refused_messages_count()
+    }
+
+    /// Blocks until every message enqueued before the call is acknowledged (or refused for good:
+    /// see [`crate::DeviceClient::wait_enqueued_messages_sent`]).
     pub fn wait_enqueued_messages_sent(&self) -> Result<()> {
         self.run(self.inner.client.wait_enqueued_messages_sent())
     }

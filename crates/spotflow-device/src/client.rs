@@ -40,7 +40,22 @@ pub(crate) struct Shared {
     /// The latest appended messages, so that the worker need not read back from the store what
     /// was just written to it (a read competes with the next append for the store).
     recent: Mutex<RecentAppends>,
+    /// Messages the platform refused for good in this run.
+    refused_total: AtomicU64,
+    refused: Mutex<RefusedLog>,
 }
+
+/// Refused messages not yet reported by a wait for sent messages (bounded; beyond the bound only
+/// counted).
+#[derive(Default)]
+struct RefusedLog {
+    entries: std::collections::BTreeMap<u64, String>,
+    /// Refusals beyond the bound: reported by the next wait, whatever it covers.
+    overflow: u64,
+}
+
+/// Most refusals remembered with their reason until a wait reports them.
+const REFUSED_REMEMBERED: usize = 1000;
 
 /// Messages just appended, in sequence order, bounded in count and bytes.
 #[derive(Default)]
@@ -109,6 +124,28 @@ impl Shared {
         self.queued_bytes.fetch_add(size as i64, Ordering::AcqRel);
         self.last_appended.fetch_max(seq, Ordering::AcqRel);
         self.appended.notify_one();
+    }
+
+    /// The platform refused message `seq` for good (it has left the queue).
+    pub fn message_refused(&self, seq: u64, reason: String) {
+        self.refused_total.fetch_add(1, Ordering::AcqRel);
+        let mut log = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        log.entries.insert(seq, reason);
+        if log.entries.len() > REFUSED_REMEMBERED {
+            log.entries.pop_first();
+            log.overflow += 1;
+        }
+    }
+
+    /// Takes the refusals of messages up to `through` not reported yet: their count and the last
+    /// reason.
+    fn take_refused(&self, through: u64) -> Option<(u64, String)> {
+        let mut log = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let later = log.entries.split_off(&through.saturating_add(1));
+        let taken = std::mem::replace(&mut log.entries, later);
+        let count = taken.len() as u64 + std::mem::take(&mut log.overflow);
+        let last = taken.into_values().next_back().unwrap_or_else(|| "(reason not kept)".to_owned());
+        (count > 0).then_some((count, last))
     }
 
     /// A message left the queue (acknowledged, or dropped to make room).
@@ -322,6 +359,8 @@ impl DeviceClientBuilder {
             reported: watch::channel((false, None)).0,
             connected: AtomicBool::new(false),
             recent: Mutex::new(RecentAppends::default()),
+            refused_total: AtomicU64::new(0),
+            refused: Mutex::new(RefusedLog::default()),
         });
         let reported = ReportedTracker::new(reported);
         shared.set_reported_status(reported.any_pending(), None);
@@ -403,7 +442,9 @@ fn network_stack(
     };
     let transport = match transport {
         Some(t) => t,
-        None if network.protocol == crate::Protocol::MqttOverWebSocket => websocket_transport(network, options, tls)?,
+        None if network.protocol == crate::Protocol::MqttOverWebSocket => {
+            websocket_transport(instance, network, options, tls)?
+        }
         None => {
             let mut o = if network.mqtt_plain_tcp {
                 warn!("MQTT over plain TCP: traffic is neither encrypted nor authenticated");
@@ -414,7 +455,7 @@ fn network_stack(
                 o
             };
             o.max_in_flight = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
-            o.upload_base_url = network.upload_base_url.clone();
+            o.upload_base_url = upload_base_url(instance, network)?;
             o.connect_timeout = options.request_timeout;
             Arc::new(MqttTransport::new(o)?)
         }
@@ -422,8 +463,20 @@ fn network_stack(
     Ok((api, transport))
 }
 
+/// Where large messages are uploaded: the option (`https://`, or `http://` to a loopback host:
+/// the upload carries the SAS), else, for a local instance (loopback host: the emulator serves
+/// the upload API beside provisioning), the instance itself, else `https://{hub}` (`None`).
+#[cfg(feature = "mqtt")]
+fn upload_base_url(instance: &Instance, network: &NetworkOptions) -> Result<Option<String>> {
+    match &network.upload_base_url {
+        Some(url) => Instance::parse(url).map(|u| Some(u.base_url())).map_err(|e| Error::invalid("upload base URL", e)),
+        None => Ok(spotflow_core::is_loopback_host(&instance.host).then(|| instance.base_url())),
+    }
+}
+
 #[cfg(feature = "ws")]
 fn websocket_transport(
+    instance: &Instance,
     network: &NetworkOptions,
     options: &ClientOptions,
     tls: Arc<spotflow_transport_mqtt_rustls::ClientConfig>,
@@ -440,13 +493,14 @@ fn websocket_transport(
     if let Some(p) = &network.proxy {
         o.proxy = ProxyMode::Explicit(Proxy::parse(p)?);
     }
-    o.upload_base_url = network.upload_base_url.clone();
+    o.upload_base_url = upload_base_url(instance, network)?;
     o.connect_timeout = options.request_timeout;
     Ok(Arc::new(WsTransport::new(o)))
 }
 
 #[cfg(all(feature = "mqtt", not(feature = "ws")))]
 fn websocket_transport(
+    _instance: &Instance,
     _network: &NetworkOptions,
     _options: &ClientOptions,
     _tls: Arc<spotflow_transport_mqtt_rustls::ClientConfig>,
@@ -602,7 +656,9 @@ impl DeviceClient {
         self.inner.shared.connected.load(Ordering::Acquire)
     }
 
-    /// Waits until every message enqueued before the call is acknowledged by the platform.
+    /// Waits until every message enqueued before the call has left the queue: acknowledged by
+    /// the platform, or refused by it for good. Refusals not reported before are returned as
+    /// [`Error::MessagesRefused`] (see [`DeviceClient::refused_messages_count`]).
     pub async fn wait_enqueued_messages_sent(&self) -> Result<()> {
         self.wait_acked(self.inner.shared.last_appended()).await
     }
@@ -617,7 +673,19 @@ impl DeviceClient {
     async fn wait_acked(&self, seq: u64) -> Result<()> {
         self.check_open()?;
         let mut rx = self.inner.acked.clone();
-        rx.wait_for(|through| *through >= seq).await.map(|_| ()).map_err(|_| Error::Closed)
+        rx.wait_for(|through| *through >= seq).await.map_err(|_| Error::Closed)?;
+        match self.inner.shared.take_refused(seq) {
+            Some((count, last_reason)) => Err(Error::MessagesRefused { count, last_reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Messages the platform refused for good since the client started (e.g. a large message
+    /// whose upload was answered 413). A refused message is removed from the queue and logged at
+    /// error level; the rest of the queue keeps flowing. Each refusal is also reported, once, by
+    /// the first [`DeviceClient::wait_enqueued_messages_sent`] that covers it.
+    pub fn refused_messages_count(&self) -> u64 {
+        self.inner.shared.refused_total.load(Ordering::Acquire)
     }
 
     /// The current desired properties (version 0 and no values before any are known).

@@ -14,7 +14,7 @@ use spotflow_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::client::Shared;
 use crate::ClientOptions;
@@ -263,6 +263,13 @@ impl Worker {
             TransportEvent::MessageAcknowledged(seq) => {
                 if let Some(size) = self.queue.handle_ack(seq) {
                     self.shared.message_acknowledged(size);
+                }
+            }
+            TransportEvent::MessageRefused { seq, reason } => {
+                if let Some(size) = self.queue.handle_refused(seq) {
+                    error!(seq, %reason, "the platform refused a message for good; it is removed from the queue");
+                    self.shared.message_acknowledged(size);
+                    self.shared.message_refused(seq, reason);
                 }
             }
             TransportEvent::Twin { request, result } if Some(request) == self.twin_request => {

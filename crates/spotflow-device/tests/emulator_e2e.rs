@@ -346,11 +346,111 @@ async fn messages_over_the_mqtt_limit_are_uploaded_and_linked(proto: Proto) {
     let big: Vec<u8> = (0..400_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
     sender.send_message(Message::new(big.clone()).message_id("big")).await.unwrap();
     sender.send_message("small after big").await.unwrap();
+    // Unbatched: the small message need not wait for the upload, so the order is free.
     let messages = stored(&emu, "ws-emulator:large").await;
     assert_eq!(messages.len(), 2);
-    assert!(messages[0].externalized);
-    assert_eq!(messages[0].payload, big, "the uploaded blob is stored with its message");
-    assert_eq!(messages[1].payload, b"small after big");
+    let large: Vec<_> = messages.iter().filter(|m| m.externalized).collect();
+    assert_eq!(large.len(), 1);
+    assert_eq!(large[0].payload, big, "the uploaded blob is stored with its message");
+    assert!(messages.iter().any(|m| !m.externalized && m.payload == b"small after big"));
+}
+
+/// Incompressible bytes (xorshift), for payloads that stay large whatever the compression.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A large message the platform refuses for good (its upload is over the emulator's 16 MiB limit:
+/// 413) leaves the queue as a failure the application sees, and holds nothing behind it: other
+/// streams flow while it uploads, and the later messages of its batch wait for it and then flow.
+/// A large message of a batch that is accepted keeps its place in the batch.
+async fn a_refused_large_message_is_reported_and_holds_nothing_behind_it(proto: Proto) {
+    let emu = auto_emulator().await;
+    let token = emu.create_provisioning_token();
+    let client = device(proto, &emu, &token, &store(), "poison")
+        .with_options(|o| o.max_message_size = 20 * 1024 * 1024)
+        .start()
+        .await
+        .unwrap();
+    let poison = client.create_stream_sender(None, Some("poison"), Compression::Uncompressed).unwrap();
+    let other = client.create_stream_sender(None, Some("other"), Compression::Uncompressed).unwrap();
+    let ordered = client.create_stream_sender(None, Some("ordered"), Compression::Uncompressed).unwrap();
+    let too_large = noise(spotflow_emulator::MAX_BLOB_BYTES + 1024, 7);
+    poison.enqueue_message(Message::new(too_large).batch_id("b1").message_id("too-large")).await.unwrap();
+    for i in 0..3 {
+        poison.enqueue_message(Message::new(format!("b1-{i}")).batch_id("b1")).await.unwrap();
+    }
+    poison.enqueue_batch_completion("b1").await.unwrap();
+    for i in 0..50 {
+        other.enqueue_message(format!("other-{i}")).await.unwrap();
+    }
+    let accepted = noise(300_000, 11);
+    ordered.enqueue_message(Message::new(accepted.clone()).batch_id("b2")).await.unwrap();
+    ordered.enqueue_message(Message::new("after the large one").batch_id("b2")).await.unwrap();
+    ordered.enqueue_batch_completion("b2").await.unwrap();
+    match client.wait_enqueued_messages_sent_timeout(Duration::from_secs(60)).await {
+        Err(Error::MessagesRefused { count: 1, last_reason }) => {
+            assert!(last_reason.contains("413"), "the reason names the refusal: {last_reason}")
+        }
+        other => panic!("expected one refused message, got {other:?}"),
+    }
+    assert_eq!(client.refused_messages_count(), 1);
+    assert_eq!(client.pending_messages_count(), 0);
+    client.wait_enqueued_messages_sent_timeout(WAIT).await.expect("a refusal is reported once");
+    let messages = stored(&emu, "ws-emulator:poison").await;
+    let stream =
+        |name: &str| -> Vec<&StoredMessage> { messages.iter().filter(|m| m.stream.as_deref() == Some(name)).collect() };
+    assert_eq!(stream("other").len(), 50);
+    let p = stream("poison");
+    assert_eq!(p.len(), 4, "the rest of the refused message's batch is delivered");
+    assert!(p.iter().all(|m| !m.externalized));
+    assert!(p[3].complete_batch, "the completion stays last in its batch");
+    let o = stream("ordered");
+    assert_eq!(o.len(), 3);
+    assert!(o[0].externalized && o[0].payload == accepted, "the large message keeps its place in the batch");
+    assert_eq!(o[1].payload, b"after the large one");
+    assert!(o[2].complete_batch);
+}
+
+/// An upload host that cannot be reached is retried without end, but the messages queued behind
+/// the large message are delivered meanwhile.
+async fn an_unreachable_upload_host_holds_nothing_behind_it(proto: Proto) {
+    let emu = auto_emulator().await;
+    let token = emu.create_provisioning_token();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let client = device(proto, &emu, &token, &store(), "unreachable")
+        .with_network(move |n| n.upload_base_url = Some(dead))
+        .start()
+        .await
+        .unwrap();
+    let sender = client.create_stream_sender(None, Some("s"), Compression::Uncompressed).unwrap();
+    sender.enqueue_message(noise(400_000, 3)).await.unwrap();
+    for i in 0..100 {
+        sender.enqueue_message(format!("behind-{i}")).await.unwrap();
+    }
+    assert!(emu.wait_for_messages(100, WAIT).await, "the messages behind the large one were delivered");
+    assert_eq!(stored(&emu, "ws-emulator:unreachable").await.len(), 100);
+    // The emulator stores a message before the device reads its acknowledgement: poll the count
+    // (bounded: 30 s).
+    for _ in 0..3000 {
+        if client.pending_messages_count() <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(client.pending_messages_count(), 1, "the large message is still being retried, not dropped");
+    assert_eq!(client.refused_messages_count(), 0);
+    client.close().await.unwrap();
 }
 
 /// Every compression setting, on a small message over MQTT and on a message that is still over
@@ -419,3 +519,5 @@ both!(token_refresh_and_credential_renewal_while_five_thousand_messages_flow);
 both!(dropped_connections_mid_stream_lose_nothing);
 both!(offline_start_with_a_stored_registration_then_delivery_when_the_platform_is_up);
 both!(messages_over_the_mqtt_limit_are_uploaded_and_linked);
+both!(a_refused_large_message_is_reported_and_holds_nothing_behind_it);
+both!(an_unreachable_upload_host_holds_nothing_behind_it);

@@ -81,7 +81,8 @@ pub(crate) enum Stored {
 pub(crate) type AckFn = Box<dyn FnOnce(Stored) + Send>;
 
 enum Command {
-    SaveState(String),
+    /// The control state without devices (when it changed) and the devices that changed.
+    SaveState(Option<String>, Vec<(String, String)>),
     TwinHistory {
         hub_device_id: String,
         kind: &'static str,
@@ -107,6 +108,9 @@ enum Command {
 }
 
 /// Handle to the database thread.
+/// Versions of each device's desired and reported properties kept in `twin_history`.
+pub const TWIN_HISTORY_KEPT: i64 = 20;
+
 #[derive(Clone)]
 pub struct Db {
     tx: mpsc::Sender<Command>,
@@ -114,6 +118,7 @@ pub struct Db {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS control_state (id INTEGER PRIMARY KEY CHECK (id = 0), json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (hub_device_id TEXT PRIMARY KEY, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS twin_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, hub_device_id TEXT NOT NULL, kind TEXT NOT NULL,
     version INTEGER NOT NULL, document TEXT NOT NULL, at INTEGER NOT NULL);
@@ -163,10 +168,23 @@ impl Db {
             .query_row("SELECT json FROM control_state WHERE id = 0", [], |r| r.get(0))
             .optional()
             .map_err(|e| format!("cannot read state from {}: {e}", path.display()))?;
-        let state = match json {
+        let mut state: ControlState = match json {
             Some(j) => serde_json::from_str(&j).map_err(|e| format!("corrupt state in {}: {e}", path.display()))?,
             None => ControlState::default(),
         };
+        let devices: Vec<(String, String)> = conn
+            .prepare("SELECT hub_device_id, json FROM devices")
+            .and_then(|mut q| q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(|e| format!("cannot read devices from {}: {e}", path.display()))?;
+        for (id, json) in devices {
+            let device =
+                serde_json::from_str(&json).map_err(|e| format!("corrupt device {id:?} in {}: {e}", path.display()))?;
+            state.devices.insert(id, device);
+        }
+        // A state saved by an older emulator holds its devices inline: they move to their rows
+        // with the next save.
+        state.dirty.extend(state.devices.keys().cloned());
+        state.upgrade();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("emulator-db".into())
@@ -175,15 +193,34 @@ impl Db {
         Ok((Db { tx }, state))
     }
 
-    pub fn save_state(&self, state: &ControlState) {
-        match serde_json::to_string(state) {
-            Ok(json) => {
-                let _ = self.tx.send(Command::SaveState(json));
+    /// Persists the control state (without its devices) and the devices marked dirty: one
+    /// device's twin traffic rewrites its own row, never the whole state.
+    pub fn save_state(&self, state: &mut ControlState, control_changed: bool) {
+        let control = if control_changed {
+            match serde_json::to_string(state) {
+                Ok(json) => Some(json),
+                Err(e) => {
+                    error!(error = %e, "cannot serialise the control state");
+                    None
+                }
             }
-            Err(e) => error!(error = %e, "cannot serialise the control state"),
+        } else {
+            None
+        };
+        let devices = std::mem::take(&mut state.dirty)
+            .into_iter()
+            .filter_map(|id| {
+                let json = serde_json::to_string(state.devices.get(&id)?).ok()?;
+                Some((id, json))
+            })
+            .collect::<Vec<_>>();
+        if control.is_some() || !devices.is_empty() {
+            let _ = self.tx.send(Command::SaveState(control, devices));
         }
     }
 
+    /// Records the patch that made `version` of a device's desired or reported properties; the
+    /// last [`TWIN_HISTORY_KEPT`] of each are kept.
     pub fn twin_history(&self, hub_device_id: &str, kind: &'static str, version: u64, doc: &serde_json::Value) {
         let _ = self.tx.send(Command::TwinHistory {
             hub_device_id: hub_device_id.to_owned(),
@@ -240,7 +277,7 @@ impl Db {
 
 fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
     let mut pending: Vec<(StoredMessage, Option<AckFn>)> = Vec::new();
-    let mut state: Option<String> = None;
+    let mut state = PendingState::default();
     while let Ok(first) = rx.recv() {
         let mut queue = vec![first];
         // Group commit: take whatever else is waiting.
@@ -253,7 +290,12 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
         for command in queue {
             match command {
                 Command::Insert(m, ack) => pending.push((*m, ack)),
-                Command::SaveState(json) => state = Some(json),
+                Command::SaveState(control, devices) => {
+                    if control.is_some() {
+                        state.control = control;
+                    }
+                    state.devices.extend(devices);
+                }
                 other => {
                     flush(&mut conn, &mut pending, &mut state);
                     serve(&conn, other);
@@ -265,8 +307,15 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
     flush(&mut conn, &mut pending, &mut state);
 }
 
-fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)>, state: &mut Option<String>) {
-    if pending.is_empty() && state.is_none() {
+/// State writes not committed yet (the latest of each).
+#[derive(Default)]
+struct PendingState {
+    control: Option<String>,
+    devices: std::collections::BTreeMap<String, String>,
+}
+
+fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)>, state: &mut PendingState) {
+    if pending.is_empty() && state.control.is_none() && state.devices.is_empty() {
         return;
     }
     let mut outcomes = Vec::with_capacity(pending.len());
@@ -301,8 +350,11 @@ fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)
                 ])?;
                 outcomes.push(if inserted > 0 { Stored::Inserted } else { Stored::Duplicate });
             }
-            if let Some(json) = state.as_ref() {
+            if let Some(json) = state.control.as_ref() {
                 tx.execute("INSERT OR REPLACE INTO control_state (id, json) VALUES (0, ?1)", params![json])?;
+            }
+            for (id, json) in &state.devices {
+                tx.execute("INSERT OR REPLACE INTO devices (hub_device_id, json) VALUES (?1, ?2)", params![id, json])?;
             }
         }
         tx.commit()
@@ -311,7 +363,7 @@ fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)
     if let Err(e) = result {
         error!(error = %e, messages = pending.len(), "database write failed");
     }
-    *state = None;
+    *state = PendingState::default();
     for (i, (_, ack)) in pending.drain(..).enumerate() {
         if let Some(ack) = ack {
             ack(if ok { outcomes.get(i).copied().unwrap_or(Stored::Inserted) } else { Stored::Failed });
@@ -327,6 +379,12 @@ fn serve(conn: &Connection, command: Command) {
                 params![hub_device_id, kind, version as i64, doc, crate::state::now_ms() as i64],
             ) {
                 warn!(error = %e, "cannot store twin history");
+            }
+            if let Err(e) = conn.execute(
+                "DELETE FROM twin_history WHERE hub_device_id = ?1 AND kind = ?2 AND version <= ?3",
+                params![hub_device_id, kind, version as i64 - TWIN_HISTORY_KEPT],
+            ) {
+                warn!(error = %e, "cannot prune twin history");
             }
         }
         Command::PutBlob { name, hub_device_id, data, reply } => {
@@ -366,7 +424,7 @@ fn serve(conn: &Connection, command: Command) {
         Command::Sync(reply) => {
             let _ = reply.send(());
         }
-        Command::Insert(..) | Command::SaveState(_) => {}
+        Command::Insert(..) | Command::SaveState(..) => {}
     }
 }
 

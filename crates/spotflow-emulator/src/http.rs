@@ -35,7 +35,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/devices/registration-tokens/refresh", put(refresh))
         .route("/devices/{hub_device_id}/files", post(file_upload_init))
         .route("/devices/{hub_device_id}/files/notifications", post(file_upload_notify))
-        .route("/uploads/{blob}", put(put_blob))
+        .route("/uploads/{blob}", put(put_blob).layer(axum::extract::DefaultBodyLimit::max(MAX_BLOB_BYTES)))
         .route("/$iothub/websocket", get(websocket))
         .route("/admin/provisioning-tokens", post(admin_create_token))
         .route("/admin/operations", get(admin_operations))
@@ -48,8 +48,25 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/admin/messages", get(admin_messages))
         .route("/admin/traffic", get(admin_traffic))
         .layer(axum::middleware::from_fn_with_state(inner.clone(), record_http))
+        .layer(axum::middleware::from_fn_with_state(inner.clone(), request_deadline))
         .with_state(inner)
 }
+
+/// Bounds every request, body included (a client trickling a body is cut off with 408).
+async fn request_deadline(
+    State(inner): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(inner.config.http_request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => problem(StatusCode::REQUEST_TIMEOUT, "/problems/timeout", "the request took too long"),
+    }
+}
+
+/// Largest blob accepted (the SDK's largest message, `DEFAULT_MAX_MESSAGE_SIZE`); a larger one is
+/// refused with 413 Payload Too Large.
+pub const MAX_BLOB_BYTES: usize = 16 * 1024 * 1024;
 
 /// Longest blob name accepted.
 const MAX_BLOB_NAME: usize = 256;
@@ -486,8 +503,13 @@ async fn admin_desired(State(inner): Shared, Path(hub_id): Path<String>, headers
         Err(r) => return r,
     };
     match inner.update_desired(&hub_id, patch) {
-        Some(version) => Json(json!({"version": version})).into_response(),
-        None => problem(StatusCode::NOT_FOUND, "/problems/notFound", "no such device"),
+        Ok(version) => Json(json!({"version": version})).into_response(),
+        Err(crate::state::TwinRefusal::NoDevice) => {
+            problem(StatusCode::NOT_FOUND, "/problems/notFound", "no such device")
+        }
+        Err(crate::state::TwinRefusal::TooLarge) => {
+            problem(StatusCode::PAYLOAD_TOO_LARGE, "/problems/tooLarge", "the desired properties would exceed 256 KiB")
+        }
     }
 }
 

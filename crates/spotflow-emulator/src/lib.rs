@@ -29,19 +29,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-pub use db::{MessageQuery, StoredMessage};
+pub use db::{MessageQuery, StoredMessage, TWIN_HISTORY_KEPT};
+pub use http::MAX_BLOB_BYTES;
+pub use state::MAX_TWIN_SECTION_BYTES;
 pub use state::{Operation, OperationState, Twin};
 pub use tls::client_config;
 
 use mqtt::Outbound;
-use state::{ControlState, Policy};
+use state::{ControlState, Policy, TwinRefusal};
 
 /// Default MQTT packet limit: 256 KiB of message plus room for the topic and header.
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 256 * 1024 + 8 * 1024;
@@ -82,6 +83,14 @@ pub struct EmulatorConfig {
     pub max_packet_size: usize,
     /// How long an MQTT connection that asked for no keep-alive (0) may stay idle (default 5 min).
     pub idle_timeout: Duration,
+    /// How long an HTTP client may take to send a request's header, and how long an HTTP
+    /// connection may stay idle between requests (default 10 s).
+    pub http_header_timeout: Duration,
+    /// How long one HTTP request may take, body included (default 120 s; answered 408).
+    pub http_request_timeout: Duration,
+    /// Most HTTP(S) connections open at once (`None`: half the process's file-descriptor limit,
+    /// at most 1,024). Beyond it new connections are closed at once, with a log line.
+    pub max_http_connections: Option<usize>,
     /// Record every HTTP exchange and MQTT packet of the device protocol (secrets masked; see
     /// [`Emulator::traffic`] and `GET /admin/traffic`). Off by default.
     pub record_traffic: bool,
@@ -107,6 +116,9 @@ impl Default for EmulatorConfig {
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             record_traffic: false,
             idle_timeout: Duration::from_secs(300),
+            http_header_timeout: Duration::from_secs(10),
+            http_request_timeout: Duration::from_secs(120),
+            max_http_connections: None,
         }
     }
 }
@@ -229,11 +241,32 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on the state and persists the snapshot.
+    /// Runs `f` on the state and persists the control state (tokens, operations, SAS) and the
+    /// devices `f` marked dirty.
     pub fn with_state<T>(&self, f: impl FnOnce(&mut ControlState, &Policy) -> T) -> T {
         let mut state = self.lock_state();
         let out = f(&mut state, &self.policy);
-        self.db.save_state(&state);
+        self.db.save_state(&mut state, true);
+        out
+    }
+
+    /// Runs `f` on the device `hub_id` of the state (`None` when there is none) and persists that
+    /// device's row only: one device's traffic never rewrites the others'.
+    pub fn with_device<T>(&self, hub_id: &str, f: impl FnOnce(Option<&mut state::Device>) -> T) -> T {
+        let mut state = self.lock_state();
+        let out = f(state.devices.get_mut(hub_id));
+        if state.devices.contains_key(hub_id) {
+            state.dirty.insert(hub_id.to_owned());
+        }
+        self.db.save_state(&mut state, false);
+        out
+    }
+
+    /// Runs a twin change on the state and persists the changed device only.
+    fn change_twin<T>(&self, f: impl FnOnce(&mut ControlState) -> T) -> T {
+        let mut state = self.lock_state();
+        let out = f(&mut state);
+        self.db.save_state(&mut state, false);
         out
     }
 
@@ -278,12 +311,10 @@ impl Inner {
         self.lock_state().devices.get(hub_id).map(|d| d.twin.clone())
     }
 
-    pub fn update_desired(&self, hub_id: &str, mut patch: Map<String, Value>) -> Option<u64> {
+    pub fn update_desired(&self, hub_id: &str, mut patch: Map<String, Value>) -> Result<u64, TwinRefusal> {
         patch.remove("$version");
-        let version = self.with_state(|s, _| s.update_desired(hub_id, &patch))?;
-        if let Some(t) = self.twin(hub_id) {
-            self.db.twin_history(hub_id, "desired", version, &Value::Object(t.desired));
-        }
+        let version = self.change_twin(|s| s.update_desired(hub_id, &patch))?;
+        self.db.twin_history(hub_id, "desired", version, &Value::Object(patch.clone()));
         info!(device = %hub_id, version, "desired properties updated");
         let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
         if self.is_subscribed(hub_id, &topic) {
@@ -295,16 +326,14 @@ impl Inner {
             );
             self.send_to(hub_id, Outbound::Packet(rumqttc::mqttbytes::v4::Packet::Publish(publish)));
         }
-        Some(version)
+        Ok(version)
     }
 
-    pub fn patch_reported(&self, hub_id: &str, patch: &Map<String, Value>) -> Option<u64> {
-        let version = self.with_state(|s, _| s.patch_reported(hub_id, patch))?;
-        if let Some(t) = self.twin(hub_id) {
-            self.db.twin_history(hub_id, "reported", version, &Value::Object(t.reported));
-        }
+    pub fn patch_reported(&self, hub_id: &str, patch: &Map<String, Value>) -> Result<u64, TwinRefusal> {
+        let version = self.change_twin(|s| s.patch_reported(hub_id, patch))?;
+        self.db.twin_history(hub_id, "reported", version, &Value::Object(patch.clone()));
         debug!(device = %hub_id, version, "reported properties patched");
-        Some(version)
+        Ok(version)
     }
 
     fn send_to(&self, hub_id: &str, outbound: Outbound) -> bool {
@@ -322,7 +351,7 @@ impl Inner {
         if let Some(old) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(hub_id.to_owned(), tx) {
             let _ = old.send(Outbound::Kick);
         }
-        self.with_state(|s, _| match s.devices.get_mut(hub_id) {
+        self.with_device(hub_id, |device| match device {
             Some(d) if clean => {
                 d.subscriptions.clear();
                 false
@@ -340,16 +369,16 @@ impl Inner {
     }
 
     pub fn subscribe(&self, hub_id: &str, filters: Vec<String>) {
-        self.with_state(|s, _| {
-            if let Some(d) = s.devices.get_mut(hub_id) {
+        self.with_device(hub_id, |device| {
+            if let Some(d) = device {
                 d.subscriptions.extend(filters);
             }
         });
     }
 
     pub fn unsubscribe(&self, hub_id: &str, filters: &[String]) {
-        self.with_state(|s, _| {
-            if let Some(d) = s.devices.get_mut(hub_id) {
+        self.with_device(hub_id, |device| {
+            if let Some(d) = device {
                 for f in filters {
                     d.subscriptions.remove(f);
                 }
@@ -469,26 +498,14 @@ impl Emulator {
         let (shutdown, _) = watch::channel(false);
         let router = http::router(inner.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
+        let limits = Arc::new(HttpLimits::new(&inner.config));
         if let Some(listener) = https {
-            let tls_listener = TlsListener::spawn(listener, acceptor.clone(), shutdown.subscribe());
-            let mut stop = shutdown.subscribe();
-            let router = router.clone();
-            tokio::spawn(async move {
-                let _ = axum::serve(tls_listener, router)
-                    .with_graceful_shutdown(async move { stopped(&mut stop).await })
-                    .await;
-            });
+            let serve =
+                serve_http(listener, Some(acceptor.clone()), router.clone(), limits.clone(), shutdown.subscribe());
+            tokio::spawn(serve);
         }
         if let Some(listener) = http {
-            let mut stop = shutdown.subscribe();
-            let router = router.clone();
-            tokio::spawn(async move {
-                let listener = listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                let _ =
-                    axum::serve(listener, router).with_graceful_shutdown(async move { stopped(&mut stop).await }).await;
-            });
+            tokio::spawn(serve_http(listener, None, router.clone(), limits.clone(), shutdown.subscribe()));
         }
         if let Some(listener) = mqtts {
             tokio::spawn(accept_mqtt(listener, Some(acceptor), inner.clone(), shutdown.subscribe()));
@@ -600,7 +617,7 @@ impl Emulator {
     }
     /// Merges a patch into a device's desired properties and pushes it. Returns the new version.
     pub fn update_desired(&self, hub_device_id: &str, patch: Map<String, Value>) -> Option<u64> {
-        self.inner.update_desired(hub_device_id, patch)
+        self.inner.update_desired(hub_device_id, patch).ok()
     }
     /// Closes a device's MQTT connection. Returns whether it was connected.
     pub fn disconnect(&self, hub_device_id: &str) -> bool {
@@ -744,40 +761,105 @@ async fn accept_mqtt(
     .await;
 }
 
-/// A listener that completes TLS handshakes in the background and hands out ready streams.
-struct TlsListener {
-    rx: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
+/// The bounds of the HTTP(S) listeners (see [`EmulatorConfig::max_http_connections`]).
+struct HttpLimits {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    header_timeout: Duration,
+    /// When the limit was last logged (ms since the Unix epoch), to log it once per 10 s.
+    last_logged: std::sync::atomic::AtomicU64,
 }
 
-impl TlsListener {
-    fn spawn(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, stop: watch::Receiver<bool>) -> Self {
-        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(accept_loop(listener, stop, move |tcp, peer| {
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            async move {
-                if let Some(stream) = tls_accept(acceptor, tcp, peer).await {
-                    let _ = tx.send((stream, peer)).await;
-                }
-            }
-        }));
-        TlsListener { rx, addr }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(x) => x,
-            None => std::future::pending().await,
+impl HttpLimits {
+    fn new(config: &EmulatorConfig) -> Self {
+        let max = config.max_http_connections.unwrap_or_else(default_max_http_connections).max(1);
+        HttpLimits {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            header_timeout: config.http_header_timeout,
+            last_logged: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
+    fn refused(&self, peer: SocketAddr) {
+        let now = state::now_ms();
+        let last = self.last_logged.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self
+                .last_logged
+                .compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                %peer,
+                max = self.max,
+                "HTTP connection limit reached: new connections are closed until some end \
+                 (idle ones end after the header timeout); logged at most every 10 s"
+            );
+        }
+    }
+}
+
+/// Half the soft limit of open files (read from `/proc/self/limits`), between 16 and 1,024, so
+/// that HTTP clients can never take the descriptors MQTT and the database need.
+fn default_max_http_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse::<usize>().ok()
+    });
+    soft.map_or(1024, |s| (s / 2).clamp(16, 1024))
+}
+
+/// Serves the HTTP routes on `listener` (TLS with `tls`): at most `limits.max` connections, each
+/// closed when a request header takes longer than the header timeout or it idles that long.
+async fn serve_http(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+    limits: Arc<HttpLimits>,
+    stop: watch::Receiver<bool>,
+) {
+    let stop_connections = stop.clone();
+    accept_loop(listener, stop, move |tcp, peer| {
+        let (router, limits, tls, mut stop) = (router.clone(), limits.clone(), tls.clone(), stop_connections.clone());
+        async move {
+            let Ok(_permit) = limits.permits.clone().try_acquire_owned() else {
+                limits.refused(peer);
+                return;
+            };
+            match tls {
+                Some(acceptor) => {
+                    if let Some(stream) = tls_accept(acceptor, tcp, peer).await {
+                        serve_http_connection(stream, router, limits.header_timeout, &mut stop).await;
+                    }
+                }
+                None => serve_http_connection(tcp, router, limits.header_timeout, &mut stop).await,
+            }
+        }
+    })
+    .await;
+}
+
+async fn serve_http_connection<I>(
+    io: I,
+    router: axum::Router,
+    header_timeout: Duration,
+    stop: &mut watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = stopped(stop) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+        }
     }
 }

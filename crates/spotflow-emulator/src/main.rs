@@ -66,6 +66,13 @@ enum Command {
         /// Record the devices' HTTP and MQTT traffic (secrets masked), for `traffic dump`.
         #[arg(long)]
         record_traffic: bool,
+        /// Seconds an HTTP client may take to send a request header, or stay idle between
+        /// requests.
+        #[arg(long, default_value_t = 10)]
+        http_header_timeout_secs: u64,
+        /// Most HTTP(S) connections at once (default: half the open-file limit, at most 1,024).
+        #[arg(long)]
+        max_http_connections: Option<usize>,
     },
     /// Provisioning tokens.
     ProvisioningToken {
@@ -240,6 +247,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             connection_lifetime_secs,
             admin_token,
             record_traffic,
+            http_header_timeout_secs,
+            max_http_connections,
         } => {
             init_logs();
             let mut config = spotflow_emulator::EmulatorConfig::default();
@@ -255,6 +264,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             config.connection_lifetime = Duration::from_secs(connection_lifetime_secs);
             config.admin_token = admin_token;
             config.record_traffic = record_traffic;
+            config.http_header_timeout = Duration::from_secs(http_header_timeout_secs.max(1));
+            config.max_http_connections = max_http_connections;
             let emulator = spotflow_emulator::Emulator::builder().config(config).start().await?;
             println!("spotflow-emulator is running");
             println!("  instance (HTTPS):  {}", emulator.https_url());

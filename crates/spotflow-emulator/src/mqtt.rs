@@ -200,6 +200,7 @@ where
         k => Duration::from_millis(u64::from(k) * 1500),
     };
     let mut deadline = Instant::now() + keep_alive;
+    let mut tail = None;
     // The connection ends when its SAS expires (the device reconnects with a renewed one).
     let sas_left = Duration::from_millis(sas_expires_at.saturating_sub(now_ms()));
     let sas_expiry = tokio::time::sleep(sas_left);
@@ -210,7 +211,7 @@ where
             packet = read_packet(&mut rd, &mut buf, max) => match packet {
                 Ok(packet) => {
                     deadline = Instant::now() + keep_alive;
-                    if let Err(reason) = handle_packet(&inner, &hub_id, &tx, packet, &mut out) {
+                    if let Err(reason) = handle_packet(&inner, &hub_id, &tx, packet, &mut out, &mut tail) {
                         break reason;
                     }
                 }
@@ -265,10 +266,11 @@ fn handle_packet(
     tx: &mpsc::UnboundedSender<Outbound>,
     packet: Packet,
     out: &mut BytesMut,
+    tail: &mut Tail,
 ) -> Result<(), String> {
     record(inner, "in", hub_id, &packet);
     match packet {
-        Packet::Publish(p) => handle_publish(inner, hub_id, tx, p, out),
+        Packet::Publish(p) => handle_publish(inner, hub_id, tx, p, out, tail),
         Packet::Subscribe(s) => {
             let suback = Packet::SubAck(subscribe(inner, hub_id, &s));
             record(inner, "out", hub_id, &suback);
@@ -317,6 +319,7 @@ fn handle_publish(
     tx: &mpsc::UnboundedSender<Outbound>,
     p: Publish,
     out: &mut BytesMut,
+    tail: &mut Tail,
 ) -> Result<(), String> {
     if p.qos == QoS::ExactlyOnce {
         return Err("QoS 2 is not supported".into());
@@ -328,7 +331,7 @@ fn handle_publish(
     };
     let events_prefix = format!("devices/{hub_id}/messages/events/");
     if let Some(bag) = p.topic.strip_prefix(&events_prefix) {
-        return telemetry(inner, hub_id, tx, bag, &p);
+        return telemetry(inner, hub_id, tx, bag, &p, tail);
     }
     if p.topic.starts_with("$iothub/twin/GET/") {
         ack(out);
@@ -342,8 +345,18 @@ fn handle_publish(
         let Some(rid) = query_param(&p.topic, "$rid") else { return Ok(()) };
         match serde_json::from_slice::<Value>(&p.payload) {
             Ok(Value::Object(patch)) => match inner.patch_reported(hub_id, &patch) {
-                Some(version) => twin_response(inner, hub_id, out, 204, rid, Some(version), Vec::new()),
-                None => twin_response(inner, hub_id, out, 404, rid, None, b"{\"message\":\"no such device\"}".to_vec()),
+                Ok(version) => twin_response(inner, hub_id, out, 204, rid, Some(version), Vec::new()),
+                Err(crate::state::TwinRefusal::NoDevice) => {
+                    twin_response(inner, hub_id, out, 404, rid, None, b"{\"message\":\"no such device\"}".to_vec())
+                }
+                Err(crate::state::TwinRefusal::TooLarge) => {
+                    warn!(device = %hub_id, "reported properties patch refused: the document would exceed 256 KiB");
+                    let body = format!(
+                        "{{\"message\":\"reported properties would exceed {} bytes\"}}",
+                        crate::state::MAX_TWIN_SECTION_BYTES
+                    );
+                    twin_response(inner, hub_id, out, 413, rid, None, body.into_bytes())
+                }
             },
             _ => {
                 let body = b"{\"message\":\"reported properties must be a JSON object\"}".to_vec();
@@ -382,12 +395,18 @@ fn twin_response(
     }
 }
 
+/// The task storing the connection's last message whose storing had to wait (a linked blob being
+/// read, or a message behind one): the next message is stored after it, so that messages are
+/// stored in the order the device sent them.
+type Tail = Option<tokio::task::JoinHandle<()>>;
+
 fn telemetry(
     inner: &Arc<Inner>,
     hub_id: &str,
     tx: &mpsc::UnboundedSender<Outbound>,
     bag: &str,
     p: &Publish,
+    tail: &mut Tail,
 ) -> Result<(), String> {
     let mut message = StoredMessage {
         hub_device_id: hub_id.to_owned(),
@@ -408,35 +427,48 @@ fn telemetry(
             }
         }) as crate::db::AckFn
     });
-    if message.externalized {
-        // The payload is a link to an uploaded blob: resolve it off the session's task.
-        let inner = inner.clone();
-        let payload = p.payload.clone();
-        tokio::spawn(async move {
-            let link = serde_json::from_slice::<Value>(&payload)
-                .ok()
-                .and_then(|v| v.get("link").and_then(Value::as_str).map(str::to_owned));
-            match link {
-                Some(name) => match inner.db.get_blob(name.clone(), message.hub_device_id.clone()).await {
-                    Some(blob) => finish_payload(&mut message, &blob),
-                    None => {
-                        warn!(blob = ?name, "linked blob not found; storing the link");
-                        message.other_properties.push(("error".into(), format!("blob {name} not found")));
-                        message.payload = payload.to_vec();
-                    }
-                },
-                None => {
-                    message.other_properties.push(("error".into(), "externalized payload without a link".into()));
-                    message.payload = payload.to_vec();
-                }
-            }
-            inner.store_message(message, ack);
-        });
+    let before = tail.take().filter(|t| !t.is_finished());
+    if !message.externalized && before.is_none() {
+        finish_payload(&mut message, &p.payload);
+        inner.store_message(message, ack);
         return Ok(());
     }
-    finish_payload(&mut message, &p.payload);
-    inner.store_message(message, ack);
+    // A link to an uploaded blob is resolved off the session's task, and the messages behind it
+    // wait for it.
+    let inner = inner.clone();
+    let payload = p.payload.clone();
+    *tail = Some(tokio::spawn(async move {
+        if let Some(before) = before {
+            let _ = before.await;
+        }
+        if message.externalized {
+            resolve_link(&inner, &mut message, &payload).await;
+        } else {
+            finish_payload(&mut message, &payload);
+        }
+        inner.store_message(message, ack);
+    }));
     Ok(())
+}
+
+async fn resolve_link(inner: &Inner, message: &mut StoredMessage, payload: &[u8]) {
+    let link = serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| v.get("link").and_then(Value::as_str).map(str::to_owned));
+    match link {
+        Some(name) => match inner.db.get_blob(name.clone(), message.hub_device_id.clone()).await {
+            Some(blob) => finish_payload(message, &blob),
+            None => {
+                warn!(blob = ?name, "linked blob not found; storing the link");
+                message.other_properties.push(("error".into(), format!("blob {name} not found")));
+                message.payload = payload.to_vec();
+            }
+        },
+        None => {
+            message.other_properties.push(("error".into(), "externalized payload without a link".into()));
+            message.payload = payload.to_vec();
+        }
+    }
 }
 
 fn finish_payload(message: &mut StoredMessage, payload: &[u8]) {

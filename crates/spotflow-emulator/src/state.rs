@@ -100,6 +100,26 @@ pub struct RegistrationTokenInfo {
 pub struct SasInfo {
     pub hub_device_id: String,
     pub expires_at: Millis,
+    /// The SAS's signature, compared in constant time (the map key holds only its first
+    /// [`SAS_SELECTOR_LEN`] characters). Empty in states saved before it existed (then the key is
+    /// the whole SAS; see [`ControlState::upgrade`]).
+    #[serde(default)]
+    pub signature: String,
+}
+
+/// Characters of a SAS signature in its lookup key (the selector): the map lookup, whose timing
+/// depends on the key, can reveal at most these 64 bits; the remaining 192 bits of the 256-bit
+/// signature are only ever compared in constant time.
+pub const SAS_SELECTOR_LEN: usize = 16;
+
+/// The lookup key of a SAS (the SAS with its signature cut to the selector) and its signature;
+/// `None` when it has no `sig=` of at least the selector's length.
+pub fn sas_key(sas: &str) -> Option<(String, &str)> {
+    let start = sas.find("sig=")? + 4;
+    let len = sas[start..].find('&').unwrap_or(sas.len() - start);
+    let signature = &sas[start..start + len];
+    let selector = signature.get(..SAS_SELECTOR_LEN)?;
+    Some((format!("{}{selector}{}", &sas[..start], &sas[start + len..]), signature))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -144,9 +164,38 @@ pub struct ControlState {
     pub operations: BTreeMap<String, Operation>,
     pub registration_tokens: BTreeMap<String, RegistrationTokenInfo>,
     pub sas: BTreeMap<String, SasInfo>,
-    /// Keyed by `{workspace}:{device}`.
+    /// Keyed by `{workspace}:{device}`. Persisted one row per device (see `Db::save_state`);
+    /// read from the state only when it was saved by an older emulator.
+    #[serde(default, skip_serializing)]
     pub devices: BTreeMap<String, Device>,
     pub counter: u64,
+    /// Devices changed since the last save.
+    #[serde(skip)]
+    pub dirty: BTreeSet<String>,
+}
+
+/// Largest desired or reported properties document (as JSON) of a device: far above IoT Hub's
+/// 32 KB, low enough that no device's twin makes each of its changes costly for the others.
+pub const MAX_TWIN_SECTION_BYTES: usize = 256 * 1024;
+
+/// Why a twin change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TwinRefusal {
+    /// No such device.
+    NoDevice,
+    /// The document would exceed [`MAX_TWIN_SECTION_BYTES`].
+    TooLarge,
+}
+
+/// `section` with `patch` merged, unless that is over [`MAX_TWIN_SECTION_BYTES`].
+fn patched(section: &Map<String, Value>, patch: &Map<String, Value>) -> Result<Map<String, Value>, TwinRefusal> {
+    let mut next = section.clone();
+    merge_patch::apply(&mut next, patch);
+    let size = serde_json::to_vec(&next).map_or(usize::MAX, |v| v.len());
+    if size > MAX_TWIN_SECTION_BYTES {
+        return Err(TwinRefusal::TooLarge);
+    }
+    Ok(next)
 }
 
 /// Outcome of polling a provisioning operation.
@@ -298,6 +347,7 @@ impl ControlState {
             twin: Twin { desired_version: 1, reported_version: 1, ..Twin::default() },
         });
         let _ = device;
+        self.dirty.insert(hub_id.clone());
         let expires_at = now + policy.connection_lifetime.as_millis() as u64;
         let resource: String = percent_encoding::utf8_percent_encode(
             &format!("{hub_host}/devices/{hub_id}"),
@@ -306,7 +356,9 @@ impl ControlState {
         .to_string();
         let sas = format!("SharedAccessSignature sr={resource}&sig={}&se={}", random_hex(32), expires_at / 1000);
         self.sas.retain(|_, s| s.expires_at > now);
-        self.sas.insert(sas.clone(), SasInfo { hub_device_id: hub_id, expires_at });
+        let (key, signature) = sas_key(&sas)?;
+        let info_sas = SasInfo { hub_device_id: hub_id, expires_at, signature: signature.to_owned() };
+        self.sas.insert(key, info_sas);
         Some((info, sas, expires_at))
     }
 
@@ -334,23 +386,105 @@ impl ControlState {
     }
 
     /// The device and expiry (Unix ms) of a valid, unexpired SAS.
+    /// Found by the SAS's selector, then the whole signature compared in constant time.
     pub fn sas_entry(&self, sas: &str) -> Option<&SasInfo> {
-        self.sas.get(sas).filter(|s| now_ms() < s.expires_at)
+        let (key, signature) = sas_key(sas)?;
+        self.sas
+            .get(&key)
+            .filter(|s| spotflow_core::secure_random::ct_eq(s.signature.as_bytes(), signature.as_bytes()))
+            .filter(|s| now_ms() < s.expires_at)
+    }
+
+    /// Brings a state saved by an older emulator to the current shape (SAS entries keyed by the
+    /// whole SAS become selector-keyed).
+    pub fn upgrade(&mut self) {
+        let old: Vec<String> =
+            self.sas.iter().filter(|(_, s)| s.signature.is_empty()).map(|(k, _)| k.clone()).collect();
+        for sas in old {
+            let Some(mut info) = self.sas.remove(&sas) else { continue };
+            if let Some((key, signature)) = sas_key(&sas) {
+                info.signature = signature.to_owned();
+                self.sas.insert(key, info);
+            }
+        }
     }
 
     /// Merges a patch into the desired properties; returns the new version.
-    pub fn update_desired(&mut self, hub_id: &str, patch: &Map<String, Value>) -> Option<u64> {
-        let twin = &mut self.devices.get_mut(hub_id)?.twin;
-        merge_patch::apply(&mut twin.desired, patch);
+    pub fn update_desired(&mut self, hub_id: &str, patch: &Map<String, Value>) -> Result<u64, TwinRefusal> {
+        let device = self.devices.get_mut(hub_id).ok_or(TwinRefusal::NoDevice)?;
+        let twin = &mut device.twin;
+        twin.desired = patched(&twin.desired, patch)?;
         twin.desired_version += 1;
-        Some(twin.desired_version)
+        self.dirty.insert(hub_id.to_owned());
+        Ok(twin.desired_version)
     }
 
     /// Merges a patch into the reported properties; returns the new version.
-    pub fn patch_reported(&mut self, hub_id: &str, patch: &Map<String, Value>) -> Option<u64> {
-        let twin = &mut self.devices.get_mut(hub_id)?.twin;
-        merge_patch::apply(&mut twin.reported, patch);
+    pub fn patch_reported(&mut self, hub_id: &str, patch: &Map<String, Value>) -> Result<u64, TwinRefusal> {
+        let device = self.devices.get_mut(hub_id).ok_or(TwinRefusal::NoDevice)?;
+        let twin = &mut device.twin;
+        twin.reported = patched(&twin.reported, patch)?;
         twin.reported_version += 1;
-        Some(twin.reported_version)
+        self.dirty.insert(hub_id.to_owned());
+        Ok(twin.reported_version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            operation_lifetime: Duration::from_secs(60),
+            registration_token_lifetime: Duration::from_secs(60),
+            connection_lifetime: Duration::from_secs(60),
+            auto_approve: None,
+        }
+    }
+
+    fn registered() -> (ControlState, String) {
+        let mut state = ControlState::default();
+        state.registration_tokens.insert(
+            "rt-1".into(),
+            RegistrationTokenInfo {
+                workspace_id: "ws".into(),
+                device_id: "dev".into(),
+                provisioning_token: "pt".into(),
+                expires_at: now_ms() + 60_000,
+            },
+        );
+        let (_, sas, _) = state.register("rt-1", "localhost", &policy()).expect("registered");
+        (state, sas)
+    }
+
+    #[test]
+    fn sas_keys_hold_only_the_selector_and_signatures_are_checked_whole() {
+        let (state, sas) = registered();
+        let (_, signature) = sas_key(&sas).unwrap();
+        assert_eq!(signature.len(), 64);
+        assert!(state.sas.keys().all(|k| !k.contains(signature)), "the lookup key must not hold the signature");
+        assert_eq!(state.authorize(&sas), Some("ws:dev"));
+        // Same selector, another tail: refused (the tail is compared in constant time).
+        let mut forged = signature.to_owned();
+        forged.replace_range(40..41, if &signature[40..41] == "0" { "1" } else { "0" });
+        assert_eq!(state.authorize(&sas.replace(signature, &forged)), None);
+        assert_eq!(state.authorize(&sas.replace(signature, &signature[..SAS_SELECTOR_LEN])), None);
+        assert_eq!(state.authorize("SharedAccessSignature sr=x&se=1"), None);
+        assert_eq!(state.authorize(""), None);
+    }
+
+    #[test]
+    fn states_saved_with_whole_sas_keys_are_upgraded() {
+        let (mut state, sas) = registered();
+        let (key, _) = sas_key(&sas).unwrap();
+        let mut info = state.sas.remove(&key).unwrap();
+        info.signature.clear();
+        state.sas.insert(sas.clone(), info);
+        let json = serde_json::to_string(&state).unwrap();
+        let mut loaded: ControlState = serde_json::from_str(&json).unwrap();
+        loaded.upgrade();
+        assert_eq!(loaded.authorize(&sas), Some("ws:dev"));
+        assert!(!loaded.sas.contains_key(&sas));
     }
 }

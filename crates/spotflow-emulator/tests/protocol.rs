@@ -14,6 +14,85 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The emulator binary as a process (`serve` on free ports, plain HTTP and MQTT on), optionally
+/// under a wrapper command (e.g. `prlimit`), its standard output (banner and log) collected.
+struct EmulatorProcess {
+    child: std::process::Child,
+    log: String,
+    chunks: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl EmulatorProcess {
+    fn spawn(wrapper: &[&str], args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = env!("CARGO_BIN_EXE_spotflow-emulator");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => std::process::Command::new(binary),
+        };
+        let mut child = command
+            .args(["serve", "--https-port", "0", "--http-port", "0", "--mqtts-port", "0", "--mqtt-port", "0"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, chunks) = std::sync::mpsc::channel();
+        // Ends at EOF, i.e. when the process is killed at the latest.
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = EmulatorProcess { child, log: String::new(), chunks, _dir: dir };
+        process.wait_log("admin token file:");
+        process
+    }
+
+    /// Waits (at most [`WAIT`]) until the output contains `needle`; returns the output so far.
+    fn wait_log(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !self.log.contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(chunk) => self.log.push_str(&chunk),
+                Err(_) => panic!("{needle:?} not in the emulator's output within {WAIT:?}:\n{}", self.log),
+            }
+        }
+        self.log.clone()
+    }
+
+    /// The value printed after `label` in the banner.
+    fn banner_value(&self, label: &str) -> String {
+        let line = self.log.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("no {label} in the banner"));
+        line.split(label).nth(1).unwrap().trim().to_owned()
+    }
+
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("admin-token")).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for EmulatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn emulator() -> Emulator {
     Emulator::builder().http_port(0).mqtt_port(0).start().await.expect("emulator starts")
 }
@@ -914,33 +993,8 @@ fn secrets_do_not_come_from_the_fast_generator() {
 /// is logged escaped, never raw; device ids are validated at provisioning and approval.
 #[tokio::test]
 async fn untrusted_strings_are_logged_escaped_and_device_ids_validated() {
-    use std::io::Read;
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spotflow-emulator"))
-        .args(["serve", "--https-port", "0", "--mqtts-port", "0", "--mqtt-port", "0", "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut banner = String::new();
-    let mqtt = tokio::time::timeout(WAIT, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stdout.read(&mut buf).unwrap();
-            assert!(n > 0, "the emulator exited: {banner}");
-            banner.push_str(&String::from_utf8_lossy(&buf[..n]));
-            if let Some(line) = banner.lines().find(|l| l.contains("plain MQTT:")) {
-                if banner.contains("admin token file:") {
-                    return line.split("plain MQTT:").nth(1).unwrap().trim().to_owned();
-                }
-            }
-        }
-    })
-    .await
-    .expect("the emulator prints its addresses");
+    let mut process = EmulatorProcess::spawn(&[], &[]);
+    let mqtt = process.banner_value("plain MQTT:");
     let evil = "evil\nFORGED LOG LINE \u{1b}[31mred";
     let mut options =
         MqttOptions::new(evil, mqtt.rsplit_once(':').unwrap().0, mqtt.rsplit_once(':').unwrap().1.parse().unwrap());
@@ -959,29 +1013,7 @@ async fn untrusted_strings_are_logged_escaped_and_device_ids_validated() {
     .unwrap();
     assert!(!refused.contains("Success"), "{refused}");
     // Wait (bounded) until the refusal is logged; the log goes to standard output with the banner.
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut log = banner;
-        let mut buf = [0u8; 4096];
-        while !log.contains("MQTT connection refused") {
-            match stdout.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => log.push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
-        }
-        log
-    });
-    // Killing the emulator ends the read (EOF) if the line never comes.
-    let log = match tokio::time::timeout(WAIT, reader).await {
-        Ok(log) => {
-            child.kill().unwrap();
-            log.unwrap()
-        }
-        Err(_) => {
-            child.kill().unwrap();
-            panic!("the refusal was not logged within {WAIT:?}");
-        }
-    };
-    let _ = child.wait();
+    let log = process.wait_log("MQTT connection refused");
     assert!(log.contains("MQTT connection refused"), "{log}");
     assert!(!log.lines().any(|l| l.starts_with("FORGED LOG LINE")), "a forged line reached the log:\n{log}");
     assert!(log.contains(r"evil\nFORGED LOG LINE \u{1b}[31mred"), "escaped form expected:\n{log}");
@@ -1094,4 +1126,141 @@ async fn expired_sas_and_idle_keep_alive_zero_connections_are_closed() {
     .await;
     assert!(eof.is_ok(), "an idle keep-alive-0 connection stayed open");
     assert_eq!(&seen[..4], &[0x20, 0x02, 0x00, 0x00], "CONNACK accepted first");
+}
+
+/// Hardening (slowloris): with the open-file limit lowered to 400, 450 connections that send half
+/// a request header neither starve MQTT nor stay open: the HTTP listeners take at most half the
+/// limit (the rest are closed at once, with a log line) and close each connection whose header
+/// does not arrive within the header timeout; HTTP works again once they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_capped_and_closed() {
+    assert!(std::path::Path::new("/usr/bin/prlimit").exists(), "prlimit (util-linux) is needed");
+    let mut process =
+        EmulatorProcess::spawn(&["/usr/bin/prlimit", "--nofile=400:400", "--"], &["--http-header-timeout-secs", "2"]);
+    let http = process.banner_value("plain HTTP:");
+    let mqtt = process.banner_value("plain MQTT:");
+    let http_addr = http.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let mut held = Vec::new();
+    for _ in 0..450 {
+        let mut socket = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(&http_addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        // Refused connections may already be closed: the write may fail.
+        let _ = socket.write_all(b"GET /admin/devices HTTP/1.1\r\nHost: localhost\r\n").await;
+        held.push(socket);
+    }
+    // MQTT still gets descriptors and answers while they are held.
+    let (host, port) = mqtt.rsplit_once(':').unwrap();
+    let mut options = MqttOptions::new("nobody:nothing", host, port.parse().unwrap());
+    options.set_credentials("nobody", "nothing");
+    let (_client, mut ev) = AsyncClient::new(options, 10);
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(a))) => return Ok(a.code),
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Ok(code),
+                Err(e) => return Err(e.to_string()),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the MQTT listener answers while HTTP connections are held");
+    assert!(answer.is_ok(), "MQTT CONNECT got no CONNACK: {answer:?}");
+    process.wait_log("HTTP connection limit reached");
+    // Every held connection is closed by the emulator: at once beyond the cap, after the
+    // 2-second header timeout within it.
+    let closed = tokio::time::timeout(WAIT, async {
+        let mut closed = 0;
+        for socket in &mut held {
+            let mut buf = [0u8; 512];
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {} // an error answer (408) before the close
+                }
+            }
+            closed += 1;
+        }
+        closed
+    })
+    .await
+    .expect("every slow connection is closed within the timeout");
+    assert_eq!(closed, 450);
+    drop(held);
+    let request = format!(
+        "GET /admin/devices HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        process.admin_token()
+    );
+    let answer = tokio::time::timeout(WAIT, async {
+        let mut socket = tokio::net::TcpStream::connect(&http_addr).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        socket.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .expect("HTTP answers once the slow connections are gone");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Hardening (bounded state): 60 reported patches of 195 KB from one device cost that device's
+/// own row and a bounded history of patches, never a rewrite of the whole state: the control
+/// state stays small, a patch that would take the document over 256 KiB is refused with 413, and
+/// the database stays small (it used to grow from 12 to 379 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_devices_large_reported_patches_keep_the_state_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::builder().data_dir(dir.path()).mqtt_port(0).start().await.unwrap();
+    let dev = register(&emu, "big-twin").await;
+    let other = register(&emu, "other").await;
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, false), 10);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    client.subscribe("$iothub/twin/res/#", QoS::AtLeastOnce).await.unwrap();
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())).await;
+    let filler = "x".repeat(195_000);
+    for i in 0..61 {
+        let patch = if i < 60 { json!({"blob": filler, "i": i}) } else { json!({"second": filler}) };
+        let topic = format!("$iothub/twin/PATCH/properties/reported/?$rid=p{i}");
+        client.publish(topic, QoS::AtLeastOnce, false, patch.to_string().into_bytes()).await.unwrap();
+        let rid = format!("$rid=p{i}");
+        let answer = until(&mut ev, |e| match e {
+            Event::Incoming(Packet::Publish(p)) if p.topic.contains(&rid) => Some(p.topic.clone()),
+            _ => None,
+        })
+        .await;
+        let status = if i < 60 { "204" } else { "413" };
+        assert!(answer.starts_with(&format!("$iothub/twin/res/{status}/")), "patch {i}: {answer}");
+    }
+    assert_eq!(emu.twin(&dev.hub_id).unwrap().reported_version, 61);
+    // Another device is not affected.
+    let (_other_client, mut other_ev) = AsyncClient::new(mqtt_options(&emu, &other, false), 10);
+    until(&mut other_ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    assert_eq!(emu.twin(&other.hub_id).unwrap().reported_version, 1);
+    emu.shutdown();
+    let db = rusqlite::Connection::open(dir.path().join("emulator.db")).unwrap();
+    let control: String = db.query_row("SELECT json FROM control_state", [], |r| r.get(0)).unwrap();
+    assert!(control.len() < 64 * 1024, "the control state holds no twin: {} bytes", control.len());
+    assert!(!control.contains("xxxxxxxx"));
+    let row: String =
+        db.query_row("SELECT json FROM devices WHERE hub_device_id = ?1", [&dev.hub_id], |r| r.get(0)).unwrap();
+    assert!(row.len() <= spotflow_emulator::MAX_TWIN_SECTION_BYTES + 4096, "device row: {} bytes", row.len());
+    let (rows, largest): (i64, i64) = db
+        .query_row(
+            "SELECT COUNT(*), MAX(LENGTH(document)) FROM twin_history WHERE hub_device_id = ?1",
+            [&dev.hub_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(rows <= spotflow_emulator::TWIN_HISTORY_KEPT, "history rows: {rows}");
+    assert!(largest < 200_000, "history holds patches, not whole documents: {largest} bytes");
+    drop(db);
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("emulator.db"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(on_disk < 40 * 1024 * 1024, "database files: {on_disk} bytes");
 }

@@ -48,6 +48,13 @@ fn durability_from_env() -> PyResult<spotflow_device::Durability> {
     }
 }
 
+/// `SPOTFLOW_UPLOAD_BASE_URL`: where messages over 250,000 bytes are uploaded when the instance
+/// is not the real platform (`https://…`, or `http://` to a loopback host; validated at start).
+/// Unset: `https://{hub}` on the platform, the instance itself on a loopback instance.
+fn upload_base_url_from_env() -> Option<String> {
+    std::env::var("SPOTFLOW_UPLOAD_BASE_URL").ok().filter(|u| !u.is_empty())
+}
+
 /// The default display of a provisioning operation: printed to `sys.stdout`.
 fn print_operation(py: Python<'_>, op: &spotflow_device::ProvisioningOperation) -> PyResult<()> {
     let mut text = Vec::new();
@@ -103,8 +110,10 @@ impl DeviceClient {
         logging::refresh_threshold(py);
         logging::start_forwarding(py)?;
         let durability = durability_from_env()?;
+        let upload_base_url = upload_base_url_from_env();
         let mut builder = spotflow_device::DeviceClient::builder(device_id, provisioning_token, db)
-            .with_options(|o| o.durability = durability);
+            .with_options(|o| o.durability = durability)
+            .with_network(|n| n.upload_base_url = upload_base_url);
         if let Some(instance) = instance {
             builder = builder.instance(instance);
         }
@@ -181,6 +190,13 @@ impl DeviceClient {
     #[getter]
     fn pending_messages_count(&self) -> u64 {
         self.client.pending_messages_count()
+    }
+
+    /// (Read-only) The number of Messages the Platform refused for good since the start (e.g. a
+    /// large Message whose upload was answered 413); they leave the queue, the rest keeps flowing.
+    #[getter]
+    fn refused_messages_count(&self) -> u64 {
+        self.client.refused_messages_count()
     }
 
     /// Block the current thread until all the Messages that have been previously enqueued are sent.

@@ -514,3 +514,32 @@ def test_a_client_used_after_fork_raises_instead_of_hanging(emulator, token, app
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         sender.send_message("after fork")
         assert [m["payload"] for m in emulator.messages(hub_id(client))] == ["before fork", "after fork"]
+
+
+def test_large_messages_upload_beside_the_stream(emulator, token, approver, tmp_path, monkeypatch):
+    """A message over 250,000 bytes is uploaded to the local instance without any setting; with
+    SPOTFLOW_UPLOAD_BASE_URL naming a host that is down, the messages behind it still flow."""
+    large = os.urandom(300_000)
+    with start(emulator, token, tmp_path / "up.db", "py-upload", approver) as client:
+        client.create_stream_sender(stream="files").send_message(large)
+        stored = emulator.messages(hub_id(client))
+        assert len(stored) == 1 and stored[0]["externalized"]
+        assert client.refused_messages_count == 0
+
+    monkeypatch.setenv("SPOTFLOW_UPLOAD_BASE_URL", "ftp://example.com")
+    with pytest.raises(SpotflowError, match="upload base URL"):
+        start(emulator, token, tmp_path / "bad.db", "py-upload-bad", approver)
+
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("SPOTFLOW_UPLOAD_BASE_URL", dead)
+    with start(emulator, token, tmp_path / "down.db", "py-upload-down", approver) as client:
+        sender = client.create_stream_sender(stream="files")
+        sender.enqueue_message(large)
+        for i in range(20):
+            sender.enqueue_message(f"behind {i}".encode())
+        hub = hub_id(client)
+        wait_until(lambda: len(emulator.messages(hub)) == 20, what="the messages behind the large one")
+        wait_until(lambda: client.pending_messages_count == 1, what="only the large message pending")

@@ -6,13 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::collections::VecDeque;
+
 use spotflow_core::{
-    Backoff, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, SessionInfo, TransportEvent,
+    Backoff, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, SessionInfo, StreamTarget,
+    TransportEvent,
 };
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::topics::{self, Incoming};
-use crate::upload::Uploader;
+use crate::upload::{UploadError, Uploader};
 
 /// Payloads longer than this (after compression) are uploaded over HTTPS and linked.
 pub const EXTERNALIZE_THRESHOLD: usize = 250_000;
@@ -86,12 +91,63 @@ impl TwinRequests {
     }
 }
 
-/// Turns outgoing messages into MQTT publishes for one device, uploading large payloads.
-#[derive(Debug, Clone)]
+/// Capacity of a connection's channel of incoming events (acknowledgements, twin answers,
+/// desired-properties patches). Bounded: when it is full the task reading the socket waits (the
+/// server is held back by TCP), so a flood can take at most this many events' worth of memory
+/// (each at most the incoming packet limit). Transports must be given a window of publishes no
+/// larger than their own request capacity, or a full event channel could stall a publish.
+pub const EVENT_CHANNEL: usize = 1024;
+
+/// Most large-message uploads running at once on one connection.
+const MAX_CONCURRENT_UPLOADS: usize = 4;
+
+/// A telemetry message whose upload has finished: what the connection does with it now.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Publish it now (in the order given).
+    Publish {
+        /// The message's sequence number.
+        seq: u64,
+        /// Its topic.
+        topic: String,
+        /// Its payload.
+        payload: Bytes,
+    },
+    /// The platform refused it for good: report [`TransportEvent::MessageRefused`].
+    Refused {
+        /// The message's sequence number.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Turns outgoing messages into MQTT publishes for one device. Payloads over
+/// [`EXTERNALIZE_THRESHOLD`] are uploaded *alongside* the stream, never in front of it:
+///
+/// * the messages behind a large one keep flowing while it uploads (up to
+///   `MAX_CONCURRENT_UPLOADS` at once), except where the platform needs order: once a large
+///   message **of a batch** is uploading, the later messages of its stream wait behind it, in
+///   order, so that no message of the batch, and no batch completion (explicit, or implied by a
+///   new batch id), overtakes it. Other streams and unbatched large messages never wait.
+/// * a failed upload is retried with backoff (200 ms doubling to 30 s) for as long as the
+///   connection lives, unless the platform refused it for good (a 4xx other than 401, 408 and
+///   429): then the message is reported as [`Outcome::Refused`] and whatever waited behind it
+///   goes on.
+#[derive(Debug)]
 pub struct TelemetryMapper {
     credentials: ConnectionCredentials,
     session: SessionInfo,
     uploader: Uploader,
+    uploads: JoinSet<(u64, std::result::Result<String, String>)>,
+    limiter: Arc<Semaphore>,
+    /// Link topics of the uploads in progress.
+    links: HashMap<u64, String>,
+    /// Per stream: messages waiting in order behind a batched large message (`None`: still
+    /// uploading).
+    held: HashMap<Arc<StreamTarget>, VecDeque<(u64, Option<Outcome>)>>,
+    /// The stream of each held upload.
+    held_uploads: HashMap<u64, Arc<StreamTarget>>,
 }
 
 impl TelemetryMapper {
@@ -103,35 +159,101 @@ impl TelemetryMapper {
         tls: Option<Arc<rustls::ClientConfig>>,
         upload_base_url: Option<String>,
     ) -> Result<Self> {
-        Ok(TelemetryMapper { credentials, session, uploader: Uploader::new(tls, upload_base_url)? })
+        Ok(TelemetryMapper {
+            credentials,
+            session,
+            uploader: Uploader::new(tls, upload_base_url)?,
+            uploads: JoinSet::new(),
+            limiter: Arc::new(Semaphore::new(MAX_CONCURRENT_UPLOADS)),
+            links: HashMap::new(),
+            held: HashMap::new(),
+            held_uploads: HashMap::new(),
+        })
     }
 
-    /// The topic and payload to publish for `message` (uploading it first when it is large).
-    pub async fn publish_of(&self, seq: u64, message: &OutgoingMessage) -> Result<(String, Bytes)> {
+    /// Takes `message` over: returns the topic and payload to publish now, or `None` when it
+    /// is published later (its upload, or one it waits behind, is in progress; see
+    /// [`TelemetryMapper::next_ready`]).
+    pub fn submit(&mut self, seq: u64, message: &OutgoingMessage) -> Option<(String, Bytes)> {
         let hub_id = &self.credentials.hub_device_id;
         let key = (!self.session.queue_id.is_empty()).then(|| self.session.message_key(seq));
-        if message.payload.len() <= EXTERNALIZE_THRESHOLD {
-            return Ok((topics::telemetry_topic(hub_id, message, false, key.as_deref()), message.payload.clone()));
+        let large = message.payload.len() > EXTERNALIZE_THRESHOLD;
+        let topic = topics::telemetry_topic(hub_id, message, large, key.as_deref());
+        if !large {
+            if let Some(chain) = self.held.get_mut(&message.target) {
+                chain.push_back((seq, Some(Outcome::Publish { seq, topic, payload: message.payload.clone() })));
+                return None;
+            }
+            return Some((topic, message.payload.clone()));
         }
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        let mut attempt = 0;
-        let blob = loop {
-            attempt += 1;
-            match self
-                .uploader
-                .upload(&self.credentials.hub_host, hub_id, &self.credentials.sas, &message.payload)
-                .await
-            {
-                Ok(blob) => break blob,
-                Err(e) if attempt < 5 && e.is_temporary() => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, ?delay, "large message upload failed; retrying");
-                    tokio::time::sleep(delay).await;
+        self.links.insert(seq, topic);
+        if message.batch_id.is_some() || self.held.contains_key(&message.target) {
+            self.held.entry(message.target.clone()).or_default().push_back((seq, None));
+            self.held_uploads.insert(seq, message.target.clone());
+        }
+        let (uploader, limiter, payload) = (self.uploader.clone(), self.limiter.clone(), message.payload.clone());
+        let (host, hub_id, sas) = (self.credentials.hub_host.clone(), hub_id.clone(), self.credentials.sas.clone());
+        self.uploads.spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+            loop {
+                let attempt = {
+                    let _permit = limiter.acquire().await;
+                    uploader.upload(&host, &hub_id, &sas, &payload).await
+                };
+                match attempt {
+                    Ok(blob) => return (seq, Ok(blob)),
+                    Err(UploadError::Refused(reason)) => return (seq, Err(reason)),
+                    Err(UploadError::Retry(e)) => {
+                        let delay = backoff.next_delay();
+                        warn!(error = %e, ?delay, seq, "large message upload failed; retrying (other messages keep flowing)");
+                        tokio::time::sleep(delay).await;
+                    }
                 }
-                Err(e) => return Err(Error::transport(format!("large message upload failed: {e}"))),
+            }
+        });
+        None
+    }
+
+    /// Waits until an upload ends; returns what to do now, in order (pending forever while no
+    /// upload runs). Cancel-safe.
+    pub async fn next_ready(&mut self) -> Result<Vec<Outcome>> {
+        let (seq, result) = match self.uploads.join_next().await {
+            None => std::future::pending().await,
+            Some(Ok(done)) => done,
+            Some(Err(e)) => return Err(Error::transport_with("large message upload task failed", e)),
+        };
+        let outcome = match result {
+            Ok(blob) => {
+                let topic = self.links.remove(&seq).unwrap_or_default();
+                let link = serde_json::json!({ "link": blob }).to_string();
+                Outcome::Publish { seq, topic, payload: Bytes::from(link) }
+            }
+            Err(reason) => {
+                self.links.remove(&seq);
+                warn!(seq, %reason, "the platform refused a large message for good; it is dropped from the queue");
+                Outcome::Refused { seq, reason: format!("large message upload refused: {reason}") }
             }
         };
-        let link = serde_json::json!({ "link": blob }).to_string();
-        Ok((topics::telemetry_topic(hub_id, message, true, key.as_deref()), Bytes::from(link)))
+        let Some(target) = self.held_uploads.remove(&seq) else { return Ok(vec![outcome]) };
+        let mut ready = Vec::new();
+        if let Some(chain) = self.held.get_mut(&target) {
+            if let Some(slot) = chain.iter_mut().find(|(s, _)| *s == seq) {
+                slot.1 = Some(outcome);
+            }
+            while chain.front().is_some_and(|(_, o)| o.is_some()) {
+                if let Some((_, Some(o))) = chain.pop_front() {
+                    ready.push(o);
+                }
+            }
+            if chain.is_empty() {
+                self.held.remove(&target);
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Messages taken over and not yet returned (uploading or waiting behind an upload).
+    pub fn pending(&self) -> usize {
+        self.links.len() + self.held.values().flatten().filter(|(_, o)| o.is_some()).count()
     }
 }

@@ -17,7 +17,7 @@ use spotflow_core::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::mapping::{RequestKind, TelemetryMapper, TwinRequests, EXTERNALIZE_THRESHOLD};
+use crate::mapping::{Outcome, RequestKind, TelemetryMapper, TwinRequests, EVENT_CHANNEL, EXTERNALIZE_THRESHOLD};
 use crate::topics;
 
 /// Tunables of the MQTT transport.
@@ -140,26 +140,28 @@ impl Transport for MqttTransport {
         let filters = topics::subscriptions(&creds.hub_device_id).map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
         client.subscribe_many(filters).await.map_err(|e| Error::transport_with("subscribe failed", e))?;
         let correlation = Arc::new(Mutex::new(Correlation::default()));
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL);
         let pump = tokio::spawn(pump(eventloop, correlation.clone(), events_tx));
         info!(hub = %creds.hub_host, port = o.port, tls = o.tls.is_some(), "MQTT connected");
         let mapper = TelemetryMapper::new(creds.clone(), session.clone(), o.tls.clone(), o.upload_base_url.clone())?;
-        Ok(Box::new(MqttConnection { client, correlation, events: events_rx, pump, mapper }))
+        Ok(Box::new(MqttConnection { client, correlation, events: events_rx, pump, mapper, refused: VecDeque::new() }))
     }
 }
 
 /// Drives rumqttc's event loop, matching acknowledgements and twin answers to their requests.
+/// The events channel is bounded: while the SDK is busy, the event loop waits, so a server
+/// flooding the device is held back by TCP instead of growing the device's memory.
 async fn pump(
     mut eventloop: EventLoop,
     correlation: Arc<Mutex<Correlation>>,
-    events: mpsc::UnboundedSender<Result<TransportEvent>>,
+    events: mpsc::Sender<Result<TransportEvent>>,
 ) {
     let mut by_pkid: HashMap<u16, u64> = HashMap::new();
     loop {
         let event = match eventloop.poll().await {
             Ok(e) => e,
             Err(e) => {
-                let _ = events.send(Err(Error::transport_with("MQTT connection lost", e)));
+                let _ = events.send(Err(Error::transport_with("MQTT connection lost", e))).await;
                 return;
             }
         };
@@ -172,7 +174,7 @@ async fn pump(
             }
             Event::Incoming(Packet::PubAck(ack)) => {
                 if let Some(seq) = by_pkid.remove(&ack.pkid) {
-                    if events.send(Ok(TransportEvent::MessageAcknowledged(seq))).is_err() {
+                    if events.send(Ok(TransportEvent::MessageAcknowledged(seq))).await.is_err() {
                         return;
                     }
                 }
@@ -185,7 +187,7 @@ async fn pump(
             Event::Incoming(Packet::Publish(p)) => {
                 let event = correlation.lock().unwrap_or_else(|p| p.into_inner()).twin.translate(&p.topic, &p.payload);
                 if let Some(e) = event {
-                    if events.send(Ok(e)).is_err() {
+                    if events.send(Ok(e)).await.is_err() {
                         return;
                     }
                 }
@@ -198,9 +200,10 @@ async fn pump(
 struct MqttConnection {
     client: AsyncClient,
     correlation: Arc<Mutex<Correlation>>,
-    events: mpsc::UnboundedReceiver<Result<TransportEvent>>,
+    events: mpsc::Receiver<Result<TransportEvent>>,
     pump: tokio::task::JoinHandle<()>,
     mapper: TelemetryMapper,
+    refused: VecDeque<TransportEvent>,
 }
 
 impl MqttConnection {
@@ -222,8 +225,10 @@ impl Drop for MqttConnection {
 #[async_trait]
 impl Connection for MqttConnection {
     async fn publish_message(&mut self, seq: u64, message: &OutgoingMessage) -> Result<()> {
-        let (topic, payload) = self.mapper.publish_of(seq, message).await?;
-        self.publish(Pending::Telemetry(seq), topic, payload).await
+        match self.mapper.submit(seq, message) {
+            Some((topic, payload)) => self.publish(Pending::Telemetry(seq), topic, payload).await,
+            None => Ok(()),
+        }
     }
 
     async fn request_twin(&mut self, request: RequestId) -> Result<()> {
@@ -242,9 +247,32 @@ impl Connection for MqttConnection {
     }
 
     async fn next_event(&mut self) -> Result<TransportEvent> {
-        match self.events.recv().await {
-            Some(event) => event,
-            None => Err(Error::transport("MQTT connection closed")),
+        loop {
+            if let Some(event) = self.refused.pop_front() {
+                return Ok(event);
+            }
+            tokio::select! {
+                event = self.events.recv() => return match event {
+                    Some(event) => event,
+                    None => Err(Error::transport("MQTT connection closed")),
+                },
+                ready = self.mapper.next_ready() => {
+                    // Synchronous from here on: `next_event` stays cancel-safe.
+                    for outcome in ready? {
+                        match outcome {
+                            Outcome::Publish { seq, topic, payload } => {
+                                self.correlation.lock().unwrap_or_else(|p| p.into_inner()).order.push_back(Pending::Telemetry(seq));
+                                self.client
+                                    .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                                    .map_err(|e| Error::transport_with("MQTT client stopped or congested", e))?;
+                            }
+                            Outcome::Refused { seq, reason } => {
+                                self.refused.push_back(TransportEvent::MessageRefused { seq, reason });
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 

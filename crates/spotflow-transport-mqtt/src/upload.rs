@@ -18,8 +18,37 @@ fn uuid_v4() -> String {
     spotflow_core::secure_random::uuid_v4()
 }
 
-fn http_error(context: &str, e: reqwest::Error) -> Error {
-    Error::transport_with(context.to_owned(), e)
+fn http_error(context: &str, e: reqwest::Error) -> UploadError {
+    UploadError::Retry(Error::transport_with(context.to_owned(), e))
+}
+
+/// Why an upload failed.
+#[derive(Debug)]
+pub(crate) enum UploadError {
+    /// The platform refused it for good: a 4xx other than 401 (credentials being renewed),
+    /// 408 (timeout) and 429 (throttled). Sending it again cannot succeed.
+    Refused(String),
+    /// Anything else (network, 5xx, 401/408/429, a malformed answer): worth retrying.
+    Retry(Error),
+}
+
+impl std::fmt::Display for UploadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UploadError::Refused(reason) => f.write_str(reason),
+            UploadError::Retry(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The error for a non-success `status` of step `what`.
+fn status_error(what: &str, status: reqwest::StatusCode) -> UploadError {
+    let message = format!("{what} answered {status}");
+    if status.is_client_error() && !matches!(status.as_u16(), 401 | 408 | 429) {
+        UploadError::Refused(message)
+    } else {
+        UploadError::Retry(Error::Platform(message))
+    }
 }
 
 impl Uploader {
@@ -43,7 +72,7 @@ impl Uploader {
         hub_device_id: &str,
         sas: &Secret,
         payload: &bytes::Bytes,
-    ) -> Result<String> {
+    ) -> std::result::Result<String, UploadError> {
         let base = self.base_url.clone().unwrap_or_else(|| format!("https://{hub_host}"));
         let blob = uuid_v4();
         let resp = self
@@ -56,17 +85,18 @@ impl Uploader {
             .map_err(|e| http_error("file upload init", e))?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(Error::Platform(format!("file upload init answered {status}")));
+            return Err(status_error("file upload init", status));
         }
-        let body =
-            crate::platform_api::read_capped(resp, crate::platform_api::MAX_ANSWER_BYTES, "file upload init").await?;
+        let body = crate::platform_api::read_capped(resp, crate::platform_api::MAX_ANSWER_BYTES, "file upload init")
+            .await
+            .map_err(UploadError::Retry)?;
         let info: Value = serde_json::from_slice(&body)
-            .map_err(|e| Error::Platform(format!("file upload init answered invalid JSON: {e}")))?;
+            .map_err(|e| UploadError::Retry(Error::Platform(format!("file upload init answered invalid JSON: {e}"))))?;
         let field = |k: &str| {
             info.get(k)
                 .and_then(Value::as_str)
                 .map(str::to_owned)
-                .ok_or_else(|| Error::Platform(format!("file upload answer without {k}")))
+                .ok_or_else(|| UploadError::Retry(Error::Platform(format!("file upload answer without {k}"))))
         };
         let (host, container, name, sas_token, correlation) = (
             field("hostName")?,
@@ -102,10 +132,10 @@ impl Uploader {
             .await
             .map_err(|e| http_error("file upload notification", e))?;
         if !ok {
-            return Err(Error::Platform(format!("blob upload answered {put_status}")));
+            return Err(status_error("blob upload", put_status));
         }
         if !notified.status().is_success() {
-            return Err(Error::Platform(format!("file upload notification answered {}", notified.status())));
+            return Err(status_error("file upload notification", notified.status()));
         }
         Ok(blob)
     }

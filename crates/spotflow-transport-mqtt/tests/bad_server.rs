@@ -268,3 +268,54 @@ async fn endless_http_answers_are_cut_off() {
     }
     assert_eq!(spotflow_transport_mqtt::MAX_ANSWER_BYTES, 256 * 1024);
 }
+
+/// Hardening: a broker flooding the device with desired-properties patches while the SDK does not
+/// take events is held back by TCP: the connection buffers a bounded number of events (it used to
+/// buffer everything, without limit), and the events still come through in order afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_broker_is_held_back_by_a_bounded_event_channel() {
+    const PACKETS: usize = 100_000;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (written_tx, written_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = s.read(&mut buf).await;
+        s.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        tokio::spawn(async move { while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {} });
+        // 1 KiB patches, versions 2, 3, …: write until the client stops taking them (a write
+        // that cannot complete within 2 s) or everything is written.
+        let filler = "f".repeat(1000);
+        let mut written = 0usize;
+        for version in 2..(PACKETS + 2) {
+            let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
+            let packet = publish_packet(&topic, format!("{{\"f\":\"{filler}\"}}").as_bytes());
+            match tokio::time::timeout(Duration::from_secs(2), wr.write_all(&packet)).await {
+                Ok(Ok(())) => written += 1,
+                _ => break,
+            }
+        }
+        let _ = written_tx.send(written);
+        // Keep the socket open while the client drains.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(wr);
+    });
+    let transport = MqttTransport::new(MqttTransportOptions::plain_tcp(port)).unwrap();
+    let mut conn = transport.connect(&creds("127.0.0.1"), &spotflow_core::SessionInfo::default()).await.unwrap();
+    let written = tokio::time::timeout(Duration::from_secs(60), written_rx).await.unwrap().unwrap();
+    assert!(
+        written < PACKETS / 2,
+        "the broker wrote {written} of {PACKETS} patches although nobody took them: the events are not bounded"
+    );
+    // The connection is healthy and delivers the patches in order.
+    for expected in 2..12u64 {
+        let got = tokio::time::timeout(Duration::from_secs(10), conn.next_event()).await.unwrap().unwrap();
+        match got {
+            TransportEvent::DesiredPatch { version, .. } => assert_eq!(version, expected),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    conn.close().await;
+}

@@ -8,7 +8,7 @@
 
 mod proxy;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use spotflow_core::{
     Connection, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, Transport, TransportEvent,
 };
-use spotflow_transport_mqtt::mapping::{RequestKind, TelemetryMapper, TwinRequests};
+use spotflow_transport_mqtt::mapping::{Outcome, RequestKind, TelemetryMapper, TwinRequests, EVENT_CHANNEL};
 use spotflow_transport_mqtt::topics;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -242,12 +242,14 @@ impl Transport for WsTransport {
             Error::Timeout(format!("WebSocket connection not established within {:?}", o.connect_timeout))
         })??;
         let twin = Arc::new(Mutex::new(TwinRequests::default()));
-        let (commands, commands_rx) = mpsc::channel(1024);
-        let (events_tx, events) = mpsc::unbounded_channel();
+        // Larger than any window of publishes the SDK keeps: a publish never waits for the
+        // session, even while the session waits for the SDK to take its events.
+        let (commands, commands_rx) = mpsc::channel(4096);
+        let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
         let pump = tokio::spawn(run_session(framed, commands_rx, events_tx, twin.clone(), o.keep_alive));
         let mapper = TelemetryMapper::new(creds.clone(), session.clone(), o.tls.clone(), o.upload_base_url.clone())?;
         info!(hub = %creds.hub_host, port = o.port, "MQTT over WebSocket connected");
-        Ok(Box::new(WsConnection { commands, events, twin, mapper, pump }))
+        Ok(Box::new(WsConnection { commands, events, twin, mapper, pump, refused: VecDeque::new() }))
     }
 }
 
@@ -260,7 +262,7 @@ enum Command {
 async fn run_session(
     mut framed: Framed,
     mut commands: mpsc::Receiver<Command>,
-    events: mpsc::UnboundedSender<Result<TransportEvent>>,
+    events: mpsc::Sender<Result<TransportEvent>>,
     twin: Arc<Mutex<TwinRequests>>,
     keep_alive: Duration,
 ) {
@@ -270,7 +272,9 @@ async fn run_session(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
     let mut awaiting_pong = false;
     let fail = |e: Error| {
-        let _ = events.send(Err(e));
+        // The worker may be gone or the channel full: the session ends either way (a dropped
+        // sender also reads as "session ended").
+        let _ = events.try_send(Err(e));
     };
     loop {
         tokio::select! {
@@ -298,7 +302,7 @@ async fn run_session(
             packet = framed.next() => match packet {
                 Ok(Packet::PubAck(ack)) => match in_flight.remove(&ack.pkid) {
                     Some(Some(seq)) => {
-                        if events.send(Ok(TransportEvent::MessageAcknowledged(seq))).is_err() {
+                        if events.send(Ok(TransportEvent::MessageAcknowledged(seq))).await.is_err() {
                             return;
                         }
                     }
@@ -316,7 +320,7 @@ async fn run_session(
                     }
                     let event = twin.lock().unwrap_or_else(|e| e.into_inner()).translate(&p.topic, &p.payload);
                     if let Some(event) = event {
-                        if events.send(Ok(event)).is_err() {
+                        if events.send(Ok(event)).await.is_err() {
                             return;
                         }
                     }
@@ -340,10 +344,11 @@ async fn run_session(
 
 struct WsConnection {
     commands: mpsc::Sender<Command>,
-    events: mpsc::UnboundedReceiver<Result<TransportEvent>>,
+    events: mpsc::Receiver<Result<TransportEvent>>,
     twin: Arc<Mutex<TwinRequests>>,
     mapper: TelemetryMapper,
     pump: tokio::task::JoinHandle<()>,
+    refused: VecDeque<TransportEvent>,
 }
 
 impl Drop for WsConnection {
@@ -364,8 +369,10 @@ impl WsConnection {
 #[async_trait]
 impl Connection for WsConnection {
     async fn publish_message(&mut self, seq: u64, message: &OutgoingMessage) -> Result<()> {
-        let (topic, payload) = self.mapper.publish_of(seq, message).await?;
-        self.publish(topic, payload, Some(seq)).await
+        match self.mapper.submit(seq, message) {
+            Some((topic, payload)) => self.publish(topic, payload, Some(seq)).await,
+            None => Ok(()),
+        }
     }
 
     async fn request_twin(&mut self, request: RequestId) -> Result<()> {
@@ -381,9 +388,30 @@ impl Connection for WsConnection {
     }
 
     async fn next_event(&mut self) -> Result<TransportEvent> {
-        match self.events.recv().await {
-            Some(e) => e,
-            None => Err(Error::transport("WebSocket session ended")),
+        loop {
+            if let Some(event) = self.refused.pop_front() {
+                return Ok(event);
+            }
+            tokio::select! {
+                event = self.events.recv() => return match event {
+                    Some(e) => e,
+                    None => Err(Error::transport("WebSocket session ended")),
+                },
+                ready = self.mapper.next_ready() => {
+                    // Synchronous from here on: `next_event` stays cancel-safe.
+                    for outcome in ready? {
+                        match outcome {
+                            Outcome::Publish { seq, topic, payload } => self
+                                .commands
+                                .try_send(Command::Publish { topic, payload, telemetry: Some(seq) })
+                                .map_err(|_| Error::transport("WebSocket session ended or congested"))?,
+                            Outcome::Refused { seq, reason } => {
+                                self.refused.push_back(TransportEvent::MessageRefused { seq, reason });
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
