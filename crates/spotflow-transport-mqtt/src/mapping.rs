@@ -98,8 +98,11 @@ impl TwinRequests {
 /// larger than their own request capacity, or a full event channel could stall a publish.
 pub const EVENT_CHANNEL: usize = 1024;
 
-/// Most large-message uploads running at once on one connection.
-const MAX_CONCURRENT_UPLOADS: usize = 4;
+/// Most large-message uploads running at once on one connection: one, in the order the messages
+/// came (a device has one uplink, which parallel uploads would only split; the platform sees
+/// the same sequence of upload calls as from the official SDK). A failing upload gives the turn
+/// to the next one while it waits to retry.
+const MAX_CONCURRENT_UPLOADS: usize = 1;
 
 /// A telemetry message whose upload has finished: what the connection does with it now.
 #[derive(Debug)]
@@ -125,8 +128,8 @@ pub enum Outcome {
 /// Turns outgoing messages into MQTT publishes for one device. Payloads over
 /// [`EXTERNALIZE_THRESHOLD`] are uploaded *alongside* the stream, never in front of it:
 ///
-/// * the messages behind a large one keep flowing while it uploads (up to
-///   `MAX_CONCURRENT_UPLOADS` at once), except where the platform needs order: once a large
+/// * the messages behind a large one keep flowing while it uploads (one upload at a time, in
+///   order), except where the platform needs order: once a large
 ///   message **of a batch** is uploading, the later messages of its stream wait behind it, in
 ///   order, so that no message of the batch, and no batch completion (explicit, or implied by a
 ///   new batch id), overtakes it. Other streams and unbatched large messages never wait.
@@ -250,10 +253,5 @@ impl TelemetryMapper {
             }
         }
         Ok(ready)
-    }
-
-    /// Messages taken over and not yet returned (uploading or waiting behind an upload).
-    pub fn pending(&self) -> usize {
-        self.links.len() + self.held.values().flatten().filter(|(_, o)| o.is_some()).count()
     }
 }
