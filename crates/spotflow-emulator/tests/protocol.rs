@@ -1262,5 +1262,11 @@ async fn one_devices_large_reported_patches_keep_the_state_bounded() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("emulator.db"))
         .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
         .sum();
+    eprintln!(
+        "bounded state: control state {} bytes, device row {} bytes, {rows} history rows (largest {largest} bytes), \
+         database files {on_disk} bytes",
+        control.len(),
+        row.len()
+    );
     assert!(on_disk < 40 * 1024 * 1024, "database files: {on_disk} bytes");
 }
