@@ -11,7 +11,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "maturin>=1.9,<2" "pytest>=7" "brotli>=1.1"
 rm -f target/wheels/spotflow_device-*.whl
-"$venv/bin/maturin" build --release -m crates/spotflow-python/Cargo.toml -o target/wheels --interpreter "$venv/bin/python"
+"$venv/bin/maturin" build --release -m spotflow-python/Cargo.toml -o target/wheels --interpreter "$venv/bin/python"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/spotflow_device-*.whl
 cargo build -p spotflow-emulator
-SPOTFLOW_EMULATOR_BIN="$PWD/target/debug/spotflow-emulator" "$venv/bin/python" -m pytest crates/spotflow-python/tests -q "$@"
+SPOTFLOW_EMULATOR_BIN="$PWD/target/debug/spotflow-emulator" "$venv/bin/python" -m pytest spotflow-python/tests -q "$@"

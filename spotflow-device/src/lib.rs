@@ -50,5 +50,35 @@ pub use spotflow_core::{
     ProvisioningOperation, Result, Store, Transport,
 };
 
+/// Everything a custom [`Transport`], [`Store`] or [`PlatformApi`] needs, in one place: the
+/// traits, the values that cross them, and the built-in transports to wrap or delegate to.
+///
+/// A transport opens [`extend::Connection`]s; the SDK hands each one telemetry
+/// ([`extend::OutgoingMessage`] with its sequence number) and twin requests, and reads
+/// [`extend::TransportEvent`]s back (acknowledgements matched by sequence number, twin answers,
+/// desired-properties patches). The contract is on each trait; the `testkit` feature has a
+/// conformance suite for transports (`testkit::transport_conformance`) and stores
+/// (`testkit::store_conformance`). See `examples/custom_transport.rs`.
+pub mod extend {
+    pub use spotflow_core::{
+        Backoff, Connection, ConnectionCredentials, DesiredState, DeviceIdentity, MessageKind, OutgoingMessage,
+        PlatformApi, ProvisioningOperation, ProvisioningStatus, QueueStats, QueuedMessage, Registration,
+        RegistrationToken, ReportedState, RequestId, Secret, SessionInfo, Store, StreamTarget, Transport,
+        TransportEvent, TwinDocument,
+    };
+    /// The built-in MQTT transport (rumqttc over TLS) and HTTPS platform API, to wrap or reuse.
+    #[cfg(feature = "mqtt")]
+    pub use spotflow_transport_mqtt as mqtt;
+    /// The built-in MQTT-over-WebSocket transport.
+    #[cfg(feature = "ws")]
+    pub use spotflow_transport_ws as ws;
+}
+
+/// The test kit: the in-memory platform (`MemoryPlatform`: platform API and transport in one,
+/// with hooks to push desired properties, force disconnects and inspect delivered messages) and
+/// the conformance suites for stores and transports. Feature `testkit`.
+#[cfg(feature = "testkit")]
+pub use spotflow_core::testkit;
+
 /// Desired properties: a version and the values (a JSON object without `$version`).
 pub type DesiredProperties = spotflow_core::DesiredState;

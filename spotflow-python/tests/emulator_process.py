@@ -19,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-REPO = pathlib.Path(__file__).resolve().parents[3]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 MQTT_PORT = 8883
 
 

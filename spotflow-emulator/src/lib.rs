@@ -15,6 +15,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "testkit")]
+mod conformance;
 mod db;
 mod http;
 mod mqtt;

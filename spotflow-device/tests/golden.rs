@@ -93,7 +93,7 @@ enum Step {
 }
 
 fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop/golden")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../interop/golden")
 }
 
 fn percent_decode(s: &str) -> String {
