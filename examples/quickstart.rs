@@ -16,12 +16,7 @@ use spotflow_emulator::{Emulator, MessageQuery};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,spotflow_device=info".into()),
-        )
-        .init();
+    spotflow_examples::init_logs();
 
     // The platform: an external one from the environment, or the emulator embedded here.
     let external = std::env::var("SPOTFLOW_INSTANCE").ok();

@@ -13,11 +13,13 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> spotflow_device::Result<()> {
 //! use std::sync::Arc;
-//! use spotflow_device::{Compression, DeviceClient, Message};
+//! use spotflow_device::{Compression, DeviceClient, MemoryStore, Message};
 //! use spotflow_core::testkit::MemoryPlatform;
 //!
 //! let platform = MemoryPlatform::new();
+//! // On a device, the store is the durable one at the `db` path (SQLite by default); in memory here.
 //! let client = DeviceClient::builder(Some("my-device"), "memory-provisioning-token", "spotflow.db")
+//!     .store(Arc::new(MemoryStore::new()))
 //!     .platform_api(Arc::new(platform.clone()))
 //!     .transport(Arc::new(platform.clone()))
 //!     .display_provisioning_operation_callback(|op| println!("approve {}", op.verification_code))

@@ -181,10 +181,6 @@ impl Db {
                 serde_json::from_str(&json).map_err(|e| format!("corrupt device {id:?} in {}: {e}", path.display()))?;
             state.devices.insert(id, device);
         }
-        // A state saved by an older emulator holds its devices inline: they move to their rows
-        // with the next save.
-        state.dirty.extend(state.devices.keys().cloned());
-        state.upgrade();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("emulator-db".into())

@@ -182,8 +182,13 @@ enum MessageAction {
     },
 }
 
+/// Logs go to standard error (standard output is the banner and command results), coloured only
+/// when standard error is a terminal.
 fn init_logs() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
 }

@@ -101,9 +101,7 @@ pub struct SasInfo {
     pub hub_device_id: String,
     pub expires_at: Millis,
     /// The SAS's signature, compared in constant time (the map key holds only its first
-    /// [`SAS_SELECTOR_LEN`] characters). Empty in states saved before it existed (then the key is
-    /// the whole SAS; see [`ControlState::upgrade`]).
-    #[serde(default)]
+    /// [`SAS_SELECTOR_LEN`] characters).
     pub signature: String,
 }
 
@@ -164,9 +162,8 @@ pub struct ControlState {
     pub operations: BTreeMap<String, Operation>,
     pub registration_tokens: BTreeMap<String, RegistrationTokenInfo>,
     pub sas: BTreeMap<String, SasInfo>,
-    /// Keyed by `{workspace}:{device}`. Persisted one row per device (see `Db::save_state`);
-    /// read from the state only when it was saved by an older emulator.
-    #[serde(default, skip_serializing)]
+    /// Keyed by `{workspace}:{device}`. Persisted one row per device (see `Db::save_state`).
+    #[serde(skip)]
     pub devices: BTreeMap<String, Device>,
     pub counter: u64,
     /// Devices changed since the last save.
@@ -395,20 +392,6 @@ impl ControlState {
             .filter(|s| now_ms() < s.expires_at)
     }
 
-    /// Brings a state saved by an older emulator to the current shape (SAS entries keyed by the
-    /// whole SAS become selector-keyed).
-    pub fn upgrade(&mut self) {
-        let old: Vec<String> =
-            self.sas.iter().filter(|(_, s)| s.signature.is_empty()).map(|(k, _)| k.clone()).collect();
-        for sas in old {
-            let Some(mut info) = self.sas.remove(&sas) else { continue };
-            if let Some((key, signature)) = sas_key(&sas) {
-                info.signature = signature.to_owned();
-                self.sas.insert(key, info);
-            }
-        }
-    }
-
     /// Merges a patch into the desired properties; returns the new version.
     pub fn update_desired(&mut self, hub_id: &str, patch: &Map<String, Value>) -> Result<u64, TwinRefusal> {
         let device = self.devices.get_mut(hub_id).ok_or(TwinRefusal::NoDevice)?;
@@ -472,19 +455,5 @@ mod tests {
         assert_eq!(state.authorize(&sas.replace(signature, &signature[..SAS_SELECTOR_LEN])), None);
         assert_eq!(state.authorize("SharedAccessSignature sr=x&se=1"), None);
         assert_eq!(state.authorize(""), None);
-    }
-
-    #[test]
-    fn states_saved_with_whole_sas_keys_are_upgraded() {
-        let (mut state, sas) = registered();
-        let (key, _) = sas_key(&sas).unwrap();
-        let mut info = state.sas.remove(&key).unwrap();
-        info.signature.clear();
-        state.sas.insert(sas.clone(), info);
-        let json = serde_json::to_string(&state).unwrap();
-        let mut loaded: ControlState = serde_json::from_str(&json).unwrap();
-        loaded.upgrade();
-        assert_eq!(loaded.authorize(&sas), Some("ws:dev"));
-        assert!(!loaded.sas.contains_key(&sas));
     }
 }

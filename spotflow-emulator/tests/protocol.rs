@@ -15,7 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// The emulator binary as a process (`serve` on free ports, plain HTTP and MQTT on), optionally
-/// under a wrapper command (e.g. `prlimit`), its standard output (banner and log) collected.
+/// under a wrapper command (e.g. `prlimit`), its standard output (banner) and error (log)
+/// collected.
 struct EmulatorProcess {
     child: std::process::Child,
     log: String,
@@ -25,6 +26,7 @@ struct EmulatorProcess {
 
 impl EmulatorProcess {
     fn spawn(wrapper: &[&str], args: &[&str]) -> Self {
+        use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
         let binary = env!("CARGO_BIN_EXE_spotflow-emulator");
         let mut command = match wrapper.split_first() {
@@ -42,27 +44,31 @@ impl EmulatorProcess {
             .arg(dir.path())
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
         let (tx, chunks) = std::sync::mpsc::channel();
-        // Ends at EOF, i.e. when the process is killed at the latest.
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
-                    break;
+        let streams: [Box<dyn std::io::Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        for mut stream in streams {
+            let tx = tx.clone();
+            // Ends at EOF, i.e. when the process is killed at the latest.
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
         let mut process = EmulatorProcess { child, log: String::new(), chunks, _dir: dir };
         process.wait_log("admin token file:");
         process
     }
 
-    /// Waits (at most [`WAIT`]) until the output contains `needle`; returns the output so far.
+    /// Waits (at most [`WAIT`]) until the output (banner and log) contains `needle`; returns the
+    /// output so far.
     fn wait_log(&mut self, needle: &str) -> String {
         let deadline = std::time::Instant::now() + WAIT;
         while !self.log.contains(needle) {

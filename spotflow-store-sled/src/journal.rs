@@ -29,9 +29,6 @@
 //! frame, so no part of an unacknowledged group can be read as valid after a later group that
 //! overwrote its start. Records are never appended after an open before the journal was emptied
 //! (a new generation), so frames of a torn write cannot resurface either.
-//!
-//! A journal of the first format (no header; one record `[len][crc32 of body][seq][value]` per
-//! message) is still read; the first emptying converts it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -43,7 +40,7 @@ pub const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
 /// Bytes of the file written with zeros up front.
 pub const PREALLOCATED: u64 = CHECKPOINT_BYTES + 1024 * 1024;
 
-/// Starts the header; a first-format journal cannot start with it (no record is 4 GiB long).
+/// Starts the header.
 const MAGIC: [u8; 8] = *b"\xff\xff\xff\xffSFJ2";
 const FILE_HEADER: u64 = 16;
 const FRAME_HEADER: usize = 8;
@@ -133,7 +130,7 @@ fn read_at(file: &File, size: u64, at: u64, len: u64) -> std::io::Result<Option<
     Ok(Some(buf))
 }
 
-/// A frame (or first-format record) header at `at`: its length and checksum.
+/// A frame header at `at`: its length and checksum.
 fn header_at(file: &File, size: u64, at: u64) -> std::io::Result<Option<(u64, u32)>> {
     Ok(read_at(file, size, at, FRAME_HEADER as u64)?.and_then(|h| Some((u64::from(u32_at(&h, 0)?), u32_at(&h, 4)?))))
 }
@@ -154,21 +151,6 @@ fn read_frames(file: &File, size: u64, generation: u64) -> std::io::Result<(Vec<
     Ok((entries, at))
 }
 
-/// The valid records of a first-format journal.
-fn read_first_format(file: &File, size: u64) -> std::io::Result<Vec<Entry>> {
-    let mut entries = Vec::new();
-    let mut at = 0;
-    while let Some((len, crc)) = header_at(file, size, at)? {
-        let start = at + FRAME_HEADER as u64;
-        let Some(body) = read_at(file, size, start, len)?.filter(|b| len >= 8 && crc32fast::hash(b) == crc) else {
-            break;
-        };
-        entries.push(Entry::Append(u64_at(&body, 0).unwrap_or_default(), body[8..].to_vec()));
-        at = start + len;
-    }
-    Ok(entries)
-}
-
 impl Journal {
     /// Opens (creating) the journal in the store's directory; returns it with its valid records.
     /// Apply them (durably), then [`Journal::clear`] it before appending.
@@ -184,7 +166,15 @@ impl Journal {
                 let (entries, end) = read_frames(&file, size, generation)?;
                 (generation, entries, end)
             }
-            _ => (0, read_first_format(&file, size)?, FILE_HEADER),
+            // New (empty, or preallocated and never emptied yet): nothing to replay.
+            None => (0, Vec::new(), FILE_HEADER),
+            Some((magic, _)) if magic.iter().all(|b| *b == 0) => (0, Vec::new(), FILE_HEADER),
+            Some(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is not a spotflow journal", path.display()),
+                ))
+            }
         };
         let journal =
             Journal { file, path, generation, end, last_frame: None, allocated: size, fresh: false, frame: Vec::new() };
@@ -304,7 +294,6 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     fn appended(records: &[(u64, &str)]) -> Vec<Entry> {
         records.iter().map(|(s, v)| Entry::Append(*s, v.as_bytes().to_vec())).collect()
@@ -379,26 +368,5 @@ mod tests {
         let (mut j, _) = Journal::open(dir.path()).unwrap();
         j.clear().unwrap();
         assert!(reopen(dir.path()).is_empty());
-    }
-
-    #[test]
-    fn a_journal_of_the_first_format_is_read_and_converted_by_the_first_emptying() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spotflow-journal");
-        let mut old = Vec::new();
-        for (seq, value) in [(7u64, "seven"), (8, "eight")] {
-            let mut body = seq.to_le_bytes().to_vec();
-            body.extend_from_slice(value.as_bytes());
-            old.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            old.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-            old.extend_from_slice(&body);
-        }
-        old.extend_from_slice(&[20, 0, 0, 0, 1, 2]); // a torn record
-        File::create(&path).unwrap().write_all(&old).unwrap();
-        let (mut j, entries) = Journal::open(dir.path()).unwrap();
-        assert_eq!(entries, appended(&[(7, "seven"), (8, "eight")]));
-        j.clear().unwrap();
-        j.append(&[(9, b"nine".as_slice())], true).unwrap();
-        assert_eq!(reopen(dir.path()), appended(&[(9, "nine")]));
     }
 }

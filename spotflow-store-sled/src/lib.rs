@@ -18,7 +18,7 @@
 //! * Messages are packed in chunks of up to 32 messages or 4 KiB per sled entry (see the `chunk`
 //!   module): sled keeps metadata in memory for every page it wrote, so one message per entry made
 //!   the memory grow with the queue (37 MiB with 1,000,000 messages and growing); with chunks it
-//!   stays flat. A store of the first format (one message per entry) is converted at open.
+//!   stays flat.
 //! * The file system's free space is checked before appends ([`SledOptions::min_free_bytes`]);
 //!   on a full disk appends fail with a clear error and nothing acknowledged is lost. sled itself
 //!   writes when it opens, so on a full disk the store cannot be opened (a clear error) until there
@@ -189,8 +189,6 @@ fn key_seq(key: &[u8]) -> Option<u64> {
     key.try_into().ok().map(u64::from_be_bytes)
 }
 
-/// The first format kept one message per entry in this tree; it is converted to chunks at open.
-const MESSAGES_V1: &str = "messages";
 const CHUNKS: &str = "chunks";
 
 impl Worker {
@@ -244,9 +242,6 @@ impl Worker {
             sync_appends: options.durability == Durability::PowerLossSafe,
             open: None,
         };
-        if worker.db.tree_names().iter().any(|name| name.as_ref() == MESSAGES_V1.as_bytes()) {
-            worker.migrate_v1()?;
-        }
         let saved_seq = worker
             .state
             .get(LAST_SEQ)
@@ -294,35 +289,6 @@ impl Worker {
         worker.checkpoint().map_err(err("cannot recover"))?;
         debug!(path = %path.display(), count = worker.count, replayed, "sled store opened");
         Ok(worker)
-    }
-
-    /// Converts a store of the first format (one message per entry) to chunks. The chunks are
-    /// made durable before the old tree is dropped; a conversion cut short starts over.
-    fn migrate_v1(&mut self) -> Result<()> {
-        let err = |e| sled_error(&self.path, "cannot convert", e);
-        let old = self.db.open_tree(MESSAGES_V1).map_err(err)?;
-        self.chunks.clear().map_err(err)?;
-        let mut current: Option<Chunk> = None;
-        let mut moved = 0u64;
-        for item in old.iter() {
-            let (key, value) = item.map_err(err)?;
-            let seq = key_seq(&key).ok_or_else(|| corrupt(&self.path))?;
-            let chunk = current.get_or_insert_with(|| Chunk::new(seq));
-            chunk.push(seq, value.to_vec());
-            moved += 1;
-            if chunk.is_full() {
-                self.chunks.insert(chunk.key.to_be_bytes(), chunk.encode()).map_err(err)?;
-                current = None;
-            }
-        }
-        if let Some(chunk) = current {
-            self.chunks.insert(chunk.key.to_be_bytes(), chunk.encode()).map_err(err)?;
-        }
-        self.flush().map_err(err)?;
-        self.db.drop_tree(MESSAGES_V1).map_err(err)?;
-        self.flush().map_err(err)?;
-        debug!(path = %self.path.display(), moved, "sled store converted to chunks");
-        Ok(())
     }
 
     /// Adds a message to the open chunk; when that fills it, writes the chunk to sled (without a

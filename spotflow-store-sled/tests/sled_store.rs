@@ -120,49 +120,6 @@ async fn a_random_walk_of_appends_removals_reads_and_reopens_matches_a_model() {
     assert_eq!(all.iter().map(|q| q.seq).collect::<Vec<_>>(), model.keys().copied().collect::<Vec<_>>());
 }
 
-/// A store written by the first release (one message per sled entry in the `messages` tree) opens
-/// with its messages, counter and state, and is converted.
-#[tokio::test]
-async fn a_store_of_the_first_format_is_converted_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("device.db");
-    {
-        let db = sled::Config::new().path(&path).open().unwrap();
-        let messages = db.open_tree("messages").unwrap();
-        for seq in 1..=100u64 {
-            if seq % 10 == 0 {
-                continue; // acknowledged ones
-            }
-            let m = message_of_size(seq);
-            let mut value = m.queued_size().to_le_bytes().to_vec();
-            value.extend_from_slice(&spotflow_core::persist::encode_message(&m));
-            messages.insert(seq.to_be_bytes(), value).unwrap();
-        }
-        let state = db.open_tree("state").unwrap();
-        state.insert("last_seq", &100u64.to_le_bytes()).unwrap();
-        state
-            .insert(
-                "identity",
-                serde_json::to_vec(&spotflow_core::persist::identity_to_json(&sample_identity("v1"))).unwrap(),
-            )
-            .unwrap();
-        db.flush().unwrap();
-    }
-    wait_for_sled_to_release(&path);
-    let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
-    let stats = store.queue_stats().await.unwrap();
-    assert_eq!((stats.count, stats.last_seq), (90, Some(100)));
-    let all = store.read_messages(None, 1000).await.unwrap();
-    let want: Vec<u64> = (1..=100).filter(|s| s % 10 != 0).collect();
-    assert_eq!(all.iter().map(|q| q.seq).collect::<Vec<_>>(), want);
-    assert!(all.iter().all(|q| q.message == message_of_size(q.seq)));
-    assert_eq!(store.load_identity().await.unwrap(), Some(sample_identity("v1")));
-    assert_eq!(store.append_message(message_of_size(101)).await.unwrap(), 101);
-    store.close().await.unwrap();
-    let db = sled::Config::new().path(&path).open().unwrap();
-    assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"messages"), "the old tree is gone");
-}
-
 #[tokio::test]
 async fn too_little_free_disk_space_refuses_appends_before_writing() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,19 +144,6 @@ async fn the_crash_safe_level_passes_the_conformance_suite_and_keeps_everything_
     let all = store.read_messages(Some(first - 1), 1000).await.unwrap();
     assert_eq!(all.len(), 100);
     assert!(all.iter().zip(0..).all(|(q, n)| q.seq == first + n && q.message == message_of_size(n)));
-}
-
-/// sled's background writes keep its lock for a moment after a `sled::Db` is dropped (the store's
-/// `close` waits for it; a raw `sled::Db` does not): wait for it, at most 5 s.
-fn wait_for_sled_to_release(dir: &std::path::Path) {
-    use rustix::fs::{flock, FlockOperation};
-    let file = std::fs::File::open(dir.join("db")).unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
-        assert!(std::time::Instant::now() < until, "sled kept its lock");
-        std::thread::yield_now();
-    }
-    flock(&file, FlockOperation::Unlock).unwrap();
 }
 
 /// Hardening: the store holds the device's tokens and SAS: its directory is owner-only (0700) and
