@@ -94,6 +94,16 @@ pub enum Error {
         /// The reason given for the last of them.
         last_reason: String,
     },
+    /// The operating system refused something the SDK needs to run (a thread, a runtime); it may
+    /// succeed once resources are freed.
+    #[error("cannot start {what}: {source}")]
+    System {
+        /// What could not be started.
+        what: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A bounded wait ran out.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -115,6 +125,7 @@ impl Error {
             | Error::Transport { .. }
             | Error::Platform(_)
             | Error::WorkspaceDisabled
+            | Error::System { .. }
             | Error::Timeout(_) => ErrorStatus::Temporary,
             _ => ErrorStatus::Permanent,
         }

@@ -119,7 +119,20 @@ pub struct QueueStats {
 /// [`Store::clear_device_state`]). Implementations must be cheap to call concurrently; the SDK
 /// calls `append_messages` from many tasks at once.
 ///
-/// Run `spotflow_core::testkit::store_conformance` (feature `testkit`) against any new backend.
+/// Errors: an [`crate::Error::Store`] saying whether a retry may succeed (a full disk is
+/// temporary, a corrupt file permanent); an append that returns an error must not have appended
+/// anything visible to a later read.
+///
+/// Run `spotflow_core::testkit::store_conformance` (feature `testkit`) against any new backend:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // In a backend's tests (here the in-memory store, with the `testkit` feature):
+/// # #[cfg(feature = "testkit")]
+/// spotflow_core::testkit::store_conformance(&spotflow_core::MemoryStore::new()).await;
+/// # }
+/// ```
 #[async_trait]
 pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Appends messages at the end of the outgoing queue, in order, returning the sequence number

@@ -83,6 +83,32 @@ impl SessionInfo {
 }
 
 /// Opens connections to the platform. Implement it to bring your own transport.
+///
+/// The contract, checked by `testkit::transport_conformance` (feature `testkit`):
+/// * `connect` returns a live [`Connection`] or an error: [`crate::Error::Unauthorized`] when the
+///   platform refused the credentials (the SDK registers again), any other error when worth
+///   retrying (the SDK retries with backoff). It must be bounded in time or the SDK's timeout
+///   cuts it.
+/// * The SDK opens one connection at a time and drops it on any error.
+///
+/// A decorator that delegates to another transport (see `examples/custom_transport.rs` for a
+/// complete one that traces every message):
+///
+/// ```
+/// use async_trait::async_trait;
+/// use spotflow_core::{Connection, ConnectionCredentials, Result, SessionInfo, Transport};
+///
+/// #[derive(Debug)]
+/// struct Logged<T>(T);
+///
+/// #[async_trait]
+/// impl<T: Transport> Transport for Logged<T> {
+///     async fn connect(&self, creds: &ConnectionCredentials, session: &SessionInfo) -> Result<Box<dyn Connection>> {
+///         println!("connecting {}", creds.hub_device_id);
+///         self.0.connect(creds, session).await
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Transport: fmt::Debug + Send + Sync + 'static {
     /// Connects with the given credentials. [`crate::Error::Unauthorized`] means that the
@@ -92,10 +118,22 @@ pub trait Transport: fmt::Debug + Send + Sync + 'static {
 
 /// One live connection.
 ///
-/// The SDK keeps many messages in flight: `publish_message` returns once the message is handed
-/// over, and its acknowledgement arrives later as [`TransportEvent::MessageAcknowledged`] with the
-/// same sequence number, in any order. Any error from a method means the connection is lost; the
-/// SDK then drops it and re-sends unacknowledged messages on the next one.
+/// The contract, checked by `testkit::transport_conformance` (feature `testkit`):
+/// * **Many in flight, matched by sequence number.** `publish_message` returns once the message
+///   is handed over (not when it is acknowledged); its acknowledgement arrives later as
+///   [`TransportEvent::MessageAcknowledged`] with the same sequence number, exactly once, in any
+///   order. A message the platform refuses for good is reported as
+///   [`TransportEvent::MessageRefused`] instead. Never acknowledge what was not delivered: the
+///   SDK removes acknowledged messages from its durable queue.
+/// * **Twin requests matched by request id**: [`TransportEvent::Twin`] answers
+///   `request_twin(id)`, [`TransportEvent::ReportedPatched`] answers `patch_reported(id, ..)`.
+/// * **Cancel safety**: `next_event` is called inside `select!` and its future dropped whenever
+///   something else happens first; no event may be lost by that (buffer in the connection, not in
+///   the future).
+/// * **Errors**: any error from a method means the connection is lost; the SDK drops it and sends
+///   the unacknowledged messages again, first, on the next connection.
+/// * **Bounded memory**: events the SDK has not taken yet should be bounded (back-pressure on
+///   the network), not buffered without limit.
 #[async_trait]
 pub trait Connection: Send {
     /// Hands a telemetry message over for delivery.

@@ -37,7 +37,7 @@ impl Runtime {
             .thread_name("spotflow-worker")
             .enable_all()
             .build()
-            .map_err(|e| Error::invalid("runtime", e))?;
+            .map_err(|source| Error::System { what: "the blocking client's runtime", source })?;
         Ok(Runtime { rt: Some(rt) })
     }
 

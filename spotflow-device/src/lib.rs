@@ -37,14 +37,19 @@
 #![forbid(unsafe_code)]
 
 pub mod blocking;
+mod builder;
 mod client;
 mod instance;
+mod message;
 mod options;
 mod provisioning;
+mod shared;
 mod worker;
 
-pub use client::{DesiredPropertiesCallback, DeviceClient, DeviceClientBuilder, Message, StreamSender};
+pub use builder::{DesiredPropertiesCallback, DeviceClientBuilder};
+pub use client::{DeviceClient, StreamSender};
 pub use instance::{Instance, DEFAULT_INSTANCE};
+pub use message::Message;
 pub use options::{ClientOptions, Durability, NetworkOptions, Protocol, QueueFullPolicy, DEFAULT_MAX_MESSAGE_SIZE};
 pub use provisioning::{print_provisioning_operation, write_provisioning_operation, DisplayCallback};
 pub use spotflow_core::{

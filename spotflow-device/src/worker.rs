@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::client::Shared;
+use crate::shared::Shared;
 use crate::ClientOptions;
 
 /// Requests from the API to the worker.

@@ -1,0 +1,457 @@
+//! Configuring and starting a [`DeviceClient`]: options, backend selection (stores and network
+//! stacks by Cargo feature), the identity, the worker and the callback thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+use spotflow_core::{
+    validate_name, Backoff, DesiredState, DesiredTracker, Error, OutgoingQueue, PlatformApi, ProvisioningOperation,
+    ReportedTracker, Result, Secret, Store, Transport,
+};
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{info, warn};
+
+use crate::client::{ClientInner, DeviceClient};
+use crate::provisioning::{
+    obtain_identity, print_provisioning_operation, CredentialKeeper, DisplayCallback, StartRequest,
+};
+use crate::shared::{RecentAppends, RefusedLog, Shared};
+use crate::worker::Worker;
+use crate::{ClientOptions, DesiredProperties, Instance, NetworkOptions};
+
+/// Called with the desired properties after start and on every newer version, on a dedicated
+/// thread (it may call back into the client, including the blocking API).
+pub type DesiredPropertiesCallback = Arc<dyn Fn(DesiredProperties) + Send + Sync>;
+
+impl DeviceClient {
+    /// Starts configuring a client. `device_id` may be `None` when the provisioning token or the
+    /// technician chooses it; `db` must end with `.db`.
+    pub fn builder(
+        device_id: Option<impl Into<String>>,
+        provisioning_token: impl Into<String>,
+        db: impl AsRef<Path>,
+    ) -> DeviceClientBuilder {
+        DeviceClientBuilder::new(device_id.map(Into::into), Secret::new(provisioning_token), db.as_ref().to_path_buf())
+    }
+}
+
+/// Configures and starts a [`DeviceClient`].
+pub struct DeviceClientBuilder {
+    device_id: Option<String>,
+    provisioning_token: Secret,
+    db: PathBuf,
+    instance: Option<String>,
+    display: Option<DisplayCallback>,
+    desired_callback: Option<DesiredPropertiesCallback>,
+    store: Option<Arc<dyn Store>>,
+    transport: Option<Arc<dyn Transport>>,
+    platform_api: Option<Arc<dyn PlatformApi>>,
+    options: ClientOptions,
+    network: NetworkOptions,
+}
+
+impl std::fmt::Debug for DeviceClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceClientBuilder")
+            .field("device_id", &self.device_id)
+            .field("provisioning_token", &self.provisioning_token)
+            .field("db", &self.db)
+            .field("instance", &self.instance)
+            .field("store", &self.store)
+            .field("transport", &self.transport)
+            .field("platform_api", &self.platform_api)
+            .field("options", &self.options)
+            .field("network", &self.network)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceClientBuilder {
+    /// See [`DeviceClient::builder`].
+    pub(crate) fn new(device_id: Option<String>, provisioning_token: Secret, db: PathBuf) -> Self {
+        DeviceClientBuilder {
+            device_id,
+            provisioning_token,
+            db,
+            instance: None,
+            display: None,
+            desired_callback: None,
+            store: None,
+            transport: None,
+            platform_api: None,
+            options: ClientOptions::default(),
+            network: NetworkOptions::default(),
+        }
+    }
+
+    /// The URI or host name of the platform instance (default `api.eu1.spotflow.io`): a host
+    /// name, `host:port`, `https://host[:port]`, or `http://` with a loopback host for local
+    /// development.
+    pub fn instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
+    }
+
+    /// Displays the provisioning operation to whoever approves the device. The default prints
+    /// its id, verification code and expiration time to standard output.
+    pub fn display_provisioning_operation_callback(
+        mut self,
+        callback: impl Fn(&ProvisioningOperation) + Send + Sync + 'static,
+    ) -> Self {
+        self.display = Some(Arc::new(callback));
+        self
+    }
+
+    /// Called with the current desired properties right after start and then with every newer
+    /// version, on a dedicated thread.
+    pub fn desired_properties_updated_callback(
+        mut self,
+        callback: impl Fn(DesiredProperties) + Send + Sync + 'static,
+    ) -> Self {
+        self.desired_callback = Some(Arc::new(callback));
+        self
+    }
+
+    /// Uses this store instead of the one selected by the `db` path.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Uses this transport for the data plane (telemetry and twin).
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Uses this implementation of provisioning and registration.
+    pub fn platform_api(mut self, api: Arc<dyn PlatformApi>) -> Self {
+        self.platform_api = Some(api);
+        self
+    }
+
+    /// Replaces the tunables.
+    pub fn options(mut self, options: ClientOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Trusts this CA certificate (PEM) in addition to the platform's roots (e.g. the local
+    /// emulator's `ca.pem`).
+    pub fn trust_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.network.extra_ca_pem.push(pem.into());
+        self
+    }
+
+    /// Changes how the platform is reached over the network.
+    pub fn with_network(mut self, change: impl FnOnce(&mut NetworkOptions)) -> Self {
+        change(&mut self.network);
+        self
+    }
+
+    /// Changes some tunables.
+    pub fn with_options(mut self, change: impl FnOnce(&mut ClientOptions)) -> Self {
+        change(&mut self.options);
+        self
+    }
+
+    fn validate(&self) -> Result<Instance> {
+        if let Some(id) = &self.device_id {
+            validate_name("device id", id)?;
+        }
+        if self.provisioning_token.expose().trim().is_empty() {
+            return Err(Error::invalid("provisioning token", "must not be empty"));
+        }
+        validate_db_path(&self.db)?;
+        let o = &self.options;
+        if o.max_in_flight == 0 || o.fetch_batch == 0 || o.max_message_size == 0 {
+            return Err(Error::invalid("options", "max_in_flight, fetch_batch and max_message_size must be positive"));
+        }
+        Instance::parse(self.instance.as_deref().unwrap_or(crate::DEFAULT_INSTANCE))
+    }
+
+    /// Starts the client: uses the stored registration when it is still valid (also without a
+    /// network: messages then wait in the store), otherwise provisions the device and waits for
+    /// the approval (bounded by [`ClientOptions::start_timeout`]; dropping the future cancels it).
+    pub async fn start(self) -> Result<DeviceClient> {
+        let instance = self.validate()?;
+        let store: Arc<dyn Store> = match self.store {
+            Some(s) => s,
+            None => default_store(&self.db, self.options.durability).await?,
+        };
+        let (api, transport) =
+            network_stack(self.platform_api, self.transport, &instance, &self.network, &self.options)?;
+        let display: DisplayCallback = self.display.unwrap_or_else(|| Arc::new(print_provisioning_operation));
+        let options = self.options;
+
+        let (identity, fresh) = obtain_identity(&StartRequest {
+            api: api.as_ref(),
+            store: store.as_ref(),
+            provisioning_token: &self.provisioning_token,
+            device_id: self.device_id.as_deref(),
+            display: &display,
+            options: &options,
+        })
+        .await?;
+
+        let stats = store.queue_stats().await?;
+        let desired = store.load_desired().await?;
+        let reported = store.load_reported().await?;
+        let shared = Arc::new(Shared {
+            workspace_id: identity.workspace_id.clone(),
+            device_id: identity.device_id.clone(),
+            pending: AtomicI64::new(stats.count as i64),
+            queued_bytes: AtomicI64::new(stats.bytes as i64),
+            last_appended: AtomicU64::new(stats.last_seq.unwrap_or(0)),
+            appended: Notify::new(),
+            desired: Mutex::new(desired.clone()),
+            reported: watch::channel((false, None)).0,
+            connected: AtomicBool::new(false),
+            recent: Mutex::new(RecentAppends::default()),
+            refused_total: AtomicU64::new(0),
+            refused: Mutex::new(RefusedLog::default()),
+        });
+        let reported = ReportedTracker::new(reported);
+        shared.set_reported_status(reported.any_pending(), None);
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (acked_tx, acked_rx) = watch::channel(0);
+        let (creds_tx, creds_rx) = watch::channel(identity.connection.clone());
+        let (rejected_tx, rejected_rx) = mpsc::unbounded_channel();
+        let desired_tx = self.desired_callback.map(spawn_callback_thread).transpose()?;
+
+        let session = spotflow_core::SessionInfo { queue_id: identity.queue_id.clone() };
+        let keeper = CredentialKeeper {
+            api,
+            store: store.clone(),
+            identity,
+            options: options.clone(),
+            credentials: creds_tx,
+            rejected: rejected_rx,
+        };
+        let worker = Worker {
+            shared: shared.clone(),
+            store: store.clone(),
+            transport,
+            options: options.clone(),
+            queue: OutgoingQueue::new(stats.last_seq, options.max_in_flight, options.fetch_batch),
+            desired: DesiredTracker::new(desired),
+            reported,
+            commands: cmd_rx,
+            credentials: creds_rx,
+            rejected: rejected_tx,
+            acked: acked_tx,
+            desired_tx,
+            conn: None,
+            connecting: None,
+            reconnect_at: None,
+            backoff: Backoff::new(options.retry_initial, options.retry_max),
+            twin_request: None,
+            twin_retry_at: None,
+            remove_due: None,
+            draining_until: None,
+            store_retry_at: None,
+            keeper: Some(tokio::spawn(keeper.run(fresh))),
+            session,
+        };
+        tokio::spawn(worker.run());
+        info!(pending = stats.count, "device client started");
+        Ok(DeviceClient {
+            inner: Arc::new(ClientInner {
+                shared,
+                store,
+                commands: cmd_tx,
+                acked: acked_rx,
+                options,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+#[cfg(feature = "mqtt")]
+fn network_stack(
+    api: Option<Arc<dyn PlatformApi>>,
+    transport: Option<Arc<dyn Transport>>,
+    instance: &Instance,
+    network: &NetworkOptions,
+    options: &ClientOptions,
+) -> Result<(Arc<dyn PlatformApi>, Arc<dyn Transport>)> {
+    use spotflow_transport_mqtt::{HttpPlatformApi, MqttTransport, MqttTransportOptions, TlsOptions};
+    if let (Some(a), Some(t)) = (&api, &transport) {
+        return Ok((a.clone(), t.clone()));
+    }
+    let tls = TlsOptions { platform_roots: network.platform_roots, extra_ca_pem: network.extra_ca_pem.clone() }
+        .client_config()?;
+    let api = match api {
+        Some(a) => a,
+        None => {
+            Arc::new(HttpPlatformApi::new(&instance.base_url(), &instance.id(), tls.clone(), options.request_timeout)?)
+        }
+    };
+    let transport = match transport {
+        Some(t) => t,
+        None if network.protocol == crate::Protocol::MqttOverWebSocket => {
+            websocket_transport(instance, network, options, tls)?
+        }
+        None => {
+            let mut o = if network.mqtt_plain_tcp {
+                warn!("MQTT over plain TCP: traffic is neither encrypted nor authenticated");
+                MqttTransportOptions::plain_tcp(network.mqtt_port)
+            } else {
+                let mut o = MqttTransportOptions::tls(tls);
+                o.port = network.mqtt_port;
+                o
+            };
+            o.max_in_flight = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
+            o.upload_base_url = upload_base_url(instance, network)?;
+            o.connect_timeout = options.request_timeout;
+            Arc::new(MqttTransport::new(o)?)
+        }
+    };
+    Ok((api, transport))
+}
+
+/// Where large messages are uploaded: the option (`https://`, or `http://` to a loopback host:
+/// the upload carries the SAS), else, for a local instance (loopback host: the emulator serves
+/// the upload API beside provisioning), the instance itself, else `https://{hub}` (`None`).
+#[cfg(feature = "mqtt")]
+fn upload_base_url(instance: &Instance, network: &NetworkOptions) -> Result<Option<String>> {
+    match &network.upload_base_url {
+        Some(url) => Instance::parse(url).map(|u| Some(u.base_url())).map_err(|e| Error::invalid("upload base URL", e)),
+        None => Ok(spotflow_core::is_loopback_host(&instance.host).then(|| instance.base_url())),
+    }
+}
+
+#[cfg(feature = "ws")]
+fn websocket_transport(
+    instance: &Instance,
+    network: &NetworkOptions,
+    options: &ClientOptions,
+    tls: Arc<spotflow_transport_mqtt_rustls::ClientConfig>,
+) -> Result<Arc<dyn Transport>> {
+    use spotflow_transport_ws::{Proxy, ProxyMode, WsTransport, WsTransportOptions};
+    let mut o = if network.mqtt_plain_tcp {
+        warn!("MQTT over plain ws://: traffic is neither encrypted nor authenticated");
+        WsTransportOptions::plain(network.websocket_port)
+    } else {
+        let mut o = WsTransportOptions::tls(tls);
+        o.port = network.websocket_port;
+        o
+    };
+    if let Some(p) = &network.proxy {
+        o.proxy = ProxyMode::Explicit(Proxy::parse(p)?);
+    }
+    o.upload_base_url = upload_base_url(instance, network)?;
+    o.connect_timeout = options.request_timeout;
+    Ok(Arc::new(WsTransport::new(o)))
+}
+
+#[cfg(all(feature = "mqtt", not(feature = "ws")))]
+fn websocket_transport(
+    _instance: &Instance,
+    _network: &NetworkOptions,
+    _options: &ClientOptions,
+    _tls: Arc<spotflow_transport_mqtt_rustls::ClientConfig>,
+) -> Result<Arc<dyn Transport>> {
+    Err(Error::invalid("protocol", "MQTT over WebSocket needs the `ws` feature of spotflow-device"))
+}
+
+#[cfg(feature = "mqtt")]
+use spotflow_transport_mqtt::rustls as spotflow_transport_mqtt_rustls;
+
+#[cfg(not(feature = "mqtt"))]
+fn network_stack(
+    api: Option<Arc<dyn PlatformApi>>,
+    transport: Option<Arc<dyn Transport>>,
+    instance: &Instance,
+    _network: &NetworkOptions,
+    _options: &ClientOptions,
+) -> Result<(Arc<dyn PlatformApi>, Arc<dyn Transport>)> {
+    let api = api.ok_or_else(|| no_network("platform_api", instance))?;
+    let transport = transport.ok_or_else(|| no_network("transport", instance))?;
+    Ok((api, transport))
+}
+
+#[cfg(not(feature = "mqtt"))]
+fn no_network(what: &str, instance: &Instance) -> Error {
+    Error::invalid(
+        "configuration",
+        format!(
+            "no {what} configured for instance {}: this build has no network transport yet; \
+             enable the `mqtt` feature or inject one with DeviceClientBuilder::{what}",
+            instance.authority
+        ),
+    )
+}
+
+#[cfg(feature = "sqlite")]
+async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<dyn Store>> {
+    use spotflow_store_sqlite::SqliteStore;
+    Ok(Arc::new(SqliteStore::open_async(db, durability).await?))
+}
+
+#[cfg(all(feature = "sled", not(feature = "sqlite")))]
+async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<dyn Store>> {
+    use spotflow_store_sled::{SledOptions, SledStore};
+    let mut options = SledOptions::default();
+    options.durability = durability;
+    Ok(Arc::new(SledStore::open_async(db, options).await?))
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "sled")))]
+async fn default_store(db: &Path, _durability: crate::Durability) -> Result<Arc<dyn Store>> {
+    use spotflow_core::MemoryStore;
+    warn!(
+        db = %db.display(),
+        "no durable store is compiled in (feature `sqlite`): using an in-memory store; queued messages do not survive a restart"
+    );
+    Ok(Arc::new(MemoryStore::new()))
+}
+
+/// The `db` path must name a file ending in `.db`.
+pub(crate) fn validate_db_path(db: &Path) -> Result<()> {
+    let name = db.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let raw = db.as_os_str().to_string_lossy();
+    if raw.ends_with(['/', '\\']) || !name.ends_with(".db") || name == ".db" {
+        return Err(Error::invalid(
+            "db path",
+            format!("{:?} must name a file ending with \".db\", for example \"spotflow.db\"", db.display().to_string()),
+        ));
+    }
+    Ok(())
+}
+
+fn spawn_callback_thread(callback: DesiredPropertiesCallback) -> Result<std::sync::mpsc::Sender<DesiredState>> {
+    let (tx, rx) = std::sync::mpsc::channel::<DesiredState>();
+    std::thread::Builder::new()
+        .name("spotflow-desired-callback".into())
+        .spawn(move || {
+            for state in rx {
+                let version = state.version;
+                let cb = callback.clone();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(state))).is_err() {
+                    warn!(version, "desired properties callback panicked");
+                }
+            }
+        })
+        .map_err(|source| Error::System { what: "the desired-properties callback thread", source })?;
+    Ok(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_paths() {
+        for ok in ["spotflow.db", "/var/lib/x/device.db", "a/b.c.db"] {
+            validate_db_path(Path::new(ok)).expect(ok);
+        }
+        for bad in ["", "spotflow", "spotflow.sqlite", ".db", "dir.db/", "x.DB2"] {
+            let e = validate_db_path(Path::new(bad)).expect_err(bad);
+            assert!(e.to_string().contains(".db"), "{e}");
+        }
+    }
+}

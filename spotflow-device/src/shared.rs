@@ -1,0 +1,195 @@
+//! State shared by the API handles and the background worker: counters, the latest appends,
+//! refusals, desired properties, connection status.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use spotflow_core::{DesiredState, QueuedMessage};
+use tokio::sync::{watch, Notify};
+
+/// State shared by the API handles and the worker.
+pub(crate) struct Shared {
+    pub(crate) workspace_id: String,
+    pub(crate) device_id: String,
+    pub(crate) pending: AtomicI64,
+    pub(crate) queued_bytes: AtomicI64,
+    pub(crate) last_appended: AtomicU64,
+    pub(crate) appended: Notify,
+    pub(crate) desired: Mutex<Option<DesiredState>>,
+    /// Whether a reported update is pending, and the status that rejected it.
+    pub(crate) reported: watch::Sender<(bool, Option<u16>)>,
+    pub(crate) connected: AtomicBool,
+    /// The latest appended messages, so that the worker need not read back from the store what
+    /// was just written to it (a read competes with the next append for the store).
+    pub(crate) recent: Mutex<RecentAppends>,
+    /// Messages the platform refused for good in this run.
+    pub(crate) refused_total: AtomicU64,
+    pub(crate) refused: Mutex<RefusedLog>,
+}
+
+/// Refused messages not yet reported by a wait for sent messages (bounded; beyond the bound only
+/// counted).
+#[derive(Default)]
+pub(crate) struct RefusedLog {
+    entries: std::collections::BTreeMap<u64, String>,
+    /// Refusals beyond the bound: reported by the next wait, whatever it covers.
+    overflow: u64,
+}
+
+/// Most refusals remembered with their reason until a wait reports them.
+const REFUSED_REMEMBERED: usize = 1000;
+
+/// Messages just appended, in sequence order, bounded in count and bytes.
+#[derive(Default)]
+pub(crate) struct RecentAppends {
+    messages: std::collections::VecDeque<QueuedMessage>,
+    bytes: usize,
+}
+
+/// Bounds of [`RecentAppends`]: beyond them the oldest entries go (the worker then reads them
+/// from the store).
+const RECENT_MAX_MESSAGES: usize = 4096;
+const RECENT_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+impl RecentAppends {
+    pub(crate) fn remember(&mut self, message: QueuedMessage) {
+        let size = message.message.payload.len();
+        // Concurrent appends may finish out of order: keep the deque sorted.
+        let at = self.messages.iter().rposition(|m| m.seq < message.seq).map_or(0, |i| i + 1);
+        self.messages.insert(at, message);
+        self.bytes += size;
+        while self.messages.len() > RECENT_MAX_MESSAGES || self.bytes > RECENT_MAX_BYTES {
+            let Some(old) = self.messages.pop_front() else { break };
+            self.bytes -= old.message.payload.len();
+        }
+    }
+
+    /// The messages after `after` through `through` (at most `limit`), if all of them are still
+    /// remembered; `None` when the store must be read.
+    pub(crate) fn take(&mut self, after: Option<u64>, through: u64, limit: usize) -> Option<Vec<QueuedMessage>> {
+        let after = after.unwrap_or(0);
+        while self.messages.front().is_some_and(|m| m.seq <= after) {
+            if let Some(old) = self.messages.pop_front() {
+                self.bytes -= old.message.payload.len();
+            }
+        }
+        let wanted = usize::try_from(through.checked_sub(after)?).ok()?.min(limit);
+        if wanted == 0 || self.messages.len() < wanted {
+            return None;
+        }
+        let contiguous = self.messages.iter().take(wanted).enumerate().all(|(i, m)| m.seq == after + 1 + i as u64);
+        contiguous.then(|| self.messages.iter().take(wanted).cloned().collect())
+    }
+}
+
+impl Shared {
+    pub(crate) fn remember_appended(&self, message: QueuedMessage) {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).remember(message);
+    }
+
+    /// See [`RecentAppends::take`].
+    pub fn take_recent(&self, after: Option<u64>, through: u64, limit: usize) -> Option<Vec<QueuedMessage>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).take(after, through, limit)
+    }
+
+    /// Forgets every remembered message (their store rows were removed without being sent).
+    pub fn forget_recent(&self) {
+        *self.recent.lock().unwrap_or_else(|p| p.into_inner()) = RecentAppends::default();
+    }
+
+    pub fn last_appended(&self) -> u64 {
+        self.last_appended.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn message_appended(&self, seq: u64, size: u64) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.queued_bytes.fetch_add(size as i64, Ordering::AcqRel);
+        self.last_appended.fetch_max(seq, Ordering::AcqRel);
+        self.appended.notify_one();
+    }
+
+    /// The platform refused message `seq` for good (it has left the queue).
+    pub fn message_refused(&self, seq: u64, reason: String) {
+        self.refused_total.fetch_add(1, Ordering::AcqRel);
+        let mut log = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        log.entries.insert(seq, reason);
+        if log.entries.len() > REFUSED_REMEMBERED {
+            log.entries.pop_first();
+            log.overflow += 1;
+        }
+    }
+
+    /// Takes the refusals of messages up to `through` not reported yet: their count and the last
+    /// reason.
+    pub(crate) fn take_refused(&self, through: u64) -> Option<(u64, String)> {
+        let mut log = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let later = log.entries.split_off(&through.saturating_add(1));
+        let taken = std::mem::replace(&mut log.entries, later);
+        let count = taken.len() as u64 + std::mem::take(&mut log.overflow);
+        let last = taken.into_values().next_back().unwrap_or_else(|| "(reason not kept)".to_owned());
+        (count > 0).then_some((count, last))
+    }
+
+    /// A message left the queue (acknowledged, or dropped to make room).
+    pub fn message_acknowledged(&self, size: u64) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.queued_bytes.fetch_sub(size as i64, Ordering::AcqRel);
+    }
+
+    pub(crate) fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(Ordering::Acquire).max(0) as u64
+    }
+
+    pub fn set_desired(&self, desired: DesiredState) {
+        *self.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(desired);
+    }
+
+    pub fn set_reported_status(&self, pending: bool, rejection: Option<u16>) {
+        self.reported.send_if_modified(|v| {
+            let changed = *v != (pending, rejection);
+            *v = (pending, rejection);
+            changed
+        });
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn queued(seq: u64) -> QueuedMessage {
+        QueuedMessage { seq, message: spotflow_core::testkit::sample_message(seq) }
+    }
+
+    pub(crate) fn seqs(v: Option<Vec<QueuedMessage>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|m| m.seq).collect())
+    }
+
+    #[test]
+    pub(crate) fn recent_appends_serve_only_complete_contiguous_ranges() {
+        let mut r = RecentAppends::default();
+        // Appends finishing out of order are kept sorted.
+        for seq in [1, 2, 4, 3, 5] {
+            r.remember(queued(seq));
+        }
+        assert_eq!(seqs(r.take(None, 5, 100)), Some(vec![1, 2, 3, 4, 5]));
+        assert_eq!(seqs(r.take(Some(2), 5, 2)), Some(vec![3, 4]), "at most `limit`");
+        assert_eq!(r.take(Some(5), 5, 100).map(|v| v.len()), None, "nothing new");
+        // A gap (7 not remembered yet): read the store instead.
+        r.remember(queued(6));
+        r.remember(queued(8));
+        assert_eq!(seqs(r.take(Some(5), 8, 100)), None);
+        assert_eq!(seqs(r.take(Some(5), 6, 100)), Some(vec![6]));
+        // Evicted entries are not served.
+        let mut r = RecentAppends::default();
+        for seq in 1..=(RECENT_MAX_MESSAGES as u64 + 10) {
+            r.remember(queued(seq));
+        }
+        assert_eq!(seqs(r.take(None, 20, 100)), None, "the oldest were evicted");
+        assert!(r.take(Some(20), 30, 100).is_some());
+    }
+}
