@@ -151,6 +151,8 @@ pub struct TelemetryMapper {
     held: HashMap<Arc<StreamTarget>, VecDeque<(u64, Option<Outcome>)>>,
     /// The stream of each held upload.
     held_uploads: HashMap<u64, Arc<StreamTarget>>,
+    /// Refusals not yet returned by [`TelemetryMapper::next_event`].
+    refused: VecDeque<TransportEvent>,
 }
 
 impl TelemetryMapper {
@@ -171,6 +173,7 @@ impl TelemetryMapper {
             links: HashMap::new(),
             held: HashMap::new(),
             held_uploads: HashMap::new(),
+            refused: VecDeque::new(),
         })
     }
 
@@ -215,6 +218,36 @@ impl TelemetryMapper {
             }
         });
         None
+    }
+
+    /// The next event of a connection using this mapper: from `events` (its session; `closed`
+    /// describes the end of the channel), or an upload that ended: its publishes are handed to
+    /// `publish` (synchronously, so that this stays cancel-safe) and a refusal is returned as
+    /// [`TransportEvent::MessageRefused`].
+    pub async fn next_event(
+        &mut self,
+        events: &mut tokio::sync::mpsc::Receiver<Result<TransportEvent>>,
+        closed: &str,
+        mut publish: impl FnMut(u64, String, Bytes) -> Result<()>,
+    ) -> Result<TransportEvent> {
+        loop {
+            if let Some(event) = self.refused.pop_front() {
+                return Ok(event);
+            }
+            tokio::select! {
+                event = events.recv() => return event.unwrap_or_else(|| Err(Error::transport(closed.to_owned()))),
+                ready = self.next_ready() => {
+                    for outcome in ready? {
+                        match outcome {
+                            Outcome::Publish { seq, topic, payload } => publish(seq, topic, payload)?,
+                            Outcome::Refused { seq, reason } => {
+                                self.refused.push_back(TransportEvent::MessageRefused { seq, reason })
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Waits until an upload ends; returns what to do now, in order (pending forever while no

@@ -17,7 +17,7 @@ use spotflow_core::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::mapping::{Outcome, RequestKind, TelemetryMapper, TwinRequests, EVENT_CHANNEL, EXTERNALIZE_THRESHOLD};
+use crate::mapping::{RequestKind, TelemetryMapper, TwinRequests, EVENT_CHANNEL, EXTERNALIZE_THRESHOLD};
 use crate::topics;
 
 /// Tunables of the MQTT transport.
@@ -144,7 +144,7 @@ impl Transport for MqttTransport {
         let pump = tokio::spawn(pump(eventloop, correlation.clone(), events_tx));
         info!(hub = %creds.hub_host, port = o.port, tls = o.tls.is_some(), "MQTT connected");
         let mapper = TelemetryMapper::new(creds.clone(), session.clone(), o.tls.clone(), o.upload_base_url.clone())?;
-        Ok(Box::new(MqttConnection { client, correlation, events: events_rx, pump, mapper, refused: VecDeque::new() }))
+        Ok(Box::new(MqttConnection { client, correlation, events: events_rx, pump, mapper }))
     }
 }
 
@@ -203,7 +203,6 @@ struct MqttConnection {
     events: mpsc::Receiver<Result<TransportEvent>>,
     pump: tokio::task::JoinHandle<()>,
     mapper: TelemetryMapper,
-    refused: VecDeque<TransportEvent>,
 }
 
 impl MqttConnection {
@@ -247,33 +246,15 @@ impl Connection for MqttConnection {
     }
 
     async fn next_event(&mut self) -> Result<TransportEvent> {
-        loop {
-            if let Some(event) = self.refused.pop_front() {
-                return Ok(event);
-            }
-            tokio::select! {
-                event = self.events.recv() => return match event {
-                    Some(event) => event,
-                    None => Err(Error::transport("MQTT connection closed")),
-                },
-                ready = self.mapper.next_ready() => {
-                    // Synchronous from here on: `next_event` stays cancel-safe.
-                    for outcome in ready? {
-                        match outcome {
-                            Outcome::Publish { seq, topic, payload } => {
-                                self.correlation.lock().unwrap_or_else(|p| p.into_inner()).order.push_back(Pending::Telemetry(seq));
-                                self.client
-                                    .try_publish(topic, QoS::AtLeastOnce, false, payload)
-                                    .map_err(|e| Error::transport_with("MQTT client stopped or congested", e))?;
-                            }
-                            Outcome::Refused { seq, reason } => {
-                                self.refused.push_back(TransportEvent::MessageRefused { seq, reason });
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let (client, correlation) = (&self.client, &self.correlation);
+        self.mapper
+            .next_event(&mut self.events, "MQTT connection closed", |seq, topic, payload| {
+                correlation.lock().unwrap_or_else(|p| p.into_inner()).order.push_back(Pending::Telemetry(seq));
+                client
+                    .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                    .map_err(|e| Error::transport_with("MQTT client stopped or congested", e))
+            })
+            .await
     }
 
     async fn close(&mut self) {

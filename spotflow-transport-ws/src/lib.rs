@@ -8,7 +8,7 @@
 
 mod proxy;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use spotflow_core::{
     Connection, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, Transport, TransportEvent,
 };
-use spotflow_transport_mqtt::mapping::{Outcome, RequestKind, TelemetryMapper, TwinRequests, EVENT_CHANNEL};
+use spotflow_transport_mqtt::mapping::{RequestKind, TelemetryMapper, TwinRequests, EVENT_CHANNEL};
 use spotflow_transport_mqtt::topics;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -249,7 +249,7 @@ impl Transport for WsTransport {
         let pump = tokio::spawn(run_session(framed, commands_rx, events_tx, twin.clone(), o.keep_alive));
         let mapper = TelemetryMapper::new(creds.clone(), session.clone(), o.tls.clone(), o.upload_base_url.clone())?;
         info!(hub = %creds.hub_host, port = o.port, "MQTT over WebSocket connected");
-        Ok(Box::new(WsConnection { commands, events, twin, mapper, pump, refused: VecDeque::new() }))
+        Ok(Box::new(WsConnection { commands, events, twin, mapper, pump }))
     }
 }
 
@@ -348,7 +348,6 @@ struct WsConnection {
     twin: Arc<Mutex<TwinRequests>>,
     mapper: TelemetryMapper,
     pump: tokio::task::JoinHandle<()>,
-    refused: VecDeque<TransportEvent>,
 }
 
 impl Drop for WsConnection {
@@ -388,31 +387,14 @@ impl Connection for WsConnection {
     }
 
     async fn next_event(&mut self) -> Result<TransportEvent> {
-        loop {
-            if let Some(event) = self.refused.pop_front() {
-                return Ok(event);
-            }
-            tokio::select! {
-                event = self.events.recv() => return match event {
-                    Some(e) => e,
-                    None => Err(Error::transport("WebSocket session ended")),
-                },
-                ready = self.mapper.next_ready() => {
-                    // Synchronous from here on: `next_event` stays cancel-safe.
-                    for outcome in ready? {
-                        match outcome {
-                            Outcome::Publish { seq, topic, payload } => self
-                                .commands
-                                .try_send(Command::Publish { topic, payload, telemetry: Some(seq) })
-                                .map_err(|_| Error::transport("WebSocket session ended or congested"))?,
-                            Outcome::Refused { seq, reason } => {
-                                self.refused.push_back(TransportEvent::MessageRefused { seq, reason });
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let commands = &self.commands;
+        self.mapper
+            .next_event(&mut self.events, "WebSocket session ended", |seq, topic, payload| {
+                commands
+                    .try_send(Command::Publish { topic, payload, telemetry: Some(seq) })
+                    .map_err(|_| Error::transport("WebSocket session ended or congested"))
+            })
+            .await
     }
 
     async fn close(&mut self) {
