@@ -41,6 +41,7 @@ mod backoff;
 mod compression;
 mod credentials;
 mod error;
+mod link;
 mod memory;
 pub mod merge_patch;
 mod message;
@@ -62,6 +63,7 @@ pub use backoff::Backoff;
 pub use compression::{decompress, decompress_limited, Compression, ContentEncoding, MAX_DECOMPRESSED_SIZE};
 pub use credentials::{CredentialAction, CredentialSchedule};
 pub use error::{Error, ErrorStatus, Result};
+pub use link::{LinkAction, LinkSchedule, LinkTimings};
 pub use memory::MemoryStore;
 pub use message::{validate_name, MessageKind, OutgoingMessage, QueuedMessage, StreamTarget, MAX_NAME_LEN};
 pub use platform::{

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use spotflow_core::{
-    validate_name, Backoff, DesiredState, DesiredTracker, Error, OutgoingQueue, PlatformApi, ProvisioningOperation,
-    ReportedTracker, Result, Secret, Store, Transport,
+    validate_name, DesiredState, DesiredTracker, Error, LinkSchedule, LinkTimings, OutgoingQueue, PlatformApi,
+    ProvisioningOperation, ReportedTracker, Result, Secret, Store, Transport,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
@@ -245,13 +245,15 @@ impl DeviceClientBuilder {
             desired_tx,
             conn: None,
             connecting: None,
-            reconnect_at: None,
-            backoff: Backoff::new(options.retry_initial, options.retry_max),
+            schedule: LinkSchedule::new(LinkTimings {
+                retry_initial: options.retry_initial,
+                retry_max: options.retry_max,
+                drain_timeout: options.renewal_drain_timeout,
+                remove_batch: crate::worker::REMOVE_BATCH,
+                remove_delay: crate::worker::REMOVE_DELAY,
+                store_retry: options.retry_initial,
+            }),
             twin_request: None,
-            twin_retry_at: None,
-            remove_due: None,
-            draining_until: None,
-            store_retry_at: None,
             keeper: Some(tokio::spawn(keeper.run(fresh))),
             session,
         };

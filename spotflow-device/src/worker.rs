@@ -1,5 +1,7 @@
 //! The background worker: moves messages and twin traffic between the state machines, the store
-//! and the connection. All decisions are made by the sans-IO machines of `spotflow-core`.
+//! and the connection. All decisions are made by the sans-IO machines of `spotflow-core`
+//! (`OutgoingQueue`, `DesiredTracker`, `ReportedTracker`, `LinkSchedule` for every timer); the
+//! worker performs their I/O and sleeps until the schedule's next deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use spotflow_core::{
-    Backoff, Connection, ConnectionCredentials, DesiredState, DesiredTracker, Error, OutgoingQueue, PatchOutcome,
-    ReportedOutcome, ReportedTracker, RequestId, Result, SessionInfo, Store, Transport, TransportEvent,
+    Connection, ConnectionCredentials, DesiredState, DesiredTracker, Error, LinkAction, LinkSchedule, OutgoingQueue,
+    PatchOutcome, ReportedOutcome, ReportedTracker, RequestId, Result, SessionInfo, Store, Transport, TransportEvent,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -56,15 +58,9 @@ pub(crate) struct Worker {
     pub desired_tx: Option<std::sync::mpsc::Sender<DesiredState>>,
     pub conn: Option<Box<dyn Connection>>,
     pub connecting: Option<ConnectFuture>,
-    pub reconnect_at: Option<Instant>,
-    pub backoff: Backoff,
     pub twin_request: Option<RequestId>,
-    pub twin_retry_at: Option<Instant>,
-    /// When acknowledged messages gathered so far are removed from the store (see [`REMOVE_DELAY`]).
-    pub remove_due: Option<Instant>,
-    /// Set while waiting for in-flight messages before switching to renewed credentials.
-    pub draining_until: Option<Instant>,
-    pub store_retry_at: Option<Instant>,
+    /// Every timer: reconnects, twin retries, credential switches, store retries, removals.
+    pub schedule: LinkSchedule,
     /// The credential keeper, stopped with the worker.
     pub keeper: Option<tokio::task::JoinHandle<()>>,
     /// Identifies the outgoing queue to the transport (message keys).
@@ -84,6 +80,11 @@ async fn connecting(fut: &mut Option<ConnectFuture>) -> Result<Box<dyn Connectio
         Some(f) => f.await,
         None => std::future::pending().await,
     }
+}
+
+/// Now, for the schedule (Tokio's clock, so that a paused test clock would drive it too).
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -107,22 +108,18 @@ fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
 /// [`REMOVE_DELAY`] after the first of them, so that a steady trickle of acknowledgements does not
 /// put one removal transaction between every two appends. (A removal lost to a crash only means a
 /// redelivery, which the platform drops by its message key.)
-const REMOVE_BATCH: usize = 512;
-const REMOVE_DELAY: Duration = Duration::from_millis(20);
+pub(crate) const REMOVE_BATCH: usize = 512;
+pub(crate) const REMOVE_DELAY: Duration = Duration::from_millis(20);
 
 impl Worker {
     pub async fn run(mut self) {
         if self.credentials.borrow().is_some() {
-            self.reconnect_at = Some(Instant::now());
+            self.schedule.on_credentials(now());
         }
         self.notify_desired();
         loop {
             self.pump().await;
-            let wake =
-                [self.reconnect_at, self.twin_retry_at, self.draining_until, self.store_retry_at, self.remove_due]
-                    .into_iter()
-                    .flatten()
-                    .min();
+            let wake = self.schedule.next_deadline().map(Instant::from_std);
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => match cmd {
@@ -162,18 +159,26 @@ impl Worker {
                         self.on_new_credentials();
                     }
                 }
-                () = sleep_until(wake) => self.on_timer().await,
+                // What became due is done by the next pump.
+                () = sleep_until(wake) => {}
             }
         }
     }
 
-    /// Does all work that needs no waiting: reads, transmissions, removals, twin requests.
+    /// Does all work that needs no waiting: what the schedule says is due (connects, twin
+    /// requests, credential switches, removals), reads, transmissions.
     async fn pump(&mut self) {
         let last_appended = self.shared.last_appended();
         self.queue.on_appended(last_appended);
         for _ in 0..64 {
             let mut progressed = false;
-            if self.store_retry_at.is_none() {
+            let now = now();
+            self.schedule.on_removals_pending(now, self.queue.removals_pending());
+            while let Some(action) = self.schedule.poll(now, self.queue.in_flight()) {
+                progressed = true;
+                self.perform(action).await;
+            }
+            if self.schedule.store_usable(now) {
                 if let Some((after, limit)) = self.queue.poll_fetch() {
                     progressed = true;
                     if let Some(messages) = self.shared.take_recent(after, last_appended, limit) {
@@ -184,13 +189,13 @@ impl Worker {
                             Err(e) => {
                                 warn!(error = %e, "reading the outgoing queue failed; retrying");
                                 self.queue.handle_fetch_failed();
-                                self.store_retry_at = Some(Instant::now() + self.options.retry_initial);
+                                self.schedule.on_store_failed(now);
                             }
                         }
                     }
                 }
             }
-            if self.draining_until.is_none() {
+            if self.schedule.may_transmit() {
                 if let Some(conn) = self.conn.as_mut() {
                     let mut failure = None;
                     while let Some(m) = self.queue.poll_transmit() {
@@ -213,26 +218,6 @@ impl Worker {
                     }
                 }
             }
-            let removal_due = match self.remove_due {
-                _ if self.queue.removals_pending() >= REMOVE_BATCH => true,
-                Some(due) => Instant::now() >= due,
-                None => {
-                    if self.queue.removals_pending() > 0 {
-                        self.remove_due = Some(Instant::now() + REMOVE_DELAY);
-                    }
-                    false
-                }
-            };
-            if let Some(seqs) = removal_due.then(|| self.queue.poll_remove()).flatten() {
-                progressed = true;
-                self.remove_due = None;
-                if let Err(e) = self.store.remove_messages(&seqs).await {
-                    warn!(error = %e, "removing acknowledged messages failed; retrying");
-                    self.queue.handle_remove_failed(seqs);
-                    self.store_retry_at = Some(Instant::now() + self.options.retry_initial);
-                    break;
-                }
-            }
             if !progressed {
                 break;
             }
@@ -244,9 +229,22 @@ impl Worker {
             changed
         });
         self.shared.set_reported_status(self.reported.any_pending(), self.reported.rejected());
-        if let Some(until) = self.draining_until {
-            if self.queue.in_flight() == 0 || Instant::now() >= until {
-                self.switch_credentials().await;
+    }
+
+    /// Performs what the schedule says is due.
+    async fn perform(&mut self, action: LinkAction) {
+        match action {
+            LinkAction::Connect => self.start_connecting(),
+            LinkAction::RequestTwin => self.request_twin().await,
+            LinkAction::SwitchCredentials => self.switch_credentials().await,
+            LinkAction::RemoveAcknowledged => {
+                if let Some(seqs) = self.queue.poll_remove() {
+                    if let Err(e) = self.store.remove_messages(&seqs).await {
+                        warn!(error = %e, "removing acknowledged messages failed; retrying");
+                        self.queue.handle_remove_failed(seqs);
+                        self.schedule.on_store_failed(now());
+                    }
+                }
             }
         }
     }
@@ -276,7 +274,7 @@ impl Worker {
                 self.twin_request = None;
                 match result {
                     Ok(twin) => {
-                        self.backoff.reset();
+                        self.schedule.on_twin();
                         if self.desired.handle_twin(twin.desired.clone()) {
                             self.persist_desired().await;
                         }
@@ -286,9 +284,8 @@ impl Worker {
                         self.notify_desired();
                     }
                     Err(status) => {
-                        let delay = self.backoff.next_delay();
+                        let delay = self.schedule.on_twin_failed(now());
                         warn!(status, ?delay, "twin request failed; retrying");
-                        self.twin_retry_at = Some(Instant::now() + delay);
                     }
                 }
             }
@@ -329,15 +326,14 @@ impl Worker {
                 self.queue.on_connected();
                 self.reported.on_connected();
                 self.twin_request = None;
-                self.twin_retry_at = Some(Instant::now());
+                self.schedule.on_connected(now());
             }
             Err(e) => {
                 if matches!(e, Error::Unauthorized(_)) {
                     let _ = self.rejected.send(());
                 }
-                let delay = self.backoff.next_delay();
+                let delay = self.schedule.on_connect_failed(now());
                 warn!(error = %e, ?delay, "connecting failed; retrying");
-                self.reconnect_at = Some(Instant::now() + delay);
             }
         }
     }
@@ -350,28 +346,11 @@ impl Worker {
         self.queue.on_disconnected();
         self.reported.on_disconnected();
         self.twin_request = None;
-        self.twin_retry_at = None;
         if matches!(e, Error::Unauthorized(_)) {
             let _ = self.rejected.send(());
         }
-        let delay = self.backoff.next_delay();
+        let delay = self.schedule.on_disconnected(now());
         warn!(error = %e, ?delay, "connection lost; reconnecting");
-        self.reconnect_at = Some(Instant::now() + delay);
-    }
-
-    async fn on_timer(&mut self) {
-        let now = Instant::now();
-        if self.store_retry_at.is_some_and(|t| now >= t) {
-            self.store_retry_at = None;
-        }
-        if self.reconnect_at.is_some_and(|t| now >= t) {
-            self.reconnect_at = None;
-            self.start_connecting();
-        }
-        if self.twin_retry_at.is_some_and(|t| now >= t) {
-            self.twin_retry_at = None;
-            self.request_twin().await;
-        }
     }
 
     fn start_connecting(&mut self) {
@@ -391,24 +370,23 @@ impl Worker {
 
     fn on_new_credentials(&mut self) {
         if self.conn.is_some() {
-            // Let in-flight messages be acknowledged before switching, so none is sent twice.
+            // The schedule lets in-flight messages be acknowledged before switching, so that
+            // none is sent twice.
             debug!("new connection credentials; draining in-flight messages before reconnecting");
-            self.draining_until = Some(Instant::now() + self.options.renewal_drain_timeout);
         } else {
+            // An attempt under way uses the old credentials.
             self.connecting = None;
-            self.reconnect_at = Some(Instant::now());
         }
+        self.schedule.on_credentials(now());
     }
 
     async fn switch_credentials(&mut self) {
-        self.draining_until = None;
         if let Some(mut conn) = self.conn.take() {
             conn.close().await;
             self.shared.set_connected(false);
             self.queue.on_disconnected();
             self.reported.on_disconnected();
             self.twin_request = None;
-            self.twin_retry_at = None;
         }
         info!("reconnecting with renewed credentials");
         self.start_connecting();
