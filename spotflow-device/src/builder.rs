@@ -396,10 +396,8 @@ async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<d
 
 #[cfg(all(feature = "sled", not(feature = "sqlite")))]
 async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<dyn Store>> {
-    use spotflow_store_sled::{SledOptions, SledStore};
-    let mut options = SledOptions::default();
-    options.durability = durability;
-    Ok(Arc::new(SledStore::open_async(db, options).await?))
+    use spotflow_store_sled::SledStore;
+    Ok(Arc::new(SledStore::open_async(db, durability).await?))
 }
 
 #[cfg(not(any(feature = "sqlite", feature = "sled")))]

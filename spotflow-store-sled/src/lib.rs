@@ -106,10 +106,11 @@ fn closed() -> Error {
 const LAST_SEQ: &[u8] = b"last_seq";
 
 impl SledStore {
-    /// Opens (creating) the store at `path` with the default options. Blocks while sled recovers
-    /// (on the store's own thread); inside an async runtime use [`SledStore::open_async`].
-    pub fn open(path: impl AsRef<Path>) -> Result<SledStore> {
-        Self::open_with_options(path, SledOptions::default())
+    /// Opens (creating) the store at `path` with the given durability and the default options.
+    /// Blocks while sled recovers (on the store's own thread); inside an async runtime use
+    /// [`SledStore::open_async`]. (The same shape as `SqliteStore`'s.)
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<SledStore> {
+        Self::open_with_options(path, SledOptions { durability, ..SledOptions::default() })
     }
 
     /// Like [`SledStore::open`] with every option.
@@ -120,8 +121,13 @@ impl SledStore {
         Ok(store)
     }
 
+    /// [`SledStore::open`] without blocking the async runtime.
+    pub async fn open_async(path: impl AsRef<Path>, durability: Durability) -> Result<SledStore> {
+        Self::open_async_with_options(path, SledOptions { durability, ..SledOptions::default() }).await
+    }
+
     /// [`SledStore::open_with_options`] without blocking the async runtime.
-    pub async fn open_async(path: impl AsRef<Path>, options: SledOptions) -> Result<SledStore> {
+    pub async fn open_async_with_options(path: impl AsRef<Path>, options: SledOptions) -> Result<SledStore> {
         let (ready, opened) = oneshot::channel();
         let store = Self::start(path.as_ref(), options, move |r| drop(ready.send(r)))?;
         opened.await.map_err(|_| closed())??;

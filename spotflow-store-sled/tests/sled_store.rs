@@ -7,7 +7,7 @@ use spotflow_store_sled::{SledOptions, SledStore};
 #[tokio::test]
 async fn passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open_async(dir.path().join("device.db"), SledOptions::default()).await.unwrap();
+    let store = SledStore::open_async_with_options(dir.path().join("device.db"), SledOptions::default()).await.unwrap();
     store_conformance(&store).await;
 }
 
@@ -15,12 +15,12 @@ async fn passes_the_conformance_suite() {
 async fn everything_survives_a_reopen_and_sequence_numbers_are_not_reused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.db");
-    let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
+    let store = SledStore::open_async_with_options(&path, SledOptions::default()).await.unwrap();
     let first = store.append_messages((0..50).map(sample_message).collect()).await.unwrap();
     store.remove_messages(&[first + 49]).await.unwrap();
     store.save_identity(&sample_identity("s")).await.unwrap();
     store.close().await.unwrap();
-    let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
+    let store = SledStore::open_async_with_options(&path, SledOptions::default()).await.unwrap();
     let stats = store.queue_stats().await.unwrap();
     assert_eq!((stats.count, stats.last_seq), (49, Some(first + 49)));
     assert_eq!(store.read_messages(None, 100).await.unwrap()[3].message, sample_message(3));
@@ -32,12 +32,12 @@ async fn everything_survives_a_reopen_and_sequence_numbers_are_not_reused() {
 async fn a_store_held_by_another_user_or_a_file_at_the_path_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.db");
-    let _holder = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
-    let err = SledStore::open_async(&path, SledOptions::default()).await.unwrap_err();
+    let _holder = SledStore::open_async_with_options(&path, SledOptions::default()).await.unwrap();
+    let err = SledStore::open_async_with_options(&path, SledOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("device.db"), "{err}");
     let file = dir.path().join("file.db");
     std::fs::write(&file, b"not a directory").unwrap();
-    let err = SledStore::open_async(&file, SledOptions::default()).await.unwrap_err();
+    let err = SledStore::open_async_with_options(&file, SledOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("is a file"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
 }
@@ -61,7 +61,7 @@ fn message_of_size(n: u64) -> spotflow_core::OutgoingMessage {
 async fn a_random_walk_of_appends_removals_reads_and_reopens_matches_a_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.db");
-    let mut store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
+    let mut store = SledStore::open_async_with_options(&path, SledOptions::default()).await.unwrap();
     let mut model = std::collections::BTreeMap::new();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = move |bound: u64| {
@@ -108,7 +108,7 @@ async fn a_random_walk_of_appends_removals_reads_and_reopens_matches_a_model() {
             }
             _ => {
                 store.close().await.unwrap();
-                store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
+                store = SledStore::open_async_with_options(&path, SledOptions::default()).await.unwrap();
             }
         }
         let stats = store.queue_stats().await.unwrap();
@@ -126,7 +126,7 @@ async fn too_little_free_disk_space_refuses_appends_before_writing() {
     let mut options = SledOptions::default();
     // More free space than any disk has: the check must refuse the append.
     options.min_free_bytes = u64::MAX / 4;
-    let store = SledStore::open_async(dir.path().join("device.db"), options).await.unwrap();
+    let store = SledStore::open_async_with_options(dir.path().join("device.db"), options).await.unwrap();
     spotflow_core::testkit::refuses_appends_without_free_space(&store).await;
 }
 
@@ -136,11 +136,11 @@ async fn the_crash_safe_level_passes_the_conformance_suite_and_keeps_everything_
     let path = dir.path().join("device.db");
     let mut options = SledOptions::default();
     options.durability = spotflow_store_sled::Durability::CrashSafe;
-    let store = SledStore::open_async(&path, options).await.unwrap();
+    let store = SledStore::open_async_with_options(&path, options).await.unwrap();
     store_conformance(&store).await;
     let first = store.append_messages((0..100).map(message_of_size).collect()).await.unwrap();
     store.close().await.unwrap();
-    let store = SledStore::open_async(&path, options).await.unwrap();
+    let store = SledStore::open_async_with_options(&path, options).await.unwrap();
     let all = store.read_messages(Some(first - 1), 1000).await.unwrap();
     assert_eq!(all.len(), 100);
     assert!(all.iter().zip(0..).all(|(q, n)| q.seq == first + n && q.message == message_of_size(n)));
@@ -155,13 +155,13 @@ async fn the_store_directory_and_journal_are_owner_only() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("device.db");
-    let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
+    let store = SledStore::open_async_with_options(&path, SledOptions::default()).await.unwrap();
     store.save_identity(&sample_identity("secret-holder")).await.unwrap();
     assert_eq!(mode(&path), 0o700);
     assert_eq!(mode(&path.join("spotflow-journal")), 0o600);
     store.close().await.unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let store = SledStore::open_async(&path, SledOptions::default()).await.unwrap();
+    let store = SledStore::open_async_with_options(&path, SledOptions::default()).await.unwrap();
     assert_eq!(mode(&path), 0o700);
     assert_eq!(store.load_identity().await.unwrap(), Some(sample_identity("secret-holder")));
     store.close().await.unwrap();

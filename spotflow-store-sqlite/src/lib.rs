@@ -117,8 +117,12 @@ impl SqliteStore {
 
     /// [`SqliteStore::open`] without blocking the async runtime.
     pub async fn open_async(path: impl AsRef<Path>, durability: Durability) -> Result<SqliteStore> {
+        Self::open_async_with_options(path, SqliteOptions { durability, ..SqliteOptions::default() }).await
+    }
+
+    /// [`SqliteStore::open_with_options`] without blocking the async runtime.
+    pub async fn open_async_with_options(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
         let (ready, opened) = oneshot::channel();
-        let options = SqliteOptions { durability, ..SqliteOptions::default() };
         let store = Self::start(path.as_ref(), options, move |r| drop(ready.send(r)))?;
         opened.await.map_err(|_| closed())??;
         Ok(store)

@@ -31,7 +31,7 @@ pub async fn open_with_reserve(backend: &str, path: &Path, min_free_bytes: Optio
             let mut options = SledOptions::default();
             options.durability = durability;
             options.min_free_bytes = min_free_bytes.unwrap_or(options.min_free_bytes);
-            Arc::new(SledStore::open_async(path, options).await?)
+            Arc::new(SledStore::open_async_with_options(path, options).await?)
         }
         other => return Err(spotflow_core::Error::invalid("backend", other)),
     };
