@@ -95,7 +95,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     // The built-in MQTT transport, configured for the emulator (its CA, its port, its upload API).
     let mut options = MqttTransportOptions::tls(Arc::new(emu.client_tls_config()));
     options.port = emu.mqtts_addr().map_or(8883, |a| a.port());
-    options.upload_base_url = Some(emu.https_url());
+    options.session.upload_base_url = Some(emu.https_url());
     let transport = TracingTransport { inner: MqttTransport::new(options)?, trace: Arc::default() };
 
     let data = tempfile::tempdir()?;

@@ -307,8 +307,8 @@ fn network_stack(
                 o
             };
             o.max_in_flight = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
-            o.upload_base_url = upload_base_url(instance, network)?;
-            o.connect_timeout = options.request_timeout;
+            o.session.upload_base_url = upload_base_url(instance, network)?;
+            o.session.connect_timeout = options.request_timeout;
             Arc::new(MqttTransport::new(o)?)
         }
     };
@@ -345,8 +345,8 @@ fn websocket_transport(
     if let Some(p) = &network.proxy {
         o.proxy = ProxyMode::Explicit(Proxy::parse(p)?);
     }
-    o.upload_base_url = upload_base_url(instance, network)?;
-    o.connect_timeout = options.request_timeout;
+    o.session.upload_base_url = upload_base_url(instance, network)?;
+    o.session.connect_timeout = options.request_timeout;
     Ok(Arc::new(WsTransport::new(o)))
 }
 

@@ -73,7 +73,7 @@ pub mod extend {
         RegistrationToken, ReportedState, RequestId, Secret, SessionInfo, Store, StreamTarget, Transport,
         TransportEvent, TwinDocument,
     };
-    /// The built-in MQTT transport (rumqttc over TLS) and HTTPS platform API, to wrap or reuse.
+    /// The built-in MQTT transport (MQTT over TCP+TLS) and HTTPS platform API, to wrap or reuse.
     #[cfg(feature = "mqtt")]
     pub use spotflow_transport_mqtt as mqtt;
     /// The built-in MQTT-over-WebSocket transport.

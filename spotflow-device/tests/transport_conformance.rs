@@ -14,7 +14,7 @@ async fn the_mqtt_transport_passes() {
     let emu = Emulator::builder().start().await.unwrap();
     let mut options = MqttTransportOptions::tls(Arc::new(emu.client_tls_config()));
     options.port = emu.mqtts_addr().unwrap().port();
-    options.upload_base_url = Some(emu.https_url());
+    options.session.upload_base_url = Some(emu.https_url());
     transport_conformance(&MqttTransport::new(options).unwrap(), &emu).await;
 }
 
@@ -24,6 +24,6 @@ async fn the_websocket_transport_passes() {
     let mut options = WsTransportOptions::tls(Arc::new(emu.client_tls_config()));
     options.port = emu.https_addr().unwrap().port();
     options.proxy = ProxyMode::Direct;
-    options.upload_base_url = Some(emu.https_url());
+    options.session.upload_base_url = Some(emu.https_url());
     transport_conformance(&WsTransport::new(options), &emu).await;
 }

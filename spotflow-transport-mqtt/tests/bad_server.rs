@@ -111,13 +111,8 @@ async fn malformed_and_unexpected_http_answers_are_clear_errors() {
     assert_eq!(reg.token_remaining_lifetime, Some(Duration::from_secs(86_400)));
 }
 
-fn creds(port_host: &str) -> ConnectionCredentials {
-    ConnectionCredentials {
-        hub_host: port_host.into(),
-        hub_device_id: "ws:dev".into(),
-        sas: Secret::new("sas"),
-        expires_at: None,
-    }
+fn creds(host: &str) -> ConnectionCredentials {
+    spotflow_core::testkit::sample_credentials(host)
 }
 
 /// A fake broker: accepts CONNECT, answers CONNACK(0), then runs `behaviour` on the socket.

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, Publish, SubAck, SubscribeReasonCode};
 use rumqttc::mqttbytes::QoS;
-use spotflow_core::{ConnectionCredentials, Secret, Transport, TransportEvent};
+use spotflow_core::{ConnectionCredentials, Transport, TransportEvent};
 use spotflow_transport_ws::{ProxyMode, WsTransport, WsTransportOptions};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -64,18 +64,13 @@ async fn server(script: Script) -> u16 {
 fn transport(port: u16, max: usize) -> WsTransport {
     let mut o = WsTransportOptions::plain(port);
     o.proxy = ProxyMode::Direct;
-    o.max_incoming_packet = max;
-    o.connect_timeout = Duration::from_secs(5);
+    o.session.max_incoming_packet = max;
+    o.session.connect_timeout = Duration::from_secs(5);
     WsTransport::new(o)
 }
 
 fn creds() -> ConnectionCredentials {
-    ConnectionCredentials {
-        hub_host: "127.0.0.1".into(),
-        hub_device_id: "ws:dev".into(),
-        sas: Secret::new("sas"),
-        expires_at: None,
-    }
+    spotflow_core::testkit::sample_credentials("127.0.0.1")
 }
 
 fn connack() -> Vec<u8> {

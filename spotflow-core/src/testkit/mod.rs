@@ -8,5 +8,7 @@ mod store_suite;
 mod transport_suite;
 
 pub use platform::{AckMode, MemoryPlatform, PlatformStats, ReceivedMessage, MEMORY_HUB_HOST};
-pub use store_suite::{refuses_appends_without_free_space, sample_identity, sample_message, store_conformance};
+pub use store_suite::{
+    refuses_appends_without_free_space, sample_credentials, sample_identity, sample_message, store_conformance,
+};
 pub use transport_suite::{transport_conformance, ConformancePlatform};

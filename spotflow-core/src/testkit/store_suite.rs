@@ -38,6 +38,17 @@ pub fn sample_message(n: u64) -> OutgoingMessage {
     }
 }
 
+/// Credentials of the device `ws:dev` on `hub_host` (SAS `sas`, no expiry), for transport tests
+/// against fake servers.
+pub fn sample_credentials(hub_host: &str) -> ConnectionCredentials {
+    ConnectionCredentials {
+        hub_host: hub_host.into(),
+        hub_device_id: "ws:dev".into(),
+        sas: Secret::new("sas"),
+        expires_at: None,
+    }
+}
+
 /// A complete identity, for round trips.
 pub fn sample_identity(suffix: &str) -> DeviceIdentity {
     DeviceIdentity {
