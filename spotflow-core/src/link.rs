@@ -152,6 +152,23 @@ impl LinkSchedule {
         }
     }
 
+    /// Whether acknowledged messages are waiting for removal and the store may be used: a driver
+    /// with nothing else to do removes them at once ([`LinkSchedule::poll_idle`]) instead of
+    /// letting more gather, so that a crash redelivers no more than what was in flight; under
+    /// load they gather up to [`LinkTimings::remove_batch`] or [`LinkTimings::remove_delay`].
+    pub fn removal_waiting(&self, now: Instant) -> bool {
+        self.remove_due.is_some() && self.store_usable(now)
+    }
+
+    /// The driver has nothing else to do (no event, command or append is ready): what to do
+    /// before it sleeps.
+    pub fn poll_idle(&mut self, now: Instant) -> Option<LinkAction> {
+        self.removal_waiting(now).then(|| {
+            self.remove_due = None;
+            LinkAction::RemoveAcknowledged
+        })
+    }
+
     /// The next action due at `now` (call until `None`). `in_flight` is the number of messages
     /// handed to the connection and not acknowledged yet.
     pub fn poll(&mut self, now: Instant, in_flight: usize) -> Option<LinkAction> {
@@ -284,6 +301,24 @@ mod tests {
         assert_eq!(s.poll(t0, 0), Some(LinkAction::Connect));
         s.on_credentials(t0 + ms(1));
         assert_eq!(s.poll(t0 + ms(1), 0), Some(LinkAction::Connect));
+    }
+
+    #[test]
+    fn an_idle_driver_removes_at_once_but_not_from_a_failed_store() {
+        let t0 = Instant::now();
+        let mut s = LinkSchedule::new(timings());
+        assert_eq!(s.poll_idle(t0), None, "nothing to remove");
+        s.on_removals_pending(t0, 1);
+        assert_eq!(s.poll(t0, 0), None, "busy: the removal waits for more");
+        assert!(s.removal_waiting(t0));
+        assert_eq!(s.poll_idle(t0), Some(LinkAction::RemoveAcknowledged));
+        assert_eq!(s.poll_idle(t0), None);
+        assert_eq!(s.next_deadline(), None, "nothing left due");
+        s.on_store_failed(t0);
+        s.on_removals_pending(t0, 1);
+        assert!(!s.removal_waiting(t0 + ms(1)));
+        assert_eq!(s.poll_idle(t0 + ms(1)), None, "the failed store is left alone");
+        assert_eq!(s.poll_idle(t0 + ms(100)), Some(LinkAction::RemoveAcknowledged));
     }
 
     #[test]

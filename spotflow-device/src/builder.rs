@@ -307,12 +307,25 @@ fn network_stack(
                 o
             };
             o.max_in_flight = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
-            o.session.upload_base_url = upload_base_url(instance, network)?;
-            o.session.connect_timeout = options.request_timeout;
+            configure_session(&mut o.session, instance, network, options)?;
             Arc::new(MqttTransport::new(o)?)
         }
     };
     Ok((api, transport))
+}
+
+/// What the MQTT and WebSocket transports take from the options alike.
+#[cfg(feature = "mqtt")]
+fn configure_session(
+    session: &mut spotflow_transport_mqtt::SessionOptions,
+    instance: &Instance,
+    network: &NetworkOptions,
+    options: &ClientOptions,
+) -> Result<()> {
+    session.upload_base_url = upload_base_url(instance, network)?;
+    session.connect_timeout = options.request_timeout;
+    session.stall_timeout = options.stall_timeout;
+    Ok(())
 }
 
 /// Where large messages are uploaded: the option (`https://`, or `http://` to a loopback host:
@@ -345,8 +358,7 @@ fn websocket_transport(
     if let Some(p) = &network.proxy {
         o.proxy = ProxyMode::Explicit(Proxy::parse(p)?);
     }
-    o.session.upload_base_url = upload_base_url(instance, network)?;
-    o.session.connect_timeout = options.request_timeout;
+    configure_session(&mut o.session, instance, network, options)?;
     Ok(Arc::new(WsTransport::new(o)))
 }
 

@@ -31,6 +31,12 @@ pub struct ClientOptions {
     /// How long to wait for in-flight messages when switching to renewed credentials before the
     /// connection is replaced anyway. Default 10 s.
     pub renewal_drain_timeout: Duration,
+    /// How long the server may stay silent while messages or a ping await its answer before the
+    /// connection counts as stalled (a NAT timeout or a cellular handover that drops packets
+    /// without a reset) and is replaced; any packet from the server restarts the clock. Raise
+    /// it on links so slow that a window of messages takes longer than this to leave.
+    /// Default 10 s.
+    pub stall_timeout: Duration,
     /// Durability of the default durable store (SQLite, or sled). Default
     /// [`Durability::PowerLossSafe`].
     pub durability: Durability,
@@ -65,6 +71,7 @@ impl Default for ClientOptions {
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             renewal_drain_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
             durability: Durability::PowerLossSafe,
             queue_budget_bytes: 256 * 1024 * 1024,
             queue_full_policy: QueueFullPolicy::Reject,

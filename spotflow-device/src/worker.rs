@@ -104,10 +104,11 @@ fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
     }
 }
 
-/// Acknowledged messages are removed from the store in batches: when this many have gathered, or
-/// [`REMOVE_DELAY`] after the first of them, so that a steady trickle of acknowledgements does not
-/// put one removal transaction between every two appends. (A removal lost to a crash only means a
-/// redelivery, which the platform drops by its message key.)
+/// Acknowledged messages are removed from the store as soon as the worker has nothing else to do
+/// (so that a crash redelivers at most what was in flight, even to a platform that does not drop
+/// redeliveries by their message key); under load they gather, up to this many or
+/// [`REMOVE_DELAY`] after the first of them, so that a stream of acknowledgements does not put
+/// one removal transaction between every two appends.
 pub(crate) const REMOVE_BATCH: usize = 512;
 pub(crate) const REMOVE_DELAY: Duration = Duration::from_millis(20);
 
@@ -120,6 +121,7 @@ impl Worker {
         loop {
             self.pump().await;
             let wake = self.schedule.next_deadline().map(Instant::from_std);
+            let removal_waiting = self.schedule.removal_waiting(now());
             tokio::select! {
                 biased;
                 cmd = self.commands.recv() => match cmd {
@@ -157,6 +159,12 @@ impl Worker {
                 changed = self.credentials.changed() => {
                     if changed.is_ok() {
                         self.on_new_credentials();
+                    }
+                }
+                // Nothing else is ready (the select is biased): idle work first, then sleep.
+                () = std::future::ready(()), if removal_waiting => {
+                    if let Some(action) = self.schedule.poll_idle(now()) {
+                        self.perform(action).await;
                     }
                 }
                 // What became due is done by the next pump.

@@ -17,7 +17,6 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use spotflow_core::time_format::{format_timespan, rfc3339};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::db::MessageQuery;
@@ -369,40 +368,74 @@ async fn websocket(State(inner): Shared, ws: WebSocketUpgrade) -> Response {
         .on_upgrade(move |socket| websocket_session(inner, socket))
 }
 
-/// Bridges WebSocket binary frames to a byte stream for the MQTT session.
-async fn websocket_session(inner: Arc<Inner>, mut socket: WebSocket) {
-    let (session_side, bridge_side) = tokio::io::duplex(256 * 1024);
-    let session = tokio::spawn(crate::mqtt::run_session(inner, session_side, "websocket".into()));
-    let (mut from_session, mut to_session) = tokio::io::split(bridge_side);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        tokio::select! {
-            frame = socket.recv() => match frame {
-                Some(Ok(WsMessage::Binary(data))) => {
-                    if to_session.write_all(&data).await.is_err() { break; }
-                }
+/// Runs the MQTT session on the WebSocket's binary frames, read and written as a byte stream.
+async fn websocket_session(inner: Arc<Inner>, socket: WebSocket) {
+    crate::mqtt::run_session(inner, WsBytes { socket, pending: Bytes::new() }, "websocket".into()).await;
+}
+
+/// A WebSocket as a byte stream: binary frames in (packets may span frames, frames may hold
+/// several), one binary frame per write out. Text frames are a protocol error.
+struct WsBytes {
+    socket: WebSocket,
+    pending: Bytes,
+}
+
+impl tokio::io::AsyncRead for WsBytes {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures_util::StreamExt;
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending.split_to(n));
+                return std::task::Poll::Ready(Ok(()));
+            }
+            match std::task::ready!(this.socket.poll_next_unpin(cx)) {
+                Some(Ok(WsMessage::Binary(data))) => this.pending = data,
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                 Some(Ok(WsMessage::Text(_))) => {
                     warn!("text frame on the MQTT WebSocket; closing");
-                    break;
+                    return std::task::Poll::Ready(Err(std::io::ErrorKind::InvalidData.into()));
                 }
-                Some(Ok(WsMessage::Close(_))) | None => break,
-                Some(Err(e)) => {
-                    debug!(error = %e, "websocket error");
-                    break;
-                }
-            },
-            n = from_session.read(&mut buf) => match n {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if socket.send(WsMessage::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() { break; }
-                }
-            },
+                Some(Ok(WsMessage::Close(_))) | None => return std::task::Poll::Ready(Ok(())),
+                Some(Err(e)) => return std::task::Poll::Ready(Err(std::io::Error::other(e))),
+            }
         }
     }
-    drop(to_session);
-    let _ = socket.send(WsMessage::Close(None)).await;
-    let _ = session.await;
+}
+
+impl tokio::io::AsyncWrite for WsBytes {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use futures_util::SinkExt;
+        let this = self.get_mut();
+        std::task::ready!(this.socket.poll_ready_unpin(cx)).map_err(std::io::Error::other)?;
+        this.socket.start_send_unpin(WsMessage::Binary(Bytes::copy_from_slice(data))).map_err(std::io::Error::other)?;
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures_util::SinkExt;
+        self.get_mut().socket.poll_flush_unpin(cx).map_err(std::io::Error::other)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use futures_util::SinkExt;
+        self.get_mut().socket.poll_close_unpin(cx).map_err(std::io::Error::other)
+    }
 }
 
 // ---- admin API ----

@@ -143,6 +143,12 @@ fn authenticate(inner: &Inner, connect: &Connect) -> Result<(String, u64), Conne
 }
 
 /// Runs one MQTT connection until it ends. Never panics on client input.
+/// Writes `out` and flushes it (a WebSocket frame leaves only when flushed).
+async fn send(wr: &mut (impl AsyncWrite + Unpin), out: &[u8]) -> std::io::Result<()> {
+    wr.write_all(out).await?;
+    wr.flush().await
+}
+
 pub(crate) async fn run_session<S>(inner: Arc<Inner>, stream: S, peer: String)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -177,7 +183,7 @@ where
             let refusal = Packet::ConnAck(ConnAck::new(code, false));
             record(&inner, "out", &connect.client_id, &refusal);
             write(&mut out, &refusal);
-            let _ = wr.write_all(&out).await;
+            let _ = send(&mut wr, &out).await;
             let _ = wr.shutdown().await;
             return;
         }
@@ -188,7 +194,7 @@ where
     let connack = Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present));
     record(&inner, "out", &hub_id, &connack);
     write(&mut out, &connack);
-    if wr.write_all(&out).await.is_err() {
+    if send(&mut wr, &out).await.is_err() {
         inner.end_session(&hub_id, &tx);
         return;
     }
@@ -240,14 +246,14 @@ where
             }
         }
         if !out.is_empty() {
-            if let Err(e) = wr.write_all(&out).await {
+            if let Err(e) = send(&mut wr, &out).await {
                 break format!("write failed: {e}");
             }
             out.clear();
         }
     };
     if !out.is_empty() {
-        let _ = wr.write_all(&out).await;
+        let _ = send(&mut wr, &out).await;
     }
     let _ = wr.shutdown().await;
     inner.end_session(&hub_id, &tx);

@@ -37,3 +37,102 @@ pub async fn open_with_reserve(backend: &str, path: &Path, min_free_bytes: Optio
     };
     Ok(store)
 }
+
+/// How to start `device-child` (a device process sending to a platform, see its docs) for the
+/// kill -9 test and the crash-loop command.
+#[derive(Debug, Clone)]
+pub struct DeviceChild {
+    /// Path of the `device-child` executable.
+    pub exe: std::path::PathBuf,
+    /// The platform's base URL.
+    pub instance: String,
+    /// PEM file of the platform's CA.
+    pub ca: std::path::PathBuf,
+    /// The platform's MQTT/TLS port.
+    pub mqtt_port: u16,
+    /// Provisioning token.
+    pub token: String,
+    /// The device's database.
+    pub db: std::path::PathBuf,
+    /// A store of [`BACKENDS`] instead of the device's default.
+    pub backend: Option<String>,
+    /// Enqueues per second (unpaced when `None`).
+    pub rate: Option<u32>,
+}
+
+impl DeviceChild {
+    /// A device provisioned by `emulator` (with a new token), its database at `db`.
+    pub fn for_emulator(exe: &str, emulator: &spotflow_emulator::Emulator, db: std::path::PathBuf) -> Self {
+        DeviceChild {
+            exe: exe.into(),
+            instance: emulator.https_url(),
+            ca: emulator.ca_path().expect("the emulator has a data directory").to_path_buf(),
+            mqtt_port: emulator.mqtts_addr().expect("the emulator listens for MQTT/TLS").port(),
+            token: emulator.create_provisioning_token(),
+            db,
+            backend: None,
+            rate: None,
+        }
+    }
+
+    /// Starts run `run`, which enqueues `count` messages (ids `r{run}-{i}`), stdout piped.
+    pub fn spawn(&self, run: usize, count: u32) -> std::process::Child {
+        let mut command = std::process::Command::new(&self.exe);
+        if let Some(backend) = &self.backend {
+            command.env("BACKEND", backend);
+        }
+        if let Some(rate) = self.rate {
+            command.env("RATE", rate.to_string());
+        }
+        command
+            .env("INSTANCE", &self.instance)
+            .env("CA_FILE", &self.ca)
+            .env("MQTT_PORT", self.mqtt_port.to_string())
+            .env("PROVISIONING_TOKEN", &self.token)
+            .env("DB", &self.db)
+            .env("RUN", run.to_string())
+            .env("COUNT", count.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("device child starts")
+    }
+
+    /// Starts run `run`, lets it enqueue and send for `alive` once it is ready, kills it with
+    /// SIGKILL and returns the ids of the messages whose enqueue had returned.
+    pub fn run_and_kill(&self, run: usize, count: u32, alive: std::time::Duration) -> Vec<String> {
+        use std::io::BufRead;
+        let mut child = self.spawn(run, count);
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in stdout.lines().map_while(std::result::Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the device starts");
+        assert_eq!(ready, "READY");
+        std::thread::sleep(alive);
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        reader.join().expect("reader");
+        rx.try_iter()
+            .filter_map(|line| {
+                let (r, i) = line.strip_prefix("ACK ")?.split_once(' ')?;
+                Some(format!("r{r}-{i}"))
+            })
+            .collect()
+    }
+
+    /// Runs `run` with nothing to enqueue until everything queued is acknowledged; whether it
+    /// finished so.
+    pub fn drain(&self, run: usize) -> bool {
+        use std::io::BufRead;
+        let mut child = self.spawn(run, 0);
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let done = stdout.lines().map_while(std::result::Result::ok).any(|l| l == "DONE");
+        child.wait().is_ok_and(|s| s.success()) && done
+    }
+}

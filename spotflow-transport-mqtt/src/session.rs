@@ -44,18 +44,25 @@ pub struct SessionOptions {
     pub max_incoming_packet: usize,
     /// Bound of the whole connection setup (proxy, TCP, TLS, WebSocket, MQTT).
     pub connect_timeout: Duration,
+    /// How long the server may stay silent while a publish, subscription or ping waits for its
+    /// answer before the link counts as stalled (a NAT timeout or a handover that drops packets
+    /// without a reset) and the session ends, so that the SDK reconnects and sends again instead
+    /// of waiting for the keep-alive. Any packet from the server restarts the clock. Raise it
+    /// for links so slow that a window of publishes takes longer than this to leave.
+    pub stall_timeout: Duration,
     /// Base URL of the file-upload API for large messages (default `https://{hub host}`).
     pub upload_base_url: Option<String>,
 }
 
 impl SessionOptions {
-    /// The defaults with `tls` (keep-alive 60 s, 4 MiB packets, 10 s setup).
+    /// The defaults with `tls` (keep-alive 60 s, 4 MiB packets, 10 s setup, 10 s stall).
     pub fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         SessionOptions {
             tls,
             keep_alive: Duration::from_secs(60),
             max_incoming_packet: 4 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
             upload_base_url: None,
         }
     }
@@ -181,7 +188,7 @@ pub async fn open(
     let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
     let task =
         Session { codec, write, commands: commands_rx, events: events_tx, twin: twin.clone(), out: BytesMut::new() };
-    let pump = tokio::spawn(task.run(options.keep_alive));
+    let pump = tokio::spawn(task.run(options.keep_alive, options.stall_timeout));
     Ok(Box::new(SessionConnection { commands, events, twin, mapper, pump }))
 }
 
@@ -204,14 +211,17 @@ struct Session<R, W> {
 const WRITE_BATCH: usize = 256;
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
-    async fn run(mut self, keep_alive: Duration) {
+    async fn run(mut self, keep_alive: Duration, stall_timeout: Duration) {
         // Packet id 1 is the SUBSCRIBE's until its SUBACK arrives.
         let mut in_flight: HashMap<u16, Option<u64>> = HashMap::from([(1, None)]);
         let mut next_pkid: u16 = 1;
         let keep_alive = keep_alive.max(Duration::from_secs(1));
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
         let mut awaiting_pong = false;
+        // Since when an answer is awaited with the server silent (the SUBSCRIBE's, at first).
+        let mut waiting_since = Some(tokio::time::Instant::now());
         let failure = loop {
+            let stall_at = waiting_since.map(|t| t + stall_timeout);
             tokio::select! {
                 command = self.commands.recv() => {
                     match self.take_commands(command, &mut in_flight, &mut next_pkid) {
@@ -227,6 +237,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     if let Err(e) = self.flush().await {
                         break e;
                     }
+                    waiting_since.get_or_insert_with(tokio::time::Instant::now);
                 }
                 packet = self.codec.next() => {
                     let packet = match packet {
@@ -250,6 +261,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     if let Err(e) = self.flush().await {
                         break e;
                     }
+                    // The server is alive: the clock restarts for what still waits.
+                    let waiting = !in_flight.is_empty() || awaiting_pong;
+                    waiting_since = waiting.then(tokio::time::Instant::now);
                 }
                 _ = ping.tick() => {
                     if awaiting_pong {
@@ -262,6 +276,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     if let Err(e) = self.flush().await {
                         break e;
                     }
+                    waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                }
+                () = sleep_until_some(stall_at) => {
+                    break Error::transport(format!(
+                        "link stalled: no answer from the server for {stall_timeout:?} ({} packets awaiting one)",
+                        in_flight.len() + usize::from(awaiting_pong)
+                    ));
                 }
             }
         };
@@ -357,6 +378,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             self.flush().await?;
         }
         self.events.send(Ok(event)).await.map_err(|_| Error::transport("the SDK stopped taking events"))
+    }
+}
+
+/// Sleeps until `at`, forever when `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -463,10 +492,82 @@ mod tests {
     }
 
     async fn open_session(stream: DuplexStream, keep_alive: Duration) -> Box<dyn Connection> {
-        let mapper = TelemetryMapper::new(creds(), SessionInfo { queue_id: "q".into() }, None, None).unwrap();
         let mut options = SessionOptions::new(None);
         options.keep_alive = keep_alive;
+        open_with(stream, options).await
+    }
+
+    async fn open_with(stream: DuplexStream, options: SessionOptions) -> Box<dyn Connection> {
+        let mapper = TelemetryMapper::new(creds(), SessionInfo { queue_id: "q".into() }, None, None).unwrap();
         open(Box::new(stream), &creds(), &options, mapper).await.unwrap()
+    }
+
+    /// Publishes `count` messages on a session with a 1 s stall timeout to a broker that
+    /// acknowledges the first `answered` of them, each `delay` after the previous one, then
+    /// stays silent with the connection open. Returns the acknowledgements, the time from the
+    /// last of them to the end of the session, and how it ended (`None`: still open 5 s after).
+    async fn stall_scenario(count: u64, answered: usize, delay: Duration) -> (Vec<u64>, Duration, Option<Error>) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let broker = tokio::spawn(async move {
+            let (read, mut write) = tokio::io::split(server);
+            let mut codec = Codec { read, buf: BytesMut::new(), max: 1 << 20 };
+            let (mut out, mut acked) = (BytesMut::new(), 0);
+            while let Ok(packet) = codec.next().await {
+                match packet {
+                    Packet::Connect(_) => {
+                        encode(&Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)), &mut out).unwrap()
+                    }
+                    Packet::Subscribe(s) => {
+                        let codes = s.filters.iter().map(|_| SubscribeReasonCode::Success(QoS::AtLeastOnce)).collect();
+                        encode(&Packet::SubAck(SubAck::new(s.pkid, codes)), &mut out).unwrap();
+                    }
+                    Packet::Publish(p) if acked < answered => {
+                        tokio::time::sleep(delay).await;
+                        acked += 1;
+                        encode(&Packet::PubAck(PubAck::new(p.pkid)), &mut out).unwrap();
+                    }
+                    _ => {}
+                }
+                write.write_all(&out).await.unwrap();
+                out.clear();
+            }
+        });
+        let mut options = SessionOptions::new(None);
+        options.stall_timeout = Duration::from_secs(1);
+        let mut connection = open_with(client, options).await;
+        for seq in 1..=count {
+            connection.publish_message(seq, &sample_message(seq)).await.unwrap();
+        }
+        let (mut acks, mut last) = (Vec::new(), tokio::time::Instant::now());
+        let ended = loop {
+            match tokio::time::timeout_at(last + Duration::from_secs(5), connection.next_event()).await {
+                Ok(Ok(TransportEvent::MessageAcknowledged(seq))) => {
+                    acks.push(seq);
+                    last = tokio::time::Instant::now();
+                }
+                Ok(Ok(other)) => panic!("unexpected {other:?}"),
+                Ok(Err(e)) => break Some(e),
+                Err(_) => break None,
+            }
+        };
+        broker.abort();
+        (acks, last.elapsed(), ended)
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_a_stalled_link_but_a_slow_one_that_answers_is_not() {
+        // 8 answers 400 ms apart: 3.2 s in all, longer than the stall timeout, but the clock
+        // restarts with each answer.
+        let (acks, _, ended) = stall_scenario(8, 8, Duration::from_millis(400)).await;
+        assert_eq!(acks, (1..=8).collect::<Vec<_>>());
+        assert!(ended.is_none(), "nothing awaited, the session stays: {ended:?}");
+        // 3 answers, then silence with 7 publishes awaiting theirs.
+        let (acks, silent_for, ended) = stall_scenario(10, 3, Duration::from_millis(50)).await;
+        assert_eq!(acks, vec![1, 2, 3]);
+        let ended = ended.expect("the stall ends the session");
+        assert!(ended.to_string().contains("stalled"), "{ended}");
+        assert!(ended.is_temporary(), "the SDK reconnects: {ended}");
+        assert!(silent_for >= Duration::from_millis(900) && silent_for < Duration::from_secs(3), "{silent_for:?}");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! `ACK {RUN} {i}` after each enqueue returned, then waits until everything queued is
 //! acknowledged and prints `DONE`. Environment: `INSTANCE`, `CA_FILE`, `MQTT_PORT`,
 //! `PROVISIONING_TOKEN`, `DB`, `RUN`, `COUNT`, and optionally `BACKEND` (a store of
-//! `spotflow_store_tests::BACKENDS` instead of the default one).
+//! `spotflow_store_tests::BACKENDS` instead of the default one) and `RATE` (enqueues per second).
 
 use std::io::Write;
 use std::time::Duration;
@@ -44,7 +44,13 @@ async fn main() {
         .expect("device starts");
     println!("READY");
     let sender = client.create_stream_sender(Some("kill"), Some("test"), Compression::Uncompressed).expect("sender");
+    // RATE (messages per second) paces the enqueues; unpaced without it.
+    let rate: Option<f64> = std::env::var("RATE").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0.0);
+    let started = std::time::Instant::now();
     for i in 0..count {
+        if let Some(rate) = rate {
+            tokio::time::sleep_until((started + Duration::from_secs_f64(f64::from(i) / rate)).into()).await;
+        }
         sender
             .enqueue_message(Message::new(format!("{run}:{i}")).message_id(format!("r{run}-{i}")))
             .await
