@@ -13,8 +13,13 @@ use crate::Backoff;
 pub struct LinkTimings {
     /// First retry delay (reconnect, twin request); doubles with jitter up to `retry_max`.
     pub retry_initial: Duration,
-    /// Longest retry delay.
+    /// Longest retry delay after a refusal (the platform answered: credentials, throttling, an
+    /// error status).
     pub retry_max: Duration,
+    /// Longest reconnect delay after a link failure (no answer, a reset, a stalled link), so that
+    /// delivery resumes soon after the network comes back; a failed attempt costs the platform
+    /// nothing it saw.
+    pub reconnect_max: Duration,
     /// How long in-flight messages may take to be acknowledged before the connection switches
     /// to renewed credentials.
     pub drain_timeout: Duration,
@@ -89,21 +94,26 @@ impl LinkSchedule {
         self.twin_retry_at = Some(now);
     }
 
-    /// A connection attempt failed; returns the delay before the next one.
-    pub fn on_connect_failed(&mut self, now: Instant) -> Duration {
+    /// A connection attempt failed, by a link failure (`link_failed`: no answer, a reset) or a
+    /// refusal; returns the delay before the next one.
+    pub fn on_connect_failed(&mut self, now: Instant, link_failed: bool) -> Duration {
         self.connecting = false;
-        self.retry_connect(now)
+        self.retry_connect(now, link_failed)
     }
 
-    /// The connection was lost; returns the delay before reconnecting.
-    pub fn on_disconnected(&mut self, now: Instant) -> Duration {
+    /// The connection was lost, by a link failure (`link_failed`) or the platform closing it;
+    /// returns the delay before reconnecting.
+    pub fn on_disconnected(&mut self, now: Instant, link_failed: bool) -> Duration {
         self.connected = false;
         self.twin_retry_at = None;
-        self.retry_connect(now)
+        self.retry_connect(now, link_failed)
     }
 
-    fn retry_connect(&mut self, now: Instant) -> Duration {
-        let delay = self.backoff.next_delay();
+    fn retry_connect(&mut self, now: Instant, link_failed: bool) -> Duration {
+        let mut delay = self.backoff.next_delay();
+        if link_failed {
+            delay = delay.min(self.timings.reconnect_max);
+        }
         self.reconnect_at = Some(now + delay);
         delay
     }
@@ -217,6 +227,7 @@ mod tests {
         LinkTimings {
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(2),
+            reconnect_max: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(10),
             remove_batch: 4,
             remove_delay: Duration::from_millis(20),
@@ -237,21 +248,28 @@ mod tests {
         s.on_credentials(t0);
         assert_eq!(s.poll(t0, 0), Some(LinkAction::Connect));
         assert_eq!(s.poll(t0, 0), None, "one attempt at a time");
-        let d1 = s.on_connect_failed(t0);
+        let d1 = s.on_connect_failed(t0, false);
         assert!(d1 >= ms(50) && d1 <= ms(100), "{d1:?}");
         assert_eq!(s.poll(t0 + d1 - ms(1), 0), None, "not before the delay");
         assert_eq!(s.next_deadline(), Some(t0 + d1));
         assert_eq!(s.poll(t0 + d1, 0), Some(LinkAction::Connect));
-        let d2 = s.on_connect_failed(t0 + d1);
+        let d2 = s.on_connect_failed(t0 + d1, false);
         assert!(d2 >= ms(100) && d2 <= ms(200), "doubles: {d2:?}");
         // Many failures: capped at retry_max.
         let mut now = t0 + d1 + d2;
         for _ in 0..20 {
             assert_eq!(s.poll(now, 0), Some(LinkAction::Connect));
-            now += s.on_connect_failed(now);
+            now += s.on_connect_failed(now, false);
         }
-        let capped = s.on_connect_failed(now);
+        let capped = s.on_connect_failed(now, false);
         assert!(capped >= Duration::from_secs(1) && capped <= Duration::from_secs(2), "{capped:?}");
+        // After a link failure the network may be back any moment: at most reconnect_max.
+        assert_eq!(s.poll(now + capped, 0), Some(LinkAction::Connect));
+        let link = s.on_connect_failed(now + capped, true);
+        assert!(link <= ms(500), "{link:?}");
+        assert_eq!(s.next_deadline(), Some(now + capped + link));
+        let lost = s.on_disconnected(now + capped + link, true);
+        assert!(lost <= ms(500), "{lost:?}");
     }
 
     #[test]
@@ -270,7 +288,7 @@ mod tests {
         // A lost connection stops the twin retries and reconnects after the backoff (reset by
         // the twin's arrival).
         let d = s.on_twin_failed(t0 + ms(500));
-        let lost = s.on_disconnected(t0 + ms(500));
+        let lost = s.on_disconnected(t0 + ms(500), false);
         assert!(lost >= ms(100) && lost <= ms(200), "{lost:?}: second delay after the reset");
         assert_eq!(s.poll(t0 + ms(500) + d, 0), None, "no twin request while disconnected");
         assert_eq!(s.poll(t0 + ms(500) + lost.max(d), 0), Some(LinkAction::Connect));

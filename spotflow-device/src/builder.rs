@@ -248,6 +248,7 @@ impl DeviceClientBuilder {
             schedule: LinkSchedule::new(LinkTimings {
                 retry_initial: options.retry_initial,
                 retry_max: options.retry_max,
+                reconnect_max: options.reconnect_max.min(options.retry_max),
                 drain_timeout: options.renewal_drain_timeout,
                 remove_batch: crate::worker::REMOVE_BATCH,
                 remove_delay: crate::worker::REMOVE_DELAY,

@@ -26,8 +26,13 @@ pub struct ClientOptions {
     /// First delay before reconnecting or retrying; doubles up to `retry_max` (with jitter).
     /// Default 500 ms.
     pub retry_initial: Duration,
-    /// Longest delay between retries. Default 60 s.
+    /// Longest delay between retries after the platform refused (credentials, throttling, an
+    /// error status). Default 60 s.
     pub retry_max: Duration,
+    /// Longest delay before reconnecting after the link failed (no answer, a reset, a stalled
+    /// connection), so that delivery resumes within seconds of the network coming back; at most
+    /// `retry_max`. Default 5 s.
+    pub reconnect_max: Duration,
     /// How long to wait for in-flight messages when switching to renewed credentials before the
     /// connection is replaced anyway. Default 10 s.
     pub renewal_drain_timeout: Duration,
@@ -70,6 +75,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
+            reconnect_max: Duration::from_secs(5),
             renewal_drain_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(10),
             durability: Durability::PowerLossSafe,

@@ -112,6 +112,12 @@ fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
 pub(crate) const REMOVE_BATCH: usize = 512;
 pub(crate) const REMOVE_DELAY: Duration = Duration::from_millis(20);
 
+/// Whether `e` is the link failing (no answer, a reset, a stall) rather than the platform
+/// answering with a refusal.
+fn link_failure(e: &Error) -> bool {
+    matches!(e, Error::Transport { .. } | Error::Timeout(_))
+}
+
 impl Worker {
     pub async fn run(mut self) {
         if self.credentials.borrow().is_some() {
@@ -340,7 +346,7 @@ impl Worker {
                 if matches!(e, Error::Unauthorized(_)) {
                     let _ = self.rejected.send(());
                 }
-                let delay = self.schedule.on_connect_failed(now());
+                let delay = self.schedule.on_connect_failed(now(), link_failure(&e));
                 warn!(error = %e, ?delay, "connecting failed; retrying");
             }
         }
@@ -357,7 +363,7 @@ impl Worker {
         if matches!(e, Error::Unauthorized(_)) {
             let _ = self.rejected.send(());
         }
-        let delay = self.schedule.on_disconnected(now());
+        let delay = self.schedule.on_disconnected(now(), link_failure(&e));
         warn!(error = %e, ?delay, "connection lost; reconnecting");
     }
 

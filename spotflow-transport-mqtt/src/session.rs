@@ -117,7 +117,8 @@ pub fn refused(code: ConnectReturnCode) -> Error {
         ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
             Error::Unauthorized(format!("connection refused by the broker: {code:?}"))
         }
-        other => Error::transport(format!("connection refused by the broker: {other:?}")),
+        // The broker answered: a refusal, backed off as one (not as a link failure).
+        other => Error::Platform(format!("connection refused by the broker: {other:?}")),
     }
 }
 
