@@ -104,6 +104,17 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
+/// How a store's thread reports the outcome of opening it.
+pub type OpenedCallback = Box<dyn FnOnce(Result<()>) + Send>;
+
+fn stopped_while_opening() -> Error {
+    Error::Store {
+        context: "the store thread stopped while opening".into(),
+        status: ErrorStatus::Permanent,
+        source: None,
+    }
+}
+
 impl ThreadStore {
     /// Starts the thread `spotflow-{label}` (lowercase), which opens the backend with `open`,
     /// reports the outcome through `ready`, then serves it until the store is closed or dropped.
@@ -129,6 +140,24 @@ impl ThreadStore {
             })
             .map_err(|e| Error::store(format!("cannot start the {label} store thread"), e))?;
         Ok(ThreadStore { tx, label, poll_reply, waiting: Arc::default() })
+    }
+
+    /// Starts a store with `start` (which reports the outcome of opening through the callback
+    /// it is given, as [`ThreadStore::start`] does) and blocks until it is open: the `open` of
+    /// every durable store.
+    pub fn wait_open<S>(start: impl FnOnce(OpenedCallback) -> Result<S>) -> Result<S> {
+        let (ready, opened) = mpsc::channel();
+        let store = start(Box::new(move |r| drop(ready.send(r))))?;
+        opened.recv().map_err(|_| stopped_while_opening())??;
+        Ok(store)
+    }
+
+    /// [`ThreadStore::wait_open`] without blocking the async runtime.
+    pub async fn wait_open_async<S>(start: impl FnOnce(OpenedCallback) -> Result<S>) -> Result<S> {
+        let (ready, opened) = tokio::sync::oneshot::channel();
+        let store = start(Box::new(move |r| drop(ready.send(r))))?;
+        opened.await.map_err(|_| stopped_while_opening())??;
+        Ok(store)
     }
 
     fn closed(&self) -> Error {
@@ -288,6 +317,46 @@ fn serve_one<B: StoreBackend>(backend: &mut B, command: Command) {
         Command::SaveState(name, value, reply) => drop(reply.send(backend.save_state(name, &value))),
         Command::Clear(reply) => drop(reply.send(backend.clear())),
     }
+}
+
+/// The one opening shape of the durable stores: `open(path, durability)`, `open_with_options`,
+/// `open_async(path, durability)`, `open_async_with_options`, for a store type with an options
+/// type (`Default`, with a `durability` field) and a
+/// `fn start(&Path, Options, impl FnOnce(Result<()>) + Send + 'static) -> Result<Self>` that
+/// starts its thread and reports the outcome of opening.
+#[macro_export]
+macro_rules! durable_store_open {
+    ($ty:ident, $options:ident) => {
+        impl $ty {
+            /// Opens (creating) the store at `path` with the given durability and the default
+            /// options. Blocks while the store opens (on its own thread); inside an async runtime
+            /// use `open_async`.
+            pub fn open(path: impl AsRef<std::path::Path>, durability: $crate::Durability) -> $crate::Result<$ty> {
+                Self::open_with_options(path, $options { durability, ..$options::default() })
+            }
+
+            /// Like `open` with every option.
+            pub fn open_with_options(path: impl AsRef<std::path::Path>, options: $options) -> $crate::Result<$ty> {
+                $crate::ThreadStore::wait_open(|ready| Self::start(path.as_ref(), options, ready))
+            }
+
+            /// `open` without blocking the async runtime.
+            pub async fn open_async(
+                path: impl AsRef<std::path::Path>,
+                durability: $crate::Durability,
+            ) -> $crate::Result<$ty> {
+                Self::open_async_with_options(path, $options { durability, ..$options::default() }).await
+            }
+
+            /// `open_with_options` without blocking the async runtime.
+            pub async fn open_async_with_options(
+                path: impl AsRef<std::path::Path>,
+                options: $options,
+            ) -> $crate::Result<$ty> {
+                $crate::ThreadStore::wait_open_async(|ready| Self::start(path.as_ref(), options, ready)).await
+            }
+        }
+    };
 }
 
 /// Implements [`Store`](crate::Store) for a type whose field `$field` is a [`ThreadStore`].

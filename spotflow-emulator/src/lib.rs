@@ -575,6 +575,16 @@ impl Emulator {
     pub fn create_provisioning_token_in(&self, workspace_id: &str) -> String {
         self.inner.create_provisioning_token(workspace_id)
     }
+    /// Serves one MQTT connection on `stream`, any byte stream (an in-memory pipe of a test, a
+    /// fuzzer's input), as the broker serves its TCP, TLS and WebSocket connections; returns when
+    /// the connection ends. `peer` names it in logs.
+    pub async fn serve_mqtt<S>(&self, stream: S, peer: &str)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        mqtt::run_session(self.inner.clone(), stream, peer.to_owned()).await
+    }
+
     /// Registers a device directly (as if it had been provisioned and approved) and returns its
     /// MQTT credentials: for tests and benchmarks that speak raw MQTT.
     pub fn create_device(&self, device_id: &str) -> Result<DeviceCredentials, String> {

@@ -29,7 +29,6 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::Arc;
 
 use spotflow_core::persist;
@@ -37,7 +36,6 @@ pub use spotflow_core::Durability;
 use spotflow_core::{
     Error, ErrorStatus, FreeSpace, OutgoingMessage, QueueStats, QueuedMessage, Result, StoreBackend, ThreadStore,
 };
-use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 mod chunk;
@@ -99,41 +97,11 @@ fn sled_error(path: &Path, context: &str, e: sled::Error) -> Error {
     Error::Store { context: format!("{context} {}: {detail}", path.display()), status, source: Some(Box::new(e)) }
 }
 
-fn closed() -> Error {
-    Error::Store { context: "the sled store thread stopped".into(), status: ErrorStatus::Permanent, source: None }
-}
-
 const LAST_SEQ: &[u8] = b"last_seq";
 
+spotflow_core::durable_store_open!(SledStore, SledOptions);
+
 impl SledStore {
-    /// Opens (creating) the store at `path` with the given durability and the default options.
-    /// Blocks while sled recovers (on the store's own thread); inside an async runtime use
-    /// [`SledStore::open_async`]. (The same shape as `SqliteStore`'s.)
-    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<SledStore> {
-        Self::open_with_options(path, SledOptions { durability, ..SledOptions::default() })
-    }
-
-    /// Like [`SledStore::open`] with every option.
-    pub fn open_with_options(path: impl AsRef<Path>, options: SledOptions) -> Result<SledStore> {
-        let (ready, opened) = mpsc::channel();
-        let store = Self::start(path.as_ref(), options, move |r| drop(ready.send(r)))?;
-        opened.recv().map_err(|_| closed())??;
-        Ok(store)
-    }
-
-    /// [`SledStore::open`] without blocking the async runtime.
-    pub async fn open_async(path: impl AsRef<Path>, durability: Durability) -> Result<SledStore> {
-        Self::open_async_with_options(path, SledOptions { durability, ..SledOptions::default() }).await
-    }
-
-    /// [`SledStore::open_with_options`] without blocking the async runtime.
-    pub async fn open_async_with_options(path: impl AsRef<Path>, options: SledOptions) -> Result<SledStore> {
-        let (ready, opened) = oneshot::channel();
-        let store = Self::start(path.as_ref(), options, move |r| drop(ready.send(r)))?;
-        opened.await.map_err(|_| closed())??;
-        Ok(store)
-    }
-
     fn start(path: &Path, options: SledOptions, ready: impl FnOnce(Result<()>) + Send + 'static) -> Result<SledStore> {
         let path = path.to_path_buf();
         if path.is_file() {

@@ -19,7 +19,6 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,7 +28,6 @@ use spotflow_core::{
     ContentEncoding, Error, ErrorStatus, FreeSpace, MessageKind, OutgoingMessage, QueueStats, QueuedMessage, Result,
     StoreBackend, StreamTarget, ThreadStore,
 };
-use tokio::sync::oneshot;
 use tracing::debug;
 
 /// The schema migrations, in order; `PRAGMA user_version` counts how many are applied.
@@ -95,39 +93,9 @@ fn sql_error(path: &Path, context: &str, e: rusqlite::Error) -> Error {
     Error::Store { context: format!("{context} {}: {detail}", path.display()), status, source: Some(Box::new(e)) }
 }
 
-fn closed() -> Error {
-    Error::Store { context: "the SQLite store thread stopped".into(), status: ErrorStatus::Permanent, source: None }
-}
+spotflow_core::durable_store_open!(SqliteStore, SqliteOptions);
 
 impl SqliteStore {
-    /// Opens (creating) the database at `path` with the given durability. Blocks while the file is
-    /// opened and migrated (on the store's own thread); inside an async runtime use
-    /// [`SqliteStore::open_async`].
-    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<SqliteStore> {
-        Self::open_with_options(path, SqliteOptions { durability, ..SqliteOptions::default() })
-    }
-
-    /// Like [`SqliteStore::open`] with every option (size limit, free-space reserve).
-    pub fn open_with_options(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
-        let (ready, opened) = mpsc::channel();
-        let store = Self::start(path.as_ref(), options, move |r| drop(ready.send(r)))?;
-        opened.recv().map_err(|_| closed())??;
-        Ok(store)
-    }
-
-    /// [`SqliteStore::open`] without blocking the async runtime.
-    pub async fn open_async(path: impl AsRef<Path>, durability: Durability) -> Result<SqliteStore> {
-        Self::open_async_with_options(path, SqliteOptions { durability, ..SqliteOptions::default() }).await
-    }
-
-    /// [`SqliteStore::open_with_options`] without blocking the async runtime.
-    pub async fn open_async_with_options(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
-        let (ready, opened) = oneshot::channel();
-        let store = Self::start(path.as_ref(), options, move |r| drop(ready.send(r)))?;
-        opened.await.map_err(|_| closed())??;
-        Ok(store)
-    }
-
     /// Starts the store's thread, which opens the database and reports through `ready`.
     fn start(
         path: &Path,

@@ -16,7 +16,7 @@ mod upload;
 
 pub use mapping::EXTERNALIZE_THRESHOLD;
 pub use mqtt::{MqttTransport, MqttTransportOptions};
-pub use platform_api::{HttpPlatformApi, MAX_ANSWER_BYTES};
+pub use platform_api::{answers, HttpPlatformApi, MAX_ANSWER_BYTES};
 /// The rustls version this crate builds its configurations with.
 pub use rustls;
 pub use session::SessionOptions;

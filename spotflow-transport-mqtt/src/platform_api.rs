@@ -28,6 +28,10 @@ struct Answer {
 }
 
 impl Answer {
+    fn parse(status: u16, bytes: &[u8]) -> Self {
+        Answer { status, body: serde_json::from_slice::<Value>(bytes).ok() }
+    }
+
     fn problem_type(&self) -> Option<&str> {
         self.body.as_ref()?.get("type")?.as_str()
     }
@@ -92,20 +96,11 @@ impl HttpPlatformApi {
             .map_err(|e| Error::transport_with(format!("request to {path} failed"), e))?;
         let status = resp.status().as_u16();
         let bytes = read_capped(resp, MAX_ANSWER_BYTES, path).await?;
-        let body = serde_json::from_slice::<Value>(&bytes).ok();
-        if body.is_none() && !bytes.is_empty() {
+        let answer = Answer::parse(status, &bytes);
+        if answer.body.is_none() && !bytes.is_empty() {
             debug!(path, status, "answer body is not JSON");
         }
-        Ok(Answer { status, body })
-    }
-
-    fn token(answer: &Answer) -> Result<RegistrationToken> {
-        let token = answer.str_field("registrationToken")?;
-        let expires_at = match answer.opt_str("expirationTime") {
-            Some(t) => Some(parse_rfc3339(t)?),
-            None => None,
-        };
-        Ok(RegistrationToken { token: Secret::new(token), expires_at })
+        Ok(answer)
     }
 }
 
@@ -138,7 +133,58 @@ impl PlatformApi for HttpPlatformApi {
             Some(d) => json!({ "deviceId": d }),
             None => json!({}),
         };
-        let a = self.call(reqwest::Method::POST, "/provisioning-operations/init", token, body).await?;
+        answers::provisioning_init(
+            &self.call(reqwest::Method::POST, "/provisioning-operations/init", token, body).await?,
+        )
+    }
+
+    async fn complete_provisioning(&self, token: &Secret, operation_id: &str) -> Result<ProvisioningStatus> {
+        let body = json!({ "provisioningOperationId": operation_id });
+        let a = self.call(reqwest::Method::PUT, "/provisioning-operations/complete", token, body).await?;
+        answers::provisioning_completion(&a, operation_id)
+    }
+
+    async fn register(&self, registration_token: &Secret) -> Result<Registration> {
+        let body = json!({ "connectionStringType": "SharedAccessSignature" });
+        answers::registration(&self.call(reqwest::Method::PUT, "/devices/register", registration_token, body).await?)
+    }
+
+    async fn refresh_registration_token(
+        &self,
+        token: &Secret,
+        registration_token: &Secret,
+    ) -> Result<RegistrationToken> {
+        let body = json!({ "registrationToken": registration_token.expose() });
+        let a = self.call(reqwest::Method::PUT, "/devices/registration-tokens/refresh", token, body).await?;
+        answers::token_refresh(&a)
+    }
+}
+
+/// What the platform's answers mean, without I/O: each takes the status and the body as read.
+pub mod answers {
+    use super::*;
+
+    /// The answer of `POST /provisioning-operations/init`.
+    pub fn provisioning_init_answer(status: u16, body: &[u8]) -> Result<ProvisioningOperation> {
+        provisioning_init(&Answer::parse(status, body))
+    }
+
+    /// The answer of `PUT /provisioning-operations/complete` for `operation_id`.
+    pub fn provisioning_completion_answer(status: u16, body: &[u8], operation_id: &str) -> Result<ProvisioningStatus> {
+        provisioning_completion(&Answer::parse(status, body), operation_id)
+    }
+
+    /// The answer of `PUT /devices/register`.
+    pub fn registration_answer(status: u16, body: &[u8]) -> Result<Registration> {
+        registration(&Answer::parse(status, body))
+    }
+
+    /// The answer of `PUT /devices/registration-tokens/refresh`.
+    pub fn token_refresh_answer(status: u16, body: &[u8]) -> Result<RegistrationToken> {
+        token_refresh(&Answer::parse(status, body))
+    }
+
+    pub(super) fn provisioning_init(a: &Answer) -> Result<ProvisioningOperation> {
         match a.status {
             200..=299 => Ok(ProvisioningOperation {
                 id: a.str_field("provisioningOperationId")?,
@@ -150,12 +196,10 @@ impl PlatformApi for HttpPlatformApi {
         }
     }
 
-    async fn complete_provisioning(&self, token: &Secret, operation_id: &str) -> Result<ProvisioningStatus> {
-        let body = json!({ "provisioningOperationId": operation_id });
-        let a = self.call(reqwest::Method::PUT, "/provisioning-operations/complete", token, body).await?;
+    pub(super) fn provisioning_completion(a: &Answer, operation_id: &str) -> Result<ProvisioningStatus> {
         match a.status {
             202 => Ok(ProvisioningStatus::Pending),
-            200..=299 => Ok(ProvisioningStatus::Approved(Self::token(&a)?)),
+            200..=299 => Ok(ProvisioningStatus::Approved(token(a)?)),
             410 if a.problem_type() == Some(CANCELLED) => {
                 Err(Error::Provisioning(format!("provisioning operation {operation_id} was cancelled")))
             }
@@ -164,9 +208,7 @@ impl PlatformApi for HttpPlatformApi {
         }
     }
 
-    async fn register(&self, registration_token: &Secret) -> Result<Registration> {
-        let body = json!({ "connectionStringType": "SharedAccessSignature" });
-        let a = self.call(reqwest::Method::PUT, "/devices/register", registration_token, body).await?;
+    pub(super) fn registration(a: &Answer) -> Result<Registration> {
         if !(200..300).contains(&a.status) {
             return Err(a.error("registration"));
         }
@@ -200,17 +242,20 @@ impl PlatformApi for HttpPlatformApi {
         })
     }
 
-    async fn refresh_registration_token(
-        &self,
-        token: &Secret,
-        registration_token: &Secret,
-    ) -> Result<RegistrationToken> {
-        let body = json!({ "registrationToken": registration_token.expose() });
-        let a = self.call(reqwest::Method::PUT, "/devices/registration-tokens/refresh", token, body).await?;
+    pub(super) fn token_refresh(a: &Answer) -> Result<RegistrationToken> {
         match a.status {
-            200..=299 => Self::token(&a),
+            200..=299 => token(a),
             _ => Err(a.error("registration token refresh")),
         }
+    }
+
+    fn token(answer: &Answer) -> Result<RegistrationToken> {
+        let token = answer.str_field("registrationToken")?;
+        let expires_at = match answer.opt_str("expirationTime") {
+            Some(t) => Some(parse_rfc3339(t)?),
+            None => None,
+        };
+        Ok(RegistrationToken { token: Secret::new(token), expires_at })
     }
 }
 

@@ -56,23 +56,19 @@ pub struct WsTransportOptions {
 }
 
 impl WsTransportOptions {
-    fn with(port: u16, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
-        WsTransportOptions {
-            port,
-            path: "/$iothub/websocket".into(),
-            proxy: ProxyMode::default(),
-            session: SessionOptions::new(tls),
-        }
-    }
-
     /// `wss://` on port 443 with `tls`.
     pub fn tls(tls: Arc<rustls::ClientConfig>) -> Self {
-        WsTransportOptions::with(443, Some(tls))
+        WsTransportOptions { session: SessionOptions::new(Some(tls)), ..WsTransportOptions::plain(443) }
     }
 
     /// Plain `ws://` to `port`: no encryption, no server authentication. Local development only.
     pub fn plain(port: u16) -> Self {
-        WsTransportOptions::with(port, None)
+        WsTransportOptions {
+            port,
+            path: "/$iothub/websocket".into(),
+            proxy: ProxyMode::default(),
+            session: SessionOptions::new(None),
+        }
     }
 }
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Fuzzes everything a server sends the SDK and the store's records with cargo-fuzz (nightly).
+#   bash scripts/fuzz.sh                 # 1,000,000 executions per target (the long run)
+#   bash scripts/fuzz.sh --seconds 20    # each target for 20 s (CI)
+#   bash scripts/fuzz.sh --runs N [target ...]
+# Prints, per target, the executions, the time and what was found (a crash, a timeout of 10 s, or
+# an allocation over 256 MiB stops the target and leaves the input in fuzz/artifacts/<target>/).
+# Committed seeds are fuzz/corpus/<target>/seed-*; what the fuzzer adds there is not committed.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+limit=(-runs=1000000)
+targets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) limit=(-max_total_time="$2"); shift 2 ;;
+    --runs) limit=(-runs="$2"); shift 2 ;;
+    *) targets+=("$1"); shift ;;
+  esac
+done
+if ! cargo +nightly fuzz --help > /dev/null 2>&1; then
+  cargo +nightly install cargo-fuzz --locked
+fi
+if [ ${#targets[@]} -eq 0 ]; then
+  mapfile -t targets < <(cargo +nightly fuzz list)
+fi
+cargo +nightly fuzz build
+failed=0
+summary=()
+for t in "${targets[@]}"; do
+  log="target/fuzz-$t.log"
+  mkdir -p target "corpus/$t"
+  if cargo +nightly fuzz run "$t" "corpus/$t" -- "${limit[@]}" -timeout=10 -rss_limit_mb=2048 \
+      -malloc_limit_mb=256 -print_final_stats=1 > "$log" 2>&1; then
+    result="no finding"
+  else
+    result="FINDING (see $log and artifacts/$t/)"
+    failed=1
+  fi
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+  secs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' | tail -1)
+  summary+=("$(printf '%-22s %12s executions %6s s  %s' "$t" "${runs:-?}" "${secs:-?}" "$result")")
+done
+printf '%s\n' "${summary[@]}"
+exit $failed
