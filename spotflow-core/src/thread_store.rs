@@ -319,6 +319,24 @@ fn serve_one<B: StoreBackend>(backend: &mut B, command: Command) {
     }
 }
 
+/// Declares a durable store type: `pub struct $ty { inner: ThreadStore, path: Arc<PathBuf> }`
+/// with [`Store`](crate::Store) served by its thread ([`crate::store_via_thread!`]) and the one opening
+/// shape ([`crate::durable_store_open!`]).
+#[macro_export]
+macro_rules! durable_store {
+    ($(#[$attr:meta])* $ty:ident, $options:ident) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone)]
+        pub struct $ty {
+            inner: $crate::ThreadStore,
+            path: std::sync::Arc<std::path::PathBuf>,
+        }
+
+        $crate::store_via_thread!($ty, inner);
+        $crate::durable_store_open!($ty, $options);
+    };
+}
+
 /// The one opening shape of the durable stores: `open(path, durability)`, `open_with_options`,
 /// `open_async(path, durability)`, `open_async_with_options`, for a store type with an options
 /// type (`Default`, with a `durability` field) and a

@@ -72,14 +72,11 @@ impl Default for SledOptions {
     }
 }
 
-/// A durable store in a sled directory.
-#[derive(Debug, Clone)]
-pub struct SledStore {
-    inner: ThreadStore,
-    path: Arc<PathBuf>,
-}
-
-spotflow_core::store_via_thread!(SledStore, inner);
+spotflow_core::durable_store!(
+    /// A durable store in a sled directory.
+    SledStore,
+    SledOptions
+);
 
 fn sled_error(path: &Path, context: &str, e: sled::Error) -> Error {
     let (status, detail) = match &e {
@@ -98,8 +95,6 @@ fn sled_error(path: &Path, context: &str, e: sled::Error) -> Error {
 }
 
 const LAST_SEQ: &[u8] = b"last_seq";
-
-spotflow_core::durable_store_open!(SledStore, SledOptions);
 
 impl SledStore {
     fn start(path: &Path, options: SledOptions, ready: impl FnOnce(Result<()>) + Send + 'static) -> Result<SledStore> {

@@ -66,14 +66,11 @@ impl Default for SqliteOptions {
     }
 }
 
-/// A durable store in one SQLite file.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    inner: ThreadStore,
-    path: Arc<PathBuf>,
-}
-
-spotflow_core::store_via_thread!(SqliteStore, inner);
+spotflow_core::durable_store!(
+    /// A durable store in one SQLite file.
+    SqliteStore,
+    SqliteOptions
+);
 
 fn sql_error(path: &Path, context: &str, e: rusqlite::Error) -> Error {
     let status = match e.sqlite_error_code() {
@@ -92,8 +89,6 @@ fn sql_error(path: &Path, context: &str, e: rusqlite::Error) -> Error {
     };
     Error::Store { context: format!("{context} {}: {detail}", path.display()), status, source: Some(Box::new(e)) }
 }
-
-spotflow_core::durable_store_open!(SqliteStore, SqliteOptions);
 
 impl SqliteStore {
     /// Starts the store's thread, which opens the database and reports through `ready`.
