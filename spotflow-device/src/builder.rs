@@ -168,6 +168,10 @@ impl DeviceClientBuilder {
         if o.max_in_flight == 0 || o.fetch_batch == 0 || o.max_message_size == 0 {
             return Err(Error::invalid("options", "max_in_flight, fetch_batch and max_message_size must be positive"));
         }
+        if o.stall_timeout.is_zero() || o.reconnect_max.is_zero() {
+            // Zero would end every connection at once, or reconnect in a busy loop.
+            return Err(Error::invalid("options", "stall_timeout and reconnect_max must be positive"));
+        }
         Instance::parse(self.instance.as_deref().unwrap_or(crate::DEFAULT_INSTANCE))
     }
 

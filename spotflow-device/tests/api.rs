@@ -39,6 +39,9 @@ async fn bad_start_arguments_are_clear_errors() {
         assert_invalid(b(Some("d"), TOKEN, "x.db").instance(instance).start().await, "instance");
     }
     assert_invalid(b(Some("d"), TOKEN, "x.db").with_options(|o| o.max_in_flight = 0).start().await, "options");
+    let zero = std::time::Duration::ZERO;
+    assert_invalid(b(Some("d"), TOKEN, "x.db").with_options(|o| o.stall_timeout = zero).start().await, "options");
+    assert_invalid(b(Some("d"), TOKEN, "x.db").with_options(|o| o.reconnect_max = zero).start().await, "options");
     assert_eq!(platform.stats().init_calls, 0, "nothing reached the platform");
 }
 
