@@ -5,12 +5,21 @@
 //! (stored, never sent), and the redeliveries (the same message key again: what a platform that
 //! does not drop them by `$.mid` would store twice), per kill.
 //!
+//! With `--chaos`, the device's MQTT connection goes through `spotflow-chaos` running a seeded
+//! random schedule (resets, clean closes, blackholes, latency, thin links, flapping) for the
+//! whole loop; the link passes again before the draining run.
+//!
+//! `SPOTFLOW_DEVICE_CHILD` names a copy of the `device-child` executable to run instead of the
+//! one built beside this bench (so that a long loop is not changed by a rebuild).
+//!
 //! `cargo bench -p spotflow-store-tests --bench kill_loop -- [--cycles N] [--rate R]
-//! [--backend sqlite-power-loss-safe|sqlite-crash-safe|sled|all] [--seed S]`
+//! [--backend sqlite-power-loss-safe|sqlite-crash-safe|sled|all] [--seed S] [--chaos]`
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use spotflow_chaos::{random_schedule, ChaosProxy, Condition};
 use spotflow_emulator::{Emulator, MessageQuery};
 use spotflow_store_tests::DeviceChild;
 
@@ -19,10 +28,11 @@ struct Args {
     rate: u32,
     backends: Vec<String>,
     seed: u64,
+    chaos: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { cycles: 50, rate: 200, backends: vec!["sqlite-power-loss-safe".into()], seed: 7 };
+    let mut a = Args { cycles: 50, rate: 200, backends: vec!["sqlite-power-loss-safe".into()], seed: 7, chaos: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -38,6 +48,7 @@ fn args() -> Args {
                     vec![b]
                 };
             }
+            "--chaos" => a.chaos = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -60,9 +71,22 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
     let emu = rt
         .block_on(Emulator::builder().data_dir(dir.join("emulator")).auto_approve(Some(Duration::ZERO)).start())
         .expect("emulator");
-    let mut device = DeviceChild::for_emulator(env!("CARGO_BIN_EXE_device-child"), &emu, dir.join("device.db"));
+    // SPOTFLOW_DEVICE_CHILD runs a copy, so that a rebuild during a long loop changes nothing.
+    let exe = std::env::var("SPOTFLOW_DEVICE_CHILD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_device-child").into());
+    let mut device = DeviceChild::for_emulator(&exe, &emu, dir.join("device.db"));
     device.backend = Some(backend.to_owned());
     device.rate = Some(a.rate);
+    // The proxy's schedule outlasts the loop (each cycle takes at most ~2 s); it is stopped
+    // and the link set passing before the drain.
+    let chaos = a.chaos.then(|| {
+        let proxy =
+            Arc::new(rt.block_on(ChaosProxy::start(emu.mqtts_addr().expect("MQTT/TLS"))).expect("chaos proxy"));
+        device.mqtt_port = proxy.addr().port();
+        let schedule = random_schedule(a.seed, Duration::from_secs(a.cycles as u64 * 3 + 60));
+        let runner = Arc::clone(&proxy);
+        let task = rt.spawn(async move { runner.run_schedule(&schedule).await });
+        (proxy, task)
+    });
     let mut rng = fastrand::Rng::with_seed(a.seed);
     let mut enqueued: HashSet<String> = HashSet::new();
     let started = Instant::now();
@@ -72,6 +96,19 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
         if (cycle + 1) % 50 == 0 {
             eprintln!("  {backend}: {} kills, {} enqueued, {:.0?}", cycle + 1, enqueued.len(), started.elapsed());
         }
+    }
+    if let Some((proxy, task)) = chaos {
+        task.abort();
+        proxy.set_condition(Condition::Pass);
+        let log = proxy.log();
+        let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();
+        let connections = count(" open from ");
+        println!(
+            "  {backend}: chaos applied {} blackholes, {} resets and {} clean closes of all connections; {connections} connections opened",
+            count("condition Blackhole"),
+            count("s reset "),
+            count("s close "),
+        );
     }
     assert!(device.drain(a.cycles), "the draining run finishes");
     let stored = rt.block_on(emu.messages(MessageQuery { limit: Some(100_000_000), ..Default::default() }));
@@ -100,7 +137,8 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
 fn main() {
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    println!("kill -9 loop: {} cycles per store, {} msg/s, seed {}", a.cycles, a.rate, a.seed);
+    let through = if a.chaos { ", through spotflow-chaos (random faults)" } else { "" };
+    println!("kill -9 loop: {} cycles per store, {} msg/s, seed {}{through}", a.cycles, a.rate, a.seed);
     println!("  store                      enqueued  delivered  lost  unexpected  redeliveries  per kill");
     for backend in &a.backends {
         let f = run(&rt, backend, &a);
