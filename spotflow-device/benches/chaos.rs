@@ -5,6 +5,10 @@
 //!   closes, blackholes, latency, thin links, flapping) for SECONDS while the device enqueues R
 //!   messages per second; then the link passes and the queue drains. Prints enqueued, stored,
 //!   lost, redeliveries (dropped by the emulator by message key) and the proxy's fault counts.
+//!   With `SPOTFLOW_OFFICIAL_HARNESS` (the official SDK's harness, built by `.ci/run`) and port
+//!   8883 free, the official `spotflow` 0.8.1 crate runs the same schedule at the same rate in
+//!   the same run (it always connects to port 8883: the proxy listens there). It sends no message
+//!   key, so its redeliveries are stored twice and counted as duplicates.
 //! - `-- --blackhole [SECONDS] [--rate R]`: after 5 s of traffic the link goes silent for SECONDS
 //!   (default 30); prints how long the SDK took to give the silent connection up (stall
 //!   detection) and how long after the link came back the next message was stored.
@@ -13,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use spotflow_chaos::{random_schedule, ChaosProxy, Condition};
 use spotflow_device::{Compression, DeviceClient, Message};
-use spotflow_emulator::Emulator;
+use spotflow_emulator::{Emulator, MessageQuery};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 struct Args {
     soak: Option<u64>,
@@ -123,6 +128,88 @@ async fn soak(emu: &Emulator, dir: &std::path::Path, seconds: u64, a: &Args) {
     client.close().await.unwrap();
 }
 
+/// What the official SDK's harness said during a soak.
+#[derive(Default)]
+struct Said {
+    accepted: Vec<String>,
+    done: bool,
+}
+
+async fn official_soak(harness: &str, dir: &std::path::Path, seconds: u64, a: &Args) {
+    let emu = emulator(dir).await;
+    let listen: std::net::SocketAddr = "127.0.0.1:8883".parse().unwrap();
+    let proxy = match ChaosProxy::start_on(listen, emu.mqtts_addr().unwrap()).await {
+        Ok(p) => p,
+        Err(e) => {
+            println!("  official spotflow 0.8.1: not measured (port 8883: {e})");
+            return;
+        }
+    };
+    let mut child = tokio::process::Command::new(harness)
+        .env("INSTANCE", format!("localhost:{}", emu.https_addr().unwrap().port()))
+        .env("PROVISIONING_TOKEN", emu.create_provisioning_token())
+        .env("DB_PATH", dir.join("official.db"))
+        .env("SOAK_SECONDS", seconds.to_string())
+        .env("RATE", a.rate.to_string())
+        .env("SSL_CERT_FILE", emu.ca_path().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the official SDK's harness starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("STARTED") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if started != Ok(true) {
+        println!("  official spotflow 0.8.1: did not start");
+        return;
+    }
+    let reading = tokio::spawn(async move {
+        let mut said = Said::default();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(i) = line.strip_prefix("ACK ") {
+                said.accepted.push(format!("m{i}"));
+            } else if line == "DONE" {
+                said.done = true;
+                break;
+            }
+        }
+        said
+    });
+    let schedule = random_schedule(a.seed, Duration::from_secs(seconds));
+    proxy.run_schedule(&schedule).await;
+    // The harness stops enqueueing when the schedule ends, then waits until its queue is sent.
+    let said = match tokio::time::timeout(Duration::from_secs(300), reading).await {
+        Ok(said) => said.unwrap(),
+        Err(_) => {
+            println!("  official spotflow 0.8.1: its queue did not drain within 300 s after the faults");
+            Said::default()
+        }
+    };
+    let _ = emu.wait_for_messages(said.accepted.len() as u64, Duration::from_secs(30)).await;
+    let stored = emu.messages(MessageQuery { limit: Some(10_000_000), ..Default::default() }).await;
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for m in &stored {
+        *counts.entry(m.message_id.clone().unwrap_or_default()).or_default() += 1;
+    }
+    let lost = said.accepted.iter().filter(|id| !counts.contains_key(*id)).count();
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    println!(
+        "  official spotflow 0.8.1: accepted {}, stored {} ({} distinct), lost {lost}, duplicates stored {duplicates}; drained: {}",
+        said.accepted.len(),
+        stored.len(),
+        counts.len(),
+        said.done
+    );
+    let _ = child.kill().await;
+}
+
 async fn blackhole(emu: &Emulator, dir: &std::path::Path, seconds: u64, a: &Args) {
     let proxy = ChaosProxy::start(emu.mqtts_addr().unwrap()).await.unwrap();
     let client = device(emu, &proxy, dir).await;
@@ -182,6 +269,10 @@ fn main() {
         if let Some(seconds) = a.soak {
             let dir = tempfile::tempdir().unwrap();
             soak(&emulator(dir.path()).await, dir.path(), seconds, &a).await;
+            if let Ok(harness) = std::env::var("SPOTFLOW_OFFICIAL_HARNESS") {
+                let dir = tempfile::tempdir().unwrap();
+                official_soak(&harness, dir.path(), seconds, &a).await;
+            }
         }
     });
 }

@@ -585,6 +585,19 @@ impl Emulator {
         mqtt::run_session(self.inner.clone(), stream, peer.to_owned()).await
     }
 
+    /// Serves one HTTP/1.1 connection on `stream`, any byte stream, as the HTTPS and HTTP
+    /// listeners serve theirs after TLS: the platform API, uploads, the admin API and MQTT over
+    /// WebSocket. Returns when the connection ends; a WebSocket it was upgraded to runs on in a
+    /// task of its own until its session ends (the stream is dropped then).
+    pub async fn serve_http<S>(&self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut stop = self.shutdown.subscribe();
+        let router = http::router(self.inner.clone());
+        serve_http_connection(stream, router, self.inner.config.http_header_timeout, &mut stop).await
+    }
+
     /// Registers a device directly (as if it had been provisioned and approved) and returns its
     /// MQTT credentials: for tests and benchmarks that speak raw MQTT.
     pub fn create_device(&self, device_id: &str) -> Result<DeviceCredentials, String> {

@@ -820,6 +820,32 @@ async fn mqtt_over_websocket_with_the_mqtt_subprotocol() {
 }
 
 #[tokio::test]
+async fn serve_http_serves_mqtt_over_websocket_on_any_stream() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let emu = std::sync::Arc::new(emulator().await);
+    let dev = register(&emu, "ws-pipe").await;
+    let (device, server_side) = tokio::io::duplex(64 * 1024);
+    let serving = {
+        let emu = emu.clone();
+        tokio::spawn(async move { emu.serve_http(server_side).await })
+    };
+    let mut req = "ws://localhost/$iothub/websocket".into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+    let (mut ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, device)).await.unwrap().unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "mqtt");
+    let mut connect = rumqttc::mqttbytes::v4::Connect::new(dev.hub_id.clone());
+    connect.set_login(format!("localhost/{}/?api-version=2018-06-30", dev.hub_id), dev.sas.clone());
+    let mut buf = bytes::BytesMut::new();
+    rumqttc::mqttbytes::v4::Packet::Connect(connect).write(&mut buf, usize::MAX).unwrap();
+    ws.send(Message::Binary(buf.freeze())).await.unwrap();
+    let frame = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(frame.into_data().as_ref(), &[0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    ws.close(None).await.unwrap();
+    tokio::time::timeout(WAIT, serving).await.expect("the HTTP connection ends").unwrap();
+}
+
+#[tokio::test]
 async fn state_and_messages_survive_a_restart_of_the_emulator() {
     let dir = tempfile::tempdir().unwrap();
     let (dev, ca) = {

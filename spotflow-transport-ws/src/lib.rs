@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use spotflow_core::{Connection, ConnectionCredentials, Error, Result, Transport};
-use spotflow_transport_mqtt::session::ByteStream;
+pub use spotflow_transport_mqtt::session::ByteStream;
 pub use spotflow_transport_mqtt::session::SessionOptions;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -152,6 +152,14 @@ impl WsTransport {
                 .map_err(|e| Error::transport_with(format!("cannot connect to {host}:{}", o.port), e))?,
         };
         let stream = o.session.secure(tcp, host).await?;
+        let ws = self.handshake(stream, host).await?;
+        debug!(host, port = o.port, proxy = proxy.is_some(), "WebSocket open");
+        Ok(ws)
+    }
+
+    /// The WebSocket handshake (subprotocol `mqtt`) on a stream already connected (and secured).
+    async fn handshake(&self, stream: Box<dyn ByteStream>, host: &str) -> Result<Ws> {
+        let o = &self.options;
         let scheme = if o.session.tls.is_some() { "wss" } else { "ws" };
         let mut request = format!("{scheme}://{host}:{}{}", o.port, o.path)
             .into_client_request()
@@ -167,8 +175,25 @@ impl WsTransport {
         if protocol != Some("mqtt") {
             return Err(Error::transport(format!("the server did not accept the mqtt subprotocol ({protocol:?})")));
         }
-        debug!(host, port = o.port, proxy = proxy.is_some(), "WebSocket open");
         Ok(ws)
+    }
+
+    /// Opens the MQTT session over a stream the caller connected to the hub (its own tunnel,
+    /// a proxy of another kind, an in-process pipe in tests): the WebSocket handshake (with
+    /// `options.path`, the host from `credentials`, and `wss` when the options carry TLS, which
+    /// the caller has then already applied), then MQTT as [`Transport::connect`] does, bounded by
+    /// the connect timeout.
+    pub async fn connect_over<S: ByteStream>(
+        &self,
+        stream: S,
+        credentials: &ConnectionCredentials,
+        session: &spotflow_core::SessionInfo,
+    ) -> Result<Box<dyn Connection>> {
+        let ws = async {
+            let ws = self.handshake(Box::new(stream), &credentials.hub_host).await?;
+            Ok(Box::new(WsBytes { ws, pending: Bytes::new() }) as Box<dyn ByteStream>)
+        };
+        self.options.session.connect("MQTT over WebSocket", credentials, session, ws).await
     }
 }
 

@@ -36,29 +36,30 @@ async fn server(script: Script) -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let script = script.clone();
-            tokio::spawn(async move {
-                let with_protocol = !matches!(script, Script::NoSubprotocol);
-                let callback = move |_req: &Request, mut resp: Response| {
-                    if with_protocol {
-                        resp.headers_mut().insert("sec-websocket-protocol", "mqtt".parse().unwrap());
-                    }
-                    Ok(resp)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else { return };
-                let _connect = ws.next().await;
-                if let Script::Frames(frames) = script {
-                    for f in frames {
-                        if ws.send(f).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                while let Some(Ok(_)) = ws.next().await {}
-            });
+            tokio::spawn(serve_one(tcp, script.clone()));
         }
     });
     port
+}
+
+async fn serve_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S, script: Script) {
+    let with_protocol = !matches!(script, Script::NoSubprotocol);
+    let callback = move |_req: &Request, mut resp: Response| {
+        if with_protocol {
+            resp.headers_mut().insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+        }
+        Ok(resp)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else { return };
+    let _connect = ws.next().await;
+    if let Script::Frames(frames) = script {
+        for f in frames {
+            if ws.send(f).await.is_err() {
+                return;
+            }
+        }
+    }
+    while let Some(Ok(_)) = ws.next().await {}
 }
 
 fn transport(port: u16, max: usize) -> WsTransport {
@@ -153,4 +154,27 @@ async fn a_server_without_the_mqtt_subprotocol_is_refused() {
     let cause = std::error::Error::source(&err).map(|e| e.to_string()).unwrap_or_default();
     assert!(cause.to_lowercase().contains("protocol"), "{err}: {cause}");
     assert!(err.is_temporary());
+}
+
+#[tokio::test]
+async fn connect_over_runs_websocket_and_mqtt_over_a_stream_the_caller_opened() {
+    let (device, server_side) = tokio::io::duplex(64 * 1024);
+    let desired = bytes_of(Packet::Publish(Publish::new(
+        "$iothub/twin/PATCH/properties/desired/?$version=5",
+        QoS::AtMostOnce,
+        br#"{"y":2,"$version":5}"#.to_vec(),
+    )));
+    let server = tokio::spawn(serve_one(
+        server_side,
+        Script::Frames(vec![Message::Binary(connack().into()), Message::Binary(desired.into())]),
+    ));
+    // The port is only what the request line names; nothing is dialled.
+    let mut conn = transport(1, 64 * 1024)
+        .connect_over(device, &creds(), &spotflow_core::SessionInfo::default())
+        .await
+        .expect("connected over the pipe");
+    let event = tokio::time::timeout(Duration::from_secs(10), conn.next_event()).await.unwrap().unwrap();
+    assert!(matches!(event, TransportEvent::DesiredPatch { version: 5, .. }), "{event:?}");
+    conn.close().await;
+    tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server sees the close").unwrap();
 }

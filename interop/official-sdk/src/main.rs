@@ -6,6 +6,7 @@
 //! Environment: `INSTANCE` (e.g. `localhost:8443`), `PROVISIONING_TOKEN`, `DB_PATH`,
 //! `MESSAGES` (default 1000), `DESIRED_VERSION` (wait until this desired version arrives),
 //! `SSL_CERT_FILE` (the emulator's CA). With `BENCH` set: only enqueue `MESSAGES` 256-byte messages.
+//! With `SOAK_SECONDS` set: enqueue at `RATE` for that long (see [`soak`]).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -155,6 +156,31 @@ fn run_scenario(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// `SOAK_SECONDS`: enqueues `RATE` (default 200) messages per second for that long, each with
+/// message id `m{i}` and `ACK {i}` said once `enqueue_message_advanced` returned; then `SENT {n}`,
+/// waits until the SDK says everything was sent, says `DONE` and stays connected (the
+/// orchestrator counts, then kills it).
+fn soak(client: &DeviceClient, seconds: u64) -> Result<()> {
+    let rate: f64 = std::env::var("RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(200.0);
+    let context = MessageContext::new(Some("chaos".to_owned()), Some("official".to_owned()));
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        client.enqueue_message_advanced(&context, None, None, Some(format!("m{i}")), None, format!("m{i}").into_bytes())?;
+        say(&format!("ACK {i}"));
+        i += 1;
+    }
+    say(&format!("SENT {i}"));
+    client.wait_enqueued_messages_sent()?;
+    say("DONE");
+    std::thread::sleep(Duration::from_secs(600));
+    Ok(())
+}
+
 fn main() -> Result<()> {
     if let Ok(path) = std::env::var("SCENARIO") {
         return run_scenario(&path);
@@ -172,6 +198,10 @@ fn main() -> Result<()> {
         .build()
         .context("official SDK failed to start")?;
     say(&format!("STARTED {} {}", client.workspace_id()?, client.device_id()?));
+
+    if let Ok(seconds) = std::env::var("SOAK_SECONDS") {
+        return soak(&client, seconds.parse().context("SOAK_SECONDS")?);
+    }
 
     if std::env::var("BENCH").is_ok() {
         // Benchmark mode: 256-byte messages, as fast as the SDK takes them; the orchestrator
