@@ -44,7 +44,7 @@ fn world() -> &'static World {
     WORLD.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let emulator = rt.block_on(Emulator::builder().start()).expect("emulator");
-        let creds = emulator.create_device("fuzzed-ws").expect("device");
+        let creds = emulator.create_device("fuzzed").expect("device");
         let mut connect = Connect::new(creds.hub_device_id.clone());
         connect.clean_session = false;
         connect.login = Some(Login::new(creds.username.clone(), creds.password.clone()));

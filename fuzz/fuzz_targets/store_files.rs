@@ -104,16 +104,23 @@ fn world() -> &'static World {
             (sqlite, with_wal, sled)
         });
         assert!(sqlite_with_wal.iter().any(|(p, _)| p == Path::new(SQLITE_WAL)), "the log exists while open");
+        let _ = std::fs::remove_dir_all(&template);
+        // The journal is preallocated with zeros, its records at the start: the template keeps
+        // those (the store reads a short journal as well), not 5 MiB to write every run.
+        let mut sled = sled;
+        for (path, bytes) in &mut sled {
+            if path == Path::new("spotflow-journal") {
+                let used = bytes.len() - bytes.iter().rev().take_while(|b| **b == 0).count();
+                bytes.truncate((used + 64).min(bytes.len()));
+            }
+        }
         if let Ok(out) = std::env::var("SPOTFLOW_FUZZ_WRITE_SEEDS") {
             let find = |files: &Files, name: &str| files.iter().find(|(p, _)| p == Path::new(name)).unwrap().1.clone();
-            let journal = find(&sled, "spotflow-journal");
-            // The journal is preallocated with zeros: its records are at the start.
-            let used = journal.len() - journal.iter().rev().take_while(|b| **b == 0).count();
             let seeds = [
                 ("seed-sqlite-db", 0u8, find(&sqlite, SQLITE_FILE)),
                 ("seed-sqlite-wal", 1, find(&sqlite_with_wal, SQLITE_WAL)),
                 ("seed-sled-db", 2, find(&sled, "db")),
-                ("seed-sled-journal", 3, journal[..(used + 64).min(journal.len())].to_vec()),
+                ("seed-sled-journal", 3, find(&sled, "spotflow-journal")),
                 ("seed-sled-conf", 4, find(&sled, "conf")),
             ];
             std::fs::create_dir_all(&out).unwrap();

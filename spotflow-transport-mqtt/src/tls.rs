@@ -73,15 +73,22 @@ impl TlsOptions {
 }
 
 /// A configuration with the platform roots only (possibly none). Used where no TLS configuration
-/// was given (uploads next to a plain-TCP broker).
+/// was given (uploads next to a plain-TCP broker). Built once per process: reading and parsing
+/// the system's root store costs milliseconds, too much for every reconnection.
 pub(crate) fn platform_only() -> Result<Arc<rustls::ClientConfig>> {
-    if let Ok(config) = TlsOptions::platform().client_config() {
-        return Ok(config);
+    static PLATFORM_ONLY: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if let Some(config) = PLATFORM_ONLY.get() {
+        return Ok(config.clone());
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::invalid("TLS configuration", e))?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    let config = match TlsOptions::platform().client_config() {
+        Ok(config) => config,
+        Err(_) => Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| Error::invalid("TLS configuration", e))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        ),
+    };
+    Ok(PLATFORM_ONLY.get_or_init(|| config).clone())
 }
