@@ -832,7 +832,8 @@ async fn serve_http_serves_mqtt_over_websocket_on_any_stream() {
     };
     let mut req = "ws://localhost/$iothub/websocket".into_client_request().unwrap();
     req.headers_mut().insert("sec-websocket-protocol", "mqtt".parse().unwrap());
-    let (mut ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, device)).await.unwrap().unwrap();
+    let (mut ws, resp) =
+        tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, device)).await.unwrap().unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], "mqtt");
     let mut connect = rumqttc::mqttbytes::v4::Connect::new(dev.hub_id.clone());
     connect.set_login(format!("localhost/{}/?api-version=2018-06-30", dev.hub_id), dev.sas.clone());

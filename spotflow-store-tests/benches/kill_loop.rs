@@ -79,8 +79,7 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
     // The proxy's schedule outlasts the loop (each cycle takes at most ~2 s); it is stopped
     // and the link set passing before the drain.
     let chaos = a.chaos.then(|| {
-        let proxy =
-            Arc::new(rt.block_on(ChaosProxy::start(emu.mqtts_addr().expect("MQTT/TLS"))).expect("chaos proxy"));
+        let proxy = Arc::new(rt.block_on(ChaosProxy::start(emu.mqtts_addr().expect("MQTT/TLS"))).expect("chaos proxy"));
         device.mqtt_port = proxy.addr().port();
         let schedule = random_schedule(a.seed, Duration::from_secs(a.cycles as u64 * 3 + 60));
         let runner = Arc::clone(&proxy);
@@ -97,7 +96,8 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
             eprintln!("  {backend}: {} kills, {} enqueued, {:.0?}", cycle + 1, enqueued.len(), started.elapsed());
         }
     }
-    if let Some((proxy, task)) = chaos {
+    // The proxy stays (passing) for the draining run.
+    if let Some((proxy, task)) = &chaos {
         task.abort();
         proxy.set_condition(Condition::Pass);
         let log = proxy.log();
@@ -110,7 +110,13 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
             count("s close "),
         );
     }
-    assert!(device.drain(a.cycles), "the draining run finishes");
+    // What the draining run says on standard error is shown if it fails.
+    let drain_log = dir.join("drain.log");
+    device.stderr = Some(drain_log.clone());
+    if !device.drain(a.cycles) {
+        let said = std::fs::read_to_string(&drain_log).unwrap_or_default();
+        panic!("the draining run did not finish; it said:\n{said}");
+    }
     let stored = rt.block_on(emu.messages(MessageQuery { limit: Some(100_000_000), ..Default::default() }));
     let mut counts: HashMap<String, usize> = HashMap::new();
     for m in &stored {

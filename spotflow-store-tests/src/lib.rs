@@ -58,6 +58,8 @@ pub struct DeviceChild {
     pub backend: Option<String>,
     /// Enqueues per second (unpaced when `None`).
     pub rate: Option<u32>,
+    /// Where the children's standard error goes (appended); discarded when `None`.
+    pub stderr: Option<std::path::PathBuf>,
 }
 
 impl DeviceChild {
@@ -72,6 +74,7 @@ impl DeviceChild {
             db,
             backend: None,
             rate: None,
+            stderr: None,
         }
     }
 
@@ -84,6 +87,14 @@ impl DeviceChild {
         if let Some(rate) = self.rate {
             command.env("RATE", rate.to_string());
         }
+        let stderr = match &self.stderr {
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_or_else(|_| std::process::Stdio::null(), std::process::Stdio::from),
+            None => std::process::Stdio::null(),
+        };
         command
             .env("INSTANCE", &self.instance)
             .env("CA_FILE", &self.ca)
@@ -93,7 +104,7 @@ impl DeviceChild {
             .env("RUN", run.to_string())
             .env("COUNT", count.to_string())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("device child starts")
     }
