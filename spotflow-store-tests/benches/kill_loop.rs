@@ -62,6 +62,9 @@ struct Figures {
     lost: usize,
     unexpected: usize,
     redeliveries: u64,
+    /// How many kills were followed by 0, 1, 2 and 3 or more redeliveries.
+    per_kill: [usize; 4],
+    most: u64,
 }
 
 fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
@@ -89,9 +92,20 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
     let mut rng = fastrand::Rng::with_seed(a.seed);
     let mut enqueued: HashSet<String> = HashSet::new();
     let started = Instant::now();
+    // A run resends what the kill before it left unacknowledged as soon as it connects, so the
+    // redeliveries counted during run k+1 are those of kill k (plus, through the proxy, what a
+    // fault cut short during the run).
+    let (mut per_kill, mut most, mut before) = ([0usize; 4], 0u64, 0u64);
     for cycle in 0..a.cycles {
         // Runs 0.2 to 1.5 s at the rate, then SIGKILL.
         enqueued.extend(device.run_and_kill(cycle, 1_000_000, Duration::from_millis(rng.u64(200..1500))));
+        let now = emu.duplicates();
+        if cycle > 0 {
+            let these = now - before;
+            per_kill[(these as usize).min(3)] += 1;
+            most = most.max(these);
+        }
+        before = now;
         if (cycle + 1) % 50 == 0 {
             eprintln!("  {backend}: {} kills, {} enqueued, {:.0?}", cycle + 1, enqueued.len(), started.elapsed());
         }
@@ -134,6 +148,8 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
         lost,
         unexpected,
         redeliveries: emu.duplicates(),
+        per_kill,
+        most,
     };
     drop(emu);
     let _ = std::fs::remove_dir_all(&dir);
@@ -156,6 +172,11 @@ fn main() {
             f.unexpected,
             f.redeliveries,
             f.redeliveries as f64 / a.cycles as f64
+        );
+        let [none, one, two, more] = f.per_kill;
+        println!(
+            "    redeliveries after a kill: none {none}, one {one}, two {two}, three or more {more} (at most {})",
+            f.most
         );
     }
 }
