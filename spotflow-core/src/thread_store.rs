@@ -8,13 +8,14 @@
 //! tokio worker ever blocks on the disk. [`crate::store_via_thread!`] implements
 //! [`Store`](crate::Store) for the wrapper.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::{
     persist, DesiredState, DeviceIdentity, Error, ErrorStatus, OutgoingMessage, QueueStats, QueuedMessage,
@@ -115,6 +116,31 @@ fn stopped_while_opening() -> Error {
     }
 }
 
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
+/// Opens a backend, turning a panic of its library into an error: sled 0.34, for one, panics on
+/// some corrupted files instead of answering with an error (found by the `store_files` fuzz
+/// target). The files are left as they are.
+fn guarded<B>(label: &str, open: impl FnOnce() -> Result<B>) -> Result<B> {
+    std::panic::catch_unwind(AssertUnwindSafe(open)).unwrap_or_else(|panic| {
+        Err(Error::Store {
+            context: format!(
+                "the {label} store cannot be opened: its library failed reading the files ({}); they may be \
+                 corrupt and were left as they are",
+                panic_message(panic.as_ref())
+            ),
+            status: ErrorStatus::Permanent,
+            source: None,
+        })
+    })
+}
+
 impl ThreadStore {
     /// Starts the thread `spotflow-{label}` (lowercase), which opens the backend with `open`,
     /// reports the outcome through `ready`, then serves it until the store is closed or dropped.
@@ -131,10 +157,17 @@ impl ThreadStore {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("spotflow-{}", label.to_lowercase()))
-            .spawn(move || match open() {
+            .spawn(move || match guarded(label, open) {
                 Ok(backend) => {
                     ready(Ok(()));
-                    serve(backend, label, rx);
+                    let served = std::panic::catch_unwind(AssertUnwindSafe(|| serve(backend, label, rx)));
+                    if let Err(panic) = served {
+                        error!(
+                            "the {label} store's thread stopped: its library panicked ({}); every call now fails \
+                             until the store is opened again",
+                            panic_message(panic.as_ref())
+                        );
+                    }
                 }
                 Err(e) => ready(Err(e)),
             })
@@ -583,6 +616,18 @@ mod tests {
         store.close().await.unwrap();
         let err = store.queue_stats().await.unwrap_err();
         assert!(err.to_string().contains("Test store is closed"), "{err}");
+    }
+
+    #[test]
+    fn a_backend_that_panics_while_opening_gives_an_error_naming_the_cause() {
+        let open = || -> Result<Counting> { panic!("tried to serialize Uninitialized") };
+        let result = ThreadStore::wait_open(|ready| ThreadStore::start("Test", false, open, ready));
+        let err = result.map(|_| ()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("Test store cannot be opened"), "{text}");
+        assert!(text.contains("tried to serialize Uninitialized"), "{text}");
+        assert!(text.contains("may be corrupt"), "{text}");
+        assert!(!err.is_temporary(), "a corrupt file does not heal by retrying");
     }
 
     #[test]
