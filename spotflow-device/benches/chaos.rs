@@ -8,7 +8,8 @@
 //!   With `SPOTFLOW_OFFICIAL_HARNESS` (the official SDK's harness, built by `.ci/run`) and port
 //!   8883 free, the official `spotflow` 0.8.1 crate runs the same schedule at the same rate in
 //!   the same run (it always connects to port 8883: the proxy listens there). It sends no message
-//!   key, so its redeliveries are stored twice and counted as duplicates.
+//!   key, so its redeliveries are stored twice and counted as duplicates. Its queue is given
+//!   `--official-wait SECONDS` (default 300) to drain after the faults end.
 //! - `-- --blackhole [SECONDS] [--rate R]`: after 5 s of traffic the link goes silent for SECONDS
 //!   (default 30); prints how long the SDK took to give the silent connection up (stall
 //!   detection) and how long after the link came back the next message was stored.
@@ -25,10 +26,12 @@ struct Args {
     blackhole: Option<u64>,
     rate: u64,
     seed: u64,
+    /// How long the official SDK's queue may take to drain after the faults.
+    official_wait: u64,
 }
 
 fn args() -> Args {
-    let mut a = Args { soak: None, blackhole: None, rate: 200, seed: 1 };
+    let mut a = Args { soak: None, blackhole: None, rate: 200, seed: 1, official_wait: 300 };
     let raw: Vec<String> = std::env::args().skip(1).filter(|x| x != "--bench").collect();
     let mut i = 0;
     let number = |i: usize| raw.get(i).and_then(|v| v.parse::<u64>().ok());
@@ -43,6 +46,10 @@ fn args() -> Args {
             }
             "--rate" => {
                 a.rate = number(i + 1).expect("--rate R");
+                i += 1;
+            }
+            "--official-wait" => {
+                a.official_wait = number(i + 1).expect("--official-wait SECONDS");
                 i += 1;
             }
             "--seed" => {
@@ -189,7 +196,7 @@ async fn official_soak(harness: &str, dir: &std::path::Path, seconds: u64, a: &A
     let schedule = random_schedule(a.seed, Duration::from_secs(seconds));
     proxy.run_schedule(&schedule).await;
     // The harness stops enqueueing when the schedule ends, then waits until its queue is sent.
-    let drained = tokio::time::timeout(Duration::from_secs(300), reading).await.is_ok();
+    let drained = tokio::time::timeout(Duration::from_secs(a.official_wait), reading).await.is_ok();
     let said = std::mem::take(&mut *said.lock().unwrap());
     let _ = emu.wait_for_messages(said.accepted.len() as u64, Duration::from_secs(30)).await;
     let stored = emu.messages(MessageQuery { limit: Some(10_000_000), ..Default::default() }).await;
@@ -200,11 +207,11 @@ async fn official_soak(harness: &str, dir: &std::path::Path, seconds: u64, a: &A
     let lost = said.accepted.iter().filter(|id| !counts.contains_key(*id)).count();
     let duplicates: usize = counts.values().map(|n| n - 1).sum();
     let drain = if said.done {
-        "its queue drained"
+        "its queue drained".to_owned()
     } else if drained {
-        "it ended without saying its queue drained"
+        "it ended without saying its queue drained".to_owned()
     } else {
-        "its queue had NOT drained 300 s after the faults ended"
+        format!("its queue had NOT drained {} s after the faults ended", a.official_wait)
     };
     println!(
         "  official spotflow 0.8.1: accepted {}, stored {} ({} distinct), accepted but not stored {lost}, duplicates stored {duplicates}; {drain}",
