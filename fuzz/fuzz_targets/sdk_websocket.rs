@@ -5,12 +5,11 @@
 //! message outstanding. Nothing may panic or hang; the connection ends with its input.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use spotflow_core::{ConnectionCredentials, MessageKind, OutgoingMessage, SessionInfo, StreamTarget};
+use spotflow_core::{ConnectionCredentials, SessionInfo};
 use spotflow_transport_ws::{ProxyMode, WsTransport, WsTransportOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -67,16 +66,7 @@ async fn client(io: DuplexStream, w: &World) {
     let Ok(mut conn) = w.transport.connect_over(io, &w.creds, &SessionInfo::default()).await else {
         return;
     };
-    let message = OutgoingMessage {
-        target: Arc::new(StreamTarget::default()),
-        kind: MessageKind::Data,
-        batch_id: None,
-        batch_slice_id: None,
-        message_id: None,
-        chunk_id: None,
-        content_encoding: None,
-        payload: Bytes::from_static(b"{}"),
-    };
+    let message = spotflow_core::testkit::sample_message(7);
     let patch = serde_json::json!({ "a": 1 }).as_object().cloned().unwrap();
     if conn.request_twin(1).await.is_err()
         || conn.patch_reported(2, &patch).await.is_err()

@@ -188,7 +188,8 @@ fuzz_target!(|data: &[u8]| {
         let run = async {
             match case % 5 {
                 0 | 1 => {
-                    let (files, name) = if case % 5 == 0 { (&w.sqlite, SQLITE_FILE) } else { (&w.sqlite_with_wal, SQLITE_WAL) };
+                    let (files, name) =
+                        if case % 5 == 0 { (&w.sqlite, SQLITE_FILE) } else { (&w.sqlite_with_wal, SQLITE_WAL) };
                     write_files(&dir, files, name, content);
                     if let Ok(store) = SqliteStore::open_async(dir.join(SQLITE_FILE), Durability::PowerLossSafe).await {
                         exercise(&store).await;
