@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fuzzes everything a server sends the SDK and the store's records with cargo-fuzz (nightly).
 #   bash scripts/fuzz.sh                 # 1,000,000 executions per target (the long run)
-#   bash scripts/fuzz.sh --seconds 20    # each target for 20 s (CI)
+#   bash scripts/fuzz.sh --seconds 20    # each target for 20 s
 #   bash scripts/fuzz.sh --runs N [target ...]
+#   bash scripts/fuzz.sh --quick --seconds 10   # CI: an unoptimised build without AddressSanitizer
+#                                              # (half the build, a tenth of the executions per second)
 # Prints, per target, the executions, the time and what was found (a crash, a timeout of 10 s, or
 # an allocation over 256 MiB stops the target and leaves the input in fuzz/artifacts/<target>/).
 # Leak detection is off (the emulator keeps what it is sent, so every run would look like a leak and
@@ -11,9 +13,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 limit=(-runs=1000000)
+build=()
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --quick) build=(--dev --sanitizer none); shift ;;
     --seconds) limit=(-max_total_time="$2"); shift 2 ;;
     --runs) limit=(-runs="$2"); shift 2 ;;
     *) targets+=("$1"); shift ;;
@@ -25,13 +29,13 @@ fi
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo +nightly fuzz list)
 fi
-cargo +nightly fuzz build
+cargo +nightly fuzz build "${build[@]}"
 failed=0
 summary=()
 for t in "${targets[@]}"; do
   log="target/fuzz-$t.log"
   mkdir -p target "corpus/$t"
-  if cargo +nightly fuzz run "$t" "corpus/$t" -- "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -detect_leaks=0 \
+  if cargo +nightly fuzz run "${build[@]}" "$t" "corpus/$t" -- "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -detect_leaks=0 \
       -malloc_limit_mb=256 -print_final_stats=1 > "$log" 2>&1; then
     result="no finding"
   else

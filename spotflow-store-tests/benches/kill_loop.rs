@@ -12,8 +12,13 @@
 //! `SPOTFLOW_DEVICE_CHILD` names a copy of the `device-child` executable to run instead of the
 //! one built beside this bench (so that a long loop is not changed by a rebuild).
 //!
+//! `--backend official` runs the official spotflow 0.8.1 crate through the same loop (its
+//! harness, `SPOTFLOW_OFFICIAL_HARNESS`, built by `.ci/run`; it needs port 8883, where its MQTT
+//! connection goes). It sends no message key, so the emulator stores each of its redeliveries:
+//! they are counted from the stored rows. `all` includes it when the harness is named.
+//!
 //! `cargo bench -p spotflow-store-tests --bench kill_loop -- [--cycles N] [--rate R]
-//! [--backend sqlite-power-loss-safe|sqlite-crash-safe|sled|all] [--seed S] [--chaos]`
+//! [--backend sqlite-power-loss-safe|sqlite-crash-safe|sled|official|all] [--seed S] [--chaos]`
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -43,7 +48,11 @@ fn args() -> Args {
             "--backend" => {
                 let b = value();
                 a.backends = if b == "all" {
-                    ["sqlite-power-loss-safe", "sqlite-crash-safe", "sled"].map(String::from).to_vec()
+                    let mut all = ["sqlite-power-loss-safe", "sqlite-crash-safe", "sled"].map(String::from).to_vec();
+                    if std::env::var_os("SPOTFLOW_OFFICIAL_HARNESS").is_some() {
+                        all.push("official".into());
+                    }
+                    all
                 } else {
                     vec![b]
                 };
@@ -67,13 +76,63 @@ struct Figures {
     most: u64,
 }
 
-fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
+/// A fresh directory and an emulator in it.
+fn emulator(rt: &tokio::runtime::Runtime, backend: &str) -> (std::path::PathBuf, Emulator) {
     let dir = std::env::temp_dir().join(format!("spotflow-kill-loop-{}-{backend}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let emu = rt
         .block_on(Emulator::builder().data_dir(dir.join("emulator")).auto_approve(Some(Duration::ZERO)).start())
         .expect("emulator");
+    (dir, emu)
+}
+
+/// The seeded random schedule of `--chaos`, applied by `proxy` for longer than the loop lasts
+/// (each cycle takes at most ~2 s, or a few more for the official SDK's start).
+fn chaos_schedule(rt: &tokio::runtime::Runtime, proxy: &Arc<ChaosProxy>, a: &Args) -> tokio::task::JoinHandle<()> {
+    let schedule = random_schedule(a.seed, Duration::from_secs(a.cycles as u64 * 6 + 60));
+    let runner = Arc::clone(proxy);
+    rt.spawn(async move { runner.run_schedule(&schedule).await })
+}
+
+/// What the proxy did, for the report.
+fn print_chaos(name: &str, proxy: &ChaosProxy) {
+    let log = proxy.log();
+    let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();
+    let connections = count(" open from ");
+    println!(
+        "  {name}: chaos applied {} blackholes, {} resets and {} clean closes of all connections; {connections} connections opened",
+        count("condition Blackhole"),
+        count("s reset "),
+        count("s close "),
+    );
+}
+
+/// Counts, per kill, how many redeliveries the run after it made: `[none, one, two, 3+]` and the
+/// most (a run resends what the kill before it left unacknowledged as soon as it connects, so
+/// the redeliveries counted during run k+1 are those of kill k, plus, through the proxy, what a
+/// fault cut short during the run).
+#[derive(Default)]
+struct PerKill {
+    counts: [usize; 4],
+    most: u64,
+    before: u64,
+}
+
+impl PerKill {
+    /// After cycle `cycle`, with `total` redeliveries so far.
+    fn after(&mut self, cycle: usize, total: u64) {
+        if cycle > 0 {
+            let these = total - self.before;
+            self.counts[(these as usize).min(3)] += 1;
+            self.most = self.most.max(these);
+        }
+        self.before = total;
+    }
+}
+
+fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
+    let (dir, emu) = emulator(rt, backend);
     // SPOTFLOW_DEVICE_CHILD runs a copy, so that a rebuild during a long loop changes nothing.
     let exe = std::env::var("SPOTFLOW_DEVICE_CHILD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_device-child").into());
     let mut device = DeviceChild::for_emulator(&exe, &emu, dir.join("device.db"));
@@ -84,28 +143,17 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
     let chaos = a.chaos.then(|| {
         let proxy = Arc::new(rt.block_on(ChaosProxy::start(emu.mqtts_addr().expect("MQTT/TLS"))).expect("chaos proxy"));
         device.mqtt_port = proxy.addr().port();
-        let schedule = random_schedule(a.seed, Duration::from_secs(a.cycles as u64 * 3 + 60));
-        let runner = Arc::clone(&proxy);
-        let task = rt.spawn(async move { runner.run_schedule(&schedule).await });
+        let task = chaos_schedule(rt, &proxy, a);
         (proxy, task)
     });
     let mut rng = fastrand::Rng::with_seed(a.seed);
     let mut enqueued: HashSet<String> = HashSet::new();
     let started = Instant::now();
-    // A run resends what the kill before it left unacknowledged as soon as it connects, so the
-    // redeliveries counted during run k+1 are those of kill k (plus, through the proxy, what a
-    // fault cut short during the run).
-    let (mut per_kill, mut most, mut before) = ([0usize; 4], 0u64, 0u64);
+    let mut per_kill = PerKill::default();
     for cycle in 0..a.cycles {
         // Runs 0.2 to 1.5 s at the rate, then SIGKILL.
         enqueued.extend(device.run_and_kill(cycle, 1_000_000, Duration::from_millis(rng.u64(200..1500))));
-        let now = emu.duplicates();
-        if cycle > 0 {
-            let these = now - before;
-            per_kill[(these as usize).min(3)] += 1;
-            most = most.max(these);
-        }
-        before = now;
+        per_kill.after(cycle, emu.duplicates());
         if (cycle + 1) % 50 == 0 {
             eprintln!("  {backend}: {} kills, {} enqueued, {:.0?}", cycle + 1, enqueued.len(), started.elapsed());
         }
@@ -114,15 +162,7 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
     if let Some((proxy, task)) = &chaos {
         task.abort();
         proxy.set_condition(Condition::Pass);
-        let log = proxy.log();
-        let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();
-        let connections = count(" open from ");
-        println!(
-            "  {backend}: chaos applied {} blackholes, {} resets and {} clean closes of all connections; {connections} connections opened",
-            count("condition Blackhole"),
-            count("s reset "),
-            count("s close "),
-        );
+        print_chaos(backend, proxy);
     }
     // What the draining run says on standard error is shown if it fails.
     let drain_log = dir.join("drain.log");
@@ -148,12 +188,135 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
         lost,
         unexpected,
         redeliveries: emu.duplicates(),
-        per_kill,
-        most,
+        per_kill: per_kill.counts,
+        most: per_kill.most,
     };
     drop(emu);
     let _ = std::fs::remove_dir_all(&dir);
     figures
+}
+
+/// The official SDK's harness through the same loop; `None` when port 8883 is taken.
+fn run_official(rt: &tokio::runtime::Runtime, harness: &str, a: &Args) -> Option<Figures> {
+    use std::io::BufRead;
+    let (dir, emu) = emulator(rt, "official");
+    // Its MQTT connection goes to port 8883 of the instance's host: a proxy there forwards to
+    // the emulator (passing, or running the chaos schedule).
+    let listen: std::net::SocketAddr = "127.0.0.1:8883".parse().unwrap();
+    let proxy = match rt.block_on(ChaosProxy::start_on(listen, emu.mqtts_addr().expect("MQTT/TLS"))) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            println!("  official spotflow 0.8.1: not measured (port 8883: {e})");
+            return None;
+        }
+    };
+    let task = a.chaos.then(|| chaos_schedule(rt, &proxy, a));
+    let token = emu.create_provisioning_token();
+    let instance = format!("localhost:{}", emu.https_addr().expect("HTTPS").port());
+    let ca = emu.ca_path().expect("data directory").to_path_buf();
+    let stderr_log = dir.join("official.log");
+    // Starts run `run` (ids `r{run}-{i}`), enqueueing at the rate for `seconds`; its lines
+    // arrive on the channel.
+    let spawn = |run: usize, seconds: u64| {
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_log).expect("log file");
+        let mut child = std::process::Command::new(harness)
+            .env("INSTANCE", &instance)
+            .env("PROVISIONING_TOKEN", &token)
+            .env("DB_PATH", dir.join("official.db"))
+            .env("SOAK_SECONDS", seconds.to_string())
+            .env("RATE", a.rate.to_string())
+            .env("ID_PREFIX", format!("r{run}-"))
+            .env("SSL_CERT_FILE", &ca)
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("the official SDK's harness starts");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in stdout.lines().map_while(std::result::Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx, reader)
+    };
+    // Waits (bounded) for a line; what the harness said on standard error if it never comes.
+    let expect_line = |rx: &std::sync::mpsc::Receiver<String>, wanted: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with(wanted) => return,
+                Ok(_) => {}
+                Err(_) => {
+                    let said = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                    panic!("the official SDK did not say {wanted} within {within:?}; it said:\n{said}");
+                }
+            }
+        }
+    };
+    let mut rng = fastrand::Rng::with_seed(a.seed);
+    let mut enqueued: HashSet<String> = HashSet::new();
+    // Every stored row is read once: the message ids seen, and how many rows repeated one.
+    let (mut seen, mut last_row, mut redeliveries) = (HashSet::<String>::new(), 0i64, 0u64);
+    let mut read_rows = || {
+        let rows = rt.block_on(emu.messages(MessageQuery {
+            after_id: Some(last_row),
+            limit: Some(100_000_000),
+            ..Default::default()
+        }));
+        for m in rows {
+            last_row = last_row.max(m.id);
+            if !seen.insert(m.message_id.unwrap_or_default()) {
+                redeliveries += 1;
+            }
+        }
+        redeliveries
+    };
+    let mut per_kill = PerKill::default();
+    let started = Instant::now();
+    for cycle in 0..a.cycles {
+        let (mut child, rx, reader) = spawn(cycle, 1_000_000);
+        // Its `build` provisions (the first time), registers and connects before it says STARTED.
+        expect_line(&rx, "STARTED", Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(rng.u64(200..1500)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        reader.join().expect("reader");
+        enqueued.extend(rx.try_iter().filter_map(|l| Some(format!("r{cycle}-{}", l.strip_prefix("ACK ")?))));
+        per_kill.after(cycle, read_rows());
+        if (cycle + 1) % 50 == 0 {
+            eprintln!("  official: {} kills, {} enqueued, {:.0?}", cycle + 1, enqueued.len(), started.elapsed());
+        }
+    }
+    if let Some(task) = task {
+        task.abort();
+        proxy.set_condition(Condition::Pass);
+        print_chaos("official", &proxy);
+    }
+    // The drain: nothing new, until it says its queue was sent (bounded: under faults its
+    // queue has been seen never to drain).
+    let (mut child, rx, reader) = spawn(a.cycles, 0);
+    expect_line(&rx, "DONE", Duration::from_secs(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let _ = rt.block_on(emu.wait_for_messages(enqueued.len() as u64, Duration::from_secs(30)));
+    let redeliveries = read_rows();
+    let figures = Figures {
+        enqueued: enqueued.len(),
+        delivered: enqueued.iter().filter(|id| seen.contains(*id)).count(),
+        lost: enqueued.iter().filter(|id| !seen.contains(*id)).count(),
+        unexpected: seen.iter().filter(|id| !id.starts_with('r') || !id.contains('-')).count(),
+        redeliveries,
+        per_kill: per_kill.counts,
+        most: per_kill.most,
+    };
+    drop(emu);
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(figures)
 }
 
 fn main() {
@@ -163,7 +326,17 @@ fn main() {
     println!("kill -9 loop: {} cycles per store, {} msg/s, seed {}{through}", a.cycles, a.rate, a.seed);
     println!("  store                      enqueued  delivered  lost  unexpected  redeliveries  per kill");
     for backend in &a.backends {
-        let f = run(&rt, backend, &a);
+        let f = if backend == "official" {
+            let Ok(harness) = std::env::var("SPOTFLOW_OFFICIAL_HARNESS") else {
+                panic!("--backend official needs SPOTFLOW_OFFICIAL_HARNESS (the harness built by .ci/run)");
+            };
+            match run_official(&rt, &harness, &a) {
+                Some(f) => f,
+                None => continue,
+            }
+        } else {
+            run(&rt, backend, &a)
+        };
         println!(
             "  {backend:<24} {:>10} {:>10} {:>5} {:>11} {:>13} {:>9.2}",
             f.enqueued,

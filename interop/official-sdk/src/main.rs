@@ -157,11 +157,13 @@ fn run_scenario(path: &str) -> Result<()> {
 }
 
 /// `SOAK_SECONDS`: enqueues `RATE` (default 200) messages per second for that long, each with
-/// message id `m{i}` and `ACK {i}` said once `enqueue_message_advanced` returned; then `SENT {n}`,
-/// waits until the SDK says everything was sent, says `DONE` and stays connected (the
-/// orchestrator counts, then kills it).
+/// message id `{ID_PREFIX}{i}` (default prefix `m`) and `ACK {i}` said once
+/// `enqueue_message_advanced` returned; then `SENT {n}`, waits until the SDK says everything was
+/// sent, says `DONE` and stays connected (the orchestrator counts, then kills it). With
+/// `SOAK_SECONDS=0` it only sends what an earlier run left queued (the crash loop's drain).
 fn soak(client: &DeviceClient, seconds: u64) -> Result<()> {
     let rate: f64 = std::env::var("RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(200.0);
+    let prefix = std::env::var("ID_PREFIX").unwrap_or_else(|_| "m".to_owned());
     let context = MessageContext::new(Some("chaos".to_owned()), Some("official".to_owned()));
     let start = Instant::now();
     let mut i = 0u64;
@@ -170,7 +172,8 @@ fn soak(client: &DeviceClient, seconds: u64) -> Result<()> {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        client.enqueue_message_advanced(&context, None, None, Some(format!("m{i}")), None, format!("m{i}").into_bytes())?;
+        let id = format!("{prefix}{i}");
+        client.enqueue_message_advanced(&context, None, None, Some(id.clone()), None, id.into_bytes())?;
         say(&format!("ACK {i}"));
         i += 1;
     }
