@@ -178,7 +178,64 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
             .map_err(|e| sql_error(path, &format!("cannot migrate to schema {v}"), e))?;
         debug!(version = v, "schema migrated");
     }
-    Ok(())
+    verify_schema(conn, path)
+}
+
+/// One entry of a schema: a table with its columns (name, declared type, not null, default,
+/// place in the primary key), or an index.
+type SchemaEntry = (String, String, Vec<(String, String, bool, Option<String>, i64)>);
+
+/// The tables (with their columns) and indexes of the file, sorted by name. Columns are read
+/// with `table_xinfo`, so a file written with other spacing compares equal.
+fn schema_of(conn: &Connection) -> rusqlite::Result<Vec<SchemaEntry>> {
+    let mut query = conn.prepare("SELECT type, name FROM sqlite_schema ORDER BY name")?;
+    let entries: Vec<(String, String)> =
+        query.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    let mut schema = Vec::with_capacity(entries.len());
+    for (kind, name) in entries {
+        let mut columns = Vec::new();
+        if kind == "table" {
+            let mut info =
+                conn.prepare("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_xinfo(?1)")?;
+            columns = info
+                .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+        }
+        schema.push((kind, name, columns));
+    }
+    Ok(schema)
+}
+
+/// Refuses a file whose schema differs from what the migrations write: a damaged schema (a
+/// column that is no longer the row id, say) would otherwise make accepted messages unreadable
+/// without any error from SQLite. The reference is built once, in memory.
+fn verify_schema(conn: &Connection, path: &Path) -> Result<()> {
+    static EXPECTED: std::sync::OnceLock<Vec<SchemaEntry>> = std::sync::OnceLock::new();
+    let expected = EXPECTED.get_or_init(|| {
+        let reference = Connection::open_in_memory().expect("an in-memory SQLite database");
+        for sql in MIGRATIONS {
+            reference.execute_batch(sql).expect("the migrations apply to an empty database");
+        }
+        schema_of(&reference).expect("the reference schema reads")
+    });
+    let actual = schema_of(conn).map_err(|e| sql_error(path, "cannot read the schema of", e))?;
+    if actual == *expected {
+        return Ok(());
+    }
+    let differs = expected
+        .iter()
+        .find(|e| !actual.contains(e))
+        .or_else(|| actual.iter().find(|a| !expected.contains(a)))
+        .map_or_else(String::new, |(kind, name, _)| format!(" ({kind} {name})"));
+    Err(Error::Store {
+        context: format!(
+            "{}: its schema{differs} is not the one this store writes: the file is corrupt or was changed by \
+             another program (it was left untouched)",
+            path.display()
+        ),
+        status: ErrorStatus::Permanent,
+        source: None,
+    })
 }
 
 struct Worker {

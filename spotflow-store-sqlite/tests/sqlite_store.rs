@@ -66,6 +66,34 @@ async fn a_corrupt_file_is_refused_and_left_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), garbage, "the file is not overwritten");
 }
 
+/// Found by fuzzing (`store_files`): a damaged schema in which `seq` is no longer the row id.
+/// SQLite reads such a file without an error, and an accepted message could not be read back.
+#[tokio::test]
+async fn a_database_with_a_damaged_schema_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE messages (seq INTEGER PRIMARY000000000298REMENT, kind INTEGER NOT NULL, encoding INTEGER NOT NULL,
+                 stream_group TEXT, stream TEXT, batch_id TEXT, batch_slice_id TEXT, message_id TEXT, chunk_id TEXT,
+                 payload BLOB NOT NULL, size INTEGER NOT NULL);
+             CREATE TABLE state (name TEXT PRIMARY KEY, json TEXT NOT NULL);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = SqliteStore::open_async(&path, Durability::PowerLossSafe).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("device.db") && text.contains("schema (table messages)") && text.contains("corrupt"),
+        "{text}"
+    );
+    assert!(!err.is_temporary());
+    assert!(std::fs::read(&path).unwrap() == before, "the file is not changed");
+}
+
 #[tokio::test]
 async fn a_database_from_a_newer_release_is_refused() {
     let dir = tempfile::tempdir().unwrap();
