@@ -73,8 +73,8 @@ pub use platform::{
 pub use properties::{DesiredTracker, PatchOutcome, ReportedOutcome, ReportedTracker};
 pub use queue::OutgoingQueue;
 pub use store::{
-    recv_polling, ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store,
-    STORE_THREAD_POLL,
+    recv_polling, AdaptivePoll, ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret,
+    Store, STORE_THREAD_POLL,
 };
 pub use thread_store::{Durability, FreeSpace, OpenedCallback, StoreBackend, ThreadStore};
 pub use transport::{Connection, RequestId, SessionInfo, Transport, TransportEvent, TwinDocument};

@@ -86,6 +86,8 @@ pub struct ThreadStore {
     label: &'static str,
     /// Poll briefly for answers (see [`ThreadStore::start`]).
     poll_reply: bool,
+    /// Whether the store's thread polls for commands now (it answers within microseconds then).
+    thread_hot: Arc<std::sync::atomic::AtomicBool>,
     /// Calls waiting for an answer; only a lone caller polls (concurrent ones are grouped anyway).
     waiting: Arc<AtomicUsize>,
 }
@@ -147,7 +149,9 @@ impl ThreadStore {
     ///
     /// `poll_reply`: the backend answers appends in microseconds (no fsync), less than it takes
     /// to put the caller's thread to sleep and wake it up, so a lone caller polls for its answer
-    /// for up to 50 µs (yielding to other tasks, whose appends then join its group) first.
+    /// for up to 50 µs (yielding to other tasks, whose appends then join its group) first, but
+    /// only while the store's thread polls for commands itself (see [`crate::AdaptivePoll`]):
+    /// under a steady stream of calls. At a device's pace both sleep between calls.
     pub fn start<B: StoreBackend>(
         label: &'static str,
         poll_reply: bool,
@@ -155,12 +159,14 @@ impl ThreadStore {
         ready: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<ThreadStore> {
         let (tx, rx) = mpsc::channel();
+        let poll = crate::AdaptivePoll::new(STORE_THREAD_POLL);
+        let thread_hot = poll.hot_flag();
         std::thread::Builder::new()
             .name(format!("spotflow-{}", label.to_lowercase()))
             .spawn(move || match guarded(label, open) {
                 Ok(backend) => {
                     ready(Ok(()));
-                    let served = std::panic::catch_unwind(AssertUnwindSafe(|| serve(backend, label, rx)));
+                    let served = std::panic::catch_unwind(AssertUnwindSafe(|| serve(backend, label, rx, poll)));
                     if let Err(panic) = served {
                         error!(
                             "the {label} store's thread stopped: its library panicked ({}); every call now fails \
@@ -172,7 +178,7 @@ impl ThreadStore {
                 Err(e) => ready(Err(e)),
             })
             .map_err(|e| Error::store(format!("cannot start the {label} store thread"), e))?;
-        Ok(ThreadStore { tx, label, poll_reply, waiting: Arc::default() })
+        Ok(ThreadStore { tx, label, poll_reply, thread_hot, waiting: Arc::default() })
     }
 
     /// Starts a store with `start` (which reports the outcome of opening through the callback
@@ -206,7 +212,7 @@ impl ThreadStore {
         self.tx.send(make(reply)).map_err(|_| self.closed())?;
         let alone = self.waiting.fetch_add(1, Ordering::AcqRel) == 0;
         let _waiting = WaitingGuard(&self.waiting);
-        if self.poll_reply && alone {
+        if self.poll_reply && alone && self.thread_hot.load(Ordering::Relaxed) {
             let until = Instant::now() + REPLY_POLL;
             while Instant::now() < until {
                 match rx.try_recv() {
@@ -287,8 +293,8 @@ impl ThreadStore {
 
 /// The store thread: commands in arrival order, appends merged until another command (or
 /// [`MAX_GROUP`] of them) comes.
-fn serve<B: StoreBackend>(mut backend: B, label: &str, rx: mpsc::Receiver<Command>) {
-    while let Some(first) = crate::recv_polling(&rx, STORE_THREAD_POLL) {
+fn serve<B: StoreBackend>(mut backend: B, label: &str, rx: mpsc::Receiver<Command>, mut poll: crate::AdaptivePoll) {
+    while let Some(first) = poll.recv(&rx) {
         let mut appends = Vec::new();
         let mut next = Some(first);
         while let Some(command) = next.take() {

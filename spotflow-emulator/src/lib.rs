@@ -660,6 +660,11 @@ impl Emulator {
     pub fn duplicates(&self) -> u64 {
         self.inner.duplicates.load(std::sync::atomic::Ordering::Relaxed)
     }
+    /// The number of messages stored by this emulator run, to watch (a benchmark stamps each
+    /// change to measure when messages were stored and acknowledged).
+    pub fn stored_messages(&self) -> watch::Receiver<u64> {
+        self.inner.stored.subscribe()
+    }
     /// Waits until at least `n` messages were stored by this emulator run, for at most `timeout`.
     pub async fn wait_for_messages(&self, n: u64, timeout: Duration) -> bool {
         let mut rx = self.inner.stored.subscribe();
