@@ -198,7 +198,6 @@ fn run(rt: &tokio::runtime::Runtime, backend: &str, a: &Args) -> Figures {
 
 /// The official SDK's harness through the same loop; `None` when port 8883 is taken.
 fn run_official(rt: &tokio::runtime::Runtime, harness: &str, a: &Args) -> Option<Figures> {
-    use std::io::BufRead;
     let (dir, emu) = emulator(rt, "official");
     // Its MQTT connection goes to port 8883 of the instance's host: a proxy there forwards to
     // the emulator (passing, or running the chaos schedule).
@@ -231,15 +230,7 @@ fn run_official(rt: &tokio::runtime::Runtime, harness: &str, a: &Args) -> Option
             .stderr(stderr)
             .spawn()
             .expect("the official SDK's harness starts");
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in stdout.lines().map_while(std::result::Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (rx, reader) = spotflow_store_tests::stdout_lines(&mut child);
         (child, rx, reader)
     };
     // Waits (bounded) for a line; what the harness said on standard error if it never comes.

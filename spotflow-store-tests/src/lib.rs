@@ -62,6 +62,24 @@ pub struct DeviceChild {
     pub stderr: Option<std::path::PathBuf>,
 }
 
+/// The lines a child process writes on its piped standard output, read by a thread of their own
+/// (so that a child killed mid-line leaves what it said before readable).
+pub fn stdout_lines(
+    child: &mut std::process::Child,
+) -> (std::sync::mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
+    use std::io::BufRead;
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in stdout.lines().map_while(std::result::Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (rx, reader)
+}
+
 impl DeviceChild {
     /// A device provisioned by `emulator` (with a new token), its database at `db`.
     pub fn for_emulator(exe: &str, emulator: &spotflow_emulator::Emulator, db: std::path::PathBuf) -> Self {
@@ -112,17 +130,8 @@ impl DeviceChild {
     /// Starts run `run`, lets it enqueue and send for `alive` once it is ready, kills it with
     /// SIGKILL and returns the ids of the messages whose enqueue had returned.
     pub fn run_and_kill(&self, run: usize, count: u32, alive: std::time::Duration) -> Vec<String> {
-        use std::io::BufRead;
         let mut child = self.spawn(run, count);
-        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in stdout.lines().map_while(std::result::Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (rx, reader) = stdout_lines(&mut child);
         let ready = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the device starts");
         assert_eq!(ready, "READY");
         std::thread::sleep(alive);
