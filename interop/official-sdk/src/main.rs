@@ -9,6 +9,7 @@
 //! With `SOAK_SECONDS` set: enqueue at `RATE` for that long (see [`soak`]).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -28,9 +29,15 @@ impl ProvisioningOperationDisplayHandler for Display {
 
 struct Desired;
 
+/// The newest desired version the callback has printed. The official SDK calls the callback on
+/// its own thread, after `desired_properties_if_newer` can already see the version, so `DONE`
+/// waits for it too (or the orchestrator would miss the `DESIRED` line).
+static CALLBACK_VERSION: AtomicU64 = AtomicU64::new(0);
+
 impl DesiredPropertiesUpdatedCallback for Desired {
     fn properties_updated(&self, p: DesiredProperties) -> Result<()> {
         say(&format!("DESIRED {} {}", p.version, p.values));
+        CALLBACK_VERSION.fetch_max(p.version, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -59,19 +66,26 @@ fn report(client: &DeviceClient, json: &str) -> Result<()> {
 }
 
 /// Waits (at most `timeout`) until desired properties of version `wanted` or newer arrive; says
-/// `GOT <version>`.
+/// `GOT <version>`. Then waits (within the same deadline) until the callback has seen them too.
 fn await_desired(client: &DeviceClient, wanted: u64, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(d) = client.desired_properties_if_newer(wanted - 1) {
             say(&format!("GOT {}", d.version));
-            return Ok(());
+            break;
         }
         if Instant::now() > deadline {
             bail!("desired properties version {wanted} did not arrive");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    while CALLBACK_VERSION.load(Ordering::SeqCst) < wanted {
+        if Instant::now() > deadline {
+            bail!("the desired-properties callback did not see version {wanted}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// A payload of the golden scenario (`interop/golden/scenario.txt`): the generators shared with
