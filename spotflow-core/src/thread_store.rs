@@ -7,11 +7,19 @@
 //! of them, each caller answered after it), and implements [`Store`](crate::Store) on top. No
 //! tokio worker ever blocks on the disk. [`crate::store_via_thread!`] implements
 //! [`Store`](crate::Store) for the wrapper.
+//!
+//! At a device's pace (a message every few milliseconds) handing every call to the thread costs
+//! more than the call: two thread wakeups per call, each several times the CPU of an append
+//! that needs no fsync. So a caller runs an append or a removal on its own thread instead when
+//! the store's thread does not hold the backend at that moment and the call cannot block on the
+//! disk (see [`ThreadStore`]): one lock, no wakeup. Concurrent callers find the backend taken
+//! and queue for the thread, which groups them as before.
 
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -51,11 +59,51 @@ pub trait StoreBackend: Send + 'static {
     fn save_state(&mut self, name: &str, value: &serde_json::Value) -> Result<()>;
     /// Removes the queued messages and the `desired` and `reported` documents.
     fn clear(&mut self) -> Result<()>;
+    /// Whether work that may block on the disk is due (a checkpoint, say): after a call made on
+    /// a caller's thread, the store's thread is asked to do it ([`StoreBackend::maintain`]), so
+    /// that the caller does not wait for it.
+    fn maintenance_due(&self) -> bool {
+        false
+    }
+    /// Does the work [`StoreBackend::maintenance_due`] announced (on the store's thread).
+    fn maintain(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Makes everything durable and releases the files: when it returns, another store may open
     /// them.
-    fn close(self) -> Result<()>
-    where
-        Self: Sized;
+    fn close(self: Box<Self>) -> Result<()>;
+}
+
+/// The backend, shared by the store's thread and the callers that use it directly; `None` once
+/// closed (or after its library panicked).
+type Slot = Arc<Mutex<Option<Box<dyn StoreBackend>>>>;
+
+fn lock_slot(slot: &Slot) -> MutexGuard<'_, Option<Box<dyn StoreBackend>>> {
+    // A panic in the backend's library leaves `None` behind (see `ThreadStore::direct`); the
+    // slot itself is consistent either way.
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+thread_local! {
+    /// Set while a blocking API call runs on this thread (see [`run_as_blocking_caller`]).
+    static BLOCKING_CALLER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the current thread marked as a blocking caller: an application's own thread
+/// that waits for the answer anyway (the blocking client's methods, the Python binding). A
+/// durable store then also runs an append that waits for an fsync on this thread when its own
+/// thread is idle, instead of handing it over and sleeping until it is answered; on a tokio
+/// worker such an append always goes to the store's thread, so the runtime is never blocked on
+/// the disk.
+pub fn run_as_blocking_caller<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            BLOCKING_CALLER.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(BLOCKING_CALLER.with(|c| c.replace(true)));
+    f()
 }
 
 /// Appends merged into one [`StoreBackend::append`] at most.
@@ -76,6 +124,8 @@ enum Command {
     SaveState(&'static str, serde_json::Value, Reply<()>),
     Clear(Reply<()>),
     Close(Reply<()>),
+    /// Maintenance announced after a direct call (no answer).
+    Maintain,
 }
 
 /// A [`Store`](crate::Store) served by one thread that owns a [`StoreBackend`].
@@ -90,6 +140,8 @@ pub struct ThreadStore {
     thread_hot: Arc<std::sync::atomic::AtomicBool>,
     /// Calls waiting for an answer; only a lone caller polls (concurrent ones are grouped anyway).
     waiting: Arc<AtomicUsize>,
+    /// The backend, for direct calls.
+    slot: Slot,
 }
 
 impl std::fmt::Debug for ThreadStore {
@@ -148,10 +200,13 @@ impl ThreadStore {
     /// reports the outcome through `ready`, then serves it until the store is closed or dropped.
     ///
     /// `poll_reply`: the backend answers appends in microseconds (no fsync), less than it takes
-    /// to put the caller's thread to sleep and wake it up, so a lone caller polls for its answer
-    /// for up to 50 µs (yielding to other tasks, whose appends then join its group) first, but
-    /// only while the store's thread polls for commands itself (see [`crate::AdaptivePoll`]):
-    /// under a steady stream of calls. At a device's pace both sleep between calls.
+    /// to put the caller's thread to sleep and wake it up. Such an append runs on the caller's
+    /// thread when the store's thread does not hold the backend (so does one that syncs, on a
+    /// thread marked by [`run_as_blocking_caller`]; and so does every removal, which the
+    /// backends commit without a sync of their own). When it has to go to the thread, a lone
+    /// caller polls for its answer for up to 50 µs (yielding to other tasks, whose appends then
+    /// join its group) first, but only while the store's thread polls for commands itself (see
+    /// [`crate::AdaptivePoll`]): under a steady stream of calls.
     pub fn start<B: StoreBackend>(
         label: &'static str,
         poll_reply: bool,
@@ -161,13 +216,17 @@ impl ThreadStore {
         let (tx, rx) = mpsc::channel();
         let poll = crate::AdaptivePoll::new(STORE_THREAD_POLL);
         let thread_hot = poll.hot_flag();
+        let slot: Slot = Arc::default();
+        let thread_slot = slot.clone();
         std::thread::Builder::new()
             .name(format!("spotflow-{}", label.to_lowercase()))
             .spawn(move || match guarded(label, open) {
                 Ok(backend) => {
+                    *lock_slot(&thread_slot) = Some(Box::new(backend));
                     ready(Ok(()));
-                    let served = std::panic::catch_unwind(AssertUnwindSafe(|| serve(backend, label, rx, poll)));
+                    let served = std::panic::catch_unwind(AssertUnwindSafe(|| serve(&thread_slot, label, rx, poll)));
                     if let Err(panic) = served {
+                        *lock_slot(&thread_slot) = None;
                         error!(
                             "the {label} store's thread stopped: its library panicked ({}); every call now fails \
                              until the store is opened again",
@@ -178,7 +237,38 @@ impl ThreadStore {
                 Err(e) => ready(Err(e)),
             })
             .map_err(|e| Error::store(format!("cannot start the {label} store thread"), e))?;
-        Ok(ThreadStore { tx, label, poll_reply, thread_hot, waiting: Arc::default() })
+        Ok(ThreadStore { tx, label, poll_reply, thread_hot, waiting: Arc::default(), slot })
+    }
+
+    /// Runs `f` on the backend on this thread if the store's thread does not hold it now;
+    /// `None` when it does (or when the store is closed: the thread then answers with the
+    /// error). Maintenance that became due is handed to the thread.
+    fn direct<T>(&self, f: impl FnOnce(&mut dyn StoreBackend) -> Result<T>) -> Option<Result<T>> {
+        let mut guard = match self.slot.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::WouldBlock) => return None,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        let backend = guard.as_deref_mut()?;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut *backend))) {
+            Ok(result) => {
+                if backend.maintenance_due() {
+                    let _ = self.tx.send(Command::Maintain);
+                }
+                Some(result)
+            }
+            Err(panic) => {
+                *guard = None;
+                let label = self.label;
+                let cause = panic_message(panic.as_ref());
+                error!("the {label} store's library panicked ({cause}); every call now fails until it is opened again");
+                Some(Err(Error::Store {
+                    context: format!("the {label} store's library panicked: {cause}"),
+                    status: ErrorStatus::Permanent,
+                    source: None,
+                }))
+            }
+        }
     }
 
     /// Starts a store with `start` (which reports the outcome of opening through the callback
@@ -227,6 +317,16 @@ impl ThreadStore {
 
     /// [`Store::append_messages`](crate::Store::append_messages).
     pub async fn append_messages(&self, messages: Vec<OutgoingMessage>) -> Result<u64> {
+        if self.poll_reply || BLOCKING_CALLER.with(Cell::get) {
+            let groups = [messages];
+            match self.direct(|b| b.append(&groups)) {
+                Some(firsts) => return firsts?.first().copied().ok_or_else(|| self.closed()),
+                None => {
+                    let [messages] = groups;
+                    return self.call(|r| Command::Append(messages, r)).await;
+                }
+            }
+        }
         self.call(|r| Command::Append(messages, r)).await
     }
     /// [`Store::read_messages`](crate::Store::read_messages).
@@ -237,6 +337,9 @@ impl ThreadStore {
     pub async fn remove_messages(&self, seqs: &[u64]) -> Result<()> {
         if seqs.is_empty() {
             return Ok(());
+        }
+        if let Some(result) = self.direct(|b| b.remove(seqs)) {
+            return result;
         }
         let seqs = seqs.to_vec();
         self.call(|r| Command::Remove(seqs, r)).await
@@ -292,37 +395,60 @@ impl ThreadStore {
 }
 
 /// The store thread: commands in arrival order, appends merged until another command (or
-/// [`MAX_GROUP`] of them) comes.
-fn serve<B: StoreBackend>(mut backend: B, label: &str, rx: mpsc::Receiver<Command>, mut poll: crate::AdaptivePoll) {
+/// [`MAX_GROUP`] of them) comes. It holds the backend while it works through what has arrived,
+/// and leaves it to direct calls while it waits.
+fn serve(slot: &Slot, label: &str, rx: mpsc::Receiver<Command>, mut poll: crate::AdaptivePoll) {
     while let Some(first) = poll.recv(&rx) {
+        let mut guard = lock_slot(slot);
         let mut appends = Vec::new();
         let mut next = Some(first);
         while let Some(command) = next.take() {
+            let Some(backend) = guard.as_deref_mut() else {
+                // Closed, or its library panicked: every caller is told (by dropping its reply).
+                appends.clear();
+                drop(command);
+                while rx.try_recv().is_ok() {}
+                break;
+            };
             match command {
                 Command::Append(messages, reply) => appends.push((messages, reply)),
                 Command::Close(reply) => {
-                    append_group(&mut backend, &mut appends);
-                    let _ = reply.send(backend.close());
+                    append_group(backend, &mut appends);
+                    let backend = guard.take();
+                    drop(guard);
+                    let _ = reply.send(backend.map_or(Ok(()), |b| b.close()));
                     return;
                 }
                 other => {
-                    append_group(&mut backend, &mut appends);
-                    serve_one(&mut backend, other);
+                    append_group(backend, &mut appends);
+                    serve_one(backend, other, label);
                 }
             }
             if appends.len() < MAX_GROUP {
                 next = rx.try_recv().ok();
             }
         }
-        append_group(&mut backend, &mut appends);
+        if let Some(backend) = guard.as_deref_mut() {
+            append_group(backend, &mut appends);
+            if backend.maintenance_due() {
+                maintain(backend, label);
+            }
+        }
     }
     // Every handle was dropped without `close`.
-    if let Err(e) = backend.close() {
+    let backend = lock_slot(slot).take();
+    if let Some(Err(e)) = backend.map(|b| b.close()) {
         warn!(error = %e, "the {label} store did not close cleanly");
     }
 }
 
-fn append_group<B: StoreBackend>(backend: &mut B, appends: &mut Vec<(Vec<OutgoingMessage>, Reply<u64>)>) {
+fn maintain(backend: &mut dyn StoreBackend, label: &str) {
+    if let Err(e) = backend.maintain() {
+        warn!(error = %e, "the {label} store's maintenance failed; it is tried again later");
+    }
+}
+
+fn append_group(backend: &mut dyn StoreBackend, appends: &mut Vec<(Vec<OutgoingMessage>, Reply<u64>)>) {
     if appends.is_empty() {
         return;
     }
@@ -346,9 +472,14 @@ fn append_group<B: StoreBackend>(backend: &mut B, appends: &mut Vec<(Vec<Outgoin
     }
 }
 
-fn serve_one<B: StoreBackend>(backend: &mut B, command: Command) {
+fn serve_one(backend: &mut dyn StoreBackend, command: Command, label: &str) {
     match command {
         Command::Append(..) | Command::Close(_) => {}
+        Command::Maintain => {
+            if backend.maintenance_due() {
+                maintain(backend, label);
+            }
+        }
         Command::Read(after, limit, reply) => drop(reply.send(backend.read(after, limit))),
         Command::Remove(seqs, reply) => drop(reply.send(backend.remove(&seqs))),
         Command::Stats(reply) => drop(reply.send(backend.stats())),
@@ -522,47 +653,82 @@ mod tests {
     use crate::testkit::{sample_message, store_conformance};
     use crate::{MemoryStore, Store};
 
-    /// A backend on the in-memory store, counting the append calls.
+    /// The output of a future that is ready at once (the in-memory store's are): the backend
+    /// is called on the store's thread and on callers' threads, inside a runtime or not.
+    fn now<F: std::future::Future>(f: F) -> F::Output {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(f).poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the in-memory store answers at once"),
+        }
+    }
+
+    /// A backend on the in-memory store, counting the append calls and logging on which thread
+    /// appends, removals and maintenance ran.
     struct Counting {
         inner: MemoryStore,
-        rt: tokio::runtime::Runtime,
         appends: Arc<AtomicUsize>,
+        log: Log,
+        /// Maintenance is announced after every append.
+        maintenance: bool,
+        due: bool,
+        /// A removal panics (as a library might).
+        panic_on_remove: bool,
+    }
+
+    type Log = Arc<std::sync::Mutex<Vec<String>>>;
+
+    fn note(log: &Log, what: &str) {
+        let thread = std::thread::current().name().unwrap_or("?").to_owned();
+        log.lock().unwrap().push(format!("{what} on {thread}"));
     }
 
     impl StoreBackend for Counting {
         fn append(&mut self, groups: &[Vec<OutgoingMessage>]) -> Result<Vec<u64>> {
             self.appends.fetch_add(1, Ordering::SeqCst);
+            note(&self.log, "append");
+            self.due = self.maintenance;
             // As long as a disk's flush: callers arriving meanwhile are grouped.
             std::thread::sleep(Duration::from_micros(200));
-            groups.iter().map(|g| self.rt.block_on(self.inner.append_messages(g.clone()))).collect()
+            groups.iter().map(|g| now(self.inner.append_messages(g.clone()))).collect()
         }
         fn read(&mut self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
-            self.rt.block_on(self.inner.read_messages(after, limit))
+            now(self.inner.read_messages(after, limit))
         }
         fn remove(&mut self, seqs: &[u64]) -> Result<()> {
-            self.rt.block_on(self.inner.remove_messages(seqs))
+            note(&self.log, "remove");
+            assert!(!self.panic_on_remove, "the library failed");
+            now(self.inner.remove_messages(seqs))
+        }
+        fn maintenance_due(&self) -> bool {
+            self.due
+        }
+        fn maintain(&mut self) -> Result<()> {
+            note(&self.log, "maintain");
+            self.due = false;
+            Ok(())
         }
         fn stats(&mut self) -> Result<QueueStats> {
-            self.rt.block_on(self.inner.queue_stats())
+            now(self.inner.queue_stats())
         }
         fn load_state(&mut self, name: &str) -> Result<Option<serde_json::Value>> {
             Ok(match name {
-                "identity" => self.rt.block_on(self.inner.load_identity())?.as_ref().map(persist::identity_to_json),
-                "desired" => self.rt.block_on(self.inner.load_desired())?.as_ref().map(persist::desired_to_json),
-                _ => Some(persist::reported_to_json(&self.rt.block_on(self.inner.load_reported())?)),
+                "identity" => now(self.inner.load_identity())?.as_ref().map(persist::identity_to_json),
+                "desired" => now(self.inner.load_desired())?.as_ref().map(persist::desired_to_json),
+                _ => Some(persist::reported_to_json(&now(self.inner.load_reported())?)),
             })
         }
         fn save_state(&mut self, name: &str, value: &serde_json::Value) -> Result<()> {
             match name {
-                "identity" => self.rt.block_on(self.inner.save_identity(&persist::identity_from_json(value)?)),
-                "desired" => self.rt.block_on(self.inner.save_desired(&persist::desired_from_json(value)?)),
-                _ => self.rt.block_on(self.inner.save_reported(&persist::reported_from_json(value)?)),
+                "identity" => now(self.inner.save_identity(&persist::identity_from_json(value)?)),
+                "desired" => now(self.inner.save_desired(&persist::desired_from_json(value)?)),
+                _ => now(self.inner.save_reported(&persist::reported_from_json(value)?)),
             }
         }
         fn clear(&mut self) -> Result<()> {
-            self.rt.block_on(self.inner.clear_device_state())
+            now(self.inner.clear_device_state())
         }
-        fn close(self) -> Result<()> {
+        fn close(self: Box<Self>) -> Result<()> {
             Ok(())
         }
     }
@@ -574,16 +740,102 @@ mod tests {
     crate::store_via_thread!(Wrapped, inner);
 
     fn start(poll_reply: bool) -> (Wrapped, Arc<AtomicUsize>) {
+        let (store, appends, _) = start_with(poll_reply, |_| {});
+        (store, appends)
+    }
+
+    fn start_with(
+        poll_reply: bool,
+        change: impl FnOnce(&mut Counting) + Send + 'static,
+    ) -> (Wrapped, Arc<AtomicUsize>, Log) {
         let appends = Arc::new(AtomicUsize::new(0));
-        let counter = appends.clone();
+        let log = Log::default();
+        let (counter, thread_log) = (appends.clone(), log.clone());
         let (ready, opened) = mpsc::channel();
         let open = move || {
-            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-            Ok(Counting { inner: MemoryStore::new(), rt, appends: counter })
+            let mut backend = Counting {
+                inner: MemoryStore::new(),
+                appends: counter,
+                log: thread_log,
+                maintenance: false,
+                due: false,
+                panic_on_remove: false,
+            };
+            change(&mut backend);
+            Ok(backend)
         };
         let inner = ThreadStore::start("Test", poll_reply, open, move |r| drop(ready.send(r))).unwrap();
         opened.recv().unwrap().unwrap();
-        (Wrapped { inner }, appends)
+        (Wrapped { inner }, appends, log)
+    }
+
+    /// Waits (up to 5 s) until the store's thread does not hold the backend.
+    fn wait_idle(store: &ThreadStore) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if store.slot.try_lock().is_ok() {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    /// Waits (up to 5 s) until the log holds `entry`.
+    fn wait_for(log: &Log, entry: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if log.lock().unwrap().iter().any(|e| e == entry) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn appends_and_removals_run_on_the_callers_thread_when_they_cannot_block_it() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        std::thread::Builder::new()
+            .name("caller".into())
+            .spawn(move || {
+                // Appends that sync (poll_reply false) go to the store's thread from a runtime,
+                // run on the caller's own thread when it is marked as a blocking caller.
+                let (store, _, log) = start_with(false, |_| {});
+                let seq = rt.block_on(store.append_message(sample_message(1))).unwrap();
+                // The thread answers before it lets go of the backend.
+                assert!(wait_idle(&store.inner));
+                run_as_blocking_caller(|| rt.block_on(store.append_message(sample_message(2)))).unwrap();
+                rt.block_on(store.remove_messages(&[seq])).unwrap();
+                assert_eq!(
+                    *log.lock().unwrap(),
+                    ["append on spotflow-test", "append on caller", "remove on caller"],
+                    "removals never sync: always direct"
+                );
+                // Appends that do not sync run on the caller's thread anyway; maintenance is
+                // handed to the store's thread.
+                let (store, _, log) = start_with(true, |b| b.maintenance = true);
+                rt.block_on(store.append_message(sample_message(1))).unwrap();
+                assert!(wait_for(&log, "maintain on spotflow-test"), "{:?}", log.lock().unwrap());
+                assert_eq!(log.lock().unwrap()[0], "append on caller");
+                assert_eq!(log.lock().unwrap().len(), 2, "maintained once");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_library_panic_in_a_direct_call_is_an_error_and_the_store_stays_closed() {
+        let (store, _, _) = start_with(true, |b| b.panic_on_remove = true);
+        let seq = store.append_message(sample_message(1)).await.unwrap();
+        let err = store.remove_messages(&[seq]).await.unwrap_err();
+        assert!(err.to_string().contains("Test store's library panicked: the library failed"), "{err}");
+        assert!(!err.is_temporary());
+        let err = store.append_message(sample_message(2)).await.unwrap_err();
+        assert!(err.to_string().contains("Test store is closed"), "{err}");
+        let err = store.queue_stats().await.unwrap_err();
+        assert!(err.to_string().contains("Test store is closed"), "{err}");
     }
 
     #[tokio::test]

@@ -46,7 +46,9 @@ impl Runtime {
             return Err(Error::BlockingInAsyncContext);
         }
         let rt = self.rt.as_ref().ok_or(Error::Closed)?;
-        Ok(rt.block_on(f))
+        // The application's thread waits for the answer anyway: a durable store may do the
+        // work on it rather than wake its own thread (see `run_as_blocking_caller`).
+        Ok(spotflow_core::run_as_blocking_caller(|| rt.block_on(f)))
     }
 }
 

@@ -52,6 +52,9 @@ pub use instance::{Instance, DEFAULT_INSTANCE};
 pub use message::Message;
 pub use options::{ClientOptions, Durability, NetworkOptions, Protocol, QueueFullPolicy, DEFAULT_MAX_MESSAGE_SIZE};
 pub use provisioning::{print_provisioning_operation, write_provisioning_operation, DisplayCallback};
+/// For bindings that wrap the async client in their own blocking calls (the blocking client does
+/// it itself): see [`spotflow_core::run_as_blocking_caller`].
+pub use spotflow_core::run_as_blocking_caller;
 pub use spotflow_core::{
     Compression, ConnectionCredentials, ContentEncoding, Error, ErrorStatus, MemoryStore, PlatformApi,
     ProvisioningOperation, Result, Store, Transport,

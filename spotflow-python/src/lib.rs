@@ -81,7 +81,8 @@ fn block_on<F: Future>(f: F) -> F::Output {
     if tokio::runtime::Handle::try_current().is_ok() {
         tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
     } else {
-        runtime().block_on(f)
+        // A Python thread waits for the answer anyway: the store may do the work on it.
+        spotflow_device::run_as_blocking_caller(|| runtime().block_on(f))
     }
 }
 

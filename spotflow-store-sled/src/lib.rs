@@ -345,12 +345,8 @@ impl Worker {
                 }
             }
         }
-        if self.journal.len() > journal::CHECKPOINT_BYTES {
-            if let Err(e) = self.checkpoint() {
-                // The appends are durable in the journal; the next checkpoint tries again.
-                warn!(error = %e, path = %self.path.display(), "sled checkpoint failed");
-            }
-        }
+        // A full journal is checkpointed by the store's thread (`maintain`), not by a caller
+        // that appended directly.
         Ok(())
     }
 
@@ -545,10 +541,21 @@ impl StoreBackend for Worker {
         Ok(())
     }
 
-    fn close(mut self) -> Result<()> {
-        let flushed = self.checkpoint().map_err(|e| sled_error(&self.path, "cannot flush", e));
-        let path = self.path.clone();
-        drop(self);
+    fn maintenance_due(&self) -> bool {
+        self.journal.len() > journal::CHECKPOINT_BYTES
+    }
+
+    /// Empties a full journal. If it fails, the appends stay durable in the journal and the next
+    /// call tries again.
+    fn maintain(&mut self) -> Result<()> {
+        self.checkpoint().map_err(|e| sled_error(&self.path, "cannot checkpoint", e))
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        let mut this = *self;
+        let flushed = this.checkpoint().map_err(|e| sled_error(&this.path, "cannot flush", e));
+        let path = this.path.clone();
+        drop(this);
         wait_for_release(&path);
         flushed
     }

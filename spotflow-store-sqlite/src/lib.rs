@@ -135,8 +135,13 @@ fn open_connection(path: &Path, durability: Durability, max_bytes: Option<u64>) 
     };
     // Take the file exclusively: a second process fails at once instead of waiting.
     conn.busy_timeout(std::time::Duration::ZERO).map_err(|e| sql_error(path, "cannot configure", e))?;
-    conn.execute_batch(&format!("PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous={sync};"))
-        .map_err(|e| sql_error(path, "cannot configure", e))?;
+    // No automatic checkpoints: one would run inside whichever commit crosses the threshold, on
+    // a caller's thread when the caller appends directly; the store's thread runs them instead
+    // (`StoreBackend::maintain`).
+    conn.execute_batch(&format!(
+        "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous={sync}; PRAGMA wal_autocheckpoint=0;"
+    ))
+    .map_err(|e| sql_error(path, "cannot configure", e))?;
     let mode: String =
         conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| sql_error(path, "cannot open", e))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -249,7 +254,15 @@ struct Worker {
     relaxed_removals: bool,
     /// `synchronous=FULL` could not be restored after a removal: appends retry it first.
     sync_relaxed: bool,
+    /// Commits and bytes appended since the last checkpoint (see [`Worker::maintenance_due`]).
+    wal_commits: u32,
+    wal_bytes: u64,
 }
+
+/// A checkpoint is due after this many commits (a small one writes two or three pages to the
+/// WAL: about SQLite's default of 1,000 pages) or this many bytes appended since the last one.
+const CHECKPOINT_COMMITS: u32 = 384;
+const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
 
 fn opt(s: Option<String>) -> Option<Arc<str>> {
     s.map(Arc::from)
@@ -275,49 +288,35 @@ impl Worker {
             free,
             relaxed_removals: false,
             sync_relaxed: false,
+            wal_commits: 0,
+            wal_bytes: 0,
         })
     }
 
-    /// One transaction for every group; the callers are answered after the commit.
+    /// One transaction for every group; the callers are answered after the commit. A single
+    /// message (a device's usual append) is one statement, its own transaction.
     fn append_groups(&mut self, groups: &[Vec<OutgoingMessage>]) -> rusqlite::Result<Vec<u64>> {
         self.restore_full_sync()?;
-        let tx = self.conn.transaction()?;
-        let mut firsts = Vec::with_capacity(groups.len());
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (kind, encoding, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id, payload, size)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for messages in groups {
-                let mut first = None;
-                let mut bytes = 0;
-                for m in messages {
-                    let size = m.queued_size();
-                    insert.execute(params![
-                        m.kind.code(),
-                        ContentEncoding::code(m.content_encoding),
-                        m.target.stream_group.as_deref(),
-                        m.target.stream.as_deref(),
-                        m.batch_id.as_deref(),
-                        m.batch_slice_id.as_deref(),
-                        m.message_id.as_deref(),
-                        m.chunk_id.as_deref(),
-                        &m.payload[..],
-                        size as i64,
-                    ])?;
-                    let seq = tx.last_insert_rowid() as u64;
-                    first.get_or_insert(seq);
-                    bytes += size;
-                }
-                firsts.push((first, messages.len() as u64, bytes));
+        let single = groups.iter().map(Vec::len).sum::<usize>() == 1;
+        if !single {
+            self.conn.prepare_cached("BEGIN")?.execute([])?;
+        }
+        let inserted = self.insert_groups(groups);
+        if !single {
+            let end = if inserted.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let ended = self.conn.prepare_cached(end)?.execute([]);
+            if inserted.is_ok() {
+                ended?;
             }
         }
-        tx.commit()?;
+        let firsts = inserted?;
+        self.wal_commits += 1;
         Ok(firsts
             .into_iter()
             .map(|(first, n, bytes)| {
                 self.count += n;
                 self.bytes += bytes;
+                self.wal_bytes += bytes;
                 match first {
                     Some(first) => {
                         self.last_seq = self.last_seq.max(first + n - 1);
@@ -327,6 +326,39 @@ impl Worker {
                 }
             })
             .collect())
+    }
+
+    /// Inserts every group: per group its first sequence number, count and bytes.
+    fn insert_groups(&self, groups: &[Vec<OutgoingMessage>]) -> rusqlite::Result<Vec<(Option<u64>, u64, u64)>> {
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO messages (kind, encoding, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id, payload, size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        let mut firsts = Vec::with_capacity(groups.len());
+        for messages in groups {
+            let mut first = None;
+            let mut bytes = 0;
+            for m in messages {
+                let size = m.queued_size();
+                insert.execute(params![
+                    m.kind.code(),
+                    ContentEncoding::code(m.content_encoding),
+                    m.target.stream_group.as_deref(),
+                    m.target.stream.as_deref(),
+                    m.batch_id.as_deref(),
+                    m.batch_slice_id.as_deref(),
+                    m.message_id.as_deref(),
+                    m.chunk_id.as_deref(),
+                    &m.payload[..],
+                    size as i64,
+                ])?;
+                let seq = self.conn.last_insert_rowid() as u64;
+                first.get_or_insert(seq);
+                bytes += size;
+            }
+            firsts.push((first, messages.len() as u64, bytes));
+        }
+        Ok(firsts)
     }
 
     fn read(&self, after: Option<u64>, limit: usize) -> rusqlite::Result<Vec<QueuedMessage>> {
@@ -366,35 +398,51 @@ impl Worker {
             return self.remove_in_transaction(seqs);
         }
         self.sync_relaxed = true;
-        self.conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        self.conn.prepare_cached("PRAGMA synchronous=NORMAL")?.execute([])?;
         let removed = self.remove_in_transaction(seqs);
         self.restore_full_sync().and(removed)
     }
 
     fn restore_full_sync(&mut self) -> rusqlite::Result<()> {
         if self.sync_relaxed {
-            self.conn.execute_batch("PRAGMA synchronous=FULL")?;
+            self.conn.prepare_cached("PRAGMA synchronous=FULL")?.execute([])?;
             self.sync_relaxed = false;
         }
         Ok(())
     }
 
+    /// One transaction (a single removal is one statement, its own transaction).
     fn remove_in_transaction(&mut self, seqs: &[u64]) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
-        let mut removed = (0u64, 0u64);
-        {
-            let mut delete = tx.prepare_cached("DELETE FROM messages WHERE seq = ?1 RETURNING size")?;
-            for &seq in seqs {
-                if let Some(size) = delete.query_row(params![seq as i64], |r| r.get::<_, i64>(0)).optional()? {
-                    removed.0 += 1;
-                    removed.1 += size as u64;
-                }
+        let single = seqs.len() == 1;
+        if !single {
+            self.conn.prepare_cached("BEGIN")?.execute([])?;
+        }
+        let deleted = self.delete(seqs);
+        if !single {
+            let end = if deleted.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let ended = self.conn.prepare_cached(end)?.execute([]);
+            if deleted.is_ok() {
+                ended?;
             }
         }
-        tx.commit()?;
-        self.count -= removed.0.min(self.count);
-        self.bytes -= removed.1.min(self.bytes);
+        let (count, bytes) = deleted?;
+        self.wal_commits += 1;
+        self.count -= count.min(self.count);
+        self.bytes -= bytes.min(self.bytes);
         Ok(())
+    }
+
+    /// Deletes the rows: how many there were and their bytes.
+    fn delete(&self, seqs: &[u64]) -> rusqlite::Result<(u64, u64)> {
+        let mut delete = self.conn.prepare_cached("DELETE FROM messages WHERE seq = ?1 RETURNING size")?;
+        let mut removed = (0u64, 0u64);
+        for &seq in seqs {
+            if let Some(size) = delete.query_row(params![seq as i64], |r| r.get::<_, i64>(0)).optional()? {
+                removed.0 += 1;
+                removed.1 += size as u64;
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -451,8 +499,23 @@ impl StoreBackend for Worker {
         Ok(())
     }
 
+    fn maintenance_due(&self) -> bool {
+        self.wal_commits >= CHECKPOINT_COMMITS || self.wal_bytes >= CHECKPOINT_BYTES
+    }
+
+    /// Copies the WAL into the database file, so that the WAL starts over (as SQLite's automatic
+    /// checkpoint would).
+    fn maintain(&mut self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(|e| sql_error(&self.path, "cannot checkpoint", e))?;
+        self.wal_commits = 0;
+        self.wal_bytes = 0;
+        Ok(())
+    }
+
     /// Every commit is already durable; dropping the worker closes the connection.
-    fn close(self) -> Result<()> {
+    fn close(self: Box<Self>) -> Result<()> {
         Ok(())
     }
 }

@@ -13,6 +13,11 @@
 //! is written while it sends); the official harness says `ACK` after each enqueue (stamped here
 //! on arrival) and its CPU is read from `/proc` (10 ms ticks).
 //!
+//! With `SPOTFLOW_PYTHON` (a venv's python with our wheel), the same workload through the
+//! Python package (`spotflow-python/bench/rate_child.py`) at both durability levels, against the
+//! Rust blocking client it wraps; with `SPOTFLOW_OFFICIAL_PYTHON` (a venv with the official
+//! `spotflow-device` 2.1.1 from PyPI) the official Python package too. Both need port 8883.
+//!
 //! `SPOTFLOW_RATE_CHILD` names a copy of the `rate-child` executable to run instead of the one
 //! built beside this bench (to compare two builds).
 //!
@@ -168,22 +173,74 @@ fn run_ours(
     let emu = emulator(rt, dir);
     // SPOTFLOW_RATE_CHILD runs a copy (to compare builds in one run).
     let exe = std::env::var("SPOTFLOW_RATE_CHILD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rate-child").into());
-    let mut child = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .env("INSTANCE", emu.https_url())
         .env("CA_FILE", emu.ca_path().expect("CA"))
         .env("MQTT_PORT", emu.mqtts_addr().expect("MQTT/TLS").port().to_string())
         .env("PROVISIONING_TOKEN", emu.create_provisioning_token())
         .env("DB", dir.join("device.db"))
         .env("CLIENT", client)
-        .env("DURABILITY", durability)
+        .env("DURABILITY", durability);
+    measure(rt, &emu, command, rate, seconds)
+}
+
+/// A Python device process (`spotflow-python/bench/rate_child.py`) run by `python` (a venv with
+/// our package, or with the official 2.1.1: same API); `durability` for ours. The Python API has
+/// no MQTT port: the emulator is reached through a proxy on 8883. `None` when 8883 is taken.
+fn run_python(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    python: &str,
+    durability: Option<&str>,
+    rate: u32,
+    seconds: f64,
+) -> Option<Row> {
+    let emu = emulator(rt, dir);
+    let listen: std::net::SocketAddr = "127.0.0.1:8883".parse().unwrap();
+    let proxy = match rt.block_on(spotflow_chaos::ChaosProxy::start_on(listen, emu.mqtts_addr().expect("MQTT/TLS"))) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("  python: not measured (port 8883: {e})");
+            return None;
+        }
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../spotflow-python/bench/rate_child.py");
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(script)
+        .env("INSTANCE", format!("localhost:{}", emu.https_addr().expect("HTTPS").port()))
+        .env("PROVISIONING_TOKEN", emu.create_provisioning_token())
+        .env("DB", dir.join("python.db"))
+        .env("DEVICE_ID", "rate-python")
+        .env("SSL_CERT_FILE", emu.ca_path().expect("CA"))
+        .env_remove("SSL_CERT_DIR");
+    if let Some(d) = durability {
+        command.env("SPOTFLOW_DURABILITY", d);
+    }
+    let row = measure(rt, &emu, command, rate, seconds);
+    drop(proxy);
+    Some(row)
+}
+
+/// Runs a device process that speaks the `rate-child` protocol (READY; then SENT, T i ns,
+/// USAGE, DONE) and takes its figures, with the latencies from the emulator's store.
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    emu: &Emulator,
+    mut command: std::process::Command,
+    rate: u32,
+    seconds: f64,
+) -> Row {
+    let mut child = command
         .env("RATE", rate.to_string())
         .env("SECONDS", seconds.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("rate-child starts");
+        .expect("the device process starts");
     let rx = lines_of(&mut child);
     wait_for(&rx, "READY", Duration::from_secs(60));
-    let (stop, stamping) = stamp_stores(rt, &emu);
+    let (stop, stamping) = stamp_stores(rt, emu);
     let said = wait_for(&rx, "DONE", Duration::from_secs_f64(seconds + 180.0));
     let _ = stop.send(());
     let stored = rt.block_on(stamping).expect("stamps");
@@ -300,6 +357,42 @@ fn print_row(name: &str, rate: u32, r: &Row) {
     );
 }
 
+/// The Python rows: ours at both durability levels (against the Rust blocking client's CPU,
+/// which the binding wraps) and the official Python package 2.1.1.
+fn python_rows(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    python: Option<&str>,
+    official: Option<&str>,
+    rate: u32,
+    seconds: f64,
+    rust: &[(String, f64)],
+) {
+    let Some(python) = python else {
+        println!("  python: not measured (set SPOTFLOW_PYTHON to a venv's python with our wheel; needs port 8883)");
+        return;
+    };
+    let mut ours = Vec::new();
+    for durability in ["crash-safe", "power-loss-safe"] {
+        let Some(row) = run_python(rt, dir, python, Some(durability), rate, seconds) else { return };
+        print_row(&format!("python, {durability}"), rate, &row);
+        let blocking = rust.iter().find(|(n, _)| *n == format!("blocking, {durability}")).map_or(f64::NAN, |r| r.1);
+        ours.push((durability, row.cpu_per_message(), blocking));
+    }
+    let vs_rust: Vec<String> = ours.iter().map(|(d, cpu, blocking)| format!("{d} {:.2}x", cpu / blocking)).collect();
+    println!("    python CPU per message / Rust blocking client: {} (target <= 1.5x)", vs_rust.join(", "));
+    let Some(official) = official else {
+        println!("  official python 2.1.1: not measured (set SPOTFLOW_OFFICIAL_PYTHON)");
+        return;
+    };
+    if let Some(row) = run_python(rt, dir, official, None, rate, seconds) {
+        print_row("official python 2.1.1", rate, &row);
+        let ratios: Vec<String> =
+            ours.iter().map(|(d, cpu, _)| format!("{d} {:.1}x", row.cpu_per_message() / cpu)).collect();
+        println!("    official python CPU per message / our python: {}", ratios.join(", "));
+    }
+}
+
 fn main() {
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -310,6 +403,8 @@ fn main() {
         "client", "msg/s", "messages", "CPU µs/msg", "user", "system", "switch/msg", "RSS MiB", "p50 ms", "p99 ms"
     );
     let harness = std::env::var("SPOTFLOW_OFFICIAL_HARNESS").ok();
+    let python = std::env::var("SPOTFLOW_PYTHON").ok();
+    let official_python = std::env::var("SPOTFLOW_OFFICIAL_PYTHON").ok();
     for &rate in &a.rates {
         let mut ours = Vec::new();
         for client in ["async", "blocking"] {
@@ -319,6 +414,7 @@ fn main() {
                 ours.push((format!("{client}, {durability}"), row.cpu_per_message()));
             }
         }
+        python_rows(&rt, &dir, python.as_deref(), official_python.as_deref(), rate, a.seconds, &ours);
         match &harness {
             Some(h) => {
                 if let Some(row) = run_official(&rt, &dir, h, rate, a.seconds) {

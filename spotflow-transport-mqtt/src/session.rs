@@ -221,8 +221,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         let mut awaiting_pong = false;
         // Since when an answer is awaited with the server silent (the SUBSCRIBE's, at first).
         let mut waiting_since = Some(tokio::time::Instant::now());
+        // The stall check: one timer, armed when a wait starts and left as it is while answers
+        // come (when it fires it looks at the wait of that moment and re-arms for it). Arming
+        // a timer earlier than the runtime's next wakeup wakes the runtime's driver, and a timer
+        // made anew for every publish would do so for every message.
+        let stall = tokio::time::sleep(stall_timeout);
+        tokio::pin!(stall);
+        let mut stall_armed = false;
         let failure = loop {
-            let stall_at = waiting_since.map(|t| t + stall_timeout);
+            if let (Some(since), false) = (waiting_since, stall_armed) {
+                stall.as_mut().reset(since + stall_timeout);
+                stall_armed = true;
+            }
             tokio::select! {
                 command = self.commands.recv() => {
                     match self.take_commands(command, &mut in_flight, &mut next_pkid) {
@@ -279,11 +289,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     }
                     waiting_since.get_or_insert_with(tokio::time::Instant::now);
                 }
-                () = sleep_until_some(stall_at) => {
-                    break Error::transport(format!(
-                        "link stalled: no answer from the server for {stall_timeout:?} ({} packets awaiting one)",
-                        in_flight.len() + usize::from(awaiting_pong)
-                    ));
+                () = &mut stall, if stall_armed => {
+                    stall_armed = false;
+                    if waiting_since.is_some_and(|since| since.elapsed() >= stall_timeout) {
+                        break Error::transport(format!(
+                            "link stalled: no answer from the server for {stall_timeout:?} ({} packets awaiting one)",
+                            in_flight.len() + usize::from(awaiting_pong)
+                        ));
+                    }
                 }
             }
         };
@@ -379,14 +392,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             self.flush().await?;
         }
         self.events.send(Ok(event)).await.map_err(|_| Error::transport("the SDK stopped taking events"))
-    }
-}
-
-/// Sleeps until `at`, forever when `None`.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
