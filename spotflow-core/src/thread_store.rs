@@ -5,7 +5,8 @@
 //! [`ThreadStore`], which owns the thread and the channel to it, merges appends that arrive
 //! together into one call of [`StoreBackend::append`] (group commit: one durable write for all
 //! of them, each caller answered after it), and implements [`Store`](crate::Store) on top. No
-//! tokio worker ever blocks on the disk. [`crate::store_via_thread!`] implements
+//! tokio worker ever waits for a flush to the disk (an fsync) or a checkpoint.
+//! [`crate::store_via_thread!`] implements
 //! [`Store`](crate::Store) for the wrapper.
 //!
 //! At a device's pace (a message every few milliseconds) handing every call to the thread costs

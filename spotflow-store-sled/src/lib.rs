@@ -4,7 +4,8 @@
 //!   error. A regular file at the path is refused, never overwritten.
 //! * The page cache is bounded ([`DEFAULT_CACHE_BYTES`], configurable); sled's default would hold
 //!   hundreds of MiB with a long queue.
-//! * One dedicated thread applies the commands ([`spotflow_core::ThreadStore`]). Appends that
+//! * One dedicated thread applies the commands ([`spotflow_core::ThreadStore`]; a lone append
+//!   or removal that cannot wait for an fsync runs on the caller's thread when it is idle). Appends that
 //!   arrive together are written to an append journal next to sled's files and fdatasync'd once
 //!   before every caller of the group is answered (with [`Durability::CrashSafe`], written without
 //!   the fdatasync: that survives a killed process, not a power cut), and inserted into sled

@@ -4,7 +4,10 @@
 //! * One file at the application's `db` path, WAL journal, locked exclusively by this process:
 //!   another live process opening it gets a clear error, not a "database is locked" loop.
 //! * One dedicated thread owns the connection and takes commands over a channel
-//!   ([`spotflow_core::ThreadStore`]); no tokio worker ever blocks on SQLite.
+//!   ([`spotflow_core::ThreadStore`]); a caller runs a single append or removal itself when that
+//!   thread is idle and the call cannot wait for an fsync (or the caller is a blocking one), so
+//!   that a device's message costs no thread wakeups. No tokio worker ever waits for an fsync or
+//!   a checkpoint: checkpoints run on the store's thread.
 //! * Group commit: appends that arrive together are written in one transaction, and every caller
 //!   is answered only after that transaction is durable: with [`Durability::PowerLossSafe`]
 //!   (default) SQLite runs with `synchronous=FULL`, so the WAL is fsync'd at every commit; with
