@@ -343,8 +343,12 @@ impl ThreadStore {
     }
 
     async fn append_directly_or_not(&self, messages: Vec<OutgoingMessage>) -> Result<u64> {
-        let may_block = self.poll_reply || BLOCKING_CALLER.with(Cell::get);
-        if may_block && messages.len() <= DIRECT_MAX && self.at_device_pace() {
+        // A blocking caller's thread waits for the answer anyway: it appends itself whenever the
+        // backend is free, in a tight loop too (concurrent ones then find it taken and queue for
+        // the thread, which merges their appends).
+        let blocking = BLOCKING_CALLER.with(Cell::get);
+        let direct = blocking || (self.poll_reply && self.at_device_pace());
+        if direct && messages.len() <= DIRECT_MAX {
             let groups = [messages];
             match self.direct(|b| b.append(&groups)) {
                 Some(firsts) => return firsts?.first().copied().ok_or_else(|| self.closed()),
