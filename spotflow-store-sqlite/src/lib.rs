@@ -301,18 +301,7 @@ impl Worker {
     fn append_groups(&mut self, groups: &[Vec<OutgoingMessage>]) -> rusqlite::Result<Vec<u64>> {
         self.restore_full_sync()?;
         let single = groups.iter().map(Vec::len).sum::<usize>() == 1;
-        if !single {
-            self.conn.prepare_cached("BEGIN")?.execute([])?;
-        }
-        let inserted = self.insert_groups(groups);
-        if !single {
-            let end = if inserted.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            let ended = self.conn.prepare_cached(end)?.execute([]);
-            if inserted.is_ok() {
-                ended?;
-            }
-        }
-        let firsts = inserted?;
+        let firsts = self.transaction(single, |w| w.insert_groups(groups))?;
         self.wal_commits += 1;
         Ok(firsts
             .into_iter()
@@ -329,6 +318,22 @@ impl Worker {
                 }
             })
             .collect())
+    }
+
+    /// Runs `work` in one transaction: committed if it succeeds, rolled back if not. A `single`
+    /// statement needs none of its own (SQLite makes it one).
+    fn transaction<T>(&self, single: bool, work: impl FnOnce(&Self) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        if single {
+            return work(self);
+        }
+        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        let done = work(self);
+        let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = self.conn.prepare_cached(end)?.execute([]);
+        if done.is_ok() {
+            ended?;
+        }
+        done
     }
 
     /// Inserts every group: per group its first sequence number, count and bytes.
@@ -416,19 +421,7 @@ impl Worker {
 
     /// One transaction (a single removal is one statement, its own transaction).
     fn remove_in_transaction(&mut self, seqs: &[u64]) -> rusqlite::Result<()> {
-        let single = seqs.len() == 1;
-        if !single {
-            self.conn.prepare_cached("BEGIN")?.execute([])?;
-        }
-        let deleted = self.delete(seqs);
-        if !single {
-            let end = if deleted.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            let ended = self.conn.prepare_cached(end)?.execute([]);
-            if deleted.is_ok() {
-                ended?;
-            }
-        }
-        let (count, bytes) = deleted?;
+        let (count, bytes) = self.transaction(seqs.len() == 1, |w| w.delete(seqs))?;
         self.wal_commits += 1;
         self.count -= count.min(self.count);
         self.bytes -= bytes.min(self.bytes);

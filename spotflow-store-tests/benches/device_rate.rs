@@ -200,14 +200,7 @@ fn run_python(
     seconds: f64,
 ) -> Option<Row> {
     let emu = emulator(rt, dir);
-    let listen: std::net::SocketAddr = "127.0.0.1:8883".parse().unwrap();
-    let proxy = match rt.block_on(spotflow_chaos::ChaosProxy::start_on(listen, emu.mqtts_addr().expect("MQTT/TLS"))) {
-        Ok(p) => p,
-        Err(e) => {
-            println!("  python: not measured (port 8883: {e})");
-            return None;
-        }
-    };
+    let proxy = proxy_on_8883(rt, &emu, "python")?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../spotflow-python/bench/rate_child.py");
     let mut command = std::process::Command::new(python);
     command
@@ -224,6 +217,19 @@ fn run_python(
     let row = measure(rt, &emu, command, rate, seconds);
     drop(proxy);
     Some(row)
+}
+
+/// A proxy on port 8883 (the port of the SDKs without a port option) to the emulator's MQTT/TLS
+/// listener; `None`, said for `who`, when the port is taken.
+fn proxy_on_8883(rt: &tokio::runtime::Runtime, emu: &Emulator, who: &str) -> Option<spotflow_chaos::ChaosProxy> {
+    let listen: std::net::SocketAddr = "127.0.0.1:8883".parse().unwrap();
+    match rt.block_on(spotflow_chaos::ChaosProxy::start_on(listen, emu.mqtts_addr().expect("MQTT/TLS"))) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            println!("  {who}: not measured (port 8883: {e})");
+            None
+        }
+    }
 }
 
 /// Runs a device process that speaks the `rate-child` protocol (READY; then SENT, T i ns,
@@ -305,14 +311,7 @@ fn run_official(
     seconds: f64,
 ) -> Option<Row> {
     let emu = emulator(rt, dir);
-    let listen: std::net::SocketAddr = "127.0.0.1:8883".parse().unwrap();
-    let proxy = match rt.block_on(spotflow_chaos::ChaosProxy::start_on(listen, emu.mqtts_addr().expect("MQTT/TLS"))) {
-        Ok(p) => p,
-        Err(e) => {
-            println!("  official spotflow 0.8.1: not measured (port 8883: {e})");
-            return None;
-        }
-    };
+    let proxy = proxy_on_8883(rt, &emu, "official spotflow 0.8.1")?;
     let mut child = std::process::Command::new(harness)
         .env("INSTANCE", format!("localhost:{}", emu.https_addr().expect("HTTPS").port()))
         .env("PROVISIONING_TOKEN", emu.create_provisioning_token())
