@@ -11,10 +11,12 @@
 //!
 //! At a device's pace (a message every few milliseconds) handing every call to the thread costs
 //! more than the call: two thread wakeups per call, each several times the CPU of an append
-//! that needs no fsync. So a caller runs an append or a removal on its own thread instead when
-//! the store's thread does not hold the backend at that moment and the call cannot block on the
-//! disk (see [`ThreadStore`]): one lock, no wakeup. Concurrent callers find the backend taken
-//! and queue for the thread, which groups them as before.
+//! that needs no fsync. So a caller runs a small append or removal on its own thread instead,
+//! when the store's thread does not hold the backend at that moment (one lock, no wakeup): a
+//! removal always (the backends commit removals without an fsync), an append without an fsync
+//! at a device's pace, and any append of a blocking caller (see [`run_as_blocking_caller`]).
+//! Appends that come close together from tasks, and callers that find the backend taken, queue
+//! for the thread, which merges them (group commit).
 
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
@@ -212,13 +214,13 @@ impl ThreadStore {
     ///
     /// `poll_reply`: the backend answers appends in microseconds (no fsync), less than it takes
     /// to put the caller's thread to sleep and wake it up. Such an append runs on the caller's
-    /// thread when the store's thread does not hold the backend and the caller sends alone (so
-    /// does one that syncs, on a thread marked by [`run_as_blocking_caller`]; and so does every
-    /// small removal, which the backends commit without a sync of their own). Concurrent
-    /// senders go to the thread, which merges their appends (group commit). When it has to go to the thread, a lone
-    /// caller polls for its answer for up to 50 µs (yielding to other tasks, whose appends then
-    /// join its group) first, but only while the store's thread polls for commands itself (see
-    /// [`crate::AdaptivePoll`]): under a steady stream of calls.
+    /// thread at a device's pace (no call waits for the thread and the last append ended at
+    /// least 200 µs ago) when the store's thread does not hold the backend; so does any append of a thread marked by
+    /// [`run_as_blocking_caller`], and every small removal (the backends commit removals without
+    /// an fsync of their own). Other appends go to the thread, which merges them (group commit);
+    /// a lone caller polls for its answer for up to 50 µs (yielding to other tasks, whose appends
+    /// then join its group) first, but only while the store's thread polls for commands itself
+    /// (see [`crate::AdaptivePoll`]): under a steady stream of calls.
     pub fn start<B: StoreBackend>(
         label: &'static str,
         poll_reply: bool,
@@ -831,7 +833,7 @@ mod tests {
     }
 
     #[test]
-    fn appends_and_removals_run_on_the_callers_thread_when_they_cannot_block_it() {
+    fn appends_and_removals_run_on_the_callers_thread_at_a_devices_pace_or_for_a_blocking_caller() {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         std::thread::Builder::new()
             .name("caller".into())
@@ -853,7 +855,9 @@ mod tests {
                 // handed to the store's thread.
                 let (store, _, log) = start_with(true, |b| b.maintenance = true);
                 rt.block_on(store.append_message(sample_message(1))).unwrap();
-                // Appends that follow closely go to the thread, which merges them.
+                // Appends that follow closely go to the thread, which merges them (the last
+                // append set as ending in the future: "closely" whatever this machine's pace).
+                *store.inner.last_append.lock().unwrap() = Some(Instant::now() + Duration::from_secs(3600));
                 rt.block_on(store.append_message(sample_message(2))).unwrap();
                 let maintained = |log: &Log| log.lock().unwrap().iter().filter(|e| e.starts_with("maintain")).count();
                 let deadline = Instant::now() + Duration::from_secs(5);

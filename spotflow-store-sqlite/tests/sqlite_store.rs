@@ -205,3 +205,28 @@ async fn the_database_and_its_wal_are_owner_only() {
     assert_eq!(store.load_identity().await.unwrap(), Some(sample_identity("secret-holder")));
     store.close().await.unwrap();
 }
+
+/// Appends and removals made on the caller's thread (a blocking caller's, as the blocking client
+/// and Python make them) leave checkpoints to the store's thread (automatic checkpoints are off):
+/// the WAL stays bounded (with checkpoints turned off it grew to 37 MB here).
+#[test]
+fn the_wal_is_checkpointed_when_callers_append_and_remove_on_their_own_thread() {
+    for durability in [Durability::PowerLossSafe, Durability::CrashSafe] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.db");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let store = SqliteStore::open(&path, durability).unwrap();
+        spotflow_core::run_as_blocking_caller(|| {
+            for i in 0..3_000 {
+                let seq = rt.block_on(store.append_message(sample_message(i))).unwrap();
+                rt.block_on(store.remove_messages(&[seq])).unwrap();
+            }
+        });
+        assert_eq!(rt.block_on(store.queue_stats()).unwrap().count, 0);
+        let wal = std::fs::metadata(dir.path().join("device.db-wal")).unwrap().len();
+        assert!(wal < 8 * 1024 * 1024, "{durability:?}: the WAL grew to {wal} bytes");
+        rt.block_on(store.close()).unwrap();
+        let store = SqliteStore::open(&path, durability).unwrap();
+        assert_eq!(rt.block_on(store.queue_stats()).unwrap().count, 0, "{durability:?}");
+    }
+}
