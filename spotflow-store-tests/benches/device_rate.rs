@@ -164,7 +164,8 @@ fn emulator(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Emulator {
         .expect("emulator")
 }
 
-/// Ours: `client` (async, blocking) at `durability` (crash-safe, power-loss-safe).
+/// Ours: `client` (async, blocking) at `durability` (crash-safe, power-loss-safe); or a floor
+/// row (`raw-mqtt`, `raw-tls`: as a device the emulator knows; `raw-sqlite`; `pace`).
 fn run_ours(
     rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
@@ -174,6 +175,7 @@ fn run_ours(
     seconds: f64,
 ) -> Row {
     let emu = emulator(rt, dir);
+    let raw = emu.create_device("rate-raw").expect("a device for the raw client");
     // SPOTFLOW_RATE_CHILD runs a copy (to compare builds in one run).
     let exe = std::env::var("SPOTFLOW_RATE_CHILD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_rate-child").into());
     let mut command = std::process::Command::new(exe);
@@ -184,7 +186,10 @@ fn run_ours(
         .env("PROVISIONING_TOKEN", emu.create_provisioning_token())
         .env("DB", dir.join("device.db"))
         .env("CLIENT", client)
-        .env("DURABILITY", durability);
+        .env("DURABILITY", durability)
+        .env("DEVICE_ID", raw.hub_device_id)
+        .env("USERNAME", raw.username)
+        .env("PASSWORD", raw.password);
     measure(rt, &emu, command, rate, seconds)
 }
 
@@ -359,6 +364,33 @@ fn print_row(name: &str, rate: u32, r: &Row) {
     );
 }
 
+/// The floor under the SDK: its libraries doing the same work alone (rumqttc over TLS without a
+/// store; SQLite's insert and delete without a network; the pacing loop, which every row has,
+/// counted once), their sum against our rows, and the least a QoS 1 publish over TLS costs (one
+/// thread, blocking socket).
+fn floor_rows(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rate: u32, seconds: f64, ours: &[(String, f64)]) {
+    let pace = run_ours(rt, dir, "pace", "crash-safe", rate, seconds);
+    print_row("floor: pacing loop alone", rate, &pace);
+    let tls = run_ours(rt, dir, "raw-tls", "crash-safe", rate, seconds);
+    print_row("floor: blocking TLS publish", rate, &tls);
+    let mqtt = run_ours(rt, dir, "raw-mqtt", "crash-safe", rate, seconds);
+    print_row("floor: rumqttc QoS 1, TLS", rate, &mqtt);
+    for durability in ["crash-safe", "power-loss-safe"] {
+        let sqlite = run_ours(rt, dir, "raw-sqlite", durability, rate, seconds);
+        print_row(&format!("floor: SQLite, {durability}"), rate, &sqlite);
+        let floor = mqtt.cpu_per_message() + sqlite.cpu_per_message() - pace.cpu_per_message();
+        let ratios: Vec<String> = ours
+            .iter()
+            .filter(|(name, _)| name.ends_with(durability))
+            .map(|(name, cpu)| format!("{name} {:.2}x", cpu / floor))
+            .collect();
+        println!(
+            "    floor (rumqttc + SQLite - pacing), {durability}: {floor:.1} µs/msg; ours / floor: {}",
+            ratios.join(", ")
+        );
+    }
+}
+
 /// The Python rows: ours at both durability levels (against the Rust blocking client's CPU,
 /// which the binding wraps) and the official Python package 2.1.1.
 fn python_rows(
@@ -416,6 +448,7 @@ fn main() {
                 ours.push((format!("{client}, {durability}"), row.cpu_per_message()));
             }
         }
+        floor_rows(&rt, &dir, rate, a.seconds, &ours);
         python_rows(&rt, &dir, python.as_deref(), official_python.as_deref(), rate, a.seconds, &ours);
         match &harness {
             Some(h) => {
