@@ -29,6 +29,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 emu.https_url(),
                 emu.mqtts_addr().map_or(0, |a| a.port())
             );
+            println!(
+                "Its dashboard: {} (it stops with this example; `cargo run -p spotflow-emulator -- serve` runs one \
+                 to watch, with its admin token in the data directory).",
+                emu.dashboard_url()
+            );
             Some(emu)
         }
     };

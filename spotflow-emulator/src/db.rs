@@ -70,8 +70,8 @@ pub struct MessageQuery {
 /// What became of a message handed to the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stored {
-    /// Committed.
-    Inserted,
+    /// Committed, as this row.
+    Inserted(i64),
     /// Its message key was already stored: a redelivery, not stored again.
     Duplicate,
     /// The write failed.
@@ -344,7 +344,7 @@ fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)
                     m.message_key,
                     m.decode_error,
                 ])?;
-                outcomes.push(if inserted > 0 { Stored::Inserted } else { Stored::Duplicate });
+                outcomes.push(if inserted > 0 { Stored::Inserted(tx.last_insert_rowid()) } else { Stored::Duplicate });
             }
             if let Some(json) = state.control.as_ref() {
                 tx.execute("INSERT OR REPLACE INTO control_state (id, json) VALUES (0, ?1)", params![json])?;
@@ -362,7 +362,7 @@ fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)
     *state = PendingState::default();
     for (i, (_, ack)) in pending.drain(..).enumerate() {
         if let Some(ack) = ack {
-            ack(if ok { outcomes.get(i).copied().unwrap_or(Stored::Inserted) } else { Stored::Failed });
+            ack(if ok { outcomes.get(i).copied().unwrap_or(Stored::Failed) } else { Stored::Failed });
         }
     }
 }

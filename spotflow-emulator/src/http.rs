@@ -46,17 +46,26 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/admin/devices/{hub_device_id}/disconnect", post(admin_disconnect))
         .route("/admin/messages", get(admin_messages))
         .route("/admin/traffic", get(admin_traffic))
+        .route("/admin/events", get(admin_events))
+        .route("/metrics", get(metrics))
+        .route("/dashboard", get(dashboard_page))
+        .route("/dashboard/app.js", get(dashboard_script))
+        .route("/dashboard/app.css", get(dashboard_style))
         .layer(axum::middleware::from_fn_with_state(inner.clone(), record_http))
         .layer(axum::middleware::from_fn_with_state(inner.clone(), request_deadline))
         .with_state(inner)
 }
 
-/// Bounds every request, body included (a client trickling a body is cut off with 408).
+/// Bounds every request, body included (a client trickling a body is cut off with 408); not the
+/// dashboard's live feed, which lasts as long as the page is open.
 async fn request_deadline(
     State(inner): Shared,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if request.uri().path() == "/admin/events" {
+        return next.run(request).await;
+    }
     match tokio::time::timeout(inner.config.http_request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => problem(StatusCode::REQUEST_TIMEOUT, "/problems/timeout", "the request took too long"),
@@ -620,4 +629,135 @@ async fn admin_messages(State(inner): Shared, headers: HeaderMap, Query(q): Quer
         })
         .collect();
     Json(Value::Array(out)).into_response()
+}
+
+/// `GET /metrics`: the Prometheus text exposition (admin token).
+async fn metrics(State(inner): Shared, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    let (devices, operations_pending) = {
+        let state = inner.lock_state();
+        let pending = state.operations.values().filter(|o| o.state == crate::state::OperationState::Pending).count();
+        (state.devices.len(), pending)
+    };
+    let store_bytes = inner.config.data_dir.as_ref().map(|dir| {
+        ["emulator.db", "emulator.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+    });
+    let gauges = crate::live::Gauges {
+        devices,
+        devices_connected: inner.connected_devices(),
+        operations_pending,
+        duplicates: inner.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        store_bytes,
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::live::prometheus(&inner.live, &gauges),
+    )
+        .into_response()
+}
+
+/// A dashboard following the feed: counted while it listens.
+struct Listener {
+    inner: Arc<Inner>,
+    rx: tokio::sync::broadcast::Receiver<Arc<crate::live::FeedItem>>,
+    tick: tokio::time::Interval,
+    sent_this_second: u32,
+    skipped: u64,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.inner.live.listeners.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `GET /admin/events` (admin token): Server-Sent Events for the dashboard. `message`: a stored
+/// message (no payload; at most [`crate::live::FEED_PER_SECOND`] a second, the rest counted as
+/// skipped); `totals`, every second: messages and wire bytes per stream since start, and the
+/// feed items skipped so far.
+async fn admin_events(State(inner): Shared, headers: HeaderMap) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    inner.live.listeners.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let listener = Listener { rx: inner.live.subscribe(), inner: inner.clone(), tick, sent_this_second: 0, skipped: 0 };
+    let events = futures_util::stream::unfold(listener, |mut l| async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            tokio::select! {
+                _ = l.tick.tick() => {
+                    l.sent_this_second = 0;
+                    let (streams, all) = l.inner.live.streams();
+                    let streams: Vec<Value> = streams
+                        .into_iter()
+                        .map(|((group, stream), t)| json!({"streamGroup": group, "stream": stream, "messages": t.messages, "bytes": t.bytes}))
+                        .collect();
+                    let data = json!({
+                        "at": crate::state::now_ms(),
+                        "messages": all.messages,
+                        "bytes": all.bytes,
+                        "streams": streams,
+                        "skipped": l.skipped,
+                    });
+                    let event = Event::default().event("totals").data(data.to_string());
+                    return Some((Ok::<_, std::convert::Infallible>(event), l));
+                }
+                item = l.rx.recv() => match item {
+                    Ok(item) if l.sent_this_second < crate::live::FEED_PER_SECOND => {
+                        l.sent_this_second += 1;
+                        let data = serde_json::to_string(&*item).unwrap_or_default();
+                        return Some((Ok(Event::default().event("message").data(data)), l));
+                    }
+                    Ok(_) => l.skipped += 1,
+                    Err(RecvError::Lagged(n)) => l.skipped += n,
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// The dashboard's files, embedded in the binary (no CDN: it works offline). The page asks for
+/// the admin token once and keeps it in the tab's session storage; every API call sends it.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/app.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/app.css");
+
+fn dashboard_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            // Its own files only: no inline script, no other origin.
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn dashboard_page() -> Response {
+    dashboard_file("text/html; charset=utf-8", DASHBOARD_HTML)
+}
+
+async fn dashboard_script() -> Response {
+    dashboard_file("text/javascript; charset=utf-8", DASHBOARD_JS)
+}
+
+async fn dashboard_style() -> Response {
+    dashboard_file("text/css; charset=utf-8", DASHBOARD_CSS)
 }

@@ -19,6 +19,7 @@
 mod conformance;
 mod db;
 mod http;
+mod live;
 mod mqtt;
 mod props;
 mod state;
@@ -198,12 +199,18 @@ pub struct DeviceInfo {
     pub workspace_id: String,
     /// Device id.
     pub device_id: String,
+    /// `{workspace}:{device}`: its MQTT client id and its name in the admin API's paths.
+    pub hub_device_id: String,
     /// Whether it is connected over MQTT now.
     pub connected: bool,
     /// Desired properties version.
     pub desired_version: u64,
     /// Reported properties version.
     pub reported_version: u64,
+    /// Messages stored since the emulator started.
+    pub messages: u64,
+    /// Its last message, connection or disconnection since the emulator started (Unix ms).
+    pub last_seen: Option<u64>,
 }
 
 /// MQTT credentials of a device created with [`Emulator::create_device`].
@@ -236,6 +243,7 @@ pub(crate) struct Inner {
     duplicates: std::sync::atomic::AtomicU64,
     https_addr: Mutex<Option<SocketAddr>>,
     pub traffic: traffic::Traffic,
+    pub live: live::Live,
 }
 
 impl Inner {
@@ -299,14 +307,25 @@ impl Inner {
         self.lock_state()
             .devices
             .iter()
-            .map(|(id, d)| DeviceInfo {
-                workspace_id: d.workspace_id.clone(),
-                device_id: d.device_id.clone(),
-                connected: sessions.contains_key(id),
-                desired_version: d.twin.desired_version,
-                reported_version: d.twin.reported_version,
+            .map(|(id, d)| {
+                let activity = self.live.device(id);
+                DeviceInfo {
+                    workspace_id: d.workspace_id.clone(),
+                    device_id: d.device_id.clone(),
+                    hub_device_id: id.clone(),
+                    connected: sessions.contains_key(id),
+                    desired_version: d.twin.desired_version,
+                    reported_version: d.twin.reported_version,
+                    messages: activity.messages,
+                    last_seen: (activity.last_seen > 0).then_some(activity.last_seen),
+                }
             })
             .collect()
+    }
+
+    /// Devices with a live MQTT session.
+    pub fn connected_devices(&self) -> usize {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn twin(&self, hub_id: &str) -> Option<Twin> {
@@ -350,6 +369,7 @@ impl Inner {
     /// Registers a live session (closing an older one of the same device). Returns whether a
     /// session was present (subscriptions kept from an earlier connection).
     pub fn start_session(&self, hub_id: &str, tx: mpsc::UnboundedSender<Outbound>, clean: bool) -> bool {
+        self.live.seen(hub_id);
         if let Some(old) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(hub_id.to_owned(), tx) {
             let _ = old.send(Outbound::Kick);
         }
@@ -367,6 +387,7 @@ impl Inner {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if sessions.get(hub_id).is_some_and(|t| t.same_channel(tx)) {
             sessions.remove(hub_id);
+            self.live.seen(hub_id);
         }
     }
 
@@ -397,11 +418,15 @@ impl Inner {
 
     pub fn store_message(self: &Arc<Self>, message: StoredMessage, ack: Option<db::AckFn>) {
         let inner = self.clone();
+        let item = live::FeedItem::of(&message);
         self.db.insert_message(
             message,
             Some(Box::new(move |outcome| {
                 match outcome {
-                    db::Stored::Inserted => inner.stored.send_modify(|n| *n += 1),
+                    db::Stored::Inserted(id) => {
+                        inner.live.stored(item, id);
+                        inner.stored.send_modify(|n| *n += 1)
+                    }
                     db::Stored::Duplicate => {
                         inner.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -496,6 +521,7 @@ impl Emulator {
             duplicates: std::sync::atomic::AtomicU64::new(0),
             https_addr: Mutex::new(https_addr),
             traffic: traffic::Traffic::new(record_traffic),
+            live: live::Live::default(),
         });
         let (shutdown, _) = watch::channel(false);
         let router = http::router(inner.clone());
@@ -526,6 +552,10 @@ impl Emulator {
     /// `http://127.0.0.1:PORT` when plain HTTP is on.
     pub fn http_url(&self) -> Option<String> {
         self.http_addr.map(|a| format!("http://{a}"))
+    }
+    /// `https://localhost:PORT/dashboard`: the web dashboard (it asks for the admin token).
+    pub fn dashboard_url(&self) -> String {
+        format!("{}/dashboard", self.https_url())
     }
     /// `wss://localhost:PORT/$iothub/websocket`.
     pub fn wss_url(&self) -> String {

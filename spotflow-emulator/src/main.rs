@@ -292,6 +292,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 );
             }
             println!("  admin token file:  {}", data_dir.join("admin-token").display());
+            println!("  dashboard:         {} (log in with the admin token)", emulator.dashboard_url());
+            println!("  metrics:           {}/metrics (Prometheus text, admin token)", emulator.https_url());
             let _ = tokio::signal::ctrl_c().await;
             println!("stopping");
             emulator.shutdown();

@@ -1303,3 +1303,122 @@ async fn one_devices_large_reported_patches_keep_the_state_bounded() {
     );
     assert!(on_disk < 40 * 1024 * 1024, "database files: {on_disk} bytes");
 }
+
+/// Reads server-sent events from `response` until `enough` says so (bounded by WAIT): `(event,
+/// data)` pairs.
+async fn read_events(
+    response: &mut reqwest::Response,
+    mut enough: impl FnMut(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    let mut events = Vec::new();
+    let mut buffer = String::new();
+    tokio::time::timeout(WAIT, async {
+        while !enough(&events) {
+            let chunk = response.chunk().await.expect("stream").expect("the stream stays open");
+            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let name = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("message").to_owned();
+                let data: Vec<&str> = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+                if !data.is_empty() {
+                    events.push((name, serde_json::from_str(&data.join("\n")).expect("JSON data")));
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not enough events within {WAIT:?}: {events:?}"));
+    events
+}
+
+#[tokio::test]
+async fn the_dashboard_its_live_feed_and_the_prometheus_metrics() {
+    let emu = emulator().await;
+    let http = https(&emu);
+    let base = emu.https_url();
+    let auth = format!("Bearer {}", emu.admin_token());
+    // The page and its files need no token (they hold no data) and allow only themselves.
+    for (path, kind) in
+        [("/dashboard", "text/html"), ("/dashboard/app.js", "text/javascript"), ("/dashboard/app.css", "text/css")]
+    {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(r.headers()["content-security-policy"].to_str().unwrap().starts_with("default-src 'self'"));
+    }
+    assert_eq!(emu.dashboard_url(), format!("{base}/dashboard"));
+    // The feed and the metrics need the admin token.
+    for path in ["/admin/events", "/metrics"] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} without the token");
+        let r = http.get(format!("{base}{path}")).header("authorization", "Bearer wrong").send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path} with a wrong token");
+    }
+    let mut feed = http.get(format!("{base}/admin/events")).header("authorization", &auth).send().await.unwrap();
+    assert_eq!(feed.status(), 200);
+    assert!(feed.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+
+    let dev = register(&emu, "watched").await;
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &dev, true), 100);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    for i in 0..3 {
+        let topic = format!("devices/{}/messages/events/stream-group-name=g&stream-name=s%22q", dev.hub_id);
+        client.publish(topic, QoS::AtLeastOnce, false, format!("{{\"i\":{i}}}")).await.unwrap();
+        until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    }
+    let events = read_events(&mut feed, |events| {
+        let messages = events.iter().filter(|(n, _)| n == "message").count();
+        let totals = events.iter().any(|(n, d)| n == "totals" && d["messages"] == 3);
+        messages == 3 && totals
+    })
+    .await;
+    let messages: Vec<&Value> = events.iter().filter(|(n, _)| n == "message").map(|(_, d)| d).collect();
+    for m in &messages {
+        assert_eq!(m["hubDeviceId"], dev.hub_id.as_str());
+        assert_eq!((m["streamGroup"].as_str(), m["stream"].as_str()), (Some("g"), Some("s\"q")));
+        assert_eq!(m["wireSize"], 7);
+        assert!(m.get("payload").is_none(), "the feed carries no payload: {m}");
+    }
+    // Row ids in the feed fetch the message itself.
+    let id = messages[0]["id"].as_i64().unwrap();
+    let (s, one) =
+        call(&http, reqwest::Method::GET, format!("{base}/admin/messages?afterId={}&limit=1", id - 1), Some(&auth), "")
+            .await;
+    assert_eq!(s, 200);
+    assert_eq!((one[0]["id"].as_i64(), one[0]["payload"].as_str()), (Some(id), Some("{\"i\":0}")));
+    let totals = &events.iter().rev().find(|(n, _)| n == "totals").unwrap().1;
+    assert_eq!(totals["streams"], json!([{"streamGroup": "g", "stream": "s\"q", "messages": 3, "bytes": 21}]));
+
+    let (s, devices) = call(&http, reqwest::Method::GET, format!("{base}/admin/devices"), Some(&auth), "").await;
+    assert_eq!(s, 200);
+    let watched = devices.as_array().unwrap().iter().find(|d| d["deviceId"] == "watched").expect("listed");
+    assert_eq!((watched["messages"].as_u64(), watched["connected"].as_bool()), (Some(3), Some(true)));
+    assert_eq!(watched["hubDeviceId"], dev.hub_id.as_str());
+    assert!(watched["lastSeen"].as_u64().unwrap() > 0);
+
+    let metrics = http.get(format!("{base}/metrics")).header("authorization", &auth).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = metrics.text().await.unwrap();
+    for line in [
+        "spotflow_emulator_messages_total{stream_group=\"g\",stream=\"s\\\"q\"} 3",
+        "spotflow_emulator_message_bytes_total{stream_group=\"g\",stream=\"s\\\"q\"} 21",
+        "spotflow_emulator_devices 1",
+        "spotflow_emulator_devices_connected 1",
+        "spotflow_emulator_mqtt_connections 1",
+        "spotflow_emulator_provisioning_operations_pending 0",
+        "spotflow_emulator_dashboard_listeners 1",
+        "# TYPE spotflow_emulator_messages_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    let rate: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("spotflow_emulator_ingest_messages_per_second "))
+        .expect("ingest rate")
+        .parse()
+        .unwrap();
+    assert!(rate > 0.0, "{text}");
+    drop(feed);
+    drop(client);
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The emulator's dashboard in a real browser (scripts/browser_test.py): Debian's chromium and
+# chromedriver (`apt-get install chromium chromium-driver`) driven by Selenium from PyPI in
+# target/venv; nothing downloads a browser. Screenshots go to target/browser/. Without chromium
+# the test is skipped with a message, unless SPOTFLOW_BROWSER_TEST=required (CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+chromium="${CHROMIUM:-/usr/bin/chromium}"
+driver="${CHROMEDRIVER:-/usr/bin/chromedriver}"
+if [ ! -x "$chromium" ] || [ ! -x "$driver" ]; then
+  if [ "${SPOTFLOW_BROWSER_TEST:-}" = required ]; then
+    echo "browser test: $chromium or $driver is missing (apt-get install chromium chromium-driver)" >&2
+    exit 1
+  fi
+  echo "browser test skipped: install chromium and chromium-driver (Debian packages) to run it"
+  exit 0
+fi
+venv="${SPOTFLOW_VENV:-target/venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "selenium>=4.20,<5"
+cargo build -q -p spotflow-emulator -p spotflow-store-tests --bin spotflow-emulator --bin dashboard-device
+timeout 300 "$venv/bin/python" scripts/browser_test.py

@@ -1,0 +1,82 @@
+//! A device process for the dashboard's browser test (`scripts/browser_test.py`): provisions
+//! itself (`OPERATION {verification code}` while it waits for approval), says `READY
+//! {device id}`, then sends a JSON message every 200 ms (stream group `dashboard`, stream
+//! `telemetry`) until its standard input closes. Every desired-properties version it receives
+//! is printed (`DESIRED {version} {json}`) and answered with a reported-properties patch
+//! `{"appliedDesiredVersion": version}`. Environment: `INSTANCE`, `CA_FILE`, `MQTT_PORT`,
+//! `PROVISIONING_TOKEN`, `DB`, `DEVICE_ID` (the id it asks for).
+
+use std::io::Write;
+use std::time::Duration;
+
+use spotflow_device::{Compression, DeviceClient, Message};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        eprintln!("{name} is not set");
+        std::process::exit(2)
+    })
+}
+
+fn say(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let ca = std::fs::read_to_string(env("CA_FILE")).expect("CA file");
+    let mqtt_port: u16 = env("MQTT_PORT").parse().expect("MQTT_PORT");
+    let (versions, mut desired) = tokio::sync::mpsc::unbounded_channel();
+    let client = DeviceClient::builder(Some(&env("DEVICE_ID")), env("PROVISIONING_TOKEN"), env("DB"))
+        .instance(env("INSTANCE"))
+        .trust_ca_pem(ca)
+        .with_network(|n| {
+            n.platform_roots = false;
+            n.mqtt_port = mqtt_port;
+        })
+        .display_provisioning_operation_callback(|op| say(format!("OPERATION {}", op.verification_code)))
+        .desired_properties_updated_callback(move |d| {
+            say(format!("DESIRED {} {}", d.version, serde_json::Value::Object(d.values.clone())));
+            let _ = versions.send(d.version);
+        })
+        .start()
+        .await
+        .expect("device starts");
+    say(format!("READY {}", client.device_id()));
+    let sender = client.create_stream_sender(Some("dashboard"), Some("telemetry"), Compression::Uncompressed).unwrap();
+    // Runs until standard input closes (the test ends, or the person running it presses Ctrl-D).
+    let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        let _ = closed_tx.send(());
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut i = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let body = serde_json::json!({"n": i, "temperature": 20.0 + (i % 50) as f64 / 10.0});
+                if let Err(e) = sender.enqueue_message(Message::new(body.to_string())).await {
+                    eprintln!("enqueue failed: {e}");
+                }
+                i += 1;
+            }
+            Some(version) = desired.recv() => {
+                let patch = serde_json::json!({"appliedDesiredVersion": version});
+                if let Err(e) = client.patch_reported_properties(patch).await {
+                    eprintln!("reporting failed: {e}");
+                }
+            }
+            _ = &mut closed => break,
+        }
+    }
+    let _ = client.close().await;
+}
