@@ -109,6 +109,30 @@ class StreamSender:
         """Enqueue the manual completion of the current Message to be sent to the Platform. Use
         this method when Message Chunking is used."""
 
+class ClientStats:
+    """(Beyond the reference) A snapshot of a DeviceClient. Durations are in seconds, times are
+    Unix timestamps; totals count from this start of the client."""
+    queued_messages: int
+    queued_bytes: int
+    oldest_queued_age: Optional[float]
+    in_flight: int
+    enqueued_total: int
+    delivered_total: int
+    redelivered_total: int
+    dropped_total: int
+    refused_total: int
+    failed_enqueues_total: int
+    connection: str
+    connection_since: float
+    reconnects: int
+    last_connection_error: Optional[str]
+    desired_version: Optional[int]
+    reported_version: Optional[int]
+    latency_samples: int
+    latency_p50: Optional[float]
+    latency_p90: Optional[float]
+    latency_p99: Optional[float]
+
 class DeviceClient:
     """A client connected to the Platform. Create its instance using DeviceClient.start.
 
@@ -173,6 +197,10 @@ class DeviceClient:
     def pending_messages_count(self) -> int:
         """The number of Messages that have been persisted in the local database file but haven't
         been sent to the Platform yet."""
+    @property
+    def stats(self) -> ClientStats:
+        """(Beyond the reference) A snapshot of the client: queue, deliveries, connection and
+        enqueue-to-acknowledgement latency."""
     @property
     def refused_messages_count(self) -> int:
         """(Read-only, not in the official SDK) The number of Messages the Platform refused for

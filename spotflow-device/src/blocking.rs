@@ -202,6 +202,11 @@ impl DeviceClient {
         self.inner.client.pending_messages_count()
     }
 
+    /// See [`crate::DeviceClient::stats`].
+    pub fn stats(&self) -> crate::Stats {
+        self.inner.client.stats()
+    }
+
     /// See [`crate::DeviceClient::refused_messages_count`].
     pub fn refused_messages_count(&self) -> u64 {
         self.inner.client.refused_messages_count()

@@ -215,7 +215,9 @@ impl DeviceClientBuilder {
             recent: Mutex::new(RecentAppends::default()),
             refused_total: AtomicU64::new(0),
             refused: Mutex::new(RefusedLog::default()),
+            stats: crate::stats::Counters::new(),
         });
+        shared.stats.carried_over(stats.count, stats.last_seq.unwrap_or(0));
         let reported = ReportedTracker::new(reported);
         shared.set_reported_status(reported.any_pending(), None);
 

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::message::Message;
 use crate::shared::Shared;
 use crate::worker::Command;
-use crate::{ClientOptions, DesiredProperties};
+use crate::{ClientOptions, DesiredProperties, Stats};
 
 pub(crate) struct ClientInner {
     pub(crate) shared: Arc<Shared>,
@@ -83,6 +83,18 @@ impl DeviceClient {
     /// Messages persisted but not yet acknowledged by the platform.
     pub fn pending_messages_count(&self) -> u64 {
         self.inner.shared.pending.load(Ordering::Acquire).max(0) as u64
+    }
+
+    /// A snapshot of the queue, the deliveries, the connection and the enqueue →
+    /// acknowledgement latency (see [`Stats`]). Cheap: atomics and two short locks.
+    pub fn stats(&self) -> Stats {
+        let shared = &self.inner.shared;
+        let desired = shared.desired.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|d| d.version);
+        shared.stats.snapshot(
+            (self.pending_messages_count(), shared.queued_bytes()),
+            shared.refused_total.load(Ordering::Acquire),
+            desired.filter(|v| *v > 0),
+        )
     }
 
     /// Whether the client is connected to the platform now.
@@ -217,6 +229,20 @@ impl DeviceClient {
         message: Message,
         kind: MessageKind,
     ) -> Result<u64> {
+        let result = self.enqueue_counted(target, compression, message, kind).await;
+        if result.is_err() {
+            self.inner.shared.stats.enqueue_failed();
+        }
+        result
+    }
+
+    async fn enqueue_counted(
+        &self,
+        target: &Arc<StreamTarget>,
+        compression: Compression,
+        message: Message,
+        kind: MessageKind,
+    ) -> Result<u64> {
         self.check_open()?;
         let max = self.inner.options.max_message_size;
         if message.payload.len() > max {
@@ -250,6 +276,8 @@ impl DeviceClient {
         }
         let seq = self.inner.store.append_message(outgoing.clone()).await?;
         self.inner.shared.remember_appended(QueuedMessage { seq, message: outgoing });
+        // Timed before the worker can learn of it (and see it acknowledged).
+        self.inner.shared.stats.enqueued(seq);
         self.inner.shared.message_appended(seq, size);
         Ok(seq)
     }

@@ -44,6 +44,7 @@ mod message;
 mod options;
 mod provisioning;
 mod shared;
+mod stats;
 mod worker;
 
 pub use builder::{DesiredPropertiesCallback, DeviceClientBuilder};
@@ -59,6 +60,7 @@ pub use spotflow_core::{
     Compression, ConnectionCredentials, ContentEncoding, Error, ErrorStatus, MemoryStore, PlatformApi,
     ProvisioningOperation, Result, Store, Transport,
 };
+pub use stats::{ConnectionState, LatencySummary, Stats};
 
 /// Everything a custom [`Transport`], [`Store`] or [`PlatformApi`] needs, in one place: the
 /// traits, the values that cross them, and the built-in transports to wrap or delegate to.

@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     /// Messages the platform refused for good in this run.
     pub(crate) refused_total: AtomicU64,
     pub(crate) refused: Mutex<RefusedLog>,
+    /// The counters of [`crate::Stats`].
+    pub(crate) stats: crate::stats::Counters,
 }
 
 /// Refused messages not yet reported by a wait for sent messages (bounded; beyond the bound only

@@ -236,6 +236,7 @@ impl Worker {
                 break;
             }
         }
+        self.shared.stats.in_flight.store(self.queue.in_flight() as u64, std::sync::atomic::Ordering::Relaxed);
         let through = self.queue.acked_through();
         self.acked.send_if_modified(|v| {
             let changed = *v != through;
@@ -274,12 +275,14 @@ impl Worker {
         match event {
             TransportEvent::MessageAcknowledged(seq) => {
                 if let Some(size) = self.queue.handle_ack(seq) {
+                    self.shared.stats.acknowledged(seq);
                     self.shared.message_acknowledged(size);
                 }
             }
             TransportEvent::MessageRefused { seq, reason } => {
                 if let Some(size) = self.queue.handle_refused(seq) {
                     error!(seq, %reason, "the platform refused a message for good; it is removed from the queue");
+                    self.shared.stats.left_queue(&[seq]);
                     self.shared.message_acknowledged(size);
                     self.shared.message_refused(seq, reason);
                 }
@@ -289,6 +292,7 @@ impl Worker {
                 match result {
                     Ok(twin) => {
                         self.schedule.on_twin();
+                        self.shared.stats.reported_version(twin.reported_version);
                         if self.desired.handle_twin(twin.desired.clone()) {
                             self.persist_desired().await;
                         }
@@ -304,7 +308,10 @@ impl Worker {
                 }
             }
             TransportEvent::Twin { request, .. } => debug!(request, "twin response for an unknown request ignored"),
-            TransportEvent::ReportedPatched { request, status, .. } => {
+            TransportEvent::ReportedPatched { request, status, version } => {
+                if let Some(v) = version.filter(|_| (200..300).contains(&status)) {
+                    self.shared.stats.reported_version(v);
+                }
                 match self.reported.handle_response(request, status) {
                     ReportedOutcome::Accepted => {
                         debug!(request, "reported properties accepted");
@@ -337,6 +344,7 @@ impl Worker {
                 info!("connected to the platform");
                 self.conn = Some(conn);
                 self.shared.set_connected(true);
+                self.shared.stats.connected();
                 self.queue.on_connected();
                 self.reported.on_connected();
                 self.twin_request = None;
@@ -347,6 +355,7 @@ impl Worker {
                     let _ = self.rejected.send(());
                 }
                 let delay = self.schedule.on_connect_failed(now(), link_failure(&e));
+                self.shared.stats.disconnected(Some(e.to_string()), 0);
                 warn!(error = %e, ?delay, "connecting failed; retrying");
             }
         }
@@ -357,6 +366,7 @@ impl Worker {
             return;
         }
         self.shared.set_connected(false);
+        self.shared.stats.disconnected(Some(e.to_string()), self.queue.in_flight());
         self.queue.on_disconnected();
         self.reported.on_disconnected();
         self.twin_request = None;
@@ -398,6 +408,7 @@ impl Worker {
         if let Some(mut conn) = self.conn.take() {
             conn.close().await;
             self.shared.set_connected(false);
+            self.shared.stats.disconnected(None, self.queue.in_flight());
             self.queue.on_disconnected();
             self.reported.on_disconnected();
             self.twin_request = None;
@@ -438,6 +449,7 @@ impl Worker {
             self.store.remove_messages(&seqs).await?;
             self.shared.forget_recent();
             self.queue.forget(&seqs);
+            self.shared.stats.dropped(&seqs);
             dropped += seqs.len() as u64;
             for m in oldest.iter().take(seqs.len()) {
                 self.shared.message_acknowledged(m.message.queued_size());
@@ -496,6 +508,8 @@ impl Worker {
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
         }
         self.shared.set_connected(false);
+        self.shared.stats.in_flight.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stats.closed();
         if let Some(keeper) = self.keeper.take() {
             keeper.abort();
             let _ = keeper.await;

@@ -192,6 +192,13 @@ impl DeviceClient {
         self.client.pending_messages_count()
     }
 
+    /// (Read-only) A snapshot of the client (`ClientStats`): queue, deliveries, connection and
+    /// enqueue-to-acknowledgement latency. Beyond the reference.
+    #[getter]
+    fn stats(&self) -> crate::types::ClientStats {
+        self.client.stats().into()
+    }
+
     /// (Read-only) The number of Messages the Platform refused for good since the start (e.g. a
     /// large Message whose upload was answered 413); they leave the queue, the rest keeps flowing.
     #[getter]

@@ -127,6 +127,91 @@ impl DesiredProperties {
     }
 }
 
+/// A snapshot of the client: queue, deliveries, connection and latency (`DeviceClient.stats`).
+/// Durations are in seconds (float), times are Unix timestamps (float).
+#[pyclass(frozen, get_all, module = "spotflow_device", name = "ClientStats")]
+pub struct ClientStats {
+    /// Messages in the queue (persisted, not yet acknowledged).
+    pub queued_messages: u64,
+    /// Their size in the queue, in bytes.
+    pub queued_bytes: u64,
+    /// Seconds the oldest queued message has waited (for one left by an earlier run: since this
+    /// start); `None` when the queue is empty.
+    pub oldest_queued_age: Option<f64>,
+    /// Messages sent and not yet acknowledged.
+    pub in_flight: u64,
+    /// Messages enqueued since the start.
+    pub enqueued_total: u64,
+    /// Messages the Platform acknowledged since the start.
+    pub delivered_total: u64,
+    /// Messages sent again because the connection was lost before their acknowledgement.
+    pub redelivered_total: u64,
+    /// Messages removed unsent to make room (drop-oldest policy).
+    pub dropped_total: u64,
+    /// Messages the Platform refused for good.
+    pub refused_total: u64,
+    /// Enqueue calls that raised an error.
+    pub failed_enqueues_total: u64,
+    /// `"connecting"`, `"connected"` or `"closed"`.
+    pub connection: &'static str,
+    /// Since when (Unix timestamp) the connection has been in that state.
+    pub connection_since: f64,
+    /// Connections made after the first one.
+    pub reconnects: u64,
+    /// The last error that failed or ended a connection (no credentials in it).
+    pub last_connection_error: Option<String>,
+    /// Version of the desired properties the client has.
+    pub desired_version: Option<u64>,
+    /// Version of the reported properties the Platform last told.
+    pub reported_version: Option<u64>,
+    /// Acknowledgements measured in the latency window (the last 30-60 s).
+    pub latency_samples: u64,
+    /// Median enqueue-to-acknowledgement latency, in seconds.
+    pub latency_p50: Option<f64>,
+    /// 90th percentile, in seconds.
+    pub latency_p90: Option<f64>,
+    /// 99th percentile, in seconds.
+    pub latency_p99: Option<f64>,
+}
+
+impl From<spotflow_device::Stats> for ClientStats {
+    fn from(s: spotflow_device::Stats) -> Self {
+        let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+        ClientStats {
+            queued_messages: s.queued_messages,
+            queued_bytes: s.queued_bytes,
+            oldest_queued_age: secs(s.oldest_queued_age),
+            in_flight: s.in_flight,
+            enqueued_total: s.enqueued_total,
+            delivered_total: s.delivered_total,
+            redelivered_total: s.redelivered_total,
+            dropped_total: s.dropped_total,
+            refused_total: s.refused_total,
+            failed_enqueues_total: s.failed_enqueues_total,
+            connection: s.connection.as_str(),
+            connection_since: s.connection_since.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            reconnects: s.reconnects,
+            last_connection_error: s.last_connection_error,
+            desired_version: s.desired_version,
+            reported_version: s.reported_version,
+            latency_samples: s.latency.samples,
+            latency_p50: secs(s.latency.p50),
+            latency_p90: secs(s.latency.p90),
+            latency_p99: secs(s.latency.p99),
+        }
+    }
+}
+
+#[pymethods]
+impl ClientStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "ClientStats(queued_messages={}, in_flight={}, delivered_total={}, connection='{}', latency_p50={:?})",
+            self.queued_messages, self.in_flight, self.delivered_total, self.connection, self.latency_p50
+        )
+    }
+}
+
 /// A JSON value as the Python object `json.loads` would give.
 pub fn json_to_py(py: Python<'_>, v: &Value) -> PyResult<Py<PyAny>> {
     Ok(match v {

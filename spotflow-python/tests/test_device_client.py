@@ -543,3 +543,29 @@ def test_large_messages_upload_beside_the_stream(emulator, token, approver, tmp_
         hub = hub_id(client)
         wait_until(lambda: len(emulator.messages(hub)) == 20, what="the messages behind the large one")
         wait_until(lambda: client.pending_messages_count == 1, what="only the large message pending")
+
+
+def test_stats_show_the_queue_deliveries_connection_and_latency(emulator, token, approver, tmp_path):
+    from spotflow_device import ClientStats
+
+    with start(emulator, token, tmp_path / "stats.db", "py-stats", approver) as client:
+        wait_until(lambda: client.stats.connection == "connected", 10, "the connection")
+        s = client.stats
+        assert isinstance(s, ClientStats)
+        assert (s.queued_messages, s.enqueued_total, s.delivered_total, s.reconnects) == (0, 0, 0, 0)
+        assert s.oldest_queued_age is None and s.latency_p50 is None and s.last_connection_error is None
+        assert 0 < s.connection_since <= time.time()
+        sender = client.create_stream_sender("g", "s")
+        for i in range(5):
+            sender.enqueue_message(f"m{i}".encode())
+        with pytest.raises(SpotflowError):
+            sender.enqueue_message(b"x", batch_id="")
+        client.wait_enqueued_messages_sent()
+        s = client.stats
+        assert (s.enqueued_total, s.delivered_total, s.failed_enqueues_total) == (5, 5, 1)
+        assert (s.queued_messages, s.queued_bytes, s.in_flight, s.oldest_queued_age) == (0, 0, 0, None)
+        assert s.latency_samples == 5 and 0 < s.latency_p50 <= s.latency_p90 <= s.latency_p99 < 10
+        client.update_reported_properties({"firmware": "1"})
+        wait_until(lambda: client.stats.reported_version is not None, 10, "the reported version")
+        assert "ClientStats(" in repr(s)
+    assert client.stats.connection == "closed"
