@@ -50,6 +50,7 @@ async fn bounded<T>(timeout: Duration, what: &str, f: impl Future<Output = Resul
 
 /// Decides the identity at start. Returns it, saved in the store, plus whether connection
 /// credentials in it are fresh from the platform (`false` on an offline start).
+#[tracing::instrument(name = "spotflow_start", skip_all)]
 pub(crate) async fn obtain_identity(req: &StartRequest<'_>) -> Result<(DeviceIdentity, bool)> {
     let deadline = tokio::time::Instant::now() + req.options.start_timeout;
     let stored = req.store.load_identity().await?;
@@ -146,6 +147,7 @@ async fn finish(
     Ok((identity, fresh))
 }
 
+#[tracing::instrument(name = "spotflow_provisioning", skip_all)]
 async fn provision(req: &StartRequest<'_>) -> Result<RegistrationToken> {
     let mut backoff = Backoff::new(req.options.retry_initial, req.options.retry_max);
     let op = loop {
@@ -206,6 +208,7 @@ async fn provision(req: &StartRequest<'_>) -> Result<RegistrationToken> {
     }
 }
 
+#[tracing::instrument(name = "spotflow_registration", skip_all)]
 async fn register_with_retry(req: &StartRequest<'_>, token: &Secret) -> Result<Registration> {
     let mut backoff = Backoff::new(req.options.retry_initial, req.options.retry_max);
     loop {
@@ -271,6 +274,7 @@ impl CredentialKeeper {
         }
     }
 
+    #[tracing::instrument(name = "spotflow_registration_token_refresh", skip_all)]
     async fn refresh(&mut self, schedule: &mut CredentialSchedule) {
         let result = bounded(
             self.options.request_timeout,
@@ -296,6 +300,7 @@ impl CredentialKeeper {
         }
     }
 
+    #[tracing::instrument(name = "spotflow_registration", skip_all)]
     async fn register(&mut self, schedule: &mut CredentialSchedule) {
         let result =
             bounded(self.options.request_timeout, "registration", self.api.register(&self.identity.registration_token))

@@ -4,6 +4,25 @@
 //! connection change); the enqueue → acknowledgement latency goes into a log-bucketed histogram
 //! (≈ 3 % resolution) over a recent window of 30–60 s. An enqueue and an acknowledgement each take
 //! one uncontended lock for the latency; nothing else is added to the hot path.
+//!
+//! With the `metrics` feature the same figures also go through the `metrics` crate facade, to
+//! whatever recorder the application installed (labels `workspace_id`, `device_id`; handles are
+//! registered once per client, so an update is the recorder's own atomic operation):
+//!
+//! | name | kind |
+//! |---|---|
+//! | `spotflow_messages_enqueued_total` | counter |
+//! | `spotflow_messages_delivered_total` | counter |
+//! | `spotflow_messages_redelivered_total` | counter |
+//! | `spotflow_messages_dropped_total` | counter |
+//! | `spotflow_messages_refused_total` | counter |
+//! | `spotflow_enqueue_failures_total` | counter |
+//! | `spotflow_reconnects_total` | counter |
+//! | `spotflow_queued_messages` | gauge |
+//! | `spotflow_queued_bytes` | gauge |
+//! | `spotflow_in_flight_messages` | gauge |
+//! | `spotflow_connected` | gauge (1 connected, 0 not) |
+//! | `spotflow_delivery_latency_seconds` | histogram (enqueue → acknowledgement) |
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -208,14 +227,54 @@ struct Link {
     connections: u64,
 }
 
+/// The `metrics` facade's handles of one client.
+#[cfg(feature = "metrics")]
+pub(crate) struct Emitted {
+    enqueued: metrics::Counter,
+    delivered: metrics::Counter,
+    redelivered: metrics::Counter,
+    dropped: metrics::Counter,
+    refused: metrics::Counter,
+    failed_enqueues: metrics::Counter,
+    reconnects: metrics::Counter,
+    pub(crate) queued_messages: metrics::Gauge,
+    pub(crate) queued_bytes: metrics::Gauge,
+    in_flight: metrics::Gauge,
+    connected: metrics::Gauge,
+    latency: metrics::Histogram,
+}
+
+#[cfg(feature = "metrics")]
+impl Emitted {
+    fn new(workspace_id: &str, device_id: &str) -> Self {
+        let labels = [("workspace_id", workspace_id.to_owned()), ("device_id", device_id.to_owned())];
+        Emitted {
+            enqueued: metrics::counter!("spotflow_messages_enqueued_total", &labels),
+            delivered: metrics::counter!("spotflow_messages_delivered_total", &labels),
+            redelivered: metrics::counter!("spotflow_messages_redelivered_total", &labels),
+            dropped: metrics::counter!("spotflow_messages_dropped_total", &labels),
+            refused: metrics::counter!("spotflow_messages_refused_total", &labels),
+            failed_enqueues: metrics::counter!("spotflow_enqueue_failures_total", &labels),
+            reconnects: metrics::counter!("spotflow_reconnects_total", &labels),
+            queued_messages: metrics::gauge!("spotflow_queued_messages", &labels),
+            queued_bytes: metrics::gauge!("spotflow_queued_bytes", &labels),
+            in_flight: metrics::gauge!("spotflow_in_flight_messages", &labels),
+            connected: metrics::gauge!("spotflow_connected", &labels),
+            latency: metrics::histogram!("spotflow_delivery_latency_seconds", &labels),
+        }
+    }
+}
+
 /// The counters behind [`Stats`], shared by the API handles and the worker.
 pub(crate) struct Counters {
+    #[cfg(feature = "metrics")]
+    pub(crate) emitted: Emitted,
     pub(crate) enqueued: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) redelivered: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) failed_enqueues: AtomicU64,
-    pub(crate) in_flight: AtomicU64,
+    in_flight: AtomicU64,
     /// Reported version + 1 (0: unknown).
     reported_version: AtomicU64,
     link: Mutex<Link>,
@@ -228,9 +287,12 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(workspace_id: &str, device_id: &str) -> Self {
+        let _ = (workspace_id, device_id);
         let now = Instant::now();
         Counters {
+            #[cfg(feature = "metrics")]
+            emitted: Emitted::new(workspace_id, device_id),
             enqueued: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
@@ -279,6 +341,8 @@ impl Counters {
 
     pub(crate) fn enqueued(&self, seq: u64) {
         self.enqueued.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.emitted.enqueued.increment(1);
         let now = Instant::now();
         let mut t = self.timing();
         if t.enqueued_at.len() < MAX_TIMED {
@@ -290,16 +354,23 @@ impl Counters {
 
     pub(crate) fn enqueue_failed(&self) {
         self.failed_enqueues.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.emitted.failed_enqueues.increment(1);
     }
 
     pub(crate) fn acknowledged(&self, seq: u64) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.emitted.delivered.increment(1);
         self.left(seq);
         let now = Instant::now();
         let mut t = self.timing();
         if let Some(at) = t.take(seq) {
             t.rotate(now);
-            t.current.record(now.duration_since(at).as_micros() as u64);
+            let latency = now.duration_since(at);
+            t.current.record(latency.as_micros() as u64);
+            #[cfg(feature = "metrics")]
+            self.emitted.latency.record(latency.as_secs_f64());
         }
     }
 
@@ -312,8 +383,23 @@ impl Counters {
         }
     }
 
+    /// A message the platform refused for good.
+    pub(crate) fn refused(&self, seq: u64) {
+        #[cfg(feature = "metrics")]
+        self.emitted.refused.increment(1);
+        self.left_queue(&[seq]);
+    }
+
+    pub(crate) fn set_in_flight(&self, n: u64) {
+        self.in_flight.store(n, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.emitted.in_flight.set(n as f64);
+    }
+
     pub(crate) fn dropped(&self, seqs: &[u64]) {
         self.dropped.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.emitted.dropped.increment(seqs.len() as u64);
         self.left_queue(seqs);
     }
 
@@ -322,12 +408,24 @@ impl Counters {
         l.state = ConnectionState::Connected;
         l.since = SystemTime::now();
         l.connections += 1;
+        #[cfg(feature = "metrics")]
+        {
+            self.emitted.connected.set(1.0);
+            if l.connections > 1 {
+                self.emitted.reconnects.increment(1);
+            }
+        }
     }
 
     /// The connection ended (or an attempt failed) because of `error`; `in_flight` messages will
     /// be sent again.
     pub(crate) fn disconnected(&self, error: Option<String>, in_flight: usize) {
         self.redelivered.fetch_add(in_flight as u64, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            self.emitted.redelivered.increment(in_flight as u64);
+            self.emitted.connected.set(0.0);
+        }
         let mut l = self.link();
         if l.state != ConnectionState::Connecting {
             l.state = ConnectionState::Connecting;
@@ -339,6 +437,9 @@ impl Counters {
     }
 
     pub(crate) fn closed(&self) {
+        self.set_in_flight(0);
+        #[cfg(feature = "metrics")]
+        self.emitted.connected.set(0.0);
         let mut l = self.link();
         l.state = ConnectionState::Closed;
         l.since = SystemTime::now();
@@ -437,7 +538,7 @@ mod tests {
 
     #[test]
     fn the_window_forgets_old_samples() {
-        let c = Counters::new();
+        let c = Counters::new("ws", "dev");
         c.enqueued(1);
         c.acknowledged(1);
         let s = c.snapshot((0, 0), 0, None);

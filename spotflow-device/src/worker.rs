@@ -236,7 +236,7 @@ impl Worker {
                 break;
             }
         }
-        self.shared.stats.in_flight.store(self.queue.in_flight() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stats.set_in_flight(self.queue.in_flight() as u64);
         let through = self.queue.acked_through();
         self.acked.send_if_modified(|v| {
             let changed = *v != through;
@@ -282,7 +282,7 @@ impl Worker {
             TransportEvent::MessageRefused { seq, reason } => {
                 if let Some(size) = self.queue.handle_refused(seq) {
                     error!(seq, %reason, "the platform refused a message for good; it is removed from the queue");
-                    self.shared.stats.left_queue(&[seq]);
+                    self.shared.stats.refused(seq);
                     self.shared.message_acknowledged(size);
                     self.shared.message_refused(seq, reason);
                 }
@@ -385,11 +385,14 @@ impl Worker {
         let transport = self.transport.clone();
         let timeout = self.options.request_timeout;
         let session = self.session.clone();
-        self.connecting = Some(Box::pin(async move {
-            tokio::time::timeout(timeout, transport.connect(&creds, &session))
-                .await
-                .map_err(|_| Error::Timeout(format!("connecting took longer than {timeout:?}")))?
-        }));
+        self.connecting = Some(Box::pin(tracing::Instrument::instrument(
+            async move {
+                tokio::time::timeout(timeout, transport.connect(&creds, &session))
+                    .await
+                    .map_err(|_| Error::Timeout(format!("connecting took longer than {timeout:?}")))?
+            },
+            tracing::info_span!("spotflow_connect"),
+        )));
     }
 
     fn on_new_credentials(&mut self) {
@@ -508,7 +511,6 @@ impl Worker {
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
         }
         self.shared.set_connected(false);
-        self.shared.stats.in_flight.store(0, std::sync::atomic::Ordering::Relaxed);
         self.shared.stats.closed();
         if let Some(keeper) = self.keeper.take() {
             keeper.abort();

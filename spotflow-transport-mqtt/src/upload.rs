@@ -66,6 +66,7 @@ impl Uploader {
     }
 
     /// Uploads `payload`; returns the blob name to link.
+    #[tracing::instrument(name = "spotflow_upload", skip_all, fields(bytes = payload.len()))]
     pub async fn upload(
         &self,
         hub_host: &str,
