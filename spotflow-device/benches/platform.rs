@@ -4,6 +4,10 @@
 //! (d) this SDK over WebSocket (WSS), (c) the official `spotflow` 0.8.1 crate (when its harness binary is given in
 //! `SPOTFLOW_OFFICIAL_HARNESS` and port 8883 is free; built by `.ci/run`).
 //!
+//! Built with the `metrics` feature (`--features spotflow-device/metrics`), a row (m): (a) again,
+//! interleaved with it, with a recorder installed that keeps every figure in atomics (what an
+//! exporter does), against (a) whose clients got no-op handles.
+//!
 //! Run: `cargo bench -p spotflow-device --bench platform` (`-- --quick` for a short run).
 
 use std::sync::Arc;
@@ -123,6 +127,61 @@ async fn official(emu: &Emulator, harness: &str, n: u64, dir: &std::path::Path, 
     stored.then_some(rate)
 }
 
+/// A recorder that keeps figures in atomics, like an exporter, while `ON`; no-op handles
+/// otherwise (a client keeps the handles it got at its start).
+#[cfg(feature = "metrics")]
+mod recorder {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+
+    pub static ON: AtomicBool = AtomicBool::new(false);
+
+    /// Sum and count, as an exporter's summary keeps.
+    #[derive(Default)]
+    struct Summary {
+        sum_micros: AtomicU64,
+        count: AtomicU64,
+    }
+
+    impl HistogramFn for Summary {
+        fn record(&self, value: f64) {
+            self.sum_micros.fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub struct Atomics;
+
+    impl Recorder for Atomics {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            if ON.load(Ordering::Acquire) {
+                Counter::from_arc(Arc::new(AtomicU64::new(0)))
+            } else {
+                Counter::noop()
+            }
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            if ON.load(Ordering::Acquire) {
+                Gauge::from_arc(Arc::new(AtomicU64::new(0)))
+            } else {
+                Gauge::noop()
+            }
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            if ON.load(Ordering::Acquire) {
+                Histogram::from_arc(Arc::new(Summary::default()))
+            } else {
+                Histogram::noop()
+            }
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -145,8 +204,18 @@ fn main() {
             .await
             .expect("emulator");
         let (mut a, mut b, mut c, mut d, mut e) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        #[cfg(feature = "metrics")]
+        let mut m = Vec::new();
+        #[cfg(feature = "metrics")]
+        metrics::set_global_recorder(recorder::Atomics).expect("the bench's recorder");
         for run in 0..runs {
             a.push(ours(&emu, n, run, Protocol::Mqtt, None, 1).await);
+            #[cfg(feature = "metrics")]
+            {
+                recorder::ON.store(true, std::sync::atomic::Ordering::Release);
+                m.push(ours(&emu, n, run + 1000, Protocol::Mqtt, None, 1).await);
+                recorder::ON.store(false, std::sync::atomic::Ordering::Release);
+            }
             e.push(ours(&emu, n, run, Protocol::Mqtt, Some(dir.path()), 64).await);
             d.push(ours(&emu, n, run, Protocol::MqttOverWebSocket, None, 1).await);
             b.push(raw_rumqttc(&emu, n, run).await);
@@ -169,6 +238,14 @@ fn main() {
             println!("  (c) official spotflow 0.8.1               {c:>10.0}   ({official_n} messages per run)");
             println!("  ratio (a)/(c) = {:.1}x (target >= 50x)", a / c);
         }
+        #[cfg(feature = "metrics")]
+        {
+            let m = median(m);
+            println!("  (m) (a) with a metrics recorder          {m:>10.0}   ({n} messages per run, interleaved with (a))");
+            println!("  ratio (m)/(a) = {:.3} (target >= 0.97)", m / a);
+        }
+        #[cfg(not(feature = "metrics"))]
+        println!("  (m) with a metrics recorder               not measured (build with --features spotflow-device/metrics)");
         println!("  ratio (a)/(b) = {:.2} (target >= 0.5)", a / b);
         println!("  ratio (a')/(b) = {:.2} (target >= 0.3)", e / b);
         println!("  ratio (d)/(a) = {:.2} (WebSocket vs MQTT over TLS, target >= 0.7)", d / a);

@@ -218,11 +218,7 @@ impl DeviceClientBuilder {
             stats: crate::stats::Counters::new(&identity.workspace_id, &identity.device_id),
         });
         shared.stats.carried_over(stats.count, stats.last_seq.unwrap_or(0));
-        #[cfg(feature = "metrics")]
-        {
-            shared.stats.emitted.queued_messages.set(stats.count as f64);
-            shared.stats.emitted.queued_bytes.set(stats.bytes as f64);
-        }
+        shared.stats.after_round(0, stats.count, stats.bytes);
         let reported = ReportedTracker::new(reported);
         shared.set_reported_status(reported.any_pending(), None);
 

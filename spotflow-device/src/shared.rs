@@ -104,13 +104,8 @@ impl Shared {
     }
 
     pub(crate) fn message_appended(&self, seq: u64, size: u64) {
-        let _pending = self.pending.fetch_add(1, Ordering::AcqRel);
-        let _bytes = self.queued_bytes.fetch_add(size as i64, Ordering::AcqRel);
-        #[cfg(feature = "metrics")]
-        {
-            self.stats.emitted.queued_messages.set((_pending + 1).max(0) as f64);
-            self.stats.emitted.queued_bytes.set((_bytes + size as i64).max(0) as f64);
-        }
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.queued_bytes.fetch_add(size as i64, Ordering::AcqRel);
         self.last_appended.fetch_max(seq, Ordering::AcqRel);
         self.appended.notify_one();
     }
@@ -139,13 +134,12 @@ impl Shared {
 
     /// A message left the queue (acknowledged, or dropped to make room).
     pub fn message_acknowledged(&self, size: u64) {
-        let _pending = self.pending.fetch_sub(1, Ordering::AcqRel);
-        let _bytes = self.queued_bytes.fetch_sub(size as i64, Ordering::AcqRel);
-        #[cfg(feature = "metrics")]
-        {
-            self.stats.emitted.queued_messages.set((_pending - 1).max(0) as f64);
-            self.stats.emitted.queued_bytes.set((_bytes - size as i64).max(0) as f64);
-        }
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.queued_bytes.fetch_sub(size as i64, Ordering::AcqRel);
+    }
+
+    pub(crate) fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Acquire).max(0) as u64
     }
 
     pub(crate) fn queued_bytes(&self) -> u64 {

@@ -7,7 +7,8 @@
 //!
 //! With the `metrics` feature the same figures also go through the `metrics` crate facade, to
 //! whatever recorder the application installed (labels `workspace_id`, `device_id`; handles are
-//! registered once per client, so an update is the recorder's own atomic operation):
+//! registered once per client). The worker publishes them after each round of work (counters as
+//! the increase since the last round), so enqueueing threads make no metrics call at all:
 //!
 //! | name | kind |
 //! |---|---|
@@ -237,11 +238,13 @@ pub(crate) struct Emitted {
     refused: metrics::Counter,
     failed_enqueues: metrics::Counter,
     reconnects: metrics::Counter,
-    pub(crate) queued_messages: metrics::Gauge,
-    pub(crate) queued_bytes: metrics::Gauge,
+    queued_messages: metrics::Gauge,
+    queued_bytes: metrics::Gauge,
     in_flight: metrics::Gauge,
     connected: metrics::Gauge,
     latency: metrics::Histogram,
+    /// Totals already counted: (enqueued, delivered).
+    published: Mutex<(u64, u64)>,
 }
 
 #[cfg(feature = "metrics")]
@@ -261,6 +264,7 @@ impl Emitted {
             in_flight: metrics::gauge!("spotflow_in_flight_messages", &labels),
             connected: metrics::gauge!("spotflow_connected", &labels),
             latency: metrics::histogram!("spotflow_delivery_latency_seconds", &labels),
+            published: Mutex::new((0, 0)),
         }
     }
 }
@@ -341,8 +345,6 @@ impl Counters {
 
     pub(crate) fn enqueued(&self, seq: u64) {
         self.enqueued.fetch_add(1, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        self.emitted.enqueued.increment(1);
         let now = Instant::now();
         let mut t = self.timing();
         if t.enqueued_at.len() < MAX_TIMED {
@@ -354,14 +356,13 @@ impl Counters {
 
     pub(crate) fn enqueue_failed(&self) {
         self.failed_enqueues.fetch_add(1, Ordering::Relaxed);
+        // Rare: counted at once (a failure need not wake the worker).
         #[cfg(feature = "metrics")]
         self.emitted.failed_enqueues.increment(1);
     }
 
     pub(crate) fn acknowledged(&self, seq: u64) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        self.emitted.delivered.increment(1);
         self.left(seq);
         let now = Instant::now();
         let mut t = self.timing();
@@ -392,8 +393,25 @@ impl Counters {
 
     pub(crate) fn set_in_flight(&self, n: u64) {
         self.in_flight.store(n, Ordering::Relaxed);
+    }
+
+    /// After a round of the worker's work: the in-flight count, and (with the `metrics`
+    /// feature) the figures to the recorder.
+    pub(crate) fn after_round(&self, in_flight: u64, queued_messages: u64, queued_bytes: u64) {
+        self.set_in_flight(in_flight);
+        let _ = (queued_messages, queued_bytes);
         #[cfg(feature = "metrics")]
-        self.emitted.in_flight.set(n as f64);
+        {
+            let e = &self.emitted;
+            e.in_flight.set(in_flight as f64);
+            e.queued_messages.set(queued_messages as f64);
+            e.queued_bytes.set(queued_bytes as f64);
+            let now = (self.enqueued.load(Ordering::Relaxed), self.delivered.load(Ordering::Relaxed));
+            let mut published = e.published.lock().unwrap_or_else(|p| p.into_inner());
+            e.enqueued.increment(now.0.saturating_sub(published.0));
+            e.delivered.increment(now.1.saturating_sub(published.1));
+            *published = now;
+        }
     }
 
     pub(crate) fn dropped(&self, seqs: &[u64]) {
@@ -436,8 +454,8 @@ impl Counters {
         }
     }
 
-    pub(crate) fn closed(&self) {
-        self.set_in_flight(0);
+    pub(crate) fn closed(&self, queued_messages: u64, queued_bytes: u64) {
+        self.after_round(0, queued_messages, queued_bytes);
         #[cfg(feature = "metrics")]
         self.emitted.connected.set(0.0);
         let mut l = self.link();
