@@ -1,9 +1,11 @@
 //! What the client is doing, as a cheap snapshot: [`crate::DeviceClient::stats`].
 //!
 //! The counters are atomics updated where the events happen (an enqueue, an acknowledgement, a
-//! connection change); the enqueue → acknowledgement latency goes into a log-bucketed histogram
-//! (≈ 3 % resolution) over a recent window of 30–60 s. An enqueue and an acknowledgement each take
-//! one uncontended lock for the latency; nothing else is added to the hot path.
+//! connection change). No lock is shared by the enqueueing threads and the worker: an enqueue
+//! writes its time into a ring of the latest 1,024 (one atomic store; one in 32 also goes into a
+//! coarse list under a lock of its own, for the age of an old queued message), the worker
+//! reads it back at the acknowledgement and records the latency in a log-bucketed histogram
+//! (atomics written by the worker alone, ≈ 3 % resolution) over a window of 30–60 s.
 //!
 //! With the `metrics` feature the same figures also go through the `metrics` crate facade, to
 //! whatever recorder the application installed (labels `workspace_id`, `device_id`; handles are
@@ -26,7 +28,7 @@
 //! | `spotflow_delivery_latency_seconds` | histogram (enqueue → acknowledgement) |
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -117,21 +119,36 @@ const SUB_BITS: u32 = 4;
 const SUB: usize = 1 << SUB_BITS;
 /// Buckets for 0 µs .. 2^64 µs.
 const BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUB;
-/// Each half of the window.
-const WINDOW_HALF: Duration = Duration::from_secs(30);
-/// Enqueue times remembered at most (16 bytes each); beyond, new messages are not timed.
-const MAX_TIMED: usize = 16_384;
+/// Each half of the latency window, in µs.
+const WINDOW_HALF_US: u64 = 30_000_000;
+/// Enqueue times kept exactly: the latest `RING` messages (8 bytes each).
+const RING: usize = 1024;
+/// One message in `SAMPLE_EVERY` also has its time in the coarse list.
+const SAMPLE_EVERY: u64 = 32;
+/// Entries of the coarse list at most (≈ 131,000 messages of history).
+const MAX_SAMPLES: usize = 4096;
+/// A ring entry: the low 24 bits of the sequence number, then 40 bits of µs since the start
+/// (wrapping after 12.7 days; differences stay right).
+const TIME_BITS: u32 = 40;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 
-/// A log-bucketed histogram of microseconds.
-#[derive(Clone)]
+fn pack(seq: u64, us: u64) -> u64 {
+    (seq << TIME_BITS) | (us & TIME_MASK)
+}
+
+/// The time of `seq` in `entry`, if the entry is that message's.
+fn unpack(entry: u64, seq: u64) -> Option<u64> {
+    (entry != 0 && entry >> TIME_BITS == seq & ((1 << (64 - TIME_BITS)) - 1)).then_some(entry & TIME_MASK)
+}
+
+/// A log-bucketed histogram of microseconds, written by one thread, read by any.
 pub(crate) struct Histogram {
-    counts: Box<[u32]>,
-    total: u64,
+    counts: Box<[AtomicU32]>,
 }
 
 impl Histogram {
     fn new() -> Self {
-        Histogram { counts: vec![0; BUCKETS].into_boxed_slice(), total: 0 }
+        Histogram { counts: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect() }
     }
 
     fn index(us: u64) -> usize {
@@ -154,70 +171,91 @@ impl Histogram {
         low + (1u64 << (exp - SUB_BITS)) / 2
     }
 
-    pub(crate) fn record(&mut self, us: u64) {
-        let i = Self::index(us);
-        self.counts[i] = self.counts[i].saturating_add(1);
-        self.total += 1;
+    /// By the one writer: plain loads and stores, no read-modify-write.
+    fn record(&self, us: u64) {
+        let c = &self.counts[Self::index(us)];
+        c.store(c.load(Ordering::Relaxed).saturating_add(1), Ordering::Relaxed);
     }
 
-    fn clear(&mut self) {
-        self.counts.iter_mut().for_each(|c| *c = 0);
-        self.total = 0;
+    fn clear(&self) {
+        self.counts.iter().for_each(|c| c.store(0, Ordering::Relaxed));
     }
 
-    /// Percentiles (`ps` ascending, 0..=1) over `self` and `other` together, in µs.
-    fn percentiles(&self, other: &Histogram, ps: &[f64]) -> Vec<Option<u64>> {
-        let total = self.total + other.total;
+    /// Percentiles (`ps` ascending, 0..=1) over the histograms given, in µs.
+    fn percentiles(of: &[&Histogram], ps: &[f64]) -> (u64, Vec<Option<u64>>) {
+        let counts: Vec<u64> =
+            (0..BUCKETS).map(|i| of.iter().map(|h| u64::from(h.counts[i].load(Ordering::Relaxed))).sum()).collect();
+        let total: u64 = counts.iter().sum();
         if total == 0 {
-            return vec![None; ps.len()];
+            return (0, vec![None; ps.len()]);
         }
         let mut out = Vec::with_capacity(ps.len());
         let mut seen = 0u64;
-        let mut next = 0;
-        for i in 0..BUCKETS {
-            seen += u64::from(self.counts[i]) + u64::from(other.counts[i]);
-            while next < ps.len() && seen as f64 >= (ps[next] * total as f64).ceil().max(1.0) {
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            while out.len() < ps.len() && seen as f64 >= (ps[out.len()] * total as f64).ceil().max(1.0) {
                 out.push(Some(Self::value(i)));
-                next += 1;
             }
-            if next == ps.len() {
+            if out.len() == ps.len() {
                 break;
             }
         }
         out.resize(ps.len(), None);
-        out
+        (total, out)
     }
 }
 
 /// Enqueue times and the latency window.
 struct Timing {
-    /// `(seq, enqueued at)` sorted by seq.
-    enqueued_at: VecDeque<(u64, Instant)>,
-    current: Histogram,
-    previous: Histogram,
-    rotated_at: Instant,
+    /// The latest enqueue times, by `seq % RING` (see [`pack`]).
+    ring: Box<[AtomicU64]>,
+    /// `(seq, µs)` of one message in [`SAMPLE_EVERY`], oldest first.
+    samples: Mutex<VecDeque<(u64, u64)>>,
+    halves: [Histogram; 2],
+    /// Which half is current.
+    current: AtomicUsize,
+    /// When the current half started (µs since the start).
+    rotated_at: AtomicU64,
+    /// The oldest message the worker still has queued (its seq), after its last round.
+    oldest_seq: AtomicU64,
 }
 
 impl Timing {
-    fn rotate(&mut self, now: Instant) {
-        if now.duration_since(self.rotated_at) >= 2 * WINDOW_HALF {
-            self.current.clear();
-            self.previous.clear();
-            self.rotated_at = now;
-        } else if now.duration_since(self.rotated_at) >= WINDOW_HALF {
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.clear();
-            self.rotated_at = now;
+    fn new() -> Self {
+        Timing {
+            ring: (0..RING).map(|_| AtomicU64::new(0)).collect(),
+            samples: Mutex::new(VecDeque::new()),
+            halves: [Histogram::new(), Histogram::new()],
+            current: AtomicUsize::new(0),
+            rotated_at: AtomicU64::new(0),
+            oldest_seq: AtomicU64::new(0),
         }
     }
 
-    /// Forgets `seq`'s enqueue time; returns it.
-    fn take(&mut self, seq: u64) -> Option<Instant> {
-        if self.enqueued_at.front().is_some_and(|(s, _)| *s == seq) {
-            return self.enqueued_at.pop_front().map(|(_, t)| t);
+    /// The enqueue time of `seq` (µs since the start): exact from the ring, else the nearest
+    /// earlier sample (at most 31 messages earlier), else `None`.
+    fn enqueued_at(&self, seq: u64) -> Option<u64> {
+        if let Some(us) = unpack(self.ring[seq as usize % RING].load(Ordering::Acquire), seq) {
+            return Some(us);
         }
-        let i = self.enqueued_at.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
-        self.enqueued_at.remove(i).map(|(_, t)| t)
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples.iter().rev().find(|(s, _)| *s <= seq).map(|(_, us)| *us)
+    }
+
+    /// By the worker: moves the window on (at most 60 s of samples).
+    fn rotate(&self, now_us: u64) {
+        let since = now_us.saturating_sub(self.rotated_at.load(Ordering::Relaxed));
+        if since < WINDOW_HALF_US {
+            return;
+        }
+        let current = self.current.load(Ordering::Relaxed);
+        let next = 1 - current;
+        self.halves[next].clear();
+        if since >= 2 * WINDOW_HALF_US {
+            self.halves[current].clear();
+        }
+        self.current.store(next, Ordering::Release);
+        self.rotated_at.store(now_us, Ordering::Release);
     }
 }
 
@@ -273,16 +311,16 @@ impl Emitted {
 pub(crate) struct Counters {
     #[cfg(feature = "metrics")]
     pub(crate) emitted: Emitted,
-    pub(crate) enqueued: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) redelivered: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) failed_enqueues: AtomicU64,
+    enqueued: AtomicU64,
+    delivered: AtomicU64,
+    redelivered: AtomicU64,
+    dropped: AtomicU64,
+    failed_enqueues: AtomicU64,
     in_flight: AtomicU64,
     /// Reported version + 1 (0: unknown).
     reported_version: AtomicU64,
     link: Mutex<Link>,
-    timing: Mutex<Timing>,
+    timing: Timing,
     started: Instant,
     /// Sequence numbers up to this one were queued by an earlier run (not timed).
     carried_through: AtomicU64,
@@ -293,7 +331,6 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn new(workspace_id: &str, device_id: &str) -> Self {
         let _ = (workspace_id, device_id);
-        let now = Instant::now();
         Counters {
             #[cfg(feature = "metrics")]
             emitted: Emitted::new(workspace_id, device_id),
@@ -310,20 +347,15 @@ impl Counters {
                 last_error: None,
                 connections: 0,
             }),
-            timing: Mutex::new(Timing {
-                enqueued_at: VecDeque::new(),
-                current: Histogram::new(),
-                previous: Histogram::new(),
-                rotated_at: now,
-            }),
-            started: now,
+            timing: Timing::new(),
+            started: Instant::now(),
             carried_through: AtomicU64::new(0),
             carried_left: AtomicU64::new(0),
         }
     }
 
-    fn timing(&self) -> std::sync::MutexGuard<'_, Timing> {
-        self.timing.lock().unwrap_or_else(|p| p.into_inner())
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
     }
 
     fn link(&self) -> std::sync::MutexGuard<'_, Link> {
@@ -334,6 +366,7 @@ impl Counters {
     pub(crate) fn carried_over(&self, count: u64, seq: u64) {
         self.carried_through.store(seq, Ordering::Release);
         self.carried_left.store(count, Ordering::Release);
+        self.timing.oldest_seq.store(seq.saturating_sub(count) + 1, Ordering::Release);
     }
 
     /// `seq` left the queue: one fewer carried over if it was.
@@ -343,14 +376,24 @@ impl Counters {
         }
     }
 
+    /// An enqueue returned `seq`: one atomic store (and one in 32 a short lock of its own).
     pub(crate) fn enqueued(&self, seq: u64) {
         self.enqueued.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let mut t = self.timing();
-        if t.enqueued_at.len() < MAX_TIMED {
-            // Concurrent enqueues may finish out of order: keep the times sorted by seq.
-            let at = t.enqueued_at.iter().rposition(|(s, _)| *s < seq).map_or(0, |i| i + 1);
-            t.enqueued_at.insert(at, (seq, now));
+        let us = self.now_us();
+        self.timing.ring[seq as usize % RING].store(pack(seq, us), Ordering::Release);
+        if seq % SAMPLE_EVERY == 0 {
+            let oldest = self.timing.oldest_seq.load(Ordering::Acquire);
+            let mut samples = self.timing.samples.lock().unwrap_or_else(|p| p.into_inner());
+            // Samples of messages that left the queue are not needed (one is kept before the
+            // oldest queued message).
+            while samples.len() >= 2 && samples[1].0 <= oldest {
+                samples.pop_front();
+            }
+            if samples.len() >= MAX_SAMPLES {
+                // Thinned: the age of a very old message is then taken from an older sample.
+                samples.remove(1);
+            }
+            samples.push_back((seq, us));
         }
     }
 
@@ -361,26 +404,24 @@ impl Counters {
         self.emitted.failed_enqueues.increment(1);
     }
 
+    /// By the worker: `seq` was acknowledged.
     pub(crate) fn acknowledged(&self, seq: u64) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         self.left(seq);
-        let now = Instant::now();
-        let mut t = self.timing();
-        if let Some(at) = t.take(seq) {
-            t.rotate(now);
-            let latency = now.duration_since(at);
-            t.current.record(latency.as_micros() as u64);
+        if let Some(at) = unpack(self.timing.ring[seq as usize % RING].load(Ordering::Acquire), seq) {
+            let now = self.now_us();
+            self.timing.rotate(now);
+            let latency = now.wrapping_sub(at) & TIME_MASK;
+            self.timing.halves[self.timing.current.load(Ordering::Relaxed)].record(latency);
             #[cfg(feature = "metrics")]
-            self.emitted.latency.record(latency.as_secs_f64());
+            self.emitted.latency.record(latency as f64 / 1e6);
         }
     }
 
     /// Messages that left the queue unacknowledged (refused, dropped).
-    pub(crate) fn left_queue(&self, seqs: &[u64]) {
-        let mut t = self.timing();
+    fn left_queue(&self, seqs: &[u64]) {
         for seq in seqs {
             self.left(*seq);
-            t.take(*seq);
         }
     }
 
@@ -391,14 +432,18 @@ impl Counters {
         self.left_queue(&[seq]);
     }
 
-    pub(crate) fn set_in_flight(&self, n: u64) {
-        self.in_flight.store(n, Ordering::Relaxed);
+    pub(crate) fn dropped(&self, seqs: &[u64]) {
+        self.dropped.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.emitted.dropped.increment(seqs.len() as u64);
+        self.left_queue(seqs);
     }
 
-    /// After a round of the worker's work: the in-flight count, and (with the `metrics`
-    /// feature) the figures to the recorder.
-    pub(crate) fn after_round(&self, in_flight: u64, queued_messages: u64, queued_bytes: u64) {
-        self.set_in_flight(in_flight);
+    /// After a round of the worker's work: in flight, the oldest message still queued, and
+    /// (with the `metrics` feature) the figures to the recorder.
+    pub(crate) fn after_round(&self, in_flight: u64, oldest_seq: u64, queued_messages: u64, queued_bytes: u64) {
+        self.in_flight.store(in_flight, Ordering::Relaxed);
+        self.timing.oldest_seq.store(oldest_seq, Ordering::Release);
         let _ = (queued_messages, queued_bytes);
         #[cfg(feature = "metrics")]
         {
@@ -412,13 +457,6 @@ impl Counters {
             e.delivered.increment(now.1.saturating_sub(published.1));
             *published = now;
         }
-    }
-
-    pub(crate) fn dropped(&self, seqs: &[u64]) {
-        self.dropped.fetch_add(seqs.len() as u64, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        self.emitted.dropped.increment(seqs.len() as u64);
-        self.left_queue(seqs);
     }
 
     pub(crate) fn connected(&self) {
@@ -454,8 +492,8 @@ impl Counters {
         }
     }
 
-    pub(crate) fn closed(&self, queued_messages: u64, queued_bytes: u64) {
-        self.after_round(0, queued_messages, queued_bytes);
+    pub(crate) fn closed(&self, oldest_seq: u64, queued_messages: u64, queued_bytes: u64) {
+        self.after_round(0, oldest_seq, queued_messages, queued_bytes);
         #[cfg(feature = "metrics")]
         self.emitted.connected.set(0.0);
         let mut l = self.link();
@@ -470,33 +508,35 @@ impl Counters {
     /// The snapshot; `queued` = (messages, bytes), `refused` and `desired_version` come from the
     /// rest of the shared state.
     pub(crate) fn snapshot(&self, queued: (u64, u64), refused: u64, desired_version: Option<u64>) -> Stats {
-        let now = Instant::now();
-        let (oldest_timed, latency) = {
-            let mut t = self.timing();
-            t.rotate(now);
-            if queued.0 == 0 {
-                // Nothing queued: no time can be pending (drops what a missed path left).
-                t.enqueued_at.clear();
-            }
-            let oldest = t.enqueued_at.front().copied();
-            let ps = t.current.percentiles(&t.previous, &[0.5, 0.9, 0.99]);
-            let latency = LatencySummary {
-                samples: t.current.total + t.previous.total,
-                p50: ps[0].map(Duration::from_micros),
-                p90: ps[1].map(Duration::from_micros),
-                p99: ps[2].map(Duration::from_micros),
-            };
-            (oldest, latency)
+        let now = self.now_us();
+        let t = &self.timing;
+        // The window: the current half while it is under 60 s old, the previous one while the
+        // current is under 30 s old (the worker moves it on only when it records).
+        let age = now.saturating_sub(t.rotated_at.load(Ordering::Acquire));
+        let current = t.current.load(Ordering::Acquire);
+        let mut halves = Vec::with_capacity(2);
+        if age < 2 * WINDOW_HALF_US {
+            halves.push(&t.halves[current]);
+        }
+        if age < WINDOW_HALF_US {
+            halves.push(&t.halves[1 - current]);
+        }
+        let (samples, ps) = Histogram::percentiles(&halves, &[0.5, 0.9, 0.99]);
+        let latency = LatencySummary {
+            samples,
+            p50: ps[0].map(Duration::from_micros),
+            p90: ps[1].map(Duration::from_micros),
+            p99: ps[2].map(Duration::from_micros),
         };
+        let since_start = Duration::from_micros(now);
         let oldest_queued_age = if queued.0 == 0 {
             None
         } else if self.carried_left.load(Ordering::Acquire) > 0 {
             // Left by an earlier run: its enqueue time is not stored.
-            Some(now.duration_since(self.started))
+            Some(since_start)
         } else {
-            // The oldest timed message is the oldest queued one (untimed ones, enqueued while
-            // MAX_TIMED were waiting, are newer).
-            Some(oldest_timed.map_or(now.duration_since(self.started), |(_, at)| now.duration_since(at)))
+            let oldest = t.enqueued_at(t.oldest_seq.load(Ordering::Acquire));
+            Some(oldest.map_or(since_start, |us| Duration::from_micros(now.wrapping_sub(us) & TIME_MASK)))
         };
         let link = self.link();
         let reported = self.reported_version.load(Ordering::Relaxed);
@@ -541,17 +581,18 @@ mod tests {
 
     #[test]
     fn percentiles_of_a_known_distribution() {
-        let mut h = Histogram::new();
+        let h = Histogram::new();
         for us in 1..=1000u64 {
             h.record(us * 100);
         }
         let empty = Histogram::new();
-        let ps = h.percentiles(&empty, &[0.5, 0.9, 0.99]);
+        let (n, ps) = Histogram::percentiles(&[&h, &empty], &[0.5, 0.9, 0.99]);
+        assert_eq!(n, 1000);
         for (p, want) in ps.iter().zip([50_000.0, 90_000.0, 99_000.0]) {
             let got = p.unwrap() as f64;
             assert!((got - want).abs() / want < 0.035, "{got} for {want}");
         }
-        assert_eq!(empty.percentiles(&empty, &[0.5]), vec![None]);
+        assert_eq!(Histogram::percentiles(&[&empty], &[0.5]), (0, vec![None]));
     }
 
     #[test]
@@ -559,11 +600,28 @@ mod tests {
         let c = Counters::new("ws", "dev");
         c.enqueued(1);
         c.acknowledged(1);
-        let s = c.snapshot((0, 0), 0, None);
-        assert_eq!(s.latency.samples, 1);
-        let mut t = c.timing();
-        let later = t.rotated_at + 2 * WINDOW_HALF;
-        t.rotate(later);
-        assert_eq!(t.current.total + t.previous.total, 0);
+        assert_eq!(c.snapshot((0, 0), 0, None).latency.samples, 1);
+        // Pretend the samples were recorded more than 60 s ago.
+        c.timing.rotated_at.store(0, Ordering::Release);
+        let later = c.now_us() + 2 * WINDOW_HALF_US;
+        c.timing.rotate(later);
+        let (n, _) = Histogram::percentiles(&[&c.timing.halves[0], &c.timing.halves[1]], &[0.5]);
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn enqueue_times_come_from_the_ring_or_the_nearest_earlier_sample() {
+        let c = Counters::new("ws", "dev");
+        for seq in 1..=5000 {
+            c.enqueued(seq);
+        }
+        let t = &c.timing;
+        assert!(t.enqueued_at(5000).is_some(), "in the ring");
+        assert_eq!(unpack(t.ring[100 % RING].load(Ordering::Acquire), 100), None, "overwritten in the ring");
+        let sampled = t.enqueued_at(100).expect("from a sample");
+        assert_eq!(Some(sampled), t.samples.lock().unwrap().iter().find(|(s, _)| *s == 96).map(|(_, us)| *us));
+        assert_eq!(t.enqueued_at(10), None, "before every sample");
+        assert_eq!(unpack(pack(7, 123), 7), Some(123));
+        assert_eq!(unpack(pack(7, 123), 8), None);
     }
 }

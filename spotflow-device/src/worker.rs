@@ -236,7 +236,12 @@ impl Worker {
                 break;
             }
         }
-        self.shared.stats.after_round(self.queue.in_flight() as u64, self.shared.pending(), self.shared.queued_bytes());
+        self.shared.stats.after_round(
+            self.queue.in_flight() as u64,
+            self.queue.acked_through() + 1,
+            self.shared.pending(),
+            self.shared.queued_bytes(),
+        );
         let through = self.queue.acked_through();
         self.acked.send_if_modified(|v| {
             let changed = *v != through;
@@ -511,7 +516,7 @@ impl Worker {
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
         }
         self.shared.set_connected(false);
-        self.shared.stats.closed(self.shared.pending(), self.shared.queued_bytes());
+        self.shared.stats.closed(self.queue.acked_through() + 1, self.shared.pending(), self.shared.queued_bytes());
         if let Some(keeper) = self.keeper.take() {
             keeper.abort();
             let _ = keeper.await;

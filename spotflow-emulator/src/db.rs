@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -10,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
+use crate::live::Live;
 use crate::state::{ControlState, Millis};
 
 /// A received telemetry message with its decoded properties.
@@ -146,7 +148,7 @@ const MAX_BATCH: usize = 4096;
 
 impl Db {
     /// Opens (creating) the database at `path` and loads the control state.
-    pub fn open(path: &Path) -> Result<(Db, ControlState), String> {
+    pub fn open(path: &Path, live: Arc<Live>) -> Result<(Db, ControlState), String> {
         let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;")
             .and_then(|_| conn.execute_batch(SCHEMA))
@@ -184,7 +186,7 @@ impl Db {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("emulator-db".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, live))
             .map_err(|e| format!("cannot start the database thread: {e}"))?;
         Ok((Db { tx }, state))
     }
@@ -271,7 +273,7 @@ impl Db {
     }
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
+fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<Live>) {
     let mut pending: Vec<(StoredMessage, Option<AckFn>)> = Vec::new();
     let mut state = PendingState::default();
     while let Ok(first) = rx.recv() {
@@ -293,14 +295,14 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>) {
                     state.devices.extend(devices);
                 }
                 other => {
-                    flush(&mut conn, &mut pending, &mut state);
+                    flush(&mut conn, &mut pending, &mut state, &live);
                     serve(&conn, other);
                 }
             }
         }
-        flush(&mut conn, &mut pending, &mut state);
+        flush(&mut conn, &mut pending, &mut state, &live);
     }
-    flush(&mut conn, &mut pending, &mut state);
+    flush(&mut conn, &mut pending, &mut state, &live);
 }
 
 /// State writes not committed yet (the latest of each).
@@ -310,7 +312,12 @@ struct PendingState {
     devices: std::collections::BTreeMap<String, String>,
 }
 
-fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)>, state: &mut PendingState) {
+fn flush(
+    conn: &mut Connection,
+    pending: &mut Vec<(StoredMessage, Option<AckFn>)>,
+    state: &mut PendingState,
+    live: &Live,
+) {
     if pending.is_empty() && state.control.is_none() && state.devices.is_empty() {
         return;
     }
@@ -360,6 +367,14 @@ fn flush(conn: &mut Connection, pending: &mut Vec<(StoredMessage, Option<AckFn>)
         error!(error = %e, messages = pending.len(), "database write failed");
     }
     *state = PendingState::default();
+    if ok {
+        // Counted for the dashboard and /metrics while the messages are at hand: one lock for
+        // the whole batch, no copy unless a dashboard listens.
+        live.stored(pending.iter().zip(&outcomes).filter_map(|((m, _), o)| match o {
+            Stored::Inserted(id) => Some((m, *id)),
+            _ => None,
+        }));
+    }
     for (i, (_, ack)) in pending.drain(..).enumerate() {
         if let Some(ack) = ack {
             ack(if ok { outcomes.get(i).copied().unwrap_or(Stored::Failed) } else { Stored::Failed });

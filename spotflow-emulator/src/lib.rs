@@ -243,7 +243,7 @@ pub(crate) struct Inner {
     duplicates: std::sync::atomic::AtomicU64,
     https_addr: Mutex<Option<SocketAddr>>,
     pub traffic: traffic::Traffic,
-    pub live: live::Live,
+    pub live: Arc<live::Live>,
 }
 
 impl Inner {
@@ -418,15 +418,11 @@ impl Inner {
 
     pub fn store_message(self: &Arc<Self>, message: StoredMessage, ack: Option<db::AckFn>) {
         let inner = self.clone();
-        let item = live::FeedItem::of(&message);
         self.db.insert_message(
             message,
             Some(Box::new(move |outcome| {
                 match outcome {
-                    db::Stored::Inserted(id) => {
-                        inner.live.stored(item, id);
-                        inner.stored.send_modify(|n| *n += 1)
-                    }
+                    db::Stored::Inserted(_) => inner.stored.send_modify(|n| *n += 1),
                     db::Stored::Duplicate => {
                         inner.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -491,7 +487,8 @@ impl Emulator {
                 .map_err(|e| format!("cannot restrict {}: {e}", db.display()))?;
         }
         let db_path = config.data_dir.as_ref().map_or(PathBuf::from(":memory:"), |d| d.join("emulator.db"));
-        let (db, state) = db::Db::open(&db_path)?;
+        let live = Arc::new(live::Live::default());
+        let (db, state) = db::Db::open(&db_path, live.clone())?;
         let mut hosts = config.extra_hosts.clone();
         hosts.push(config.hub_host.clone());
         let tls = tls::load_or_create(config.data_dir.as_deref(), &hosts)?;
@@ -521,7 +518,7 @@ impl Emulator {
             duplicates: std::sync::atomic::AtomicU64::new(0),
             https_addr: Mutex::new(https_addr),
             traffic: traffic::Traffic::new(record_traffic),
-            live: live::Live::default(),
+            live,
         });
         let (shutdown, _) = watch::channel(false);
         let router = http::router(inner.clone());

@@ -6,7 +6,7 @@
 //! [`FEED_PER_SECOND`] messages a second (the rest are counted as skipped), so an open dashboard
 //! cannot slow ingestion down by much.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,7 +54,7 @@ impl FeedItem {
     }
 }
 
-/// `(stream group, stream)` as shown (see [`stream_key`]).
+/// `(stream group, stream)` as shown (`(default)` for none).
 pub(crate) type StreamKey = (String, String);
 
 /// Messages and wire bytes stored.
@@ -74,7 +74,8 @@ pub(crate) struct DeviceActivity {
 
 #[derive(Default)]
 struct Counts {
-    streams: BTreeMap<StreamKey, Totals>,
+    /// Group → stream → totals (looked up by `&str`: no allocation once a stream is known).
+    streams: HashMap<String, HashMap<String, Totals>>,
     devices: HashMap<String, DeviceActivity>,
     all: Totals,
     /// `(second, messages stored before it)` for the last seconds, oldest first.
@@ -118,9 +119,9 @@ impl Drop for Open {
     }
 }
 
-/// The name a stream is shown and counted under (`None` is the default one).
-pub(crate) fn stream_key(group: &Option<String>, stream: &Option<String>) -> StreamKey {
-    (group.clone().unwrap_or_else(|| "(default)".into()), stream.clone().unwrap_or_else(|| "(default)".into()))
+/// The name a stream group or stream is shown and counted under (`None` is the default one).
+fn shown(name: &Option<String>) -> &str {
+    name.as_deref().unwrap_or("(default)")
 }
 
 impl Live {
@@ -128,30 +129,46 @@ impl Live {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A message was stored as row `id`.
-    pub(crate) fn stored(&self, mut item: FeedItem, id: i64) {
-        item.id = id;
+    /// Messages were stored (each with its row id): counted under one lock; fed to the
+    /// dashboards listening, if any.
+    pub(crate) fn stored<'a>(&self, messages: impl Iterator<Item = (&'a StoredMessage, i64)>) {
+        let listening = self.feed.receiver_count() > 0;
+        let mut feed = Vec::new();
         {
             let mut c = self.counts();
-            let second = item.received_at / 1000;
-            if c.seconds.back().is_none_or(|(s, _)| *s != second) {
-                let before = c.all.messages;
-                c.seconds.push_back((second, before));
-                while c.seconds.len() as u64 > RATE_WINDOW_SECS + 1 {
-                    c.seconds.pop_front();
+            for (m, id) in messages {
+                let second = m.received_at / 1000;
+                if c.seconds.back().is_none_or(|(s, _)| *s != second) {
+                    let before = c.all.messages;
+                    c.seconds.push_back((second, before));
+                    while c.seconds.len() as u64 > RATE_WINDOW_SECS + 1 {
+                        c.seconds.pop_front();
+                    }
+                }
+                let bytes = m.wire_size as u64;
+                c.all.messages += 1;
+                c.all.bytes += bytes;
+                let (group, stream) = (shown(&m.stream_group), shown(&m.stream));
+                let totals = match c.streams.get_mut(group).and_then(|g| g.get_mut(stream)) {
+                    Some(t) => t,
+                    None => c.streams.entry(group.to_owned()).or_default().entry(stream.to_owned()).or_default(),
+                };
+                totals.messages += 1;
+                totals.bytes += bytes;
+                let device = match c.devices.get_mut(m.hub_device_id.as_str()) {
+                    Some(d) => d,
+                    None => c.devices.entry(m.hub_device_id.clone()).or_default(),
+                };
+                device.messages += 1;
+                device.last_seen = device.last_seen.max(m.received_at);
+                if listening {
+                    let mut item = FeedItem::of(m);
+                    item.id = id;
+                    feed.push(item);
                 }
             }
-            let bytes = item.wire_size as u64;
-            c.all.messages += 1;
-            c.all.bytes += bytes;
-            let s = c.streams.entry(stream_key(&item.stream_group, &item.stream)).or_default();
-            s.messages += 1;
-            s.bytes += bytes;
-            let d = c.devices.entry(item.hub_device_id.clone()).or_default();
-            d.messages += 1;
-            d.last_seen = d.last_seen.max(item.received_at);
         }
-        if self.feed.receiver_count() > 0 {
+        for item in feed {
             let _ = self.feed.send(Arc::new(item));
         }
     }
@@ -166,9 +183,16 @@ impl Live {
     }
 
     /// Totals per stream and over all.
+    /// Totals per stream (sorted) and over all.
     pub(crate) fn streams(&self) -> (Vec<(StreamKey, Totals)>, Totals) {
         let c = self.counts();
-        (c.streams.iter().map(|(k, v)| (k.clone(), *v)).collect(), c.all)
+        let mut out: Vec<(StreamKey, Totals)> = c
+            .streams
+            .iter()
+            .flat_map(|(g, streams)| streams.iter().map(move |(s, t)| ((g.clone(), s.clone()), *t)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        (out, c.all)
     }
 
     /// Messages stored per second over the last full seconds (up to 10).
@@ -267,24 +291,23 @@ pub(crate) fn prometheus(live: &Live, g: &Gauges) -> String {
 mod tests {
     use super::*;
 
-    fn item(device: &str, stream: Option<&str>, size: usize) -> FeedItem {
-        FeedItem {
-            id: 0,
+    fn message(device: &str, stream: Option<&str>, size: usize) -> StoredMessage {
+        StoredMessage {
             hub_device_id: device.into(),
             stream_group: Some("g".into()),
             stream: stream.map(Into::into),
             wire_size: size,
-            content_encoding: None,
             received_at: now_ms(),
+            ..StoredMessage::default()
         }
     }
 
     #[test]
     fn counts_per_stream_and_device_reach_the_prometheus_text_escaped() {
         let live = Live::default();
-        live.stored(item("ws:a", Some("s\"1"), 10), 1);
-        live.stored(item("ws:a", Some("s\"1"), 5), 2);
-        live.stored(item("ws:b", None, 7), 3);
+        let batch = [message("ws:a", Some("s\"1"), 10), message("ws:a", Some("s\"1"), 5)];
+        live.stored(batch.iter().zip([1, 2]));
+        live.stored(std::iter::once((&message("ws:b", None, 7), 3)));
         assert_eq!(live.device("ws:a").messages, 2);
         assert_eq!(live.device("ws:b").messages, 1);
         assert_eq!(live.device("ws:c").messages, 0);
@@ -303,9 +326,9 @@ mod tests {
     #[test]
     fn the_feed_reaches_listeners_and_costs_nothing_without_them() {
         let live = Live::default();
-        live.stored(item("ws:a", None, 1), 1);
+        live.stored(std::iter::once((&message("ws:a", None, 1), 1)));
         let mut rx = live.subscribe();
-        live.stored(item("ws:a", None, 1), 2);
+        live.stored(std::iter::once((&message("ws:a", None, 1), 2)));
         let got = rx.try_recv().expect("an item");
         assert_eq!(got.id, 2);
         assert!(rx.try_recv().is_err(), "the item stored before subscribing is not replayed");
