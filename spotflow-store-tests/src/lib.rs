@@ -156,3 +156,21 @@ impl DeviceChild {
         child.wait().is_ok_and(|s| s.success()) && done
     }
 }
+
+/// For the child processes: the environment variable `name`, or exit 2 saying it is missing.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        eprintln!("{name} is not set");
+        std::process::exit(2)
+    })
+}
+
+/// For the child processes: the SDK's warnings (and what `RUST_LOG` asks for) on standard error,
+/// which the parent discards or keeps in a file; standard output is their protocol.
+pub fn child_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}

@@ -11,12 +11,7 @@ use std::time::Duration;
 
 use spotflow_device::{Compression, DeviceClient, Message};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        eprintln!("{name} is not set");
-        std::process::exit(2)
-    })
-}
+use spotflow_store_tests::env;
 
 fn say(line: String) {
     let mut out = std::io::stdout().lock();
@@ -26,11 +21,7 @@ fn say(line: String) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    spotflow_store_tests::child_logs();
     let ca = std::fs::read_to_string(env("CA_FILE")).expect("CA file");
     let mqtt_port: u16 = env("MQTT_PORT").parse().expect("MQTT_PORT");
     let (versions, mut desired) = tokio::sync::mpsc::unbounded_channel();

@@ -10,22 +10,11 @@ use std::time::Duration;
 
 use spotflow_device::{Compression, DeviceClient, Message};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        eprintln!("{name} is not set");
-        std::process::exit(2)
-    })
-}
+use spotflow_store_tests::env;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // The SDK's warnings (and what RUST_LOG asks for) on standard error, which the parent
-    // discards or keeps in a file.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    spotflow_store_tests::child_logs();
     let ca = std::fs::read_to_string(env("CA_FILE")).expect("CA file");
     let mqtt_port: u16 = env("MQTT_PORT").parse().expect("port");
     let (run, count): (String, u32) = (env("RUN"), env("COUNT").parse().expect("count"));

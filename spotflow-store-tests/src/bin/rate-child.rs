@@ -32,12 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use spotflow_device::{Compression, Durability, Message};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        eprintln!("{name} is not set");
-        std::process::exit(2)
-    })
-}
+use spotflow_store_tests::env;
 
 /// CPU time (µs, user and system), context switches (voluntary, involuntary) and peak RSS
 /// (KiB) of this process so far.
@@ -194,6 +189,24 @@ fn raw_tls(plan: &Plan, ca: String, mqtt_port: u16) {
     out.clear();
     assert!(matches!(read_packet(&mut stream), Packet::ConnAck(_)), "CONNACK expected");
     let topic = format!("devices/{device}/messages/events/stream-group-name=rate&stream-name=raw");
+    paced(plan, |i| {
+        let mut publish = Publish::new(topic.as_str(), QoS::AtLeastOnce, plan.payload.clone());
+        publish.pkid = (i % 65_535 + 1) as u16;
+        publish.write(&mut out).expect("PUBLISH");
+        stream.write_all(&out).expect("write");
+        out.clear();
+        let sent = now_ns();
+        match read_packet(&mut stream) {
+            Packet::PubAck(ack) => assert_eq!(ack.pkid, publish.pkid, "PUBACK of another packet"),
+            other => panic!("PUBACK expected, got {other:?}"),
+        }
+        sent
+    });
+}
+
+/// On this thread, at the plan's pace: says `READY`, runs `work(i)` for each message (it returns
+/// the message's stamp), then reports.
+fn paced(plan: &Plan, mut work: impl FnMut(u64) -> u128) {
     println!("READY");
     let before = usage();
     let start = Instant::now();
@@ -202,33 +215,14 @@ fn raw_tls(plan: &Plan, ca: String, mqtt_port: u16) {
         if let Some(wait) = plan.due(start, i).checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let mut publish = Publish::new(topic.as_str(), QoS::AtLeastOnce, plan.payload.clone());
-        publish.pkid = (i % 65_535 + 1) as u16;
-        publish.write(&mut out).expect("PUBLISH");
-        stream.write_all(&out).expect("write");
-        out.clear();
-        stamps.push(now_ns());
-        match read_packet(&mut stream) {
-            Packet::PubAck(ack) => assert_eq!(ack.pkid, publish.pkid, "PUBACK of another packet"),
-            other => panic!("PUBACK expected, got {other:?}"),
-        }
+        stamps.push(work(i));
     }
     report(&stamps, before);
 }
 
 /// The pacing loop alone.
 fn pace(plan: &Plan) {
-    println!("READY");
-    let before = usage();
-    let start = Instant::now();
-    let mut stamps = Vec::with_capacity(plan.count() as usize);
-    for i in 0..plan.count() {
-        if let Some(wait) = plan.due(start, i).checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        stamps.push(now_ns());
-    }
-    report(&stamps, before);
+    paced(plan, |_| now_ns());
 }
 
 /// rusqlite alone: the SDK's two transactions per message (insert; delete once acknowledged)
@@ -252,22 +246,15 @@ fn raw_sqlite(plan: &Plan, durability: Durability) {
     let mut delete = conn.prepare("DELETE FROM messages WHERE seq = ?1").expect("delete");
     let mut relaxed = conn.prepare("PRAGMA synchronous=NORMAL").expect("pragma");
     let mut strict = conn.prepare(&format!("PRAGMA synchronous={sync}")).expect("pragma");
-    println!("READY");
-    let before = usage();
-    let start = Instant::now();
-    let mut stamps = Vec::with_capacity(plan.count() as usize);
-    for i in 0..plan.count() {
-        if let Some(wait) = plan.due(start, i).checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
+    paced(plan, |_| {
         insert.execute(rusqlite::params![&plan.payload[..], plan.payload.len() as i64]).expect("insert");
-        stamps.push(now_ns());
+        let appended = now_ns();
         let seq = conn.last_insert_rowid();
         relaxed.execute([]).expect("pragma");
         delete.execute([seq]).expect("delete");
         strict.execute([]).expect("pragma");
-    }
-    report(&stamps, before);
+        appended
+    });
 }
 
 fn main() {
