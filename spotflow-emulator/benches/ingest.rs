@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use spotflow_emulator::Emulator;
 
-/// Follows the live feed until the returned sender is dropped; counts the events received.
-fn open_dashboard(emu: &Emulator) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<(u64, u64)>) {
+/// Opens the live feed (connected and answered before the clock starts: the dashboard is open,
+/// not opening) and follows it until the returned sender is used; counts the events received.
+async fn open_dashboard(emu: &Emulator) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<(u64, u64)>) {
     let http = reqwest::Client::builder().tls_backend_preconfigured(emu.client_tls_config()).build().expect("client");
     let request = http
         .get(format!("{}/admin/events", emu.https_url()))
         .header("authorization", format!("Bearer {}", emu.admin_token()));
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut response = request.send().await.expect("the live feed");
+    assert_eq!(response.status(), 200);
     let task = tokio::spawn(async move {
-        let mut response = request.send().await.expect("the live feed");
-        assert_eq!(response.status(), 200);
         let (mut messages, mut totals) = (0u64, 0u64);
         let mut buffer = String::new();
         loop {
@@ -53,7 +54,7 @@ fn open_dashboard(emu: &Emulator) -> (tokio::sync::oneshot::Sender<()>, tokio::t
 async fn one_run(clients: usize, per_client: usize, dashboard: bool) -> (f64, Option<(u64, u64)>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let emu = Emulator::builder().data_dir(dir.path()).start().await.expect("emulator");
-    let watcher = dashboard.then(|| open_dashboard(&emu));
+    let watcher = if dashboard { Some(open_dashboard(&emu).await) } else { None };
     let port = emu.mqtts_addr().expect("mqtts").port();
     let tls = Arc::new(emu.client_tls_config());
     let mut tasks = Vec::new();

@@ -47,6 +47,24 @@ pub use tls::client_config;
 use mqtt::Outbound;
 use state::{ControlState, Policy, TwinRefusal};
 
+/// Raises this process's open-file limit (one descriptor per connection) to the most the OS
+/// allows it without privileges (the hard limit). Returns the limit before and after; an error
+/// says why it could not be raised.
+pub fn raise_open_file_limit() -> Result<(u64, u64), String> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    let before = limit.current.unwrap_or(u64::MAX);
+    let Some(hard) = limit.maximum else {
+        return Ok((before, before));
+    };
+    if before >= hard {
+        return Ok((before, before));
+    }
+    setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) })
+        .map_err(|e| format!("cannot raise the open-file limit from {before} to {hard}: {e}"))?;
+    Ok((before, hard))
+}
+
 /// Default MQTT packet limit: 256 KiB of message plus room for the topic and header.
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 256 * 1024 + 8 * 1024;
 

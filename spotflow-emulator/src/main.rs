@@ -256,6 +256,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             max_http_connections,
         } => {
             init_logs();
+            // One descriptor per connection: as many as the OS allows this process.
+            let files = spotflow_emulator::raise_open_file_limit();
             let mut config = spotflow_emulator::EmulatorConfig::default();
             config.data_dir = Some(data_dir.clone());
             config.bind = bind;
@@ -292,6 +294,16 @@ async fn run(cli: Cli) -> Result<(), String> {
                 );
             }
             println!("  admin token file:  {}", data_dir.join("admin-token").display());
+            match files {
+                Ok((before, after)) if after > before => {
+                    println!("  open files:        {after} (raised from {before}): about that many connections")
+                }
+                Ok((_, after)) => println!(
+                    "  open files:        {after} (the hard limit): about that many connections; raise it with \
+                     `ulimit -Hn` as root or in /etc/security/limits.conf for more"
+                ),
+                Err(e) => println!("  open files:        {e}"),
+            }
             println!("  dashboard:         {} (log in with the admin token)", emulator.dashboard_url());
             println!("  metrics:           {}/metrics (Prometheus text, admin token)", emulator.https_url());
             let _ = tokio::signal::ctrl_c().await;

@@ -8,7 +8,7 @@ use spotflow_core::{Error, Result};
 use tracing::warn;
 
 /// Which certificate authorities to trust.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsOptions {
     /// Trust the platform's (operating system's) root certificates. Default `true`.
     pub platform_roots: bool,
@@ -36,8 +36,24 @@ impl TlsOptions {
         Ok(self.with_ca_pem(pem))
     }
 
-    /// Builds the rustls client configuration (certificate and host name verification on).
+    /// The rustls client configuration (certificate and host name verification on). Clients
+    /// that trust the same authorities share one while any of them lives: the parsed root store
+    /// of the operating system's certificates alone is ≈ 100 KiB, too much to repeat for each of
+    /// thousands of devices in one process (and reading it takes milliseconds).
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        type Built = Vec<(TlsOptions, std::sync::Weak<rustls::ClientConfig>)>;
+        static BUILT: std::sync::Mutex<Built> = std::sync::Mutex::new(Vec::new());
+        let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        built.retain(|(_, config)| config.strong_count() > 0);
+        if let Some(config) = built.iter().find(|(options, _)| options == self).and_then(|(_, c)| c.upgrade()) {
+            return Ok(config);
+        }
+        let config = self.build()?;
+        built.push((self.clone(), Arc::downgrade(&config)));
+        Ok(config)
+    }
+
+    fn build(&self) -> Result<Arc<rustls::ClientConfig>> {
         let mut roots = rustls::RootCertStore::empty();
         if self.platform_roots {
             let found = rustls_native_certs::load_native_certs();
@@ -80,7 +96,7 @@ pub(crate) fn platform_only() -> Result<Arc<rustls::ClientConfig>> {
     if let Some(config) = PLATFORM_ONLY.get() {
         return Ok(config.clone());
     }
-    let config = match TlsOptions::platform().client_config() {
+    let config = match TlsOptions::platform().build() {
         Ok(config) => config,
         Err(_) => Arc::new(
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -91,4 +107,25 @@ pub(crate) fn platform_only() -> Result<Arc<rustls::ClientConfig>> {
         ),
     };
     Ok(PLATFORM_ONLY.get_or_init(|| config).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn clients_trusting_the_same_authorities_share_one_configuration() {
+        let emulator = spotflow_emulator::Emulator::builder().start().await.unwrap();
+        let options = TlsOptions { platform_roots: false, extra_ca_pem: vec![emulator.ca_pem().to_owned()] };
+        let a = options.client_config().unwrap();
+        let b = options.clone().client_config().unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the same trust: one configuration");
+        let other = TlsOptions { platform_roots: false, extra_ca_pem: vec![emulator.ca_pem().to_owned(), emulator.ca_pem().to_owned()] };
+        assert!(!Arc::ptr_eq(&a, &other.client_config().unwrap()), "other trust: another configuration");
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        assert!(weak.upgrade().is_none(), "not kept once its clients are gone");
+        assert!(options.client_config().is_ok());
+        assert!(TlsOptions { platform_roots: false, extra_ca_pem: vec!["not PEM".into()] }.client_config().is_err());
+    }
 }
