@@ -83,8 +83,9 @@ pub(crate) enum Stored {
 pub(crate) type AckFn = Box<dyn FnOnce(Stored) + Send>;
 
 enum Command {
-    /// The control state without devices (when it changed) and the devices that changed.
-    SaveState(Option<String>, Vec<(String, String)>),
+    /// The control state changed (written from the shared state, at most every
+    /// [`CONTROL_SAVE_INTERVAL`]), and the devices that changed.
+    SaveState(bool, Vec<(String, String)>),
     TwinHistory {
         hub_device_id: String,
         kind: &'static str,
@@ -118,6 +119,15 @@ pub struct Db {
     tx: mpsc::Sender<Command>,
 }
 
+/// The shared control state: the database thread serialises it itself, once for many changes.
+pub(crate) type SharedControl = Arc<std::sync::Mutex<ControlState>>;
+
+/// How often at most the whole control state (tokens, operations, SAS) is serialised and written:
+/// it grows with the devices (≈ 1 KB each), so writing it at every change made provisioning
+/// 10,000 devices quadratic. A change is on disk within this time (and at once before any read
+/// or sync, and at shutdown).
+const CONTROL_SAVE_INTERVAL: Duration = Duration::from_millis(200);
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS control_state (id INTEGER PRIMARY KEY CHECK (id = 0), json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (hub_device_id TEXT PRIMARY KEY, json TEXT NOT NULL);
@@ -148,7 +158,7 @@ const MAX_BATCH: usize = 4096;
 
 impl Db {
     /// Opens (creating) the database at `path` and loads the control state.
-    pub fn open(path: &Path, live: Arc<Live>) -> Result<(Db, ControlState), String> {
+    pub fn open(path: &Path, live: Arc<Live>) -> Result<(Db, SharedControl), String> {
         let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;")
             .and_then(|_| conn.execute_batch(SCHEMA))
@@ -184,27 +194,19 @@ impl Db {
             state.devices.insert(id, device);
         }
         let (tx, rx) = mpsc::channel();
+        let control = Arc::new(std::sync::Mutex::new(state));
+        let shared = control.clone();
         std::thread::Builder::new()
             .name("emulator-db".into())
-            .spawn(move || run(conn, rx, live))
+            .spawn(move || run(conn, rx, live, shared))
             .map_err(|e| format!("cannot start the database thread: {e}"))?;
-        Ok((Db { tx }, state))
+        Ok((Db { tx }, control))
     }
 
     /// Persists the control state (without its devices) and the devices marked dirty: one
     /// device's twin traffic rewrites its own row, never the whole state.
     pub fn save_state(&self, state: &mut ControlState, control_changed: bool) {
-        let control = if control_changed {
-            match serde_json::to_string(state) {
-                Ok(json) => Some(json),
-                Err(e) => {
-                    error!(error = %e, "cannot serialise the control state");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let control = control_changed;
         let devices = std::mem::take(&mut state.dirty)
             .into_iter()
             .filter_map(|id| {
@@ -212,7 +214,7 @@ impl Db {
                 Some((id, json))
             })
             .collect::<Vec<_>>();
-        if control.is_some() || !devices.is_empty() {
+        if control || !devices.is_empty() {
             let _ = self.tx.send(Command::SaveState(control, devices));
         }
     }
@@ -273,10 +275,34 @@ impl Db {
     }
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<Live>) {
+fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<Live>, control: SharedControl) {
     let mut pending: Vec<(StoredMessage, Option<AckFn>)> = Vec::new();
     let mut state = PendingState::default();
-    while let Ok(first) = rx.recv() {
+    let mut last_control_save = std::time::Instant::now() - CONTROL_SAVE_INTERVAL;
+    loop {
+        // A control-state change waits at most CONTROL_SAVE_INTERVAL for the next write.
+        let first = if state.control_changed {
+            let due = last_control_save + CONTROL_SAVE_INTERVAL;
+            match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+                Ok(c) => Some(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => break,
+            }
+        };
+        if state.control_changed && last_control_save.elapsed() >= CONTROL_SAVE_INTERVAL {
+            state.control = serialize_control(&control);
+            state.control_changed = false;
+            last_control_save = std::time::Instant::now();
+        }
+        let Some(first) = first else {
+            flush(&mut conn, &mut pending, &mut state, &live);
+            continue;
+        };
         let mut queue = vec![first];
         // Group commit: take whatever else is waiting.
         while pending.len() + queue.len() < MAX_BATCH {
@@ -288,13 +314,16 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<Live>) {
         for command in queue {
             match command {
                 Command::Insert(m, ack) => pending.push((*m, ack)),
-                Command::SaveState(control, devices) => {
-                    if control.is_some() {
-                        state.control = control;
-                    }
+                Command::SaveState(changed, devices) => {
+                    state.control_changed |= changed;
                     state.devices.extend(devices);
                 }
                 other => {
+                    // Anything that reads, or waits for what was written: the control state too.
+                    if std::mem::take(&mut state.control_changed) {
+                        state.control = serialize_control(&control);
+                        last_control_save = std::time::Instant::now();
+                    }
                     flush(&mut conn, &mut pending, &mut state, &live);
                     serve(&conn, other);
                 }
@@ -302,12 +331,29 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<Live>) {
         }
         flush(&mut conn, &mut pending, &mut state, &live);
     }
+    if state.control_changed {
+        state.control = serialize_control(&control);
+    }
     flush(&mut conn, &mut pending, &mut state, &live);
+}
+
+/// The control state as JSON (its devices are rows of their own).
+fn serialize_control(control: &SharedControl) -> Option<String> {
+    let state = control.lock().unwrap_or_else(|p| p.into_inner());
+    match serde_json::to_string(&*state) {
+        Ok(json) => Some(json),
+        Err(e) => {
+            error!(error = %e, "cannot serialise the control state");
+            None
+        }
+    }
 }
 
 /// State writes not committed yet (the latest of each).
 #[derive(Default)]
 struct PendingState {
+    /// The control state changed since it was last serialised.
+    control_changed: bool,
     control: Option<String>,
     devices: std::collections::BTreeMap<String, String>,
 }
@@ -366,7 +412,8 @@ fn flush(
     if let Err(e) = result {
         error!(error = %e, messages = pending.len(), "database write failed");
     }
-    *state = PendingState::default();
+    // Written (or failed and logged); a control change not yet serialised stays due.
+    *state = PendingState { control_changed: state.control_changed, ..PendingState::default() };
     if ok {
         // Counted for the dashboard and /metrics while the messages are at hand: one lock for
         // the whole batch, no copy unless a dashboard listens.

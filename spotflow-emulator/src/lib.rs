@@ -251,7 +251,7 @@ impl std::fmt::Debug for DeviceCredentials {
 pub(crate) struct Inner {
     pub config: EmulatorConfig,
     policy: Policy,
-    state: Mutex<ControlState>,
+    state: db::SharedControl,
     pub db: db::Db,
     pub admin_token: String,
     sessions: Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>,
@@ -527,7 +527,7 @@ impl Emulator {
         let inner = Arc::new(Inner {
             config,
             policy,
-            state: Mutex::new(state),
+            state,
             db,
             admin_token,
             sessions: Mutex::default(),

@@ -220,12 +220,17 @@ async fn device(
 async fn stored_by_platform(target: &Target, admin_token: &str) -> Result<u64, String> {
     let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
     if let Some(ca) = &target.ca_pem {
-        let config = spotflow_device::extend::mqtt::TlsOptions { platform_roots: false, extra_ca_pem: vec![ca.clone()] }
-            .client_config()
-            .map_err(|e| e.to_string())?;
+        let config =
+            spotflow_device::extend::mqtt::TlsOptions { platform_roots: false, extra_ca_pem: vec![ca.clone()] }
+                .client_config()
+                .map_err(|e| e.to_string())?;
         http = http.tls_backend_preconfigured((*config).clone());
     }
-    let base = if target.instance.starts_with("http") { target.instance.clone() } else { format!("https://{}", target.instance) };
+    let base = if target.instance.starts_with("http") {
+        target.instance.clone()
+    } else {
+        format!("https://{}", target.instance)
+    };
     let text = http
         .build()
         .map_err(|e| e.to_string())?
@@ -403,13 +408,24 @@ async fn main() -> Result<(), String> {
     println!();
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| devices started / asked | {started} / {} ({} failed to start) |", args.devices, figures.failed_starts.load(Ordering::Relaxed));
+    println!(
+        "| devices started / asked | {started} / {} ({} failed to start) |",
+        args.devices,
+        figures.failed_starts.load(Ordering::Relaxed)
+    );
     println!("| start-up of all devices | {:.1} s ({} at a time) |", start_time.as_secs_f64(), args.start_concurrency);
     println!("| connected at the end | {connected} |");
-    println!("| messages delivered (acknowledged) | {delivered} in {:.1} s = {:.0} msg/s |", sent_for.as_secs_f64(), delivered as f64 / sent_for.as_secs_f64());
+    println!(
+        "| messages delivered (acknowledged) | {delivered} in {:.1} s = {:.0} msg/s |",
+        sent_for.as_secs_f64(),
+        delivered as f64 / sent_for.as_secs_f64()
+    );
     println!("| messages failed | {failed} |");
     match &stored {
-        Some(Ok(n)) => println!("| stored by the platform | {n} ({}) |", if *n >= delivered { "none lost" } else { "FEWER than acknowledged" }),
+        Some(Ok(n)) => println!(
+            "| stored by the platform | {n} ({}) |",
+            if *n >= delivered { "none lost" } else { "FEWER than acknowledged" }
+        ),
         Some(Err(e)) => println!("| stored by the platform | unknown: {e} |"),
         None => println!("| stored by the platform | not checked (give --admin-token) |"),
     }

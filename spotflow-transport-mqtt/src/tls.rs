@@ -120,7 +120,10 @@ mod tests {
         let a = options.client_config().unwrap();
         let b = options.clone().client_config().unwrap();
         assert!(Arc::ptr_eq(&a, &b), "the same trust: one configuration");
-        let other = TlsOptions { platform_roots: false, extra_ca_pem: vec![emulator.ca_pem().to_owned(), emulator.ca_pem().to_owned()] };
+        let other = TlsOptions {
+            platform_roots: false,
+            extra_ca_pem: vec![emulator.ca_pem().to_owned(), emulator.ca_pem().to_owned()],
+        };
         assert!(!Arc::ptr_eq(&a, &other.client_config().unwrap()), "other trust: another configuration");
         let weak = Arc::downgrade(&a);
         drop((a, b));
