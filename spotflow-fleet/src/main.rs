@@ -137,17 +137,25 @@ struct Target {
     mqtt_port: u16,
 }
 
-/// One device: starts, then sends at `rate` until `stop`; returns its client to be closed.
+/// What every device task shares.
+struct Fleet {
+    target: Target,
+    args: Args,
+    dir: std::path::PathBuf,
+    figures: Figures,
+    /// Permits to start (provision, register, connect).
+    starting: tokio::sync::Semaphore,
+}
+
+/// One device: starts, then (once `go` says when) sends at `rate` until `stop`; returns its
+/// client to be closed.
 async fn device(
     i: usize,
-    target: Arc<Target>,
-    args: Arc<Args>,
-    dir: Arc<std::path::PathBuf>,
-    figures: Arc<Figures>,
-    starting: Arc<tokio::sync::Semaphore>,
+    fleet: Arc<Fleet>,
     mut go: tokio::sync::watch::Receiver<Option<Instant>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Option<DeviceClient> {
+    let Fleet { target, args, dir, figures, starting } = &*fleet;
     let id = format!("fleet-{i:05}");
     let client = {
         let _permit = starting.acquire().await.ok()?;
@@ -257,7 +265,7 @@ async fn main() -> Result<(), String> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .with_writer(std::io::stderr)
         .init();
-    let args = Arc::new(Args::parse());
+    let args = Args::parse();
     // Each device holds a socket (and a database file with --store sqlite).
     match spotflow_emulator::raise_open_file_limit() {
         Ok((_, files)) if (files as usize) < args.devices * 4 + 64 => println!(
@@ -273,7 +281,7 @@ async fn main() -> Result<(), String> {
     }
     let mut embedded = None;
     let target = match &args.instance {
-        Some(instance) => Arc::new(Target {
+        Some(instance) => Target {
             instance: instance.clone(),
             token: args.provisioning_token.clone().ok_or("--instance needs --provisioning-token")?,
             ca_pem: match &args.ca_file {
@@ -281,7 +289,7 @@ async fn main() -> Result<(), String> {
                 None => None,
             },
             mqtt_port: args.mqtt_port,
-        }),
+        },
         None => {
             let emu = spotflow_emulator::Emulator::builder().auto_approve(Some(Duration::ZERO)).start().await?;
             let target = Target {
@@ -292,11 +300,11 @@ async fn main() -> Result<(), String> {
             };
             println!("embedded emulator: {} (dashboard {})", emu.https_url(), emu.dashboard_url());
             embedded = Some(emu);
-            Arc::new(target)
+            target
         }
     };
     let temp;
-    let dir = Arc::new(match &args.data_dir {
+    let dir = match &args.data_dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
             d.clone()
@@ -306,31 +314,20 @@ async fn main() -> Result<(), String> {
             std::fs::create_dir_all(&temp).map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
             temp.clone()
         }
-    });
+    };
     println!(
         "{} devices, {} msg/s each, {} s, {:?} store, starting {} at a time, against {}",
         args.devices, args.rate, args.duration, args.store, args.start_concurrency, target.instance
     );
-    let figures = Arc::new(Figures::default());
-    let starting = Arc::new(tokio::sync::Semaphore::new(args.start_concurrency));
+    let starting = tokio::sync::Semaphore::new(args.start_concurrency);
+    let fleet = Arc::new(Fleet { target, args, dir, figures: Figures::default(), starting });
+    let (args, figures, target, dir) = (&fleet.args, &fleet.figures, &fleet.target, &fleet.dir);
     let (go_tx, go) = tokio::sync::watch::channel(None);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let rss_before = rss_kib();
     let began = Instant::now();
-    let tasks: Vec<_> = (0..args.devices)
-        .map(|i| {
-            tokio::spawn(device(
-                i,
-                target.clone(),
-                args.clone(),
-                dir.clone(),
-                figures.clone(),
-                starting.clone(),
-                go.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let tasks: Vec<_> =
+        (0..args.devices).map(|i| tokio::spawn(device(i, fleet.clone(), go.clone(), stop.clone()))).collect();
     // Start-up, with progress.
     let mut last_line = Instant::now();
     while figures.started.load(Ordering::Relaxed) + figures.failed_starts.load(Ordering::Relaxed) < args.devices {
@@ -402,7 +399,7 @@ async fn main() -> Result<(), String> {
     let failed = figures.failed.load(Ordering::Relaxed);
     let stored = match (&embedded, &args.admin_token) {
         (Some(emu), _) => Some(Ok(emu.message_count().await)),
-        (None, Some(token)) => Some(stored_by_platform(&target, token).await),
+        (None, Some(token)) => Some(stored_by_platform(target, token).await),
         (None, None) => None,
     };
     println!();
@@ -449,7 +446,7 @@ async fn main() -> Result<(), String> {
         if embedded.is_some() { " (the embedded emulator included)" } else { "" }
     );
     if args.data_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&*dir);
+        let _ = std::fs::remove_dir_all(dir);
     }
     if failed > 0 || matches!(stored, Some(Ok(n)) if n < delivered) {
         return Err("some messages were not delivered".into());
