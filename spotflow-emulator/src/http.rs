@@ -654,6 +654,7 @@ async fn metrics(State(inner): Shared, headers: HeaderMap) -> Response {
         operations_pending,
         duplicates: inner.duplicates.load(std::sync::atomic::Ordering::Relaxed),
         store_bytes,
+        stored: inner.db.message_count().await,
     };
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -224,6 +224,8 @@ pub(crate) struct Gauges {
     pub operations_pending: usize,
     pub duplicates: u64,
     pub store_bytes: Option<u64>,
+    /// Messages in the database (every stream, every run of the emulator on it).
+    pub stored: u64,
 }
 
 /// The Prometheus text exposition of the emulator's figures.
@@ -273,6 +275,12 @@ pub(crate) fn prometheus(live: &Live, g: &Gauges) -> String {
         "Redeliveries not stored again (their message key was stored).",
         &one(g.duplicates as f64),
     );
+    metric(
+        "messages_stored",
+        "gauge",
+        "Messages in the database (every stream, also those stored before this start).",
+        &one(g.stored as f64),
+    );
     metric("ingest_messages_per_second", "gauge", "Messages stored per second, last 10 s.", &one(live.ingest_rate()));
     let _ = all;
     if let Some(bytes) = g.store_bytes {
@@ -313,7 +321,14 @@ mod tests {
         assert_eq!(live.device("ws:c").messages, 0);
         let text = prometheus(
             &live,
-            &Gauges { devices: 2, devices_connected: 1, operations_pending: 0, duplicates: 4, store_bytes: Some(9) },
+            &Gauges {
+                devices: 2,
+                devices_connected: 1,
+                operations_pending: 0,
+                duplicates: 4,
+                store_bytes: Some(9),
+                stored: 3,
+            },
         );
         assert!(text.contains("spotflow_emulator_messages_total{stream_group=\"g\",stream=\"s\\\"1\"} 2\n"), "{text}");
         assert!(text.contains("spotflow_emulator_message_bytes_total{stream_group=\"g\",stream=\"s\\\"1\"} 15\n"));

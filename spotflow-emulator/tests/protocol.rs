@@ -1408,6 +1408,7 @@ async fn the_dashboard_its_live_feed_and_the_prometheus_metrics() {
         "spotflow_emulator_mqtt_connections 1",
         "spotflow_emulator_provisioning_operations_pending 0",
         "spotflow_emulator_dashboard_listeners 1",
+        "spotflow_emulator_messages_stored 3",
         "# TYPE spotflow_emulator_messages_total counter",
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");

@@ -12,8 +12,9 @@
 //!
 //! Each message is sent with `send_message`, which returns once the platform acknowledged it: the
 //! latency measured is enqueue → acknowledgement, and a message is either delivered or counted
-//! as failed (none can go missing unseen). With `--admin-token`, the platform's own count of the
-//! stored messages (`/metrics`) is compared with the acknowledged ones.
+//! as failed (none can go missing unseen). With `--admin-token`, the emulator's own count of the
+//! messages in its database (`/metrics`; run against an emulator with nothing else stored) is
+//! compared with the acknowledged ones.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,6 +81,8 @@ struct Figures {
     recent: Mutex<Vec<u32>>,
     /// All latencies (µs).
     all: Mutex<Vec<u32>>,
+    /// The started clients (cheap clones), for the connection figures.
+    clients: Mutex<Vec<DeviceClient>>,
 }
 
 impl Figures {
@@ -97,6 +100,14 @@ impl Figures {
         self.all.lock().unwrap_or_else(|p| p.into_inner()).extend(recent);
         ps
     }
+}
+
+/// Devices connected now, and connections they made after their first (reconnects), in all.
+fn connections(figures: &Figures) -> (usize, u64) {
+    let clients = figures.clients.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let connected = clients.iter().filter(|c| c.is_connected()).count();
+    let reconnects = clients.iter().map(|c| c.stats().reconnects).sum();
+    (connected, reconnects)
 }
 
 /// The `p` percentile of sorted µs values, in ms (NaN without values).
@@ -182,6 +193,7 @@ async fn device(
         }
     };
     figures.started.fetch_add(1, Ordering::Relaxed);
+    figures.clients.lock().unwrap_or_else(|p| p.into_inner()).push(client.clone());
     let sender = client.create_stream_sender(Some("fleet"), Some("telemetry"), Compression::Uncompressed).ok()?;
     // Everyone starts sending together, each at its own offset within the first period.
     let start = loop {
@@ -252,11 +264,13 @@ async fn stored_by_platform(target: &Target, admin_token: &str) -> Result<u64, S
         .text()
         .await
         .map_err(|e| e.to_string())?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("spotflow_emulator_messages_total{stream_group=\"fleet\",stream=\"telemetry\"}"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum())
+    // The database's count: it survives restarts of the emulator (the per-stream totals count
+    // from its start). Every stream: run against an emulator with nothing else stored.
+    text.lines()
+        .find_map(|l| l.strip_prefix("spotflow_emulator_messages_stored "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .ok_or_else(|| "no spotflow_emulator_messages_stored in /metrics".to_owned())
 }
 
 #[tokio::main]
@@ -351,6 +365,7 @@ async fn main() -> Result<(), String> {
     let cpu_sending = cpu_time();
     let _ = go_tx.send(Some(Instant::now()));
     let mut previous = 0u64;
+    let mut previous_reconnects = connections(figures).1;
     let mut peak_rss = rss_kib();
     let mut tick = tokio::time::interval(Duration::from_secs(args.progress_every));
     tick.tick().await;
@@ -365,17 +380,20 @@ async fn main() -> Result<(), String> {
         let (p50, p99) = figures.take_recent();
         let rss = rss_kib();
         peak_rss = peak_rss.max(rss);
+        let (connected, reconnects) = connections(figures);
         println!(
-            "[{:>5.0} s] {:>6.0} msg/s delivered | p50 {:>7.2} ms p99 {:>7.2} ms | {} failed | RSS {} MiB ({:.0} KiB/device)",
+            "[{:>5.0} s] {:>6.0} msg/s delivered | p50 {:>7.2} ms p99 {:>7.2} ms | {} failed | {connected} connected, {:.0} reconnects/s | RSS {} MiB ({:.0} KiB/device)",
             sending.elapsed().as_secs_f64(),
             (delivered - previous) as f64 / args.progress_every as f64,
             p50,
             p99,
             figures.failed.load(Ordering::Relaxed),
+            reconnects.saturating_sub(previous_reconnects) as f64 / args.progress_every as f64,
             rss / 1024,
             rss.saturating_sub(rss_before) as f64 / started.max(1) as f64,
         );
         previous = delivered;
+        previous_reconnects = reconnects;
     }
     let _ = stop_tx.send(true);
     let sent_for = sending.elapsed();
@@ -387,6 +405,8 @@ async fn main() -> Result<(), String> {
         }
     }
     let connected = clients.iter().filter(|c| c.is_connected()).count();
+    let reconnects = connections(figures).1;
+    figures.clients.lock().unwrap_or_else(|p| p.into_inner()).clear();
     let rss_end = rss_kib();
     peak_rss = peak_rss.max(rss_end);
     for c in &clients {
@@ -411,7 +431,7 @@ async fn main() -> Result<(), String> {
         figures.failed_starts.load(Ordering::Relaxed)
     );
     println!("| start-up of all devices | {:.1} s ({} at a time) |", start_time.as_secs_f64(), args.start_concurrency);
-    println!("| connected at the end | {connected} |");
+    println!("| connected at the end | {connected} ({reconnects} reconnections during the run) |");
     println!(
         "| messages delivered (acknowledged) | {delivered} in {:.1} s = {:.0} msg/s |",
         sent_for.as_secs_f64(),

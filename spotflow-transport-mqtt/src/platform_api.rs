@@ -74,6 +74,11 @@ impl HttpPlatformApi {
     pub fn new(base_url: &str, instance_id: &str, tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            // The platform API is called in bursts (provisioning, registration, refresh) hours
+            // apart: a connection kept idle between them only holds a descriptor on both sides
+            // (and one of the server's connection slots: with thousands of devices the
+            // emulator's cap of 1,024 made starts come in waves of 1,024 every 10 s).
+            .pool_idle_timeout(Duration::from_secs(2))
             .tls_backend_preconfigured((*tls).clone())
             .build()
             .map_err(|e| Error::invalid("HTTP client", e))?;
