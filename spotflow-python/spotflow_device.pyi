@@ -125,6 +125,7 @@ class ClientStats:
     connection: str
     connection_since: float
     reconnects: int
+    connection_attempts: int
     last_connection_error: Optional[str]
     desired_version: Optional[int]
     reported_version: Optional[int]

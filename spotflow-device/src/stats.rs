@@ -66,6 +66,8 @@ pub struct Stats {
     pub connection_since: SystemTime,
     /// Connections made after the first one.
     pub reconnects: u64,
+    /// Connection attempts, successful or not (a reconnect storm shows here first).
+    pub connection_attempts: u64,
     /// The last error that failed or ended a connection (a description, never a credential).
     pub last_connection_error: Option<String>,
     /// Version of the desired properties the client has (`None` before any).
@@ -264,6 +266,7 @@ struct Link {
     since: SystemTime,
     last_error: Option<String>,
     connections: u64,
+    attempts: u64,
 }
 
 /// The `metrics` facade's handles of one client.
@@ -346,6 +349,7 @@ impl Counters {
                 since: SystemTime::now(),
                 last_error: None,
                 connections: 0,
+                attempts: 0,
             }),
             timing: Timing::new(),
             started: Instant::now(),
@@ -459,6 +463,11 @@ impl Counters {
         }
     }
 
+    /// A connection attempt starts.
+    pub(crate) fn connecting(&self) {
+        self.link().attempts += 1;
+    }
+
     pub(crate) fn connected(&self) {
         let mut l = self.link();
         l.state = ConnectionState::Connected;
@@ -554,6 +563,7 @@ impl Counters {
             connection: link.state,
             connection_since: link.since,
             reconnects: link.connections.saturating_sub(1),
+            connection_attempts: link.attempts,
             last_connection_error: link.last_error.clone(),
             desired_version,
             reported_version: reported.checked_sub(1),

@@ -387,6 +387,7 @@ impl Worker {
             return;
         }
         let Some(creds) = self.credentials.borrow().clone() else { return };
+        self.shared.stats.connecting();
         let transport = self.transport.clone();
         let timeout = self.options.request_timeout;
         let session = self.session.clone();

@@ -54,7 +54,7 @@ async fn every_stats_field_moves_through_send_loss_redelivery_drops_and_restart(
     let s = until(&client, "connected", |s| s.connection == ConnectionState::Connected).await;
     assert_eq!((s.queued_messages, s.queued_bytes, s.oldest_queued_age, s.in_flight), (0, 0, None, 0));
     assert_eq!((s.enqueued_total, s.delivered_total, s.redelivered_total, s.dropped_total), (0, 0, 0, 0));
-    assert_eq!((s.refused_total, s.failed_enqueues_total, s.reconnects), (0, 0, 0));
+    assert_eq!((s.refused_total, s.failed_enqueues_total, s.reconnects, s.connection_attempts), (0, 0, 0, 1));
     assert_eq!((s.latency.samples, s.latency.p50), (0, None));
     assert!(s.last_connection_error.is_none());
     let connected_since = s.connection_since;
@@ -81,6 +81,7 @@ async fn every_stats_field_moves_through_send_loss_redelivery_drops_and_restart(
     })
     .await;
     assert_eq!(s.redelivered_total, 3);
+    assert!(s.connection_attempts >= 2, "{s:?}");
     assert!(s.last_connection_error.is_some(), "the loss is described");
     assert!(s.connection_since > connected_since);
 
@@ -130,6 +131,7 @@ async fn every_stats_field_moves_through_send_loss_redelivery_drops_and_restart(
     assert_eq!(s.queued_bytes, 3 * size_of_one);
     assert_ne!(s.connection, ConnectionState::Connected);
     assert!(s.last_connection_error.is_some(), "offline: the failed attempts are described");
+    assert!(s.connection_attempts >= 1 && s.reconnects == 0, "{s:?}");
     client.close().await.unwrap();
 
     // A restart: the totals start again, the queue is what the store kept, its age is at least

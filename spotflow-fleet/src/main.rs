@@ -102,12 +102,17 @@ impl Figures {
     }
 }
 
-/// Devices connected now, and connections they made after their first (reconnects), in all.
-fn connections(figures: &Figures) -> (usize, u64) {
+/// Devices connected now; reconnections and connection attempts (successful or not), in all.
+fn connections(figures: &Figures) -> (usize, u64, u64) {
     let clients = figures.clients.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let connected = clients.iter().filter(|c| c.is_connected()).count();
-    let reconnects = clients.iter().map(|c| c.stats().reconnects).sum();
-    (connected, reconnects)
+    let (mut reconnects, mut attempts) = (0, 0);
+    for c in &clients {
+        let s = c.stats();
+        reconnects += s.reconnects;
+        attempts += s.connection_attempts;
+    }
+    (connected, reconnects, attempts)
 }
 
 /// The `p` percentile of sorted µs values, in ms (NaN without values).
@@ -365,7 +370,7 @@ async fn main() -> Result<(), String> {
     let cpu_sending = cpu_time();
     let _ = go_tx.send(Some(Instant::now()));
     let mut previous = 0u64;
-    let mut previous_reconnects = connections(figures).1;
+    let (_, mut previous_reconnects, mut previous_attempts) = connections(figures);
     let mut peak_rss = rss_kib();
     let mut tick = tokio::time::interval(Duration::from_secs(args.progress_every));
     tick.tick().await;
@@ -380,20 +385,22 @@ async fn main() -> Result<(), String> {
         let (p50, p99) = figures.take_recent();
         let rss = rss_kib();
         peak_rss = peak_rss.max(rss);
-        let (connected, reconnects) = connections(figures);
+        let (connected, reconnects, attempts) = connections(figures);
         println!(
-            "[{:>5.0} s] {:>6.0} msg/s delivered | p50 {:>7.2} ms p99 {:>7.2} ms | {} failed | {connected} connected, {:.0} reconnects/s | RSS {} MiB ({:.0} KiB/device)",
+            "[{:>5.0} s] {:>6.0} msg/s delivered | p50 {:>7.2} ms p99 {:>7.2} ms | {} failed | {connected} connected, {:.0} reconnects/s, {:.0} attempts/s | RSS {} MiB ({:.0} KiB/device)",
             sending.elapsed().as_secs_f64(),
             (delivered - previous) as f64 / args.progress_every as f64,
             p50,
             p99,
             figures.failed.load(Ordering::Relaxed),
             reconnects.saturating_sub(previous_reconnects) as f64 / args.progress_every as f64,
+            attempts.saturating_sub(previous_attempts) as f64 / args.progress_every as f64,
             rss / 1024,
             rss.saturating_sub(rss_before) as f64 / started.max(1) as f64,
         );
         previous = delivered;
         previous_reconnects = reconnects;
+        previous_attempts = attempts;
     }
     let _ = stop_tx.send(true);
     let sent_for = sending.elapsed();
@@ -405,7 +412,7 @@ async fn main() -> Result<(), String> {
         }
     }
     let connected = clients.iter().filter(|c| c.is_connected()).count();
-    let reconnects = connections(figures).1;
+    let (_, reconnects, attempts) = connections(figures);
     figures.clients.lock().unwrap_or_else(|p| p.into_inner()).clear();
     let rss_end = rss_kib();
     peak_rss = peak_rss.max(rss_end);
@@ -431,7 +438,9 @@ async fn main() -> Result<(), String> {
         figures.failed_starts.load(Ordering::Relaxed)
     );
     println!("| start-up of all devices | {:.1} s ({} at a time) |", start_time.as_secs_f64(), args.start_concurrency);
-    println!("| connected at the end | {connected} ({reconnects} reconnections during the run) |");
+    println!(
+        "| connected at the end | {connected} ({reconnects} reconnections, {attempts} connection attempts in all) |"
+    );
     println!(
         "| messages delivered (acknowledged) | {delivered} in {:.1} s = {:.0} msg/s |",
         sent_for.as_secs_f64(),

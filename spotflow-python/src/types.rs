@@ -158,6 +158,8 @@ pub struct ClientStats {
     pub connection_since: f64,
     /// Connections made after the first one.
     pub reconnects: u64,
+    /// Connection attempts, successful or not.
+    pub connection_attempts: u64,
     /// The last error that failed or ended a connection (no credentials in it).
     pub last_connection_error: Option<String>,
     /// Version of the desired properties the client has.
@@ -191,6 +193,7 @@ impl From<spotflow_device::Stats> for ClientStats {
             connection: s.connection.as_str(),
             connection_since: s.connection_since.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             reconnects: s.reconnects,
+            connection_attempts: s.connection_attempts,
             last_connection_error: s.last_connection_error,
             desired_version: s.desired_version,
             reported_version: s.reported_version,
