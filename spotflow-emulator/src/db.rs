@@ -122,11 +122,12 @@ pub struct Db {
 /// The shared control state: the database thread serialises it itself, once for many changes.
 pub(crate) type SharedControl = Arc<std::sync::Mutex<ControlState>>;
 
-/// How often at most the whole control state (tokens, operations, SAS) is serialised and written:
-/// it grows with the devices (≈ 1 KB each), so writing it at every change made provisioning
-/// 10,000 devices quadratic. A change is on disk within this time (and at once before any read
-/// or sync, and at shutdown).
-const CONTROL_SAVE_INTERVAL: Duration = Duration::from_millis(200);
+/// The whole control state (tokens, operations, SAS) grows with the devices (≈ 1 KB each):
+/// written at every change, provisioning 10,000 devices was quadratic. It is written at once
+/// when small, and otherwise at most every four times as long as writing it took (serialising
+/// then takes at most a fifth of the database thread), never later than this after a change
+/// (and at once before any read or sync, and at shutdown).
+const CONTROL_SAVE_MAX_DELAY: Duration = Duration::from_millis(200);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS control_state (id INTEGER PRIMARY KEY CHECK (id = 0), json TEXT NOT NULL);
@@ -278,11 +279,20 @@ impl Db {
 fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<Live>, control: SharedControl) {
     let mut pending: Vec<(StoredMessage, Option<AckFn>)> = Vec::new();
     let mut state = PendingState::default();
-    let mut last_control_save = std::time::Instant::now() - CONTROL_SAVE_INTERVAL;
+    let mut last_control_save = std::time::Instant::now();
+    // How long after the last write the next may come: four times what serialising took.
+    let mut control_interval = Duration::ZERO;
+    let save_control = |state: &mut PendingState, last: &mut std::time::Instant, interval: &mut Duration| {
+        let started = std::time::Instant::now();
+        state.control = serialize_control(&control);
+        state.control_changed = false;
+        *last = std::time::Instant::now();
+        *interval = (started.elapsed() * 4).min(CONTROL_SAVE_MAX_DELAY);
+    };
     loop {
-        // A control-state change waits at most CONTROL_SAVE_INTERVAL for the next write.
+        // A control-state change waits at most `control_interval` for the next write.
         let first = if state.control_changed {
-            let due = last_control_save + CONTROL_SAVE_INTERVAL;
+            let due = last_control_save + control_interval;
             match rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
                 Ok(c) => Some(c),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -294,10 +304,8 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<Live>, contr
                 Err(_) => break,
             }
         };
-        if state.control_changed && last_control_save.elapsed() >= CONTROL_SAVE_INTERVAL {
-            state.control = serialize_control(&control);
-            state.control_changed = false;
-            last_control_save = std::time::Instant::now();
+        if state.control_changed && last_control_save.elapsed() >= control_interval {
+            save_control(&mut state, &mut last_control_save, &mut control_interval);
         }
         let Some(first) = first else {
             flush(&mut conn, &mut pending, &mut state, &live);
@@ -320,14 +328,17 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<Live>, contr
                 }
                 other => {
                     // Anything that reads, or waits for what was written: the control state too.
-                    if std::mem::take(&mut state.control_changed) {
-                        state.control = serialize_control(&control);
-                        last_control_save = std::time::Instant::now();
+                    if state.control_changed {
+                        save_control(&mut state, &mut last_control_save, &mut control_interval);
                     }
                     flush(&mut conn, &mut pending, &mut state, &live);
                     serve(&conn, other);
                 }
             }
+        }
+        // In the same transaction as the batch when it is due.
+        if state.control_changed && last_control_save.elapsed() >= control_interval {
+            save_control(&mut state, &mut last_control_save, &mut control_interval);
         }
         flush(&mut conn, &mut pending, &mut state, &live);
     }

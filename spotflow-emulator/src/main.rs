@@ -306,7 +306,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             println!("  dashboard:         {} (log in with the admin token)", emulator.dashboard_url());
             println!("  metrics:           {}/metrics (Prometheus text, admin token)", emulator.https_url());
-            let _ = tokio::signal::ctrl_c().await;
+            // Ctrl-C or `kill` (SIGTERM): stop cleanly, with everything written.
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
             println!("stopping");
             emulator.shutdown();
             Ok(())
