@@ -217,13 +217,7 @@ impl DeviceClientBuilder {
             refused: Mutex::new(RefusedLog::default()),
             stats: crate::stats::Counters::new(&identity.workspace_id, &identity.device_id),
         });
-        shared.stats.carried_over(stats.count, stats.last_seq.unwrap_or(0));
-        shared.stats.after_round(
-            0,
-            stats.last_seq.unwrap_or(0).saturating_sub(stats.count) + 1,
-            stats.count,
-            stats.bytes,
-        );
+        shared.stats.carried_over(stats.count, stats.bytes, stats.last_seq.unwrap_or(0));
         let reported = ReportedTracker::new(reported);
         shared.set_reported_status(reported.any_pending(), None);
 

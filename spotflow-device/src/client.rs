@@ -86,7 +86,7 @@ impl DeviceClient {
     }
 
     /// A snapshot of the queue, the deliveries, the connection and the enqueue →
-    /// acknowledgement latency (see [`Stats`]). Cheap: atomics and two short locks.
+    /// acknowledgement latency (see [`Stats`]). Cheap: atomics and a few short locks.
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;
         let desired = shared.desired.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|d| d.version);

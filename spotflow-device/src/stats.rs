@@ -366,11 +366,11 @@ impl Counters {
         self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The store held `count` messages, up to `seq`, when the client started.
-    pub(crate) fn carried_over(&self, count: u64, seq: u64) {
+    /// The store held `count` messages (`bytes`), up to `seq`, when the client started.
+    pub(crate) fn carried_over(&self, count: u64, bytes: u64, seq: u64) {
         self.carried_through.store(seq, Ordering::Release);
         self.carried_left.store(count, Ordering::Release);
-        self.timing.oldest_seq.store(seq.saturating_sub(count) + 1, Ordering::Release);
+        self.after_round(0, seq.saturating_sub(count) + 1, count, bytes);
     }
 
     /// `seq` left the queue: one fewer carried over if it was.

@@ -83,8 +83,8 @@ pub(crate) enum Stored {
 pub(crate) type AckFn = Box<dyn FnOnce(Stored) + Send>;
 
 enum Command {
-    /// The control state changed (written from the shared state, at most every
-    /// [`CONTROL_SAVE_INTERVAL`]), and the devices that changed.
+    /// Whether the control state changed (the database thread serialises it itself, see
+    /// [`CONTROL_SAVE_MAX_DELAY`]), and the devices that changed, as JSON.
     SaveState(bool, Vec<(String, String)>),
     TwinHistory {
         hub_device_id: String,
@@ -204,10 +204,10 @@ impl Db {
         Ok((Db { tx }, control))
     }
 
-    /// Persists the control state (without its devices) and the devices marked dirty: one
-    /// device's twin traffic rewrites its own row, never the whole state.
+    /// Tells the database thread that the control state (without its devices) changed, for it
+    /// to write, and persists the devices marked dirty: one device's twin traffic rewrites its
+    /// own row, never the whole state.
     pub fn save_state(&self, state: &mut ControlState, control_changed: bool) {
-        let control = control_changed;
         let devices = std::mem::take(&mut state.dirty)
             .into_iter()
             .filter_map(|id| {
@@ -215,8 +215,8 @@ impl Db {
                 Some((id, json))
             })
             .collect::<Vec<_>>();
-        if control || !devices.is_empty() {
-            let _ = self.tx.send(Command::SaveState(control, devices));
+        if control_changed || !devices.is_empty() {
+            let _ = self.tx.send(Command::SaveState(control_changed, devices));
         }
     }
 

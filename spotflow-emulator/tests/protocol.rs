@@ -1423,3 +1423,47 @@ async fn the_dashboard_its_live_feed_and_the_prometheus_metrics() {
     drop(feed);
     drop(client);
 }
+
+/// A change of the control state (here a provisioning token) is on disk when `serve` is stopped
+/// right after it, with SIGTERM as with Ctrl-C: the emulator started again on the same data
+/// directory knows the token.
+#[tokio::test]
+async fn a_token_created_just_before_sigterm_survives_the_restart() {
+    let mut process = EmulatorProcess::spawn(&[], &[]);
+    let http = process.banner_value("plain HTTP:");
+    let admin = format!("Bearer {}", process.admin_token());
+    let ca = std::fs::read_to_string(process._dir.path().join("ca.pem")).unwrap();
+    let plain = reqwest::Client::builder()
+        .tls_backend_preconfigured(spotflow_emulator::client_config(&ca).unwrap())
+        .timeout(WAIT)
+        .build()
+        .unwrap();
+    let (s, created) =
+        call(&plain, reqwest::Method::POST, format!("{http}/admin/provisioning-tokens"), Some(&admin), "{}").await;
+    assert_eq!(s, 200, "{created}");
+    let token = created["provisioningToken"].as_str().unwrap().to_owned();
+    let killed = std::process::Command::new("kill").arg("-TERM").arg(process.child.id().to_string()).status().unwrap();
+    assert!(killed.success());
+    let log = process.wait_log("stopping");
+    assert!(log.contains("stopping"), "{log}");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not exit within {WAIT:?} of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "serve exited with {status} on SIGTERM");
+
+    let emu = Emulator::builder().data_dir(process._dir.path()).start().await.unwrap();
+    let (s, op) = call(
+        &https(&emu),
+        reqwest::Method::POST,
+        format!("{}/provisioning-operations/init", emu.https_url()),
+        Some(&format!("DeviceToken {token}")),
+        &json!({"deviceId": "after-sigterm"}).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "the token created before SIGTERM is known after the restart: {op}");
+}

@@ -322,18 +322,11 @@ async fn main() -> Result<(), String> {
             target
         }
     };
-    let temp;
-    let dir = match &args.data_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            temp = std::env::temp_dir().join(format!("spotflow-fleet-{}", std::process::id()));
-            std::fs::create_dir_all(&temp).map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
-            temp.clone()
-        }
-    };
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("spotflow-fleet-{}", std::process::id())));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     println!(
         "{} devices, {} msg/s each, {} s, {:?} store, starting {} at a time, against {}",
         args.devices, args.rate, args.duration, args.store, args.start_concurrency, target.instance

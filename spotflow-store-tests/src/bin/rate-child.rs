@@ -189,24 +189,29 @@ fn raw_tls(plan: &Plan, ca: String, mqtt_port: u16) {
     out.clear();
     assert!(matches!(read_packet(&mut stream), Packet::ConnAck(_)), "CONNACK expected");
     let topic = format!("devices/{device}/messages/events/stream-group-name=rate&stream-name=raw");
-    paced(plan, |i| {
-        let mut publish = Publish::new(topic.as_str(), QoS::AtLeastOnce, plan.payload.clone());
-        publish.pkid = (i % 65_535 + 1) as u16;
-        publish.write(&mut out).expect("PUBLISH");
-        stream.write_all(&out).expect("write");
-        out.clear();
-        let sent = now_ns();
-        match read_packet(&mut stream) {
-            Packet::PubAck(ack) => assert_eq!(ack.pkid, publish.pkid, "PUBACK of another packet"),
-            other => panic!("PUBACK expected, got {other:?}"),
-        }
-        sent
-    });
+    paced(
+        plan,
+        |i| {
+            let mut publish = Publish::new(topic.as_str(), QoS::AtLeastOnce, plan.payload.clone());
+            publish.pkid = (i % 65_535 + 1) as u16;
+            publish.write(&mut out).expect("PUBLISH");
+            stream.write_all(&out).expect("write");
+            out.clear();
+            let sent = now_ns();
+            match read_packet(&mut stream) {
+                Packet::PubAck(ack) => assert_eq!(ack.pkid, publish.pkid, "PUBACK of another packet"),
+                other => panic!("PUBACK expected, got {other:?}"),
+            }
+            sent
+        },
+        || {},
+    );
 }
 
 /// On this thread, at the plan's pace: says `READY`, runs `work(i)` for each message (it returns
-/// the message's stamp), then reports.
-fn paced(plan: &Plan, mut work: impl FnMut(u64) -> u128) {
+/// the message's stamp), then `drain` (what must finish before the figures are taken), then
+/// reports.
+fn paced(plan: &Plan, mut work: impl FnMut(u64) -> u128, drain: impl FnOnce()) {
     println!("READY");
     let before = usage();
     let start = Instant::now();
@@ -217,12 +222,13 @@ fn paced(plan: &Plan, mut work: impl FnMut(u64) -> u128) {
         }
         stamps.push(work(i));
     }
+    drain();
     report(&stamps, before);
 }
 
 /// The pacing loop alone.
 fn pace(plan: &Plan) {
-    paced(plan, |_| now_ns());
+    paced(plan, |_| now_ns(), || {});
 }
 
 /// rusqlite alone: the SDK's two transactions per message (insert; delete once acknowledged)
@@ -246,15 +252,19 @@ fn raw_sqlite(plan: &Plan, durability: Durability) {
     let mut delete = conn.prepare("DELETE FROM messages WHERE seq = ?1").expect("delete");
     let mut relaxed = conn.prepare("PRAGMA synchronous=NORMAL").expect("pragma");
     let mut strict = conn.prepare(&format!("PRAGMA synchronous={sync}")).expect("pragma");
-    paced(plan, |_| {
-        insert.execute(rusqlite::params![&plan.payload[..], plan.payload.len() as i64]).expect("insert");
-        let appended = now_ns();
-        let seq = conn.last_insert_rowid();
-        relaxed.execute([]).expect("pragma");
-        delete.execute([seq]).expect("delete");
-        strict.execute([]).expect("pragma");
-        appended
-    });
+    paced(
+        plan,
+        |_| {
+            insert.execute(rusqlite::params![&plan.payload[..], plan.payload.len() as i64]).expect("insert");
+            let appended = now_ns();
+            let seq = conn.last_insert_rowid();
+            relaxed.execute([]).expect("pragma");
+            delete.execute([seq]).expect("delete");
+            strict.execute([]).expect("pragma");
+            appended
+        },
+        || {},
+    );
 }
 
 fn main() {
@@ -292,22 +302,19 @@ fn main() {
                 .expect("device starts");
         let sender = client.create_stream_sender(Some("rate"), Some("blocking"), Compression::Uncompressed).unwrap();
         std::thread::sleep(plan.settle_time());
-        println!("READY");
-        let before = usage();
-        let start = Instant::now();
-        let mut stamps = Vec::with_capacity(plan.count() as usize);
-        for i in 0..plan.count() {
-            if let Some(wait) = plan.due(start, i).checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            sender.enqueue_message(Message::new(plan.payload.clone())).expect("enqueue");
-            stamps.push(now_ns());
-        }
-        if plan.rate == 0.0 {
-            std::thread::sleep(Duration::from_secs_f64(plan.seconds));
-        }
-        client.wait_enqueued_messages_sent_timeout(Duration::from_secs(120)).expect("all acknowledged");
-        report(&stamps, before);
+        paced(
+            &plan,
+            |_| {
+                sender.enqueue_message(Message::new(plan.payload.clone())).expect("enqueue");
+                now_ns()
+            },
+            || {
+                if plan.rate == 0.0 {
+                    std::thread::sleep(Duration::from_secs_f64(plan.seconds));
+                }
+                client.wait_enqueued_messages_sent_timeout(Duration::from_secs(120)).expect("all acknowledged");
+            },
+        );
         client.close().expect("close");
         return;
     }
