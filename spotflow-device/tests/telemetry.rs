@@ -204,29 +204,23 @@ async fn dropped_connections_lose_no_message_and_resend_only_unacknowledged_ones
         builder(&platform, &store, Some("dev-1")).with_options(|o| o.max_in_flight = window).start().await.unwrap();
     let sender = client.create_stream_sender(None, Some("s"), Compression::Uncompressed).unwrap();
     let total = 5000;
-    let producer = tokio::spawn({
-        let sender = sender.clone();
-        async move {
-            for i in 0..total {
-                sender.enqueue_message(format!("{i}")).await.unwrap();
-                if i % 100 == 0 {
-                    tokio::task::yield_now().await;
-                }
-            }
-        }
-    });
-    // Five times: hold acknowledgements until messages are in flight, then cut the connection.
+    // Five times: hold acknowledgements, enqueue a fifth of the messages, wait until messages are
+    // in flight, then cut the connection. (Enqueued per round: a producer running on its own
+    // could finish and have everything acknowledged before a round held anything.)
     let publishes = |p: &MemoryPlatform| p.received_count() as usize + p.duplicates();
     let drops = 5;
-    for _ in 0..drops {
+    let chunk = total / drops;
+    for round in 0..drops {
         platform.set_ack_mode(AckMode::Hold);
         let before = publishes(&platform);
+        for i in round * chunk..(round + 1) * chunk {
+            sender.enqueue_message(format!("{i}")).await.unwrap();
+        }
         assert!(platform.wait_until(WAIT, |p| publishes(p) >= before + window / 2).await);
         platform.drop_connections();
         platform.set_ack_mode(AckMode::Immediate);
         wait_connections(&platform, 1).await;
     }
-    producer.await.unwrap();
     client.wait_enqueued_messages_sent_timeout(WAIT).await.unwrap();
     let messages = platform.messages();
     assert_eq!(messages.len(), total, "every message delivered");
