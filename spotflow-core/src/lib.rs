@@ -76,7 +76,9 @@ pub use store::{
     recv_polling, AdaptivePoll, ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret,
     Store, STORE_THREAD_POLL,
 };
-pub use thread_store::{run_as_blocking_caller, Durability, FreeSpace, OpenedCallback, StoreBackend, ThreadStore};
+pub use thread_store::{
+    run_as_blocking_caller, Durability, FreeSpace, Namespace, OpenedCallback, StoreBackend, ThreadStore, SINGLE_DEVICE,
+};
 pub use transport::{Connection, RequestId, SessionInfo, Transport, TransportEvent, TwinDocument};
 
 #[doc(hidden)]

@@ -44,24 +44,43 @@ pub enum Durability {
     CrashSafe,
 }
 
+/// One device's part of a store: its queue, identity and properties. A store of one device has
+/// only [`SINGLE_DEVICE`]; a store shared by several devices (a gateway's) gives each device
+/// its own through [`StoreBackend::namespace`], and every other call names the one it is about.
+pub type Namespace = u32;
+
+/// The namespace of a store that holds one device.
+pub const SINGLE_DEVICE: Namespace = 0;
+
 /// The storage work of a durable store, done on its thread by [`ThreadStore`]; every call blocks.
+///
+/// Every call is about one device's namespace (see [`Namespace`]): a backend of one device sees
+/// only [`SINGLE_DEVICE`] and may ignore it.
 pub trait StoreBackend: Send + 'static {
-    /// Appends the messages of every group, in order, durably (as the store's [`Durability`]
-    /// promises) before it returns. Returns the sequence number of each group's first message
-    /// (for an empty group, the number its next message would get). An error fails every group.
-    fn append(&mut self, groups: &[Vec<OutgoingMessage>]) -> Result<Vec<u64>>;
-    /// Up to `limit` queued messages with sequence numbers above `after`, in order.
-    fn read(&mut self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>>;
-    /// Removes acknowledged messages; unknown sequence numbers are ignored.
-    fn remove(&mut self, seqs: &[u64]) -> Result<()>;
-    /// The queue's size and last sequence number.
-    fn stats(&mut self) -> Result<QueueStats>;
-    /// A named state document (`identity`, `desired`, `reported`).
-    fn load_state(&mut self, name: &str) -> Result<Option<serde_json::Value>>;
-    /// Saves a named state document durably.
-    fn save_state(&mut self, name: &str, value: &serde_json::Value) -> Result<()>;
-    /// Removes the queued messages and the `desired` and `reported` documents.
-    fn clear(&mut self) -> Result<()>;
+    /// Appends the messages of every group to its namespace's queue, in order, durably (as the
+    /// store's [`Durability`] promises) before it returns. Returns the sequence number of each
+    /// group's first message (for an empty group, the number its next message would get). An
+    /// error fails every group. The groups of one call may belong to different namespaces: one
+    /// durable write for all of them (group commit across devices).
+    fn append(&mut self, groups: &[(Namespace, Vec<OutgoingMessage>)]) -> Result<Vec<u64>>;
+    /// Up to `limit` messages queued in `ns` with sequence numbers above `after`, in order.
+    fn read(&mut self, ns: Namespace, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>>;
+    /// Removes acknowledged messages of `ns`; unknown sequence numbers (and those of other
+    /// namespaces) are ignored.
+    fn remove(&mut self, ns: Namespace, seqs: &[u64]) -> Result<()>;
+    /// The size and last sequence number of the queue of `ns`.
+    fn stats(&mut self, ns: Namespace) -> Result<QueueStats>;
+    /// A named state document (`identity`, `desired`, `reported`) of `ns`.
+    fn load_state(&mut self, ns: Namespace, name: &str) -> Result<Option<serde_json::Value>>;
+    /// Saves a named state document of `ns` durably.
+    fn save_state(&mut self, ns: Namespace, name: &str, value: &serde_json::Value) -> Result<()>;
+    /// Removes the queued messages and the `desired` and `reported` documents of `ns`.
+    fn clear(&mut self, ns: Namespace) -> Result<()>;
+    /// The namespace of the device `name` in a store shared by several devices, made (durably)
+    /// when it is new. A store of one device refuses (the default).
+    fn namespace(&mut self, name: &str) -> Result<Namespace> {
+        Err(Error::invalid("store", format!("this store holds one device; {name:?} needs a shared store")))
+    }
     /// Whether work that may block on the disk is due (a checkpoint, say): after a call made on
     /// a caller's thread, the store's thread is asked to do it ([`StoreBackend::maintain`]), so
     /// that the caller does not wait for it.
@@ -127,13 +146,14 @@ const REPLY_POLL: Duration = Duration::from_micros(50);
 type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Command {
-    Append(Vec<OutgoingMessage>, Reply<u64>),
-    Read(Option<u64>, usize, Reply<Vec<QueuedMessage>>),
-    Remove(Vec<u64>, Reply<()>),
-    Stats(Reply<QueueStats>),
-    LoadState(&'static str, Reply<Option<serde_json::Value>>),
-    SaveState(&'static str, serde_json::Value, Reply<()>),
-    Clear(Reply<()>),
+    Append(Namespace, Vec<OutgoingMessage>, Reply<u64>),
+    Read(Namespace, Option<u64>, usize, Reply<Vec<QueuedMessage>>),
+    Remove(Namespace, Vec<u64>, Reply<()>),
+    Stats(Namespace, Reply<QueueStats>),
+    LoadState(Namespace, &'static str, Reply<Option<serde_json::Value>>),
+    SaveState(Namespace, &'static str, serde_json::Value, Reply<()>),
+    Clear(Namespace, Reply<()>),
+    Namespace(String, Reply<Namespace>),
     Close(Reply<()>),
     /// Maintenance announced after a direct call (no answer).
     Maintain,
@@ -155,6 +175,11 @@ pub struct ThreadStore {
     slot: Slot,
     /// When the last append ended (see [`CONCURRENT_GAP`]).
     last_append: Arc<Mutex<Option<Instant>>>,
+    /// The device this handle is about ([`SINGLE_DEVICE`] in a store of one device).
+    ns: Namespace,
+    /// A device's view of a shared store (see [`ThreadStore::namespace`]): closing it closes
+    /// nothing.
+    view: bool,
 }
 
 impl std::fmt::Debug for ThreadStore {
@@ -259,7 +284,26 @@ impl ThreadStore {
             waiting: Arc::default(),
             slot,
             last_append: Arc::default(),
+            ns: SINGLE_DEVICE,
+            view: false,
         })
+    }
+
+    /// A handle on the namespace of the device `name` in a store shared by several devices
+    /// (made when it is new): every call through it is about that device alone, and all
+    /// devices' appends still go through this store's one thread and merge into one durable
+    /// write (group commit across devices). Closing the handle closes nothing: the store
+    /// closes when it is closed itself, or when its last handle is dropped. A store of one
+    /// device refuses.
+    pub async fn namespace(&self, name: &str) -> Result<ThreadStore> {
+        let name = name.to_owned();
+        let ns = self.call(|r| Command::Namespace(name, r)).await?;
+        Ok(ThreadStore { ns, view: true, ..self.clone() })
+    }
+
+    /// The namespace this handle is about.
+    pub fn namespace_id(&self) -> Namespace {
+        self.ns
     }
 
     /// Runs `f` on the backend on this thread if the store's thread does not hold it now;
@@ -350,17 +394,18 @@ impl ThreadStore {
         // the thread, which merges their appends).
         let blocking = BLOCKING_CALLER.with(Cell::get);
         let direct = blocking || (self.poll_reply && self.at_device_pace());
+        let ns = self.ns;
         if direct && messages.len() <= DIRECT_MAX {
-            let groups = [messages];
+            let groups = [(ns, messages)];
             match self.direct(|b| b.append(&groups)) {
                 Some(firsts) => return firsts?.first().copied().ok_or_else(|| self.closed()),
                 None => {
-                    let [messages] = groups;
-                    return self.call(|r| Command::Append(messages, r)).await;
+                    let [(_, messages)] = groups;
+                    return self.call(|r| Command::Append(ns, messages, r)).await;
                 }
             }
         }
-        self.call(|r| Command::Append(messages, r)).await
+        self.call(|r| Command::Append(ns, messages, r)).await
     }
 
     /// Whether an append is made at a device's pace: no call waits for the store's thread and the
@@ -378,7 +423,7 @@ impl ThreadStore {
 
     /// [`Store::read_messages`](crate::Store::read_messages).
     pub async fn read_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
-        self.call(|r| Command::Read(after, limit, r)).await
+        self.call(|r| Command::Read(self.ns, after, limit, r)).await
     }
     /// [`Store::remove_messages`](crate::Store::remove_messages).
     pub async fn remove_messages(&self, seqs: &[u64]) -> Result<()> {
@@ -386,55 +431,59 @@ impl ThreadStore {
             return Ok(());
         }
         if seqs.len() <= DIRECT_MAX {
-            if let Some(result) = self.direct(|b| b.remove(seqs)) {
+            if let Some(result) = self.direct(|b| b.remove(self.ns, seqs)) {
                 return result;
             }
         }
         let seqs = seqs.to_vec();
-        self.call(|r| Command::Remove(seqs, r)).await
+        self.call(|r| Command::Remove(self.ns, seqs, r)).await
     }
     /// [`Store::queue_stats`](crate::Store::queue_stats).
     pub async fn queue_stats(&self) -> Result<QueueStats> {
-        self.call(Command::Stats).await
+        self.call(|r| Command::Stats(self.ns, r)).await
     }
     /// [`Store::load_identity`](crate::Store::load_identity).
     pub async fn load_identity(&self) -> Result<Option<DeviceIdentity>> {
-        let v = self.call(|r| Command::LoadState("identity", r)).await?;
+        let v = self.call(|r| Command::LoadState(self.ns, "identity", r)).await?;
         v.as_ref().map(persist::identity_from_json).transpose()
     }
     /// [`Store::save_identity`](crate::Store::save_identity).
     pub async fn save_identity(&self, identity: &DeviceIdentity) -> Result<()> {
         let v = persist::identity_to_json(identity);
-        self.call(|r| Command::SaveState("identity", v, r)).await
+        self.call(|r| Command::SaveState(self.ns, "identity", v, r)).await
     }
     /// [`Store::load_desired`](crate::Store::load_desired).
     pub async fn load_desired(&self) -> Result<Option<DesiredState>> {
-        let v = self.call(|r| Command::LoadState("desired", r)).await?;
+        let v = self.call(|r| Command::LoadState(self.ns, "desired", r)).await?;
         v.as_ref().map(persist::desired_from_json).transpose()
     }
     /// [`Store::save_desired`](crate::Store::save_desired).
     pub async fn save_desired(&self, desired: &DesiredState) -> Result<()> {
         let v = persist::desired_to_json(desired);
-        self.call(|r| Command::SaveState("desired", v, r)).await
+        self.call(|r| Command::SaveState(self.ns, "desired", v, r)).await
     }
     /// [`Store::load_reported`](crate::Store::load_reported).
     pub async fn load_reported(&self) -> Result<ReportedState> {
-        let v = self.call(|r| Command::LoadState("reported", r)).await?;
+        let v = self.call(|r| Command::LoadState(self.ns, "reported", r)).await?;
         Ok(v.as_ref().map(persist::reported_from_json).transpose()?.unwrap_or_default())
     }
     /// [`Store::save_reported`](crate::Store::save_reported).
     pub async fn save_reported(&self, reported: &ReportedState) -> Result<()> {
         let v = persist::reported_to_json(reported);
-        self.call(|r| Command::SaveState("reported", v, r)).await
+        self.call(|r| Command::SaveState(self.ns, "reported", v, r)).await
     }
     /// [`Store::clear_device_state`](crate::Store::clear_device_state).
     pub async fn clear_device_state(&self) -> Result<()> {
-        self.call(Command::Clear).await
+        self.call(|r| Command::Clear(self.ns, r)).await
     }
     /// Closes the store now (everything durable, the files released for another process)
     /// instead of when the last clone is dropped. Later calls on any clone fail; closing again is
-    /// a no-op.
+    /// a no-op. On a device's view of a shared store (see [`ThreadStore::namespace`]) it does
+    /// nothing: everything it appended is already durable, and the other devices go on.
     pub async fn close(&self) -> Result<()> {
+        if self.view {
+            return Ok(());
+        }
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Close(reply)).is_err() {
             return Ok(());
@@ -460,7 +509,7 @@ fn serve(slot: &Slot, label: &str, rx: mpsc::Receiver<Command>, mut poll: crate:
                 break;
             };
             match command {
-                Command::Append(messages, reply) => appends.push((messages, reply)),
+                Command::Append(ns, messages, reply) => appends.push(((ns, messages), reply)),
                 Command::Close(reply) => {
                     append_group(backend, &mut appends);
                     let backend = guard.take();
@@ -497,7 +546,7 @@ fn maintain(backend: &mut dyn StoreBackend, label: &str) {
     }
 }
 
-fn append_group(backend: &mut dyn StoreBackend, appends: &mut Vec<(Vec<OutgoingMessage>, Reply<u64>)>) {
+fn append_group(backend: &mut dyn StoreBackend, appends: &mut Vec<((Namespace, Vec<OutgoingMessage>), Reply<u64>)>) {
     if appends.is_empty() {
         return;
     }
@@ -529,12 +578,13 @@ fn serve_one(backend: &mut dyn StoreBackend, command: Command, label: &str) {
                 maintain(backend, label);
             }
         }
-        Command::Read(after, limit, reply) => drop(reply.send(backend.read(after, limit))),
-        Command::Remove(seqs, reply) => drop(reply.send(backend.remove(&seqs))),
-        Command::Stats(reply) => drop(reply.send(backend.stats())),
-        Command::LoadState(name, reply) => drop(reply.send(backend.load_state(name))),
-        Command::SaveState(name, value, reply) => drop(reply.send(backend.save_state(name, &value))),
-        Command::Clear(reply) => drop(reply.send(backend.clear())),
+        Command::Read(ns, after, limit, reply) => drop(reply.send(backend.read(ns, after, limit))),
+        Command::Remove(ns, seqs, reply) => drop(reply.send(backend.remove(ns, &seqs))),
+        Command::Stats(ns, reply) => drop(reply.send(backend.stats(ns))),
+        Command::LoadState(ns, name, reply) => drop(reply.send(backend.load_state(ns, name))),
+        Command::SaveState(ns, name, value, reply) => drop(reply.send(backend.save_state(ns, name, &value))),
+        Command::Clear(ns, reply) => drop(reply.send(backend.clear(ns))),
+        Command::Namespace(name, reply) => drop(reply.send(backend.namespace(&name))),
     }
 }
 
@@ -733,18 +783,18 @@ mod tests {
     }
 
     impl StoreBackend for Counting {
-        fn append(&mut self, groups: &[Vec<OutgoingMessage>]) -> Result<Vec<u64>> {
+        fn append(&mut self, groups: &[(Namespace, Vec<OutgoingMessage>)]) -> Result<Vec<u64>> {
             self.appends.fetch_add(1, Ordering::SeqCst);
             note(&self.log, "append");
             self.due = self.maintenance;
             // As long as a disk's flush: callers arriving meanwhile are grouped.
             std::thread::sleep(Duration::from_micros(200));
-            groups.iter().map(|g| now(self.inner.append_messages(g.clone()))).collect()
+            groups.iter().map(|(_, g)| now(self.inner.append_messages(g.clone()))).collect()
         }
-        fn read(&mut self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
+        fn read(&mut self, _: Namespace, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
             now(self.inner.read_messages(after, limit))
         }
-        fn remove(&mut self, seqs: &[u64]) -> Result<()> {
+        fn remove(&mut self, _: Namespace, seqs: &[u64]) -> Result<()> {
             note(&self.log, "remove");
             assert!(!self.panic_on_remove, "the library failed");
             now(self.inner.remove_messages(seqs))
@@ -757,24 +807,24 @@ mod tests {
             self.due = false;
             Ok(())
         }
-        fn stats(&mut self) -> Result<QueueStats> {
+        fn stats(&mut self, _: Namespace) -> Result<QueueStats> {
             now(self.inner.queue_stats())
         }
-        fn load_state(&mut self, name: &str) -> Result<Option<serde_json::Value>> {
+        fn load_state(&mut self, _: Namespace, name: &str) -> Result<Option<serde_json::Value>> {
             Ok(match name {
                 "identity" => now(self.inner.load_identity())?.as_ref().map(persist::identity_to_json),
                 "desired" => now(self.inner.load_desired())?.as_ref().map(persist::desired_to_json),
                 _ => Some(persist::reported_to_json(&now(self.inner.load_reported())?)),
             })
         }
-        fn save_state(&mut self, name: &str, value: &serde_json::Value) -> Result<()> {
+        fn save_state(&mut self, _: Namespace, name: &str, value: &serde_json::Value) -> Result<()> {
             match name {
                 "identity" => now(self.inner.save_identity(&persist::identity_from_json(value)?)),
                 "desired" => now(self.inner.save_desired(&persist::desired_from_json(value)?)),
                 _ => now(self.inner.save_reported(&persist::reported_from_json(value)?)),
             }
         }
-        fn clear(&mut self) -> Result<()> {
+        fn clear(&mut self, _: Namespace) -> Result<()> {
             now(self.inner.clear_device_state())
         }
         fn close(self: Box<Self>) -> Result<()> {

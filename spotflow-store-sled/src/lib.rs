@@ -35,7 +35,8 @@ use std::sync::Arc;
 use spotflow_core::persist;
 pub use spotflow_core::Durability;
 use spotflow_core::{
-    Error, ErrorStatus, FreeSpace, OutgoingMessage, QueueStats, QueuedMessage, Result, StoreBackend, ThreadStore,
+    Error, ErrorStatus, FreeSpace, Namespace, OutgoingMessage, QueueStats, QueuedMessage, Result, StoreBackend,
+    ThreadStore,
 };
 use tracing::{debug, warn};
 
@@ -300,11 +301,11 @@ impl Worker {
     }
 
     /// The journal and sled records of the groups' messages, and each group's first number.
-    fn records(&self, groups: &[Vec<OutgoingMessage>]) -> (Vec<(u64, Vec<u8>)>, Vec<u64>) {
+    fn records(&self, groups: &[(Namespace, Vec<OutgoingMessage>)]) -> (Vec<(u64, Vec<u8>)>, Vec<u64>) {
         let mut records = Vec::new();
         let mut firsts = Vec::with_capacity(groups.len());
         let mut seq = self.last_seq;
-        for messages in groups {
+        for (_, messages) in groups {
             firsts.push(seq + 1);
             for m in messages {
                 seq += 1;
@@ -485,23 +486,23 @@ impl Worker {
 }
 
 impl StoreBackend for Worker {
-    fn append(&mut self, groups: &[Vec<OutgoingMessage>]) -> Result<Vec<u64>> {
-        let incoming: u64 = groups.iter().flatten().map(|m| m.payload.len() as u64 + 64).sum();
+    fn append(&mut self, groups: &[(Namespace, Vec<OutgoingMessage>)]) -> Result<Vec<u64>> {
+        let incoming: u64 = groups.iter().flat_map(|(_, g)| g).map(|m| m.payload.len() as u64 + 64).sum();
         self.free.check(incoming, &self.path)?;
         let (records, firsts) = self.records(groups);
         let Some(&(last, _)) = records.last() else { return Ok(firsts) };
         let added = records.len() as u64;
         self.apply_durably(records, last)?;
         self.count += added;
-        self.bytes += groups.iter().flatten().map(OutgoingMessage::queued_size).sum::<u64>();
+        self.bytes += groups.iter().flat_map(|(_, g)| g).map(OutgoingMessage::queued_size).sum::<u64>();
         Ok(firsts)
     }
 
-    fn read(&mut self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
+    fn read(&mut self, _: Namespace, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
         self.read_from(after.map_or(0, |a| a.saturating_add(1)), limit)
     }
 
-    fn remove(&mut self, seqs: &[u64]) -> Result<()> {
+    fn remove(&mut self, _: Namespace, seqs: &[u64]) -> Result<()> {
         let mut seqs = seqs.to_vec();
         seqs.sort_unstable();
         seqs.dedup();
@@ -513,23 +514,23 @@ impl StoreBackend for Worker {
         Ok(())
     }
 
-    fn stats(&mut self) -> Result<QueueStats> {
+    fn stats(&mut self, _: Namespace) -> Result<QueueStats> {
         Ok(QueueStats { count: self.count, bytes: self.bytes, last_seq: (self.last_seq > 0).then_some(self.last_seq) })
     }
 
-    fn load_state(&mut self, name: &str) -> Result<Option<serde_json::Value>> {
+    fn load_state(&mut self, _: Namespace, name: &str) -> Result<Option<serde_json::Value>> {
         let value = self.state.get(name).map_err(|e| sled_error(&self.path, "cannot read", e))?;
         value.map(|v| serde_json::from_slice(&v).map_err(|_| corrupt(&self.path))).transpose()
     }
 
-    fn save_state(&mut self, name: &str, value: &serde_json::Value) -> Result<()> {
+    fn save_state(&mut self, _: Namespace, name: &str, value: &serde_json::Value) -> Result<()> {
         self.state
             .insert(name, value.to_string().into_bytes())
             .and_then(|_| self.checkpoint())
             .map_err(|e| sled_error(&self.path, "cannot write", e))
     }
 
-    fn clear(&mut self) -> Result<()> {
+    fn clear(&mut self, _: Namespace) -> Result<()> {
         self.open = None;
         self.chunks
             .clear()

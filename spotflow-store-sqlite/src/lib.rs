@@ -21,17 +21,21 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql};
 pub use spotflow_core::Durability;
 use spotflow_core::{
-    ContentEncoding, Error, ErrorStatus, FreeSpace, MessageKind, OutgoingMessage, QueueStats, QueuedMessage, Result,
-    StoreBackend, StreamTarget, ThreadStore,
+    ContentEncoding, Error, ErrorStatus, FreeSpace, MessageKind, Namespace, OutgoingMessage, QueueStats, QueuedMessage,
+    Result, StoreBackend, StreamTarget, ThreadStore, SINGLE_DEVICE,
 };
 use tracing::debug;
+
+mod shared;
+pub use shared::{SharedSqliteStore, SqliteDeviceStore};
 
 /// The schema migrations, in order; `PRAGMA user_version` counts how many are applied.
 /// Version 1 is the first released schema.
@@ -46,6 +50,71 @@ CREATE TABLE messages (
 );
 CREATE TABLE state (name TEXT PRIMARY KEY, json TEXT NOT NULL);
 "];
+
+/// The schema migrations of a store shared by several devices ([`SharedSqliteStore`]): the same
+/// messages and state, each row marked with its device's namespace (`ns`, from `devices`).
+const SHARED_MIGRATIONS: &[&str] = &["
+CREATE TABLE devices (ns INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind INTEGER NOT NULL,
+    encoding INTEGER NOT NULL,
+    stream_group TEXT, stream TEXT, batch_id TEXT, batch_slice_id TEXT, message_id TEXT, chunk_id TEXT,
+    payload BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    ns INTEGER NOT NULL
+);
+CREATE INDEX messages_by_device ON messages (ns, seq);
+CREATE TABLE state (name TEXT NOT NULL, json TEXT NOT NULL, ns INTEGER NOT NULL, PRIMARY KEY (ns, name)) WITHOUT ROWID;
+"];
+
+/// Which of the two schemas a file has: one device's ([`SqliteStore`]) or several devices'
+/// ([`SharedSqliteStore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Single,
+    Shared,
+}
+
+impl Layout {
+    fn migrations(self) -> &'static [&'static str] {
+        match self {
+            Layout::Single => MIGRATIONS,
+            Layout::Shared => SHARED_MIGRATIONS,
+        }
+    }
+
+    fn store_type(self) -> &'static str {
+        match self {
+            Layout::Single => "one device's store (SqliteStore)",
+            Layout::Shared => "a store shared by several devices (SharedSqliteStore)",
+        }
+    }
+
+    /// The schema its migrations write, built once in memory.
+    fn expected_schema(self) -> &'static [SchemaEntry] {
+        static SINGLE: std::sync::OnceLock<Vec<SchemaEntry>> = std::sync::OnceLock::new();
+        static SHARED: std::sync::OnceLock<Vec<SchemaEntry>> = std::sync::OnceLock::new();
+        let cell = match self {
+            Layout::Single => &SINGLE,
+            Layout::Shared => &SHARED,
+        };
+        cell.get_or_init(|| {
+            let reference = Connection::open_in_memory().expect("an in-memory SQLite database");
+            for sql in self.migrations() {
+                reference.execute_batch(sql).expect("the migrations apply to an empty database");
+            }
+            schema_of(&reference).expect("the reference schema reads")
+        })
+    }
+
+    fn other(self) -> Layout {
+        match self {
+            Layout::Single => Layout::Shared,
+            Layout::Shared => Layout::Single,
+        }
+    }
+}
 
 /// Free space below which appends are refused by default (16 MiB): a full disk must yield an
 /// error, not a half-written database.
@@ -101,14 +170,7 @@ impl SqliteStore {
         ready: impl FnOnce(Result<()>) + Send + 'static,
     ) -> Result<SqliteStore> {
         let path = path.to_path_buf();
-        let worker_path = path.clone();
-        let open = move || {
-            open_connection(&worker_path, options.durability, options.max_bytes)
-                .and_then(|c| Worker::new(c, worker_path, options.min_free_bytes))
-                .map(|w| Worker { relaxed_removals: options.durability == Durability::PowerLossSafe, ..w })
-        };
-        // Crash safe: a commit takes microseconds, so a lone caller polls for its answer.
-        let inner = ThreadStore::start("SQLite", options.durability == Durability::CrashSafe, open, ready)?;
+        let inner = start_thread(&path, options, Layout::Single, ready)?;
         debug!(path = %path.display(), ?options, "opening the SQLite store");
         Ok(SqliteStore { inner, path: Arc::new(path) })
     }
@@ -119,6 +181,24 @@ impl SqliteStore {
     }
 }
 
+/// Starts the thread of a store with this layout, which opens the database and reports through
+/// `ready`.
+fn start_thread(
+    path: &Path,
+    options: SqliteOptions,
+    layout: Layout,
+    ready: impl FnOnce(Result<()>) + Send + 'static,
+) -> Result<ThreadStore> {
+    let path = path.to_path_buf();
+    let open = move || {
+        open_connection(&path, options.durability, options.max_bytes, layout)
+            .and_then(|c| Worker::new(c, path, options.min_free_bytes, layout))
+            .map(|w| Worker { relaxed_removals: options.durability == Durability::PowerLossSafe, ..w })
+    };
+    // Crash safe: a commit takes microseconds, so a lone caller polls for its answer.
+    ThreadStore::start("SQLite", options.durability == Durability::CrashSafe, open, ready)
+}
+
 fn private_error(path: &Path, e: std::io::Error) -> Error {
     Error::Store {
         context: format!("{}: cannot make the file owner-only: {e}", path.display()),
@@ -127,7 +207,7 @@ fn private_error(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-fn open_connection(path: &Path, durability: Durability, max_bytes: Option<u64>) -> Result<Connection> {
+fn open_connection(path: &Path, durability: Durability, max_bytes: Option<u64>, layout: Layout) -> Result<Connection> {
     // The database holds the device's tokens and SAS: owner-only from the first byte (SQLite gives
     // its -wal and -shm files the database's mode), and an older one tightened with a warning.
     spotflow_core::private_fs::prepare_sqlite_database(path).map_err(|e| private_error(path, e))?;
@@ -161,15 +241,16 @@ fn open_connection(path: &Path, durability: Durability, max_bytes: Option<u64>) 
         conn.execute_batch(&format!("PRAGMA max_page_count={pages};"))
             .map_err(|e| sql_error(path, "cannot configure", e))?;
     }
-    migrate(&conn, path)?;
+    migrate(&conn, path, layout)?;
     Ok(conn)
 }
 
 /// Applies the missing migrations in one transaction each.
-fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+fn migrate(conn: &Connection, path: &Path, layout: Layout) -> Result<()> {
     let version: i64 =
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| sql_error(path, "cannot read", e))?;
-    let known = MIGRATIONS.len() as i64;
+    let migrations = layout.migrations();
+    let known = migrations.len() as i64;
     if version > known {
         return Err(Error::Store {
             context: format!(
@@ -180,13 +261,13 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
             source: None,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, sql) in migrations.iter().enumerate().skip(version as usize) {
         let v = i + 1;
         conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql} PRAGMA user_version={v}; COMMIT;"))
             .map_err(|e| sql_error(path, &format!("cannot migrate to schema {v}"), e))?;
         debug!(version = v, "schema migrated");
     }
-    verify_schema(conn, path)
+    verify_schema(conn, path, layout)
 }
 
 /// One entry of a schema: a table with its columns (name, declared type, not null, default,
@@ -217,18 +298,23 @@ fn schema_of(conn: &Connection) -> rusqlite::Result<Vec<SchemaEntry>> {
 /// Refuses a file whose schema differs from what the migrations write: a damaged schema (a
 /// column that is no longer the row id, say) would otherwise make accepted messages unreadable
 /// without any error from SQLite. The reference is built once, in memory.
-fn verify_schema(conn: &Connection, path: &Path) -> Result<()> {
-    static EXPECTED: std::sync::OnceLock<Vec<SchemaEntry>> = std::sync::OnceLock::new();
-    let expected = EXPECTED.get_or_init(|| {
-        let reference = Connection::open_in_memory().expect("an in-memory SQLite database");
-        for sql in MIGRATIONS {
-            reference.execute_batch(sql).expect("the migrations apply to an empty database");
-        }
-        schema_of(&reference).expect("the reference schema reads")
-    });
+fn verify_schema(conn: &Connection, path: &Path, layout: Layout) -> Result<()> {
+    let expected = layout.expected_schema();
     let actual = schema_of(conn).map_err(|e| sql_error(path, "cannot read the schema of", e))?;
     if actual == *expected {
         return Ok(());
+    }
+    if actual == *layout.other().expected_schema() {
+        return Err(Error::Store {
+            context: format!(
+                "{} is {}, not {} (it was left untouched)",
+                path.display(),
+                layout.other().store_type(),
+                layout.store_type()
+            ),
+            status: ErrorStatus::Permanent,
+            source: None,
+        });
     }
     let differs = expected
         .iter()
@@ -246,11 +332,22 @@ fn verify_schema(conn: &Connection, path: &Path) -> Result<()> {
     })
 }
 
+/// The size of one device's queue.
+#[derive(Debug, Clone, Copy, Default)]
+struct Queue {
+    count: u64,
+    bytes: u64,
+    /// The highest sequence number given to this device (see [`Worker::new`]).
+    last_seq: u64,
+}
+
 struct Worker {
     conn: Connection,
     path: PathBuf,
-    count: u64,
-    bytes: u64,
+    layout: Layout,
+    /// Every device's queue ([`SINGLE_DEVICE`] only, in a store of one device).
+    queues: HashMap<Namespace, Queue>,
+    /// The highest sequence number given in the file.
     last_seq: u64,
     free: FreeSpace,
     /// Removals commit without their own fsync (see [`Worker::remove`]).
@@ -272,21 +369,48 @@ fn opt(s: Option<String>) -> Option<Arc<str>> {
 }
 
 impl Worker {
-    fn new(conn: Connection, path: PathBuf, min_free: u64) -> Result<Worker> {
+    /// Reads the queues' sizes. A device's last sequence number is the file's in a store of one
+    /// device; in a shared store it is the highest one still queued for the device (or given to
+    /// it since the store opened): sequence numbers come from one counter for the whole file,
+    /// so a device's next one is higher anyway, and none is ever given twice.
+    fn new(conn: Connection, path: PathBuf, min_free: u64, layout: Layout) -> Result<Worker> {
         let free = FreeSpace::new(path.parent().unwrap_or(Path::new(".")), min_free);
-        let (count, bytes): (i64, i64) = conn
-            .query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| sql_error(&path, "cannot read", e))?;
+        let read = |e| sql_error(&path, "cannot read", e);
         let last_seq: i64 = conn
             .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'messages'", [], |r| r.get(0))
             .optional()
-            .map_err(|e| sql_error(&path, "cannot read", e))?
+            .map_err(read)?
             .unwrap_or(0);
+        let mut queues = HashMap::new();
+        match layout {
+            Layout::Single => {
+                let (count, bytes): (i64, i64) = conn
+                    .query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .map_err(read)?;
+                let queue = Queue { count: count as u64, bytes: bytes as u64, last_seq: last_seq as u64 };
+                queues.insert(SINGLE_DEVICE, queue);
+            }
+            Layout::Shared => {
+                let mut query =
+                    conn.prepare("SELECT ns, COUNT(*), SUM(size), MAX(seq) FROM messages GROUP BY ns").map_err(read)?;
+                let rows = query
+                    .query_map([], |r| {
+                        Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+                    })
+                    .map_err(read)?;
+                for row in rows {
+                    let (ns, count, bytes, last) = row.map_err(read)?;
+                    queues.insert(ns, Queue { count: count as u64, bytes: bytes as u64, last_seq: last as u64 });
+                }
+            }
+        }
         Ok(Worker {
             conn,
             path,
-            count: count as u64,
-            bytes: bytes as u64,
+            layout,
+            queues,
             last_seq: last_seq as u64,
             free,
             relaxed_removals: false,
@@ -298,26 +422,46 @@ impl Worker {
 
     /// One transaction for every group; the callers are answered after the commit. A single
     /// message (a device's usual append) is one statement, its own transaction.
-    fn append_groups(&mut self, groups: &[Vec<OutgoingMessage>]) -> rusqlite::Result<Vec<u64>> {
+    fn append_groups(&mut self, groups: &[(Namespace, Vec<OutgoingMessage>)]) -> rusqlite::Result<Vec<u64>> {
         self.restore_full_sync()?;
-        let single = groups.iter().map(Vec::len).sum::<usize>() == 1;
+        let single = groups.iter().map(|(_, g)| g.len()).sum::<usize>() == 1;
         let firsts = self.transaction(single, |w| w.insert_groups(groups))?;
         self.wal_commits += 1;
-        Ok(firsts
-            .into_iter()
-            .map(|(first, n, bytes)| {
-                self.count += n;
-                self.bytes += bytes;
+        Ok(groups
+            .iter()
+            .zip(firsts)
+            .map(|((ns, _), (first, n, bytes))| {
+                let queue = self.queues.entry(*ns).or_default();
+                queue.count += n;
+                queue.bytes += bytes;
                 self.wal_bytes += bytes;
                 match first {
                     Some(first) => {
                         self.last_seq = self.last_seq.max(first + n - 1);
+                        queue.last_seq = queue.last_seq.max(first + n - 1);
                         first
                     }
                     None => self.last_seq + 1,
                 }
             })
             .collect())
+    }
+
+    /// `params` without its last one (the namespace) in a store of one device, whose statements
+    /// have no namespace.
+    fn with_ns<'p>(&self, params: &'p [&'p dyn ToSql]) -> &'p [&'p dyn ToSql] {
+        match self.layout {
+            Layout::Single => &params[..params.len() - 1],
+            Layout::Shared => params,
+        }
+    }
+
+    /// The statement for this layout.
+    fn sql(&self, single: &'static str, shared: &'static str) -> &'static str {
+        match self.layout {
+            Layout::Single => single,
+            Layout::Shared => shared,
+        }
     }
 
     /// Runs `work` in one transaction: committed if it succeeds, rolled back if not. A `single`
@@ -337,18 +481,23 @@ impl Worker {
     }
 
     /// Inserts every group: per group its first sequence number, count and bytes.
-    fn insert_groups(&self, groups: &[Vec<OutgoingMessage>]) -> rusqlite::Result<Vec<(Option<u64>, u64, u64)>> {
-        let mut insert = self.conn.prepare_cached(
+    fn insert_groups(
+        &self,
+        groups: &[(Namespace, Vec<OutgoingMessage>)],
+    ) -> rusqlite::Result<Vec<(Option<u64>, u64, u64)>> {
+        let mut insert = self.conn.prepare_cached(self.sql(
             "INSERT INTO messages (kind, encoding, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id, payload, size)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
+            "INSERT INTO messages (kind, encoding, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id, payload, size, ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        ))?;
         let mut firsts = Vec::with_capacity(groups.len());
-        for messages in groups {
+        for (ns, messages) in groups {
             let mut first = None;
             let mut bytes = 0;
             for m in messages {
                 let size = m.queued_size();
-                insert.execute(params![
+                insert.execute(self.with_ns(params![
                     m.kind.code(),
                     ContentEncoding::code(m.content_encoding),
                     m.target.stream_group.as_deref(),
@@ -359,7 +508,8 @@ impl Worker {
                     m.chunk_id.as_deref(),
                     &m.payload[..],
                     size as i64,
-                ])?;
+                    ns,
+                ]))?;
                 let seq = self.conn.last_insert_rowid() as u64;
                 first.get_or_insert(seq);
                 bytes += size;
@@ -369,12 +519,15 @@ impl Worker {
         Ok(firsts)
     }
 
-    fn read(&self, after: Option<u64>, limit: usize) -> rusqlite::Result<Vec<QueuedMessage>> {
-        let mut stmt = self.conn.prepare_cached(
+    fn read(&self, ns: Namespace, after: Option<u64>, limit: usize) -> rusqlite::Result<Vec<QueuedMessage>> {
+        let mut stmt = self.conn.prepare_cached(self.sql(
             "SELECT seq, kind, encoding, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id, payload
              FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![after.unwrap_or(0) as i64, limit.min(i64::MAX as usize) as i64], |r| {
+            "SELECT seq, kind, encoding, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id, payload
+             FROM messages WHERE ns = ?3 AND seq > ?1 ORDER BY seq LIMIT ?2",
+        ))?;
+        let (after, limit) = (after.unwrap_or(0) as i64, limit.min(i64::MAX as usize) as i64);
+        let rows = stmt.query_map(self.with_ns(params![after, limit, ns]), |r| {
             let kind: u8 = r.get(1)?;
             let encoding: u8 = r.get(2)?;
             let bad = |i| rusqlite::Error::IntegralValueOutOfRange(i, 0);
@@ -401,13 +554,13 @@ impl Worker {
     /// redelivery that the platform drops by its message key. The appends' own fsync, which the
     /// durability promise rests on, is untouched; a single sender then pays one fsync per
     /// message instead of one per message plus one per acknowledgement batch.
-    fn remove(&mut self, seqs: &[u64]) -> rusqlite::Result<()> {
+    fn remove(&mut self, ns: Namespace, seqs: &[u64]) -> rusqlite::Result<()> {
         if !self.relaxed_removals {
-            return self.remove_in_transaction(seqs);
+            return self.remove_in_transaction(ns, seqs);
         }
         self.sync_relaxed = true;
         self.conn.prepare_cached("PRAGMA synchronous=NORMAL")?.execute([])?;
-        let removed = self.remove_in_transaction(seqs);
+        let removed = self.remove_in_transaction(ns, seqs);
         self.restore_full_sync().and(removed)
     }
 
@@ -420,20 +573,25 @@ impl Worker {
     }
 
     /// One transaction (a single removal is one statement, its own transaction).
-    fn remove_in_transaction(&mut self, seqs: &[u64]) -> rusqlite::Result<()> {
-        let (count, bytes) = self.transaction(seqs.len() == 1, |w| w.delete(seqs))?;
+    fn remove_in_transaction(&mut self, ns: Namespace, seqs: &[u64]) -> rusqlite::Result<()> {
+        let (count, bytes) = self.transaction(seqs.len() == 1, |w| w.delete(ns, seqs))?;
         self.wal_commits += 1;
-        self.count -= count.min(self.count);
-        self.bytes -= bytes.min(self.bytes);
+        let queue = self.queues.entry(ns).or_default();
+        queue.count -= count.min(queue.count);
+        queue.bytes -= bytes.min(queue.bytes);
         Ok(())
     }
 
-    /// Deletes the rows: how many there were and their bytes.
-    fn delete(&self, seqs: &[u64]) -> rusqlite::Result<(u64, u64)> {
-        let mut delete = self.conn.prepare_cached("DELETE FROM messages WHERE seq = ?1 RETURNING size")?;
+    /// Deletes the rows of `ns`: how many there were and their bytes.
+    fn delete(&self, ns: Namespace, seqs: &[u64]) -> rusqlite::Result<(u64, u64)> {
+        let mut delete = self.conn.prepare_cached(self.sql(
+            "DELETE FROM messages WHERE seq = ?1 RETURNING size",
+            "DELETE FROM messages WHERE seq = ?1 AND ns = ?2 RETURNING size",
+        ))?;
         let mut removed = (0u64, 0u64);
         for &seq in seqs {
-            if let Some(size) = delete.query_row(params![seq as i64], |r| r.get::<_, i64>(0)).optional()? {
+            let row = delete.query_row(self.with_ns(params![seq as i64, ns]), |r| r.get::<_, i64>(0)).optional()?;
+            if let Some(size) = row {
                 removed.0 += 1;
                 removed.1 += size as u64;
             }
@@ -443,28 +601,31 @@ impl Worker {
 }
 
 impl StoreBackend for Worker {
-    fn append(&mut self, groups: &[Vec<OutgoingMessage>]) -> Result<Vec<u64>> {
-        let incoming: u64 = groups.iter().flatten().map(|m| m.payload.len() as u64 + 64).sum();
+    fn append(&mut self, groups: &[(Namespace, Vec<OutgoingMessage>)]) -> Result<Vec<u64>> {
+        let incoming: u64 = groups.iter().flat_map(|(_, g)| g).map(|m| m.payload.len() as u64 + 64).sum();
         self.free.check(incoming, &self.path)?;
         self.append_groups(groups).map_err(|e| sql_error(&self.path, "cannot append to", e))
     }
 
-    fn read(&mut self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
-        Worker::read(self, after, limit).map_err(|e| sql_error(&self.path, "cannot read", e))
+    fn read(&mut self, ns: Namespace, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
+        Worker::read(self, ns, after, limit).map_err(|e| sql_error(&self.path, "cannot read", e))
     }
 
-    fn remove(&mut self, seqs: &[u64]) -> Result<()> {
-        Worker::remove(self, seqs).map_err(|e| sql_error(&self.path, "cannot remove from", e))
+    fn remove(&mut self, ns: Namespace, seqs: &[u64]) -> Result<()> {
+        Worker::remove(self, ns, seqs).map_err(|e| sql_error(&self.path, "cannot remove from", e))
     }
 
-    fn stats(&mut self) -> Result<QueueStats> {
-        Ok(QueueStats { count: self.count, bytes: self.bytes, last_seq: (self.last_seq > 0).then_some(self.last_seq) })
+    fn stats(&mut self, ns: Namespace) -> Result<QueueStats> {
+        let q = self.queues.get(&ns).copied().unwrap_or_default();
+        Ok(QueueStats { count: q.count, bytes: q.bytes, last_seq: (q.last_seq > 0).then_some(q.last_seq) })
     }
 
-    fn load_state(&mut self, name: &str) -> Result<Option<serde_json::Value>> {
+    fn load_state(&mut self, ns: Namespace, name: &str) -> Result<Option<serde_json::Value>> {
+        let sql =
+            self.sql("SELECT json FROM state WHERE name = ?1", "SELECT json FROM state WHERE name = ?1 AND ns = ?2");
         let json = self
             .conn
-            .query_row("SELECT json FROM state WHERE name = ?1", params![name], |r| r.get::<_, String>(0))
+            .query_row(sql, self.with_ns(params![name, ns]), |r| r.get::<_, String>(0))
             .optional()
             .map_err(|e| sql_error(&self.path, "cannot read", e))?;
         json.map(|j| {
@@ -477,22 +638,56 @@ impl StoreBackend for Worker {
         .transpose()
     }
 
-    fn save_state(&mut self, name: &str, value: &serde_json::Value) -> Result<()> {
+    fn save_state(&mut self, ns: Namespace, name: &str, value: &serde_json::Value) -> Result<()> {
+        let sql = self.sql(
+            "INSERT OR REPLACE INTO state (name, json) VALUES (?1, ?2)",
+            "INSERT OR REPLACE INTO state (name, json, ns) VALUES (?1, ?2, ?3)",
+        );
         self.conn
-            .execute("INSERT OR REPLACE INTO state (name, json) VALUES (?1, ?2)", params![name, value.to_string()])
+            .execute(sql, self.with_ns(params![name, value.to_string(), ns]))
             .map(drop)
             .map_err(|e| sql_error(&self.path, "cannot write", e))
     }
 
-    fn clear(&mut self) -> Result<()> {
-        self.conn
-            .execute_batch(
-                "BEGIN; DELETE FROM messages; DELETE FROM state WHERE name IN ('desired', 'reported'); COMMIT;",
-            )
-            .map_err(|e| sql_error(&self.path, "cannot clear", e))?;
-        self.count = 0;
-        self.bytes = 0;
+    fn clear(&mut self, ns: Namespace) -> Result<()> {
+        let cleared = self.transaction(false, |w| {
+            let messages = w.sql("DELETE FROM messages", "DELETE FROM messages WHERE ns = ?1");
+            let state = w.sql(
+                "DELETE FROM state WHERE name IN ('desired', 'reported')",
+                "DELETE FROM state WHERE name IN ('desired', 'reported') AND ns = ?1",
+            );
+            w.conn.execute(messages, w.with_ns(params![ns]))?;
+            w.conn.execute(state, w.with_ns(params![ns]))
+        });
+        cleared.map_err(|e| sql_error(&self.path, "cannot clear", e))?;
+        let queue = self.queues.entry(ns).or_default();
+        queue.count = 0;
+        queue.bytes = 0;
         Ok(())
+    }
+
+    fn namespace(&mut self, name: &str) -> Result<Namespace> {
+        if self.layout == Layout::Single {
+            return Err(Error::invalid("store", "this SQLite store holds one device (open a SharedSqliteStore)"));
+        }
+        let write = |e| sql_error(&self.path, "cannot add a device to", e);
+        let found: Option<i64> = self
+            .conn
+            .query_row("SELECT ns FROM devices WHERE name = ?1", params![name], |r| r.get(0))
+            .optional()
+            .map_err(write)?;
+        let ns = match found {
+            Some(ns) => ns,
+            None => {
+                self.conn.execute("INSERT INTO devices (name) VALUES (?1)", params![name]).map_err(write)?;
+                self.conn.last_insert_rowid()
+            }
+        };
+        Namespace::try_from(ns).ok().filter(|&ns| ns != SINGLE_DEVICE).ok_or_else(|| Error::Store {
+            context: format!("{}: the device {name:?} has an invalid namespace {ns}", self.path.display()),
+            status: ErrorStatus::Permanent,
+            source: None,
+        })
     }
 
     fn maintenance_due(&self) -> bool {
@@ -528,18 +723,18 @@ mod tests {
     fn removals_skip_their_fsync_but_appends_stay_fully_synchronous() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
-        let conn = open_connection(&path, Durability::PowerLossSafe, None).unwrap();
-        let mut w = Worker { relaxed_removals: true, ..Worker::new(conn, path, 0).unwrap() };
+        let conn = open_connection(&path, Durability::PowerLossSafe, None, Layout::Single).unwrap();
+        let mut w = Worker { relaxed_removals: true, ..Worker::new(conn, path, 0, Layout::Single).unwrap() };
         assert_eq!(synchronous(&w), 2, "FULL");
-        StoreBackend::append(&mut w, &[vec![spotflow_core::testkit::sample_message(1)]]).unwrap();
-        assert_eq!(w.count, 1);
-        StoreBackend::remove(&mut w, &[1]).unwrap();
-        assert_eq!(w.count, 0);
+        StoreBackend::append(&mut w, &[(SINGLE_DEVICE, vec![spotflow_core::testkit::sample_message(1)])]).unwrap();
+        assert_eq!(w.queues[&SINGLE_DEVICE].count, 1);
+        StoreBackend::remove(&mut w, SINGLE_DEVICE, &[1]).unwrap();
+        assert_eq!(w.queues[&SINGLE_DEVICE].count, 0);
         assert_eq!(synchronous(&w), 2, "FULL again after the removal");
         // A failed restore is retried before the next append.
         w.sync_relaxed = true;
         w.conn.execute_batch("PRAGMA synchronous=NORMAL").unwrap();
-        StoreBackend::append(&mut w, &[vec![spotflow_core::testkit::sample_message(2)]]).unwrap();
+        StoreBackend::append(&mut w, &[(SINGLE_DEVICE, vec![spotflow_core::testkit::sample_message(2)])]).unwrap();
         assert_eq!(synchronous(&w), 2);
     }
 }
