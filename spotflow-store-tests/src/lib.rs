@@ -5,10 +5,54 @@ use std::sync::Arc;
 
 use spotflow_core::{Result, Store};
 use spotflow_store_sled::{SledOptions, SledStore};
-use spotflow_store_sqlite::{Durability, SqliteOptions, SqliteStore};
+use spotflow_store_sqlite::{Durability, SharedSqliteStore, SqliteOptions, SqliteStore};
 
 /// The backends under test.
 pub const BACKENDS: [&str; 4] = ["sqlite-power-loss-safe", "sqlite-crash-safe", "sled", "sled-crash-safe"];
+
+/// What a crash child writes to: one store for all its threads, or (backends `shared-sqlite-…`)
+/// one device's store per thread in a shared SQLite file.
+pub struct Opened {
+    /// One store, or one per thread.
+    pub stores: Vec<Arc<dyn Store>>,
+    shared: Option<SharedSqliteStore>,
+}
+
+impl Opened {
+    /// The store thread `t` appends to.
+    pub fn for_thread(&self, t: usize) -> Arc<dyn Store> {
+        self.stores[t.min(self.stores.len() - 1)].clone()
+    }
+
+    /// Closes everything (the file is free for the next process when it returns).
+    pub async fn close(self) -> Result<()> {
+        match self.shared {
+            Some(shared) => shared.close().await,
+            None => {
+                for store in &self.stores {
+                    store.close().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Opens `backend` at `path` for `threads` writers: `shared-sqlite-power-loss-safe` and
+/// `shared-sqlite-crash-safe` give thread `t` the store of device `device-{t}` in a shared
+/// SQLite file; the others one store for all.
+pub async fn open_for_threads(backend: &str, path: &Path, threads: usize) -> Result<Opened> {
+    let Some(durability) = backend.strip_prefix("shared-sqlite-") else {
+        return Ok(Opened { stores: vec![open(backend, path).await?], shared: None });
+    };
+    let durability = if durability == "crash-safe" { Durability::CrashSafe } else { Durability::PowerLossSafe };
+    let shared = SharedSqliteStore::open_async(path, durability).await?;
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for t in 0..threads.max(1) {
+        stores.push(Arc::new(shared.device(&format!("device-{t}")).await?));
+    }
+    Ok(Opened { stores, shared: Some(shared) })
+}
 
 /// Opens `backend` at `path` with its default options.
 pub async fn open(backend: &str, path: &Path) -> Result<Arc<dyn Store>> {

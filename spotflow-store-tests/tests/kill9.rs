@@ -1,12 +1,15 @@
 //! The durability promise, proved by killing real processes: a child enqueues from several
 //! threads and prints each acknowledged enqueue; the parent kills it with SIGKILL at a random
 //! moment, reopens the database, and checks that every acknowledged message is there exactly
-//! once and in order, with sequence numbers never used twice. 200 cycles per backend (`SPOTFLOW_CRASH_CYCLES` for a longer soak).
+//! once and in order, with sequence numbers never used twice (in a shared store: each device's messages in its own queue). 200 cycles per backend (`SPOTFLOW_CRASH_CYCLES` for a longer soak).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// Writers in each child (devices, in a shared store).
+const THREADS: usize = 4;
 
 fn cycles() -> usize {
     std::env::var("SPOTFLOW_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
@@ -23,7 +26,7 @@ fn crash_cycles(backend: &str) {
     let mut highest_seq = 0u64;
     for run in 0..cycles() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_crash-child"))
-            .args([backend, db.to_str().unwrap(), &run.to_string(), "4"])
+            .args([backend, db.to_str().unwrap(), &run.to_string(), &THREADS.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -65,16 +68,25 @@ fn crash_cycles(backend: &str) {
             .collect();
         total_acked += acked.len();
         rt.block_on(async {
-            let store = spotflow_store_tests::open(backend, &db).await.expect("reopens after kill -9");
-            let stored = store.read_messages(None, usize::MAX).await.unwrap();
+            let opened =
+                spotflow_store_tests::open_for_threads(backend, &db, THREADS).await.expect("reopens after kill -9");
+            let mut stored = Vec::new();
+            for (owner, store) in opened.stores.iter().enumerate() {
+                for m in store.read_messages(None, usize::MAX).await.unwrap() {
+                    stored.push((owner, m));
+                }
+            }
             let mut seen: HashMap<(usize, u64), usize> = HashMap::new();
             let mut per_thread: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-            for m in &stored {
+            for (owner, m) in &stored {
                 let text = String::from_utf8(m.message.payload.to_vec()).expect("payload intact");
                 let mut p = text.split(' ');
                 let r: usize = p.next().unwrap().parse().unwrap();
                 assert_eq!(r, run, "earlier runs were removed");
                 let t: usize = p.next().unwrap().parse().unwrap();
+                if opened.stores.len() > 1 {
+                    assert_eq!(t, *owner, "{backend} run {run}: device {t}'s message in device {owner}'s queue");
+                }
                 let i: u64 = p.next().unwrap().parse().unwrap();
                 assert_eq!(p.next().map(str::len), Some(200), "payload intact");
                 *seen.entry((t, i)).or_default() += 1;
@@ -94,16 +106,19 @@ fn crash_cycles(backend: &str) {
                 );
                 assert_eq!(is.first(), Some(&0), "{backend} run {run}: thread {t} starts at its first message");
             }
-            let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+            let seqs: Vec<u64> = stored.iter().map(|(_, m)| m.seq).collect();
             assert!(
-                seqs.first().is_none_or(|first| *first > highest_seq),
+                seqs.iter().all(|seq| *seq > highest_seq),
                 "{backend} run {run}: sequence numbers from {highest_seq} down were used again: {:?}",
-                seqs.first()
+                seqs.iter().min()
             );
-            highest_seq = seqs.last().copied().unwrap_or(highest_seq);
-            store.remove_messages(&seqs).await.unwrap();
-            assert_eq!(store.queue_stats().await.unwrap().count, 0);
-            store.close().await.unwrap();
+            highest_seq = seqs.iter().copied().max().unwrap_or(highest_seq);
+            for (owner, store) in opened.stores.iter().enumerate() {
+                let own: Vec<u64> = stored.iter().filter(|(o, _)| *o == owner).map(|(_, m)| m.seq).collect();
+                store.remove_messages(&own).await.unwrap();
+                assert_eq!(store.queue_stats().await.unwrap().count, 0);
+            }
+            opened.close().await.unwrap();
         });
     }
     assert!(
@@ -121,6 +136,16 @@ fn sqlite_power_loss_safe_survives_kill_9() {
 #[test]
 fn sqlite_crash_safe_survives_kill_9() {
     crash_cycles("sqlite-crash-safe");
+}
+
+#[test]
+fn a_shared_sqlite_store_of_four_devices_survives_kill_9() {
+    crash_cycles("shared-sqlite-power-loss-safe");
+}
+
+#[test]
+fn a_crash_safe_shared_sqlite_store_of_four_devices_survives_kill_9() {
+    crash_cycles("shared-sqlite-crash-safe");
 }
 
 #[test]

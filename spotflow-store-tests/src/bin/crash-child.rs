@@ -1,5 +1,6 @@
 //! Enqueues messages from several threads into a durable store and prints `ACK run thread i`
 //! after each append returned; runs until killed. Usage: `crash-child BACKEND DB RUN THREADS`.
+//! With a shared backend (`shared-sqlite-…`) each thread is a device of its own in one file.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ async fn main() {
         std::process::exit(2);
     };
     let threads: usize = threads.parse().unwrap_or(4);
-    let store = match spotflow_store_tests::open(backend, std::path::Path::new(db)).await {
+    let opened = match spotflow_store_tests::open_for_threads(backend, std::path::Path::new(db), threads).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cannot open: {e}");
@@ -26,7 +27,7 @@ async fn main() {
     let target = Arc::new(StreamTarget::default());
     let mut tasks = Vec::new();
     for t in 0..threads {
-        let (store, target, run) = (store.clone(), target.clone(), run.clone());
+        let (store, target, run) = (opened.for_thread(t), target.clone(), run.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..1_000_000u64 {
                 let message = OutgoingMessage {
