@@ -546,7 +546,10 @@ fn maintain(backend: &mut dyn StoreBackend, label: &str) {
     }
 }
 
-fn append_group(backend: &mut dyn StoreBackend, appends: &mut Vec<((Namespace, Vec<OutgoingMessage>), Reply<u64>)>) {
+/// Appends waiting for the next group commit: each device's messages, and its caller's answer.
+type PendingAppends = Vec<((Namespace, Vec<OutgoingMessage>), Reply<u64>)>;
+
+fn append_group(backend: &mut dyn StoreBackend, appends: &mut PendingAppends) {
     if appends.is_empty() {
         return;
     }

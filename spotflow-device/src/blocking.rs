@@ -30,10 +30,20 @@ struct Runtime {
     rt: Option<tokio::runtime::Runtime>,
 }
 
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
 impl Runtime {
     fn new() -> Result<Self> {
+        Self::with_workers(1)
+    }
+
+    fn with_workers(workers: usize) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(workers.max(1))
             .thread_name("spotflow-worker")
             .enable_all()
             .build()
@@ -64,12 +74,14 @@ impl Drop for Runtime {
 #[derive(Debug)]
 pub struct DeviceClientBuilder {
     inner: crate::DeviceClientBuilder,
+    /// A gateway's runtime, shared by its clients; `None`: the client's own.
+    runtime: Option<Arc<Runtime>>,
 }
 
 impl DeviceClientBuilder {
     /// See [`crate::DeviceClientBuilder::instance`].
     pub fn instance(self, instance: impl Into<String>) -> Self {
-        DeviceClientBuilder { inner: self.inner.instance(instance) }
+        DeviceClientBuilder { inner: self.inner.instance(instance), runtime: self.runtime }
     }
 
     /// See [`crate::DeviceClientBuilder::display_provisioning_operation_callback`].
@@ -77,7 +89,10 @@ impl DeviceClientBuilder {
         self,
         callback: impl Fn(&ProvisioningOperation) + Send + Sync + 'static,
     ) -> Self {
-        DeviceClientBuilder { inner: self.inner.display_provisioning_operation_callback(callback) }
+        DeviceClientBuilder {
+            inner: self.inner.display_provisioning_operation_callback(callback),
+            runtime: self.runtime,
+        }
     }
 
     /// See [`crate::DeviceClientBuilder::desired_properties_updated_callback`]. The callback may
@@ -86,42 +101,45 @@ impl DeviceClientBuilder {
         self,
         callback: impl Fn(DesiredProperties) + Send + Sync + 'static,
     ) -> Self {
-        DeviceClientBuilder { inner: self.inner.desired_properties_updated_callback(callback) }
+        DeviceClientBuilder { inner: self.inner.desired_properties_updated_callback(callback), runtime: self.runtime }
     }
 
     /// See [`crate::DeviceClientBuilder::store`].
     pub fn store(self, store: Arc<dyn Store>) -> Self {
-        DeviceClientBuilder { inner: self.inner.store(store) }
+        DeviceClientBuilder { inner: self.inner.store(store), runtime: self.runtime }
     }
 
     /// See [`crate::DeviceClientBuilder::transport`].
     pub fn transport(self, transport: Arc<dyn Transport>) -> Self {
-        DeviceClientBuilder { inner: self.inner.transport(transport) }
+        DeviceClientBuilder { inner: self.inner.transport(transport), runtime: self.runtime }
     }
 
     /// See [`crate::DeviceClientBuilder::platform_api`].
     pub fn platform_api(self, api: Arc<dyn PlatformApi>) -> Self {
-        DeviceClientBuilder { inner: self.inner.platform_api(api) }
+        DeviceClientBuilder { inner: self.inner.platform_api(api), runtime: self.runtime }
     }
 
     /// See [`crate::DeviceClientBuilder::trust_ca_pem`].
     pub fn trust_ca_pem(self, pem: impl Into<String>) -> Self {
-        DeviceClientBuilder { inner: self.inner.trust_ca_pem(pem) }
+        DeviceClientBuilder { inner: self.inner.trust_ca_pem(pem), runtime: self.runtime }
     }
 
     /// See [`crate::DeviceClientBuilder::with_network`].
     pub fn with_network(self, change: impl FnOnce(&mut crate::NetworkOptions)) -> Self {
-        DeviceClientBuilder { inner: self.inner.with_network(change) }
+        DeviceClientBuilder { inner: self.inner.with_network(change), runtime: self.runtime }
     }
 
     /// See [`crate::DeviceClientBuilder::with_options`].
     pub fn with_options(self, change: impl FnOnce(&mut ClientOptions)) -> Self {
-        DeviceClientBuilder { inner: self.inner.with_options(change) }
+        DeviceClientBuilder { inner: self.inner.with_options(change), runtime: self.runtime }
     }
 
     /// Starts the client, blocking until it is registered (see [`crate::DeviceClientBuilder::start`]).
     pub fn start(self) -> Result<DeviceClient> {
-        let runtime = Runtime::new()?;
+        let runtime = match self.runtime {
+            Some(shared) => shared,
+            None => Arc::new(Runtime::new()?),
+        };
         let client = runtime.block_on(self.inner.start())??;
         Ok(DeviceClient { inner: Arc::new(Inner { client, runtime }) })
     }
@@ -129,7 +147,7 @@ impl DeviceClientBuilder {
 
 struct Inner {
     client: crate::DeviceClient,
-    runtime: Runtime,
+    runtime: Arc<Runtime>,
 }
 
 impl Drop for Inner {
@@ -162,7 +180,7 @@ impl DeviceClient {
         provisioning_token: impl Into<String>,
         db: impl AsRef<Path>,
     ) -> DeviceClientBuilder {
-        DeviceClientBuilder { inner: crate::DeviceClient::builder(device_id, provisioning_token, db) }
+        DeviceClientBuilder { inner: crate::DeviceClient::builder(device_id, provisioning_token, db), runtime: None }
     }
 
     fn run<F: Future<Output = Result<T>>, T>(&self, f: F) -> Result<T> {
@@ -297,5 +315,60 @@ impl StreamSender {
     /// See [`crate::StreamSender::enqueue_message_completion`].
     pub fn enqueue_message_completion(&self, batch_id: &str, message_id: &str) -> Result<()> {
         self.client.run(self.inner.enqueue_message_completion(batch_id, message_id))
+    }
+}
+
+/// The blocking counterpart of [`crate::Gateway`]: many devices over one shared store, and one
+/// Tokio runtime (as many worker threads as the machine has cores) for all of their clients.
+///
+/// ```no_run
+/// use spotflow_device::blocking::Gateway;
+///
+/// let gateway = Gateway::open("gateway.db")?;
+/// let pump = gateway.device("pump-1", "<Your Provisioning Token>")?.start()?;
+/// let valve = gateway.device("valve-7", "<Your Provisioning Token>")?.start()?;
+/// # Ok::<(), spotflow_device::Error>(())
+/// ```
+#[cfg(feature = "sqlite")]
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    inner: crate::Gateway,
+    runtime: Arc<Runtime>,
+}
+
+#[cfg(feature = "sqlite")]
+impl Gateway {
+    /// See [`crate::Gateway::open`].
+    pub fn open(db: impl AsRef<Path>) -> Result<Gateway> {
+        Self::open_with_durability(db, crate::Durability::PowerLossSafe)
+    }
+
+    /// See [`crate::Gateway::open_with_durability`].
+    pub fn open_with_durability(db: impl AsRef<Path>, durability: crate::Durability) -> Result<Gateway> {
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        let runtime = Arc::new(Runtime::with_workers(workers)?);
+        let inner = runtime.block_on(crate::Gateway::open_with_durability(db.as_ref(), durability))??;
+        Ok(Gateway { inner, runtime })
+    }
+
+    /// A builder for the client of the device `device_id` over the gateway's store, started on
+    /// the gateway's runtime (see [`crate::Gateway::device`]).
+    pub fn device(
+        &self,
+        device_id: impl Into<String>,
+        provisioning_token: impl Into<String>,
+    ) -> Result<DeviceClientBuilder> {
+        let inner = self.runtime.block_on(self.inner.device(device_id, provisioning_token))??;
+        Ok(DeviceClientBuilder { inner, runtime: Some(self.runtime.clone()) })
+    }
+
+    /// The async gateway behind this one.
+    pub fn as_async(&self) -> &crate::Gateway {
+        &self.inner
+    }
+
+    /// See [`crate::Gateway::close`].
+    pub fn close(&self) -> Result<()> {
+        self.runtime.block_on(self.inner.close())?
     }
 }

@@ -49,6 +49,8 @@ pub struct DeviceClientBuilder {
     platform_api: Option<Arc<dyn PlatformApi>>,
     options: ClientOptions,
     network: NetworkOptions,
+    /// The thread for the desired-properties callback (a gateway's, shared); `None`: its own.
+    callback_thread: Option<CallbackThread>,
 }
 
 impl std::fmt::Debug for DeviceClientBuilder {
@@ -82,7 +84,15 @@ impl DeviceClientBuilder {
             platform_api: None,
             options: ClientOptions::default(),
             network: NetworkOptions::default(),
+            callback_thread: None,
         }
+    }
+
+    /// Runs the desired-properties callback on this thread (shared with other clients).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn callback_thread(mut self, thread: CallbackThread) -> Self {
+        self.callback_thread = Some(thread);
+        self
     }
 
     /// The URI or host name of the platform instance (default `api.eu1.spotflow.io`): a host
@@ -225,7 +235,16 @@ impl DeviceClientBuilder {
         let (acked_tx, acked_rx) = watch::channel(0);
         let (creds_tx, creds_rx) = watch::channel(identity.connection.clone());
         let (rejected_tx, rejected_rx) = mpsc::unbounded_channel();
-        let desired_tx = self.desired_callback.map(spawn_callback_thread).transpose()?;
+        let desired_tx = match self.desired_callback {
+            Some(callback) => {
+                let thread = match self.callback_thread {
+                    Some(shared) => shared,
+                    None => CallbackThread::spawn()?,
+                };
+                Some(DesiredSink { thread, callback })
+            }
+            None => None,
+        };
 
         let session = spotflow_core::SessionInfo { queue_id: identity.queue_id.clone() };
         let keeper = CredentialKeeper {
@@ -442,21 +461,43 @@ pub(crate) fn validate_db_path(db: &Path) -> Result<()> {
     Ok(())
 }
 
-fn spawn_callback_thread(callback: DesiredPropertiesCallback) -> Result<std::sync::mpsc::Sender<DesiredState>> {
-    let (tx, rx) = std::sync::mpsc::channel::<DesiredState>();
-    std::thread::Builder::new()
-        .name("spotflow-desired-callback".into())
-        .spawn(move || {
-            for state in rx {
-                let version = state.version;
-                let cb = callback.clone();
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(state))).is_err() {
-                    warn!(version, "desired properties callback panicked");
+/// A thread that runs desired-properties callbacks in the order they come: one per client, or
+/// one for all the clients of a [`crate::Gateway`]. It ends when every sender is gone.
+#[derive(Clone)]
+pub(crate) struct CallbackThread {
+    tx: std::sync::mpsc::Sender<(DesiredPropertiesCallback, DesiredState)>,
+}
+
+impl CallbackThread {
+    pub(crate) fn spawn() -> Result<CallbackThread> {
+        let (tx, rx) = std::sync::mpsc::channel::<(DesiredPropertiesCallback, DesiredState)>();
+        std::thread::Builder::new()
+            .name("spotflow-desired-callback".into())
+            .spawn(move || {
+                for (callback, state) in rx {
+                    let version = state.version;
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(state))).is_err() {
+                        warn!(version, "desired properties callback panicked");
+                    }
                 }
-            }
-        })
-        .map_err(|source| Error::System { what: "the desired-properties callback thread", source })?;
-    Ok(tx)
+            })
+            .map_err(|source| Error::System { what: "the desired-properties callback thread", source })?;
+        Ok(CallbackThread { tx })
+    }
+}
+
+/// Where a client's worker hands its new desired properties: its callback, run on a
+/// [`CallbackThread`].
+pub(crate) struct DesiredSink {
+    thread: CallbackThread,
+    callback: DesiredPropertiesCallback,
+}
+
+impl DesiredSink {
+    /// Queues a call of the callback (nothing when the thread is gone).
+    pub(crate) fn send(&self, state: DesiredState) {
+        let _ = self.thread.tx.send((self.callback.clone(), state));
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@
 pub mod blocking;
 mod builder;
 mod client;
+#[cfg(feature = "sqlite")]
+mod gateway;
 mod instance;
 mod message;
 mod options;
@@ -49,6 +51,8 @@ mod worker;
 
 pub use builder::{DesiredPropertiesCallback, DeviceClientBuilder};
 pub use client::{DeviceClient, StreamSender};
+#[cfg(feature = "sqlite")]
+pub use gateway::Gateway;
 pub use instance::{Instance, DEFAULT_INSTANCE};
 pub use message::Message;
 pub use options::{ClientOptions, Durability, NetworkOptions, Protocol, QueueFullPolicy, DEFAULT_MAX_MESSAGE_SIZE};

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use spotflow_core::{
-    Connection, ConnectionCredentials, DesiredState, DesiredTracker, Error, LinkAction, LinkSchedule, OutgoingQueue,
-    PatchOutcome, ReportedOutcome, ReportedTracker, RequestId, Result, SessionInfo, Store, Transport, TransportEvent,
+    Connection, ConnectionCredentials, DesiredTracker, Error, LinkAction, LinkSchedule, OutgoingQueue, PatchOutcome,
+    ReportedOutcome, ReportedTracker, RequestId, Result, SessionInfo, Store, Transport, TransportEvent,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -55,7 +55,7 @@ pub(crate) struct Worker {
     pub credentials: watch::Receiver<Option<ConnectionCredentials>>,
     pub rejected: mpsc::UnboundedSender<()>,
     pub acked: watch::Sender<u64>,
-    pub desired_tx: Option<std::sync::mpsc::Sender<DesiredState>>,
+    pub desired_tx: Option<crate::builder::DesiredSink>,
     pub conn: Option<Box<dyn Connection>>,
     pub connecting: Option<ConnectFuture>,
     pub twin_request: Option<RequestId>,
@@ -502,7 +502,7 @@ impl Worker {
         if let Some(state) = self.desired.poll_notify() {
             info!(version = state.version, "desired properties updated");
             if let Some(tx) = &self.desired_tx {
-                let _ = tx.send(state);
+                tx.send(state);
             }
         }
     }

@@ -104,6 +104,8 @@ pub struct DeviceChild {
     pub rate: Option<u32>,
     /// Where the children's standard error goes (appended); discarded when `None`.
     pub stderr: Option<std::path::PathBuf>,
+    /// A gateway of this many devices over one shared store instead of one device.
+    pub gateway_devices: Option<usize>,
 }
 
 /// The lines a child process writes on its piped standard output, read by a thread of their own
@@ -137,6 +139,7 @@ impl DeviceChild {
             backend: None,
             rate: None,
             stderr: None,
+            gateway_devices: None,
         }
     }
 
@@ -148,6 +151,9 @@ impl DeviceChild {
         }
         if let Some(rate) = self.rate {
             command.env("RATE", rate.to_string());
+        }
+        if let Some(devices) = self.gateway_devices {
+            command.env("GATEWAY_DEVICES", devices.to_string());
         }
         let stderr = match &self.stderr {
             Some(path) => std::fs::OpenOptions::new()

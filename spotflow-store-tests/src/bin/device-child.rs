@@ -4,26 +4,20 @@
 //! acknowledged and prints `DONE`. Environment: `INSTANCE`, `CA_FILE`, `MQTT_PORT`,
 //! `PROVISIONING_TOKEN`, `DB`, `RUN`, `COUNT`, and optionally `BACKEND` (a store of
 //! `spotflow_store_tests::BACKENDS` instead of the default one) and `RATE` (enqueues per second).
+//!
+//! With `GATEWAY_DEVICES=N`, the process is a gateway instead: N clients `gw-0`… over one
+//! `Gateway` store at `DB`, each enqueueing `COUNT` messages (ids `r{RUN}-d{D}-{i}`, printing
+//! `ACK {RUN} d{D}-{i}`) at the same time, then `DONE` once every device's queue is acknowledged.
 
 use std::io::Write;
 use std::time::Duration;
 
-use spotflow_device::{Compression, DeviceClient, Message};
+use spotflow_device::{Compression, DeviceClient, DeviceClientBuilder, Message};
 
 use spotflow_store_tests::env;
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    spotflow_store_tests::child_logs();
-    let ca = std::fs::read_to_string(env("CA_FILE")).expect("CA file");
-    let mqtt_port: u16 = env("MQTT_PORT").parse().expect("port");
-    let (run, count): (String, u32) = (env("RUN"), env("COUNT").parse().expect("count"));
-    let mut builder = DeviceClient::builder(Some("killed-device"), env("PROVISIONING_TOKEN"), env("DB"));
-    if let Ok(backend) = std::env::var("BACKEND") {
-        let store = spotflow_store_tests::open(&backend, std::path::Path::new(&env("DB"))).await.expect("store opens");
-        builder = builder.store(store);
-    }
-    let client = builder
+fn configure(builder: DeviceClientBuilder, ca: &str, mqtt_port: u16) -> DeviceClientBuilder {
+    builder
         .instance(env("INSTANCE"))
         .trust_ca_pem(ca)
         .with_network(|n| {
@@ -35,9 +29,65 @@ async fn main() {
             o.retry_initial = Duration::from_millis(20);
             o.retry_max = Duration::from_millis(200);
         })
-        .start()
-        .await
-        .expect("device starts");
+}
+
+fn ack(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ACK {line}");
+    let _ = out.flush();
+}
+
+/// `GATEWAY_DEVICES` clients over one gateway, sending at the same time.
+async fn gateway(devices: usize, ca: &str, mqtt_port: u16, run: &str, count: u32) {
+    let gateway = spotflow_device::Gateway::open(env("DB")).await.expect("gateway opens");
+    let mut clients = Vec::new();
+    for d in 0..devices {
+        let builder = gateway.device(format!("gw-{d}"), env("PROVISIONING_TOKEN")).await.expect("device store");
+        clients.push(configure(builder, ca, mqtt_port).start().await.expect("device starts"));
+    }
+    println!("READY");
+    let mut tasks = Vec::new();
+    for (d, client) in clients.iter().enumerate() {
+        let sender =
+            client.create_stream_sender(Some("kill"), Some("test"), Compression::Uncompressed).expect("sender");
+        let run = run.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..count {
+                let message = Message::new(format!("{run}:{d}:{i}")).message_id(format!("r{run}-d{d}-{i}"));
+                sender.enqueue_message(message).await.expect("enqueue");
+                ack(format_args!("{run} d{d}-{i}"));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("sender task");
+    }
+    for client in &clients {
+        client.wait_enqueued_messages_sent_timeout(Duration::from_secs(60)).await.expect("all acknowledged");
+    }
+    println!("DONE");
+    for client in &clients {
+        client.close().await.expect("close");
+    }
+    gateway.close().await.expect("gateway closes");
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    spotflow_store_tests::child_logs();
+    let ca = std::fs::read_to_string(env("CA_FILE")).expect("CA file");
+    let mqtt_port: u16 = env("MQTT_PORT").parse().expect("port");
+    let (run, count): (String, u32) = (env("RUN"), env("COUNT").parse().expect("count"));
+    if let Some(devices) = std::env::var("GATEWAY_DEVICES").ok().and_then(|n| n.parse().ok()) {
+        gateway(devices, &ca, mqtt_port, &run, count).await;
+        return;
+    }
+    let mut builder = DeviceClient::builder(Some("killed-device"), env("PROVISIONING_TOKEN"), env("DB"));
+    if let Ok(backend) = std::env::var("BACKEND") {
+        let store = spotflow_store_tests::open(&backend, std::path::Path::new(&env("DB"))).await.expect("store opens");
+        builder = builder.store(store);
+    }
+    let client = configure(builder, &ca, mqtt_port).start().await.expect("device starts");
     println!("READY");
     let sender = client.create_stream_sender(Some("kill"), Some("test"), Compression::Uncompressed).expect("sender");
     // RATE (messages per second) paces the enqueues; unpaced without it.
@@ -51,9 +101,7 @@ async fn main() {
             .enqueue_message(Message::new(format!("{run}:{i}")).message_id(format!("r{run}-{i}")))
             .await
             .expect("enqueue");
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "ACK {run} {i}");
-        let _ = out.flush();
+        ack(format_args!("{run} {i}"));
     }
     client.wait_enqueued_messages_sent_timeout(Duration::from_secs(60)).await.expect("all acknowledged");
     println!("DONE");
