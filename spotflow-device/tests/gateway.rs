@@ -225,3 +225,53 @@ async fn one_devices_full_queue_does_not_hold_the_others_back() {
     }
     gateway.close().await.unwrap();
 }
+
+#[test]
+fn the_blocking_gateway_runs_all_its_clients_on_one_runtime() {
+    let _serial = SERIAL.blocking_lock();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let emu = rt.block_on(Emulator::builder().auto_approve(Some(Duration::ZERO)).start()).unwrap();
+    // The emulator needs a runtime that runs on its own while this thread blocks.
+    let driver = std::thread::spawn(move || rt.block_on(async { tokio::time::sleep(WAIT * 2).await }));
+    let token = emu.create_provisioning_token();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = spotflow_device::blocking::Gateway::open(dir.path().join("gateway.db")).unwrap();
+    let first = configure_blocking(gateway.device("line-1", &token).unwrap(), &emu).start().unwrap();
+    let workers = threads_named("spotflow-worker");
+    let second = configure_blocking(gateway.device("line-2", &token).unwrap(), &emu).start().unwrap();
+    let third = configure_blocking(gateway.device("line-3", &token).unwrap(), &emu).start().unwrap();
+    if let (Some(before), Some(after)) = (workers, threads_named("spotflow-worker")) {
+        assert!(after <= before, "{before} runtime threads with one client, {after} with three");
+    }
+    for (client, name) in [(&first, "line-1"), (&second, "line-2"), (&third, "line-3")] {
+        let sender = client.create_stream_sender(None, None, Compression::Uncompressed).unwrap();
+        sender.send_message(format!("{name} says hello")).unwrap();
+        assert_eq!(client.device_id(), name);
+    }
+    for client in [first, second, third] {
+        client.close().unwrap();
+    }
+    gateway.close().unwrap();
+    drop(emu);
+    drop(driver);
+}
+
+fn configure_blocking(
+    builder: spotflow_device::blocking::DeviceClientBuilder,
+    emu: &Emulator,
+) -> spotflow_device::blocking::DeviceClientBuilder {
+    let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
+    builder
+        .instance(emu.https_url())
+        .trust_ca_pem(emu.ca_pem())
+        .with_network(move |n| {
+            n.platform_roots = false;
+            n.mqtt_port = mqtt_port;
+        })
+        .display_provisioning_operation_callback(|_| {})
+        .with_options(|o| {
+            o.provisioning_poll_interval = Duration::from_millis(20);
+            o.retry_initial = Duration::from_millis(20);
+            o.start_timeout = WAIT;
+        })
+}
