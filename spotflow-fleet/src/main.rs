@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use spotflow_device::{Compression, DeviceClient, MemoryStore, Message};
+use spotflow_device::{Compression, DeviceClient, Gateway, MemoryStore, Message};
 
 #[derive(Parser, Debug)]
 #[command(name = "spotflow-fleet", about = "Simulate many devices in one process against a Spotflow platform")]
@@ -50,7 +50,8 @@ struct Args {
     /// The emulator's admin token, to compare its count of stored messages with ours.
     #[arg(long, env = "SPOTFLOW_EMULATOR_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Each device's queue: in memory, or a SQLite file per device under --data-dir.
+    /// Each device's queue: in memory, a SQLite file per device under --data-dir, or one shared
+    /// SQLite file for all (a `Gateway`: one store thread, group commit across devices).
     #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
     store: StoreKind,
     /// Directory of the SQLite files (default: a temporary directory).
@@ -68,6 +69,7 @@ struct Args {
 enum StoreKind {
     Memory,
     Sqlite,
+    Gateway,
 }
 
 /// Figures shared by the device tasks.
@@ -134,7 +136,8 @@ fn rss_kib() -> u64 {
 }
 
 /// User + system CPU time of this process so far.
-fn cpu_time() -> Duration {
+/// The process's CPU time and its threads' context switches (each a wakeup, or a preemption).
+fn usage() -> (Duration, u64) {
     // SAFETY: getrusage writes the struct it is given and nothing else.
     let u = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
@@ -142,7 +145,7 @@ fn cpu_time() -> Duration {
         u
     };
     let t = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    t(u.ru_utime) + t(u.ru_stime)
+    (t(u.ru_utime) + t(u.ru_stime), (u.ru_nvcsw + u.ru_nivcsw) as u64)
 }
 
 /// Where the devices connect.
@@ -161,6 +164,8 @@ struct Fleet {
     figures: Figures,
     /// Permits to start (provision, register, connect).
     starting: tokio::sync::Semaphore,
+    /// The shared store (`--store gateway`).
+    gateway: Option<Gateway>,
 }
 
 /// One device: starts, then (once `go` says when) sends at `rate` until `stop`; returns its
@@ -171,11 +176,22 @@ async fn device(
     mut go: tokio::sync::watch::Receiver<Option<Instant>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Option<DeviceClient> {
-    let Fleet { target, args, dir, figures, starting } = &*fleet;
+    let Fleet { target, args, dir, figures, starting, gateway } = &*fleet;
     let id = format!("fleet-{i:05}");
     let client = {
         let _permit = starting.acquire().await.ok()?;
-        let mut builder = DeviceClient::builder(Some(id.clone()), target.token.clone(), dir.join(format!("{id}.db")))
+        let builder = match gateway {
+            Some(gateway) => match gateway.device(id.clone(), target.token.clone()).await {
+                Ok(builder) => builder,
+                Err(e) => {
+                    eprintln!("{id}: no store in the gateway: {e}");
+                    figures.failed_starts.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            },
+            None => DeviceClient::builder(Some(id.clone()), target.token.clone(), dir.join(format!("{id}.db"))),
+        };
+        let mut builder = builder
             .instance(target.instance.clone())
             .display_provisioning_operation_callback(|_| {})
             .with_network(|n| {
@@ -241,34 +257,55 @@ async fn device(
     Some(client)
 }
 
-/// The platform's count of stored fleet messages, from the emulator's `/metrics`.
-async fn stored_by_platform(target: &Target, admin_token: &str) -> Result<u64, String> {
-    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
-    if let Some(ca) = &target.ca_pem {
-        let config =
-            spotflow_device::extend::mqtt::TlsOptions { platform_roots: false, extra_ca_pem: vec![ca.clone()] }
-                .client_config()
-                .map_err(|e| e.to_string())?;
-        http = http.tls_backend_preconfigured((*config).clone());
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The emulator's admin API, as an operator's tool uses it while the fleet runs.
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    fn new(target: &Target, token: &str) -> Result<Admin, String> {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(ca) = &target.ca_pem {
+            let config =
+                spotflow_device::extend::mqtt::TlsOptions { platform_roots: false, extra_ca_pem: vec![ca.clone()] }
+                    .client_config()
+                    .map_err(|e| e.to_string())?;
+            http = http.tls_backend_preconfigured((*config).clone());
+        }
+        let base = if target.instance.starts_with("http") {
+            target.instance.clone()
+        } else {
+            format!("https://{}", target.instance)
+        };
+        Ok(Admin { http: http.build().map_err(|e| e.to_string())?, base, token: token.to_owned() })
     }
-    let base = if target.instance.starts_with("http") {
-        target.instance.clone()
-    } else {
-        format!("https://{}", target.instance)
-    };
-    let text = http
-        .build()
-        .map_err(|e| e.to_string())?
-        .get(format!("{base}/metrics"))
-        .bearer_auth(admin_token)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .error_for_status()
-        .map_err(|e| e.to_string())?
-        .text()
-        .await
-        .map_err(|e| e.to_string())?;
+
+    async fn get(&self, path: &str) -> Result<String, String> {
+        let answer = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await;
+        let answer = answer.and_then(reqwest::Response::error_for_status).map_err(|e| e.to_string())?;
+        answer.text().await.map_err(|e| e.to_string())
+    }
+
+    /// How long the list of every device (`/admin/devices`) and the metrics take to answer.
+    async fn probe(&self) -> Result<(Duration, Duration), String> {
+        let start = Instant::now();
+        self.get("/admin/devices").await?;
+        let devices = start.elapsed();
+        let start = Instant::now();
+        self.get("/metrics").await?;
+        Ok((devices, start.elapsed()))
+    }
+}
+
+/// The platform's count of stored fleet messages, from the emulator's `/metrics`.
+async fn stored_by_platform(admin: &Admin) -> Result<u64, String> {
+    let text = admin.get("/metrics").await?;
     // The database's count: it survives restarts of the emulator (the per-stream totals count
     // from its start). Every stream: run against an emulator with nothing else stored.
     text.lines()
@@ -332,7 +369,14 @@ async fn main() -> Result<(), String> {
         args.devices, args.rate, args.duration, args.store, args.start_concurrency, target.instance
     );
     let starting = tokio::sync::Semaphore::new(args.start_concurrency);
-    let fleet = Arc::new(Fleet { target, args, dir, figures: Figures::default(), starting });
+    let gateway = match args.store {
+        StoreKind::Gateway => {
+            let path = dir.join("fleet-gateway.db");
+            Some(Gateway::open(&path).await.map_err(|e| format!("cannot open {}: {e}", path.display()))?)
+        }
+        _ => None,
+    };
+    let fleet = Arc::new(Fleet { target, args, dir, figures: Figures::default(), starting, gateway });
     let (args, figures, target, dir) = (&fleet.args, &fleet.figures, &fleet.target, &fleet.dir);
     let (go_tx, go) = tokio::sync::watch::channel(None);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -360,11 +404,16 @@ async fn main() -> Result<(), String> {
     let started = figures.started.load(Ordering::Relaxed);
     println!("{started} devices started in {:.1} s; sending for {} s", start_time.as_secs_f64(), args.duration);
     let sending = Instant::now();
-    let cpu_sending = cpu_time();
+    let (cpu_sending, switches_sending) = usage();
     let _ = go_tx.send(Some(Instant::now()));
     let mut previous = 0u64;
     let (_, mut previous_reconnects, mut previous_attempts) = connections(figures);
     let mut peak_rss = rss_kib();
+    // The admin API probed at every progress line while the fleet sends (one probe at a time).
+    let admin_token = args.admin_token.clone().or_else(|| embedded.as_ref().map(|e| e.admin_token().to_owned()));
+    let admin = admin_token.map(|t| Admin::new(target, &t).map(Arc::new));
+    let mut probes: Vec<(Duration, Duration)> = Vec::new();
+    let mut probe: Option<tokio::task::JoinHandle<Result<(Duration, Duration), String>>> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(args.progress_every));
     tick.tick().await;
     let end = tokio::time::Instant::now() + Duration::from_secs(args.duration);
@@ -379,8 +428,23 @@ async fn main() -> Result<(), String> {
         let rss = rss_kib();
         peak_rss = peak_rss.max(rss);
         let (connected, reconnects, attempts) = connections(figures);
+        let mut admin_line = String::new();
+        if let Some(done) = probe.take_if(|p| p.is_finished()) {
+            match done.await {
+                Ok(Ok(t)) => {
+                    admin_line = format!(" | admin API {:.0} / {:.0} ms", ms(t.0), ms(t.1));
+                    probes.push(t);
+                }
+                Ok(Err(e)) => admin_line = format!(" | admin API failed: {e}"),
+                Err(_) => {}
+            }
+        }
+        if let (None, Some(Ok(admin))) = (&probe, &admin) {
+            let admin = admin.clone();
+            probe = Some(tokio::spawn(async move { admin.probe().await }));
+        }
         println!(
-            "[{:>5.0} s] {:>6.0} msg/s delivered | p50 {:>7.2} ms p99 {:>7.2} ms | {} failed | {connected} connected, {:.0} reconnects/s, {:.0} attempts/s | RSS {} MiB ({:.0} KiB/device)",
+            "[{:>5.0} s] {:>6.0} msg/s delivered | p50 {:>7.2} ms p99 {:>7.2} ms | {} failed | {connected} connected, {:.0} reconnects/s, {:.0} attempts/s | RSS {} MiB ({:.0} KiB/device){admin_line}",
             sending.elapsed().as_secs_f64(),
             (delivered - previous) as f64 / args.progress_every as f64,
             p50,
@@ -397,7 +461,9 @@ async fn main() -> Result<(), String> {
     }
     let _ = stop_tx.send(true);
     let sent_for = sending.elapsed();
-    let cpu_used = cpu_time().saturating_sub(cpu_sending);
+    let (cpu_now, switches_now) = usage();
+    let cpu_used = cpu_now.saturating_sub(cpu_sending);
+    let switches = switches_now.saturating_sub(switches_sending);
     let mut clients = Vec::new();
     for t in tasks {
         if let Ok(Some(c)) = t.await {
@@ -412,6 +478,11 @@ async fn main() -> Result<(), String> {
     for c in &clients {
         let _ = c.close().await;
     }
+    if let Some(gateway) = &fleet.gateway {
+        if let Err(e) = gateway.close().await {
+            println!("warning: the gateway's store did not close cleanly: {e}");
+        }
+    }
     figures.take_recent();
     let mut all = std::mem::take(&mut *figures.all.lock().unwrap_or_else(|p| p.into_inner()));
     all.sort_unstable();
@@ -419,7 +490,11 @@ async fn main() -> Result<(), String> {
     let failed = figures.failed.load(Ordering::Relaxed);
     let stored = match (&embedded, &args.admin_token) {
         (Some(emu), _) => Some(Ok(emu.message_count().await)),
-        (None, Some(token)) => Some(stored_by_platform(target, token).await),
+        (None, Some(_)) => match &admin {
+            Some(Ok(admin)) => Some(stored_by_platform(admin).await),
+            Some(Err(e)) => Some(Err(e.clone())),
+            None => None,
+        },
         (None, None) => None,
     };
     println!();
@@ -466,6 +541,24 @@ async fn main() -> Result<(), String> {
         cpu_used.as_secs_f64(),
         cpu_used.as_micros() as f64 / delivered.max(1) as f64,
         if embedded.is_some() { " (the embedded emulator included)" } else { "" }
+    );
+    if !probes.is_empty() {
+        let (mut devices, mut metrics): (Vec<f64>, Vec<f64>) = probes.iter().map(|(d, m)| (ms(*d), ms(*m))).unzip();
+        devices.sort_by(f64::total_cmp);
+        metrics.sort_by(f64::total_cmp);
+        println!(
+            "| admin API while sending ({} probes) | `/admin/devices` (every device) p50 {:.0} ms, max {:.0} ms; `/metrics` p50 {:.0} ms, max {:.0} ms |",
+            probes.len(),
+            devices[devices.len() / 2],
+            devices[devices.len() - 1],
+            metrics[metrics.len() / 2],
+            metrics[metrics.len() - 1]
+        );
+    }
+    println!(
+        "| context switches while sending | {switches} = {:.2} per device per second, {:.2} per delivered message |",
+        switches as f64 / started.max(1) as f64 / sent_for.as_secs_f64().max(0.001),
+        switches as f64 / delivered.max(1) as f64
     );
     if args.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(dir);
