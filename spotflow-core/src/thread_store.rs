@@ -131,6 +131,12 @@ pub fn run_as_blocking_caller<R>(f: impl FnOnce() -> R) -> R {
 /// Appends merged into one [`StoreBackend::append`] at most.
 const MAX_GROUP: usize = 1024;
 
+/// Commands the store's thread serves while appends wait for their group commit, at most...
+const MAX_ROUND: usize = 4096;
+
+/// ...and for at most this long: then the group is committed.
+const MAX_GROUP_WAIT: Duration = Duration::from_millis(2);
+
 /// Most messages (in an append) or sequence numbers (in a removal) of a call made on the caller's
 /// thread: larger work goes to the store's thread, which runs beside the caller's.
 const DIRECT_MAX: usize = 16;
@@ -492,14 +498,22 @@ impl ThreadStore {
     }
 }
 
-/// The store thread: commands in arrival order, appends merged until another command (or
-/// [`MAX_GROUP`] of them) comes. It holds the backend while it works through what has arrived,
-/// and leaves it to direct calls while it waits.
+/// The store thread: commands in arrival order, except that appends wait for one group commit
+/// of all that arrive together ([`MAX_GROUP`] at most, or what arrives within
+/// [`MAX_GROUP_WAIT`]) while reads, removals, figures and state documents that arrive meanwhile
+/// are served at once: none of them can depend on an append that has not been answered yet (a
+/// caller's next call comes after its answer), and with many devices in one store (a gateway's
+/// readers and removers come between every two appends) they would otherwise cut every group
+/// down to one append and one fsync. A clear and a close take effect after the pending appends.
+/// The thread holds the backend while it works through what has arrived, and leaves it to
+/// direct calls while it waits.
 fn serve(slot: &Slot, label: &str, rx: mpsc::Receiver<Command>, mut poll: crate::AdaptivePoll) {
     while let Some(first) = poll.recv(&rx) {
         let mut guard = lock_slot(slot);
         let mut appends = Vec::new();
         let mut next = Some(first);
+        let round = Instant::now();
+        let mut served = 0usize;
         while let Some(command) = next.take() {
             let Some(backend) = guard.as_deref_mut() else {
                 // Closed, or its library panicked: every caller is told (by dropping its reply).
@@ -517,12 +531,16 @@ fn serve(slot: &Slot, label: &str, rx: mpsc::Receiver<Command>, mut poll: crate:
                     let _ = reply.send(backend.map_or(Ok(()), |b| b.close()));
                     return;
                 }
-                other => {
+                clear @ Command::Clear(..) => {
                     append_group(backend, &mut appends);
-                    serve_one(backend, other, label);
+                    serve_one(backend, clear, label);
                 }
+                other => serve_one(backend, other, label),
             }
-            if appends.len() < MAX_GROUP {
+            served += 1;
+            let group_open = appends.len() < MAX_GROUP
+                && (appends.is_empty() || (served < MAX_ROUND && round.elapsed() < MAX_GROUP_WAIT));
+            if group_open {
                 next = rx.try_recv().ok();
             }
         }

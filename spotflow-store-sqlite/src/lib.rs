@@ -53,18 +53,24 @@ CREATE TABLE state (name TEXT PRIMARY KEY, json TEXT NOT NULL);
 
 /// The schema migrations of a store shared by several devices ([`SharedSqliteStore`]): the same
 /// messages and state, each row marked with its device's namespace (`ns`, from `devices`).
+///
+/// Each device numbers its messages itself, 1, 2, 3… as a store of one device does (its
+/// `last_seq` in `devices` is written in the transaction of every append, so that a number is
+/// never given twice, even after every message was removed): a device's client can tell from
+/// the numbers alone that it has seen every message it appended.
 const SHARED_MIGRATIONS: &[&str] = &["
-CREATE TABLE devices (ns INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE devices (ns INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, last_seq INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
+    ns INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
     kind INTEGER NOT NULL,
     encoding INTEGER NOT NULL,
     stream_group TEXT, stream TEXT, batch_id TEXT, batch_slice_id TEXT, message_id TEXT, chunk_id TEXT,
     payload BLOB NOT NULL,
-    size INTEGER NOT NULL,
-    ns INTEGER NOT NULL
+    size INTEGER NOT NULL
 );
-CREATE INDEX messages_by_device ON messages (ns, seq);
+CREATE UNIQUE INDEX messages_by_device ON messages (ns, seq);
 CREATE TABLE state (name TEXT NOT NULL, json TEXT NOT NULL, ns INTEGER NOT NULL, PRIMARY KEY (ns, name)) WITHOUT ROWID;
 "];
 
@@ -369,18 +375,19 @@ fn opt(s: Option<String>) -> Option<Arc<str>> {
 }
 
 impl Worker {
-    /// Reads the queues' sizes. A device's last sequence number is the file's in a store of one
-    /// device; in a shared store it is the highest one still queued for the device (or given to
-    /// it since the store opened): sequence numbers come from one counter for the whole file,
-    /// so a device's next one is higher anyway, and none is ever given twice.
+    /// Reads the queues' sizes and every device's last sequence number.
     fn new(conn: Connection, path: PathBuf, min_free: u64, layout: Layout) -> Result<Worker> {
         let free = FreeSpace::new(path.parent().unwrap_or(Path::new(".")), min_free);
         let read = |e| sql_error(&path, "cannot read", e);
-        let last_seq: i64 = conn
-            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'messages'", [], |r| r.get(0))
-            .optional()
-            .map_err(read)?
-            .unwrap_or(0);
+        // One device's file numbers its rows with AUTOINCREMENT; a shared one per device.
+        let last_seq: i64 = match layout {
+            Layout::Single => conn
+                .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'messages'", [], |r| r.get(0))
+                .optional()
+                .map_err(read)?
+                .unwrap_or(0),
+            Layout::Shared => 0,
+        };
         let mut queues = HashMap::new();
         match layout {
             Layout::Single => {
@@ -393,16 +400,27 @@ impl Worker {
                 queues.insert(SINGLE_DEVICE, queue);
             }
             Layout::Shared => {
-                let mut query =
-                    conn.prepare("SELECT ns, COUNT(*), SUM(size), MAX(seq) FROM messages GROUP BY ns").map_err(read)?;
+                let mut query = conn
+                    .prepare(
+                        "SELECT d.ns, d.last_seq, COUNT(m.id), COALESCE(SUM(m.size), 0), COALESCE(MAX(m.seq), 0)
+                         FROM devices d LEFT JOIN messages m ON m.ns = d.ns GROUP BY d.ns",
+                    )
+                    .map_err(read)?;
                 let rows = query
                     .query_map([], |r| {
-                        Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+                        Ok((
+                            r.get::<_, u32>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ))
                     })
                     .map_err(read)?;
                 for row in rows {
-                    let (ns, count, bytes, last) = row.map_err(read)?;
-                    queues.insert(ns, Queue { count: count as u64, bytes: bytes as u64, last_seq: last as u64 });
+                    let (ns, last, count, bytes, queued_last) = row.map_err(read)?;
+                    let last_seq = last.max(queued_last) as u64;
+                    queues.insert(ns, Queue { count: count as u64, bytes: bytes as u64, last_seq });
                 }
             }
         }
@@ -424,7 +442,8 @@ impl Worker {
     /// message (a device's usual append) is one statement, its own transaction.
     fn append_groups(&mut self, groups: &[(Namespace, Vec<OutgoingMessage>)]) -> rusqlite::Result<Vec<u64>> {
         self.restore_full_sync()?;
-        let single = groups.iter().map(|(_, g)| g.len()).sum::<usize>() == 1;
+        // A shared store also writes each device's last number: never a single statement.
+        let single = self.layout == Layout::Single && groups.iter().map(|(_, g)| g.len()).sum::<usize>() == 1;
         let firsts = self.transaction(single, |w| w.insert_groups(groups))?;
         self.wal_commits += 1;
         Ok(groups
@@ -441,6 +460,7 @@ impl Worker {
                         queue.last_seq = queue.last_seq.max(first + n - 1);
                         first
                     }
+                    None if self.layout == Layout::Shared => queue.last_seq + 1,
                     None => self.last_seq + 1,
                 }
             })
@@ -450,8 +470,13 @@ impl Worker {
     /// `params` without its last one (the namespace) in a store of one device, whose statements
     /// have no namespace.
     fn with_ns<'p>(&self, params: &'p [&'p dyn ToSql]) -> &'p [&'p dyn ToSql] {
+        self.shared_tail(1, params)
+    }
+
+    /// `params` without the last `shared_only` ones in a store of one device.
+    fn shared_tail<'p>(&self, shared_only: usize, params: &'p [&'p dyn ToSql]) -> &'p [&'p dyn ToSql] {
         match self.layout {
-            Layout::Single => &params[..params.len() - 1],
+            Layout::Single => &params[..params.len() - shared_only],
             Layout::Shared => params,
         }
     }
@@ -488,33 +513,56 @@ impl Worker {
         let mut insert = self.conn.prepare_cached(self.sql(
             "INSERT INTO messages (kind, encoding, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id, payload, size)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            "INSERT INTO messages (kind, encoding, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id, payload, size, ns)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO messages (kind, encoding, stream_group, stream, batch_id, batch_slice_id, message_id, chunk_id, payload, size, ns, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         ))?;
+        // A shared store's numbers, per device: the last one given, in this transaction too.
+        let mut last: HashMap<Namespace, u64> = HashMap::new();
         let mut firsts = Vec::with_capacity(groups.len());
         for (ns, messages) in groups {
             let mut first = None;
             let mut bytes = 0;
             for m in messages {
                 let size = m.queued_size();
-                insert.execute(self.with_ns(params![
-                    m.kind.code(),
-                    ContentEncoding::code(m.content_encoding),
-                    m.target.stream_group.as_deref(),
-                    m.target.stream.as_deref(),
-                    m.batch_id.as_deref(),
-                    m.batch_slice_id.as_deref(),
-                    m.message_id.as_deref(),
-                    m.chunk_id.as_deref(),
-                    &m.payload[..],
-                    size as i64,
-                    ns,
-                ]))?;
-                let seq = self.conn.last_insert_rowid() as u64;
+                let next = match self.layout {
+                    Layout::Shared => {
+                        let last = last.entry(*ns).or_insert_with(|| self.queues.get(ns).map_or(0, |q| q.last_seq));
+                        *last += 1;
+                        *last as i64
+                    }
+                    Layout::Single => 0,
+                };
+                insert.execute(self.shared_tail(
+                    2,
+                    params![
+                        m.kind.code(),
+                        ContentEncoding::code(m.content_encoding),
+                        m.target.stream_group.as_deref(),
+                        m.target.stream.as_deref(),
+                        m.batch_id.as_deref(),
+                        m.batch_slice_id.as_deref(),
+                        m.message_id.as_deref(),
+                        m.chunk_id.as_deref(),
+                        &m.payload[..],
+                        size as i64,
+                        ns,
+                        next,
+                    ],
+                ))?;
+                let seq = match self.layout {
+                    Layout::Shared => next as u64,
+                    Layout::Single => self.conn.last_insert_rowid() as u64,
+                };
                 first.get_or_insert(seq);
                 bytes += size;
             }
             firsts.push((first, messages.len() as u64, bytes));
+        }
+        if !last.is_empty() {
+            let mut update = self.conn.prepare_cached("UPDATE devices SET last_seq = ?2 WHERE ns = ?1")?;
+            for (ns, seq) in last {
+                update.execute(params![ns, seq as i64])?;
+            }
         }
         Ok(firsts)
     }
@@ -586,7 +634,7 @@ impl Worker {
     fn delete(&self, ns: Namespace, seqs: &[u64]) -> rusqlite::Result<(u64, u64)> {
         let mut delete = self.conn.prepare_cached(self.sql(
             "DELETE FROM messages WHERE seq = ?1 RETURNING size",
-            "DELETE FROM messages WHERE seq = ?1 AND ns = ?2 RETURNING size",
+            "DELETE FROM messages WHERE ns = ?2 AND seq = ?1 RETURNING size",
         ))?;
         let mut removed = (0u64, 0u64);
         for &seq in seqs {

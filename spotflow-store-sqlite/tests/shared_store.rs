@@ -38,11 +38,15 @@ async fn devices_keep_their_queues_identities_and_properties_apart_across_a_reop
     let path = dir.path().join("gateway.db");
     let shared = SharedSqliteStore::open_async(&path, Durability::PowerLossSafe).await.unwrap();
     let (a, b) = (shared.device("a").await.unwrap(), shared.device("b").await.unwrap());
+    // Each device numbers its own messages from 1, as a store of one device does.
     let a_first = a.append_messages((0..10).map(sample_message).collect()).await.unwrap();
     let b_first = b.append_messages((100..103).map(sample_message).collect()).await.unwrap();
-    // A removal names a device's own messages: b's numbers through a's store remove nothing.
-    a.remove_messages(&[b_first, b_first + 1]).await.unwrap();
-    assert_eq!(b.queue_stats().await.unwrap().count, 3);
+    assert_eq!((a_first, b_first), (1, 1));
+    // A removal names a device's own messages: through b's store, a's are untouched.
+    b.remove_messages(&[a_first + 1, a_first + 2]).await.unwrap();
+    assert_eq!(a.queue_stats().await.unwrap().count, 10);
+    assert_eq!(b.queue_stats().await.unwrap().count, 1, "b's own 2 and 3 were removed");
+    b.append_message(sample_message(103)).await.unwrap();
     a.remove_messages(&[a_first]).await.unwrap();
     a.save_identity(&sample_identity("a")).await.unwrap();
     b.save_identity(&sample_identity("b")).await.unwrap();
@@ -66,12 +70,12 @@ async fn devices_keep_their_queues_identities_and_properties_apart_across_a_reop
     assert_eq!(a_queue[0].message, sample_message(1));
     let b_queue = b.read_messages(None, 100).await.unwrap();
     assert_eq!(
-        b_queue.iter().map(|m| m.message.clone()).collect::<Vec<_>>(),
-        (100..103).map(sample_message).collect::<Vec<_>>()
+        b_queue.iter().map(|m| (m.seq, m.message.clone())).collect::<Vec<_>>(),
+        [(1, sample_message(100)), (4, sample_message(103))]
     );
     let (a_stats, b_stats) = (a.queue_stats().await.unwrap(), b.queue_stats().await.unwrap());
     assert_eq!((a_stats.count, a_stats.last_seq), (9, Some(a_first + 9)));
-    assert_eq!((b_stats.count, b_stats.last_seq), (3, Some(b_first + 2)));
+    assert_eq!((b_stats.count, b_stats.last_seq), (2, Some(4)));
     assert_eq!(a_stats.bytes, a_queue.iter().map(|m| m.message.queued_size()).sum::<u64>());
     assert_eq!(a.load_identity().await.unwrap(), Some(sample_identity("a")));
     assert_eq!(b.load_identity().await.unwrap(), Some(sample_identity("b")));
@@ -80,9 +84,18 @@ async fn devices_keep_their_queues_identities_and_properties_apart_across_a_reop
     assert_eq!(b.load_reported().await.unwrap(), b_reported);
     assert_eq!(a.load_reported().await.unwrap(), ReportedState::default());
     assert_eq!((c.queue_stats().await.unwrap().count, c.load_desired().await.unwrap()), (0, None));
-    // Sequence numbers are never given twice, to any device.
-    let next = c.append_message(sample_message(8)).await.unwrap();
-    assert!(next > b_first + 2 && next > a_first + 9, "{next}");
+    let c_last = c.queue_stats().await.unwrap().last_seq;
+    assert_eq!(c_last, Some(1));
+    // A device's numbers are never given twice: not after its queue was cleared or emptied.
+    assert_eq!(c.append_message(sample_message(8)).await.unwrap(), 2);
+    a.remove_messages(&(a_first + 1..=a_first + 9).collect::<Vec<_>>()).await.unwrap();
+    drop((a, b, c));
+    shared.close().await.unwrap();
+    let shared = SharedSqliteStore::open_async(&path, Durability::PowerLossSafe).await.unwrap();
+    let a = shared.device("a").await.unwrap();
+    let stats = a.queue_stats().await.unwrap();
+    assert_eq!((stats.count, stats.last_seq), (0, Some(10)), "an empty queue keeps its last number");
+    assert_eq!(a.append_message(sample_message(11)).await.unwrap(), 11);
 }
 
 #[tokio::test]
@@ -143,12 +156,7 @@ async fn concurrent_appends_of_many_devices_each_get_their_own_numbers() {
             seqs
         }));
     }
-    let mut all = Vec::new();
     for t in tasks {
-        all.extend(t.await.unwrap());
+        assert_eq!(t.await.unwrap(), (1..=20).collect::<Vec<u64>>(), "each device's own numbers, in order");
     }
-    let n = all.len();
-    all.sort_unstable();
-    all.dedup();
-    assert_eq!(all.len(), n, "no number given twice");
 }

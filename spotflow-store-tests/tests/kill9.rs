@@ -22,8 +22,9 @@ fn crash_cycles(backend: &str) {
     let mut rng = fastrand::Rng::with_seed(0x5eed ^ backend.len() as u64);
     let mut total_acked = 0usize;
     // Sequence numbers handed out and acknowledged (the platform's duplicate check relies on
-    // them): never reused, even for messages that were removed before a crash.
-    let mut highest_seq = 0u64;
+    // them): never reused, even for messages that were removed before a crash (per store; per
+    // device in a shared one, where each device numbers its own).
+    let mut highest_seq: BTreeMap<usize, u64> = BTreeMap::new();
     for run in 0..cycles() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_crash-child"))
             .args([backend, db.to_str().unwrap(), &run.to_string(), &THREADS.to_string()])
@@ -106,15 +107,15 @@ fn crash_cycles(backend: &str) {
                 );
                 assert_eq!(is.first(), Some(&0), "{backend} run {run}: thread {t} starts at its first message");
             }
-            let seqs: Vec<u64> = stored.iter().map(|(_, m)| m.seq).collect();
-            assert!(
-                seqs.iter().all(|seq| *seq > highest_seq),
-                "{backend} run {run}: sequence numbers from {highest_seq} down were used again: {:?}",
-                seqs.iter().min()
-            );
-            highest_seq = seqs.iter().copied().max().unwrap_or(highest_seq);
             for (owner, store) in opened.stores.iter().enumerate() {
                 let own: Vec<u64> = stored.iter().filter(|(o, _)| *o == owner).map(|(_, m)| m.seq).collect();
+                let highest = highest_seq.entry(owner).or_insert(0);
+                assert!(
+                    own.iter().all(|seq| seq > highest),
+                    "{backend} run {run}: sequence numbers from {highest} down were used again: {:?}",
+                    own.iter().min()
+                );
+                *highest = own.iter().copied().max().unwrap_or(*highest);
                 store.remove_messages(&own).await.unwrap();
                 assert_eq!(store.queue_stats().await.unwrap().count, 0);
             }
