@@ -15,22 +15,30 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The tests of this file count the process's threads: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The same settings for the async and the blocking builder (the same methods, two types).
+macro_rules! configured {
+    ($builder:expr, $emu:expr) => {{
+        let emu: &Emulator = $emu;
+        let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
+        $builder
+            .instance(emu.https_url())
+            .trust_ca_pem(emu.ca_pem())
+            .with_network(move |n| {
+                n.platform_roots = false;
+                n.mqtt_port = mqtt_port;
+            })
+            .display_provisioning_operation_callback(|_| {})
+            .with_options(|o| {
+                o.provisioning_poll_interval = Duration::from_millis(20);
+                o.retry_initial = Duration::from_millis(20);
+                o.retry_max = Duration::from_millis(500);
+                o.start_timeout = WAIT;
+            })
+    }};
+}
+
 fn configure(builder: DeviceClientBuilder, emu: &Emulator) -> DeviceClientBuilder {
-    let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
-    builder
-        .instance(emu.https_url())
-        .trust_ca_pem(emu.ca_pem())
-        .with_network(move |n| {
-            n.platform_roots = false;
-            n.mqtt_port = mqtt_port;
-        })
-        .display_provisioning_operation_callback(|_| {})
-        .with_options(|o| {
-            o.provisioning_poll_interval = Duration::from_millis(20);
-            o.retry_initial = Duration::from_millis(20);
-            o.retry_max = Duration::from_millis(500);
-            o.start_timeout = WAIT;
-        })
+    configured!(builder, emu)
 }
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -260,18 +268,5 @@ fn configure_blocking(
     builder: spotflow_device::blocking::DeviceClientBuilder,
     emu: &Emulator,
 ) -> spotflow_device::blocking::DeviceClientBuilder {
-    let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
-    builder
-        .instance(emu.https_url())
-        .trust_ca_pem(emu.ca_pem())
-        .with_network(move |n| {
-            n.platform_roots = false;
-            n.mqtt_port = mqtt_port;
-        })
-        .display_provisioning_operation_callback(|_| {})
-        .with_options(|o| {
-            o.provisioning_poll_interval = Duration::from_millis(20);
-            o.retry_initial = Duration::from_millis(20);
-            o.start_timeout = WAIT;
-        })
+    configured!(builder, emu)
 }

@@ -23,22 +23,8 @@ fn a_device_on_sled_killed_while_sending_delivers_every_message_exactly_once() {
 /// device's acknowledged enqueues are stored exactly once, as that device's.
 #[test]
 fn a_gateway_of_four_devices_killed_while_sending_delivers_every_message_exactly_once() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let emu = rt
-        .block_on(Emulator::builder().data_dir(dir.path().join("emulator")).auto_approve(Some(Duration::ZERO)).start())
-        .unwrap();
-    let mut gateway =
-        DeviceChild::for_emulator(env!("CARGO_BIN_EXE_device-child"), &emu, dir.path().join("gateway.db"));
-    gateway.gateway_devices = Some(4);
-    let mut rng = fastrand::Rng::with_seed(7);
-    let mut acked: Vec<String> = Vec::new();
-    let cycles = 10;
-    for run in 0..cycles {
-        acked.extend(gateway.run_and_kill(run, 500, Duration::from_millis(rng.u64(20..300))));
-    }
-    assert!(gateway.drain(cycles), "the last run finishes");
-    let stored = rt.block_on(emu.messages(MessageQuery { limit: Some(1_000_000), ..Default::default() }));
+    let (stored, acked, duplicates) =
+        kill_then_drain("gateway.db", |c| c.gateway_devices = Some(4), 10, 500, 20..300, 7);
     let mut counts: HashMap<String, usize> = HashMap::new();
     for m in &stored {
         let id = m.message_id.clone().unwrap();
@@ -55,32 +41,17 @@ fn a_gateway_of_four_devices_killed_while_sending_delivers_every_message_exactly
     }
     assert!(counts.values().all(|n| *n == 1), "nothing stored twice");
     println!(
-        "gateway of 4 devices: {cycles} kills: {} acknowledged enqueues all stored exactly once; {} stored in all; {} redeliveries dropped by message key",
+        "gateway of 4 devices: 10 kills: {} acknowledged enqueues all stored exactly once; {} stored in all; {duplicates} redeliveries dropped by message key",
         acked.len(),
         stored.len(),
-        emu.duplicates()
     );
 }
 
 /// `backend`: a store of `spotflow_store_tests::BACKENDS`, or the device's default.
 fn killed_while_sending(backend: Option<&str>) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let emu = rt
-        .block_on(Emulator::builder().data_dir(dir.path().join("emulator")).auto_approve(Some(Duration::ZERO)).start())
-        .unwrap();
-    let mut device = DeviceChild::for_emulator(env!("CARGO_BIN_EXE_device-child"), &emu, dir.path().join("device.db"));
-    device.backend = backend.map(String::from);
-    let mut rng = fastrand::Rng::with_seed(42);
-    let mut acked: Vec<String> = Vec::new();
     let cycles = 20;
-    for run in 0..cycles {
-        // Killed at a random moment while it enqueues and sends.
-        acked.extend(device.run_and_kill(run, 2000, Duration::from_millis(rng.u64(5..150))));
-    }
-    // A last run, not killed, delivers what is still queued.
-    assert!(device.drain(cycles), "the last run finishes");
-    let stored = rt.block_on(emu.messages(MessageQuery { limit: Some(1_000_000), ..Default::default() }));
+    let (stored, acked, duplicates) =
+        kill_then_drain("device.db", |c| c.backend = backend.map(String::from), cycles, 2000, 5..150, 42);
     let mut counts: HashMap<String, usize> = HashMap::new();
     for m in &stored {
         *counts.entry(m.message_id.clone().unwrap()).or_default() += 1;
@@ -91,9 +62,40 @@ fn killed_while_sending(backend: Option<&str>) {
     }
     assert!(counts.values().all(|n| *n == 1), "nothing stored twice");
     println!(
-        "{backend:?}: {cycles} kills: {} acknowledged enqueues all stored exactly once; {} stored in all; {} redeliveries dropped by message key",
+        "{backend:?}: {cycles} kills: {} acknowledged enqueues all stored exactly once; {} stored in all; {duplicates} redeliveries dropped by message key",
         acked.len(),
         stored.len(),
-        emu.duplicates()
     );
+}
+
+/// Starts the emulator in-process and the device child (database `db` in a temporary directory,
+/// changed by `setup`), kills it `cycles` times at a random moment (`alive_ms` after it is ready)
+/// while it enqueues `count` messages, and lets a last run deliver what is still queued. Returns
+/// what the emulator stored, the ids whose enqueue had returned, and the redeliveries the
+/// emulator dropped by message key.
+fn kill_then_drain(
+    db: &str,
+    setup: impl FnOnce(&mut DeviceChild),
+    cycles: usize,
+    count: u32,
+    alive_ms: std::ops::Range<u64>,
+    seed: u64,
+) -> (Vec<spotflow_emulator::StoredMessage>, Vec<String>, u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let emu = rt
+        .block_on(Emulator::builder().data_dir(dir.path().join("emulator")).auto_approve(Some(Duration::ZERO)).start())
+        .unwrap();
+    let mut device = DeviceChild::for_emulator(env!("CARGO_BIN_EXE_device-child"), &emu, dir.path().join(db));
+    setup(&mut device);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut acked: Vec<String> = Vec::new();
+    for run in 0..cycles {
+        // Killed at a random moment while it enqueues and sends.
+        acked.extend(device.run_and_kill(run, count, Duration::from_millis(rng.u64(alive_ms.clone()))));
+    }
+    // A last run, not killed, delivers what is still queued.
+    assert!(device.drain(cycles), "the last run finishes");
+    let stored = rt.block_on(emu.messages(MessageQuery { limit: Some(1_000_000), ..Default::default() }));
+    (stored, acked, emu.duplicates())
 }
