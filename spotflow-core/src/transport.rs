@@ -64,6 +64,16 @@ pub enum TransportEvent {
         /// The merge patch (without `$version`).
         patch: Map<String, Value>,
     },
+    /// The platform calls a direct method of the device (only on a connection opened with
+    /// [`SessionInfo::direct_methods`]); answered with [`Connection::answer_method`].
+    MethodCall {
+        /// The method's name (MQTT: may contain `/`).
+        method: String,
+        /// The call's request id, to answer with.
+        request: String,
+        /// The call's payload (JSON, as the platform sent it).
+        payload: Vec<u8>,
+    },
 }
 
 /// What a connection needs to know about the device's outgoing queue.
@@ -73,6 +83,8 @@ pub struct SessionInfo {
     /// forms a key that is unique across restarts (`{queue_id}-{seq}`), sent with the message
     /// (MQTT: the `$.mid` system property) so that the platform can drop redeliveries.
     pub queue_id: String,
+    /// Whether the device takes direct methods (MQTT: it subscribes to them, first, only then).
+    pub direct_methods: bool,
 }
 
 impl SessionInfo {
@@ -149,6 +161,13 @@ pub trait Connection: Send {
     /// Waits for the next event. Must be cancel-safe: the SDK calls it inside `select!` and drops
     /// the future when something else happens first; no event may be lost by that.
     async fn next_event(&mut self) -> Result<TransportEvent>;
+
+    /// Answers the direct method call `request` ([`TransportEvent::MethodCall`]) with a status
+    /// and a body (JSON). A transport without direct methods refuses (the default).
+    async fn answer_method(&mut self, request: &str, status: u16, body: &[u8]) -> Result<()> {
+        let _ = (status, body);
+        Err(crate::Error::transport(format!("this transport cannot answer the direct method call {request}")))
+    }
 
     /// Closes the connection gracefully (best effort).
     async fn close(&mut self);

@@ -104,6 +104,15 @@ impl DeviceClientBuilder {
         DeviceClientBuilder { inner: self.inner.desired_properties_updated_callback(callback), runtime: self.runtime }
     }
 
+    /// See [`crate::DeviceClientBuilder::direct_method_handler`].
+    pub fn direct_method_handler(
+        self,
+        method: impl Into<String>,
+        handler: impl Fn(crate::MethodCall) -> crate::MethodResponse + Send + Sync + 'static,
+    ) -> Self {
+        DeviceClientBuilder { inner: self.inner.direct_method_handler(method, handler), runtime: self.runtime }
+    }
+
     /// See [`crate::DeviceClientBuilder::store`].
     pub fn store(self, store: Arc<dyn Store>) -> Self {
         DeviceClientBuilder { inner: self.inner.store(store), runtime: self.runtime }

@@ -51,6 +51,8 @@ pub struct DeviceClientBuilder {
     network: NetworkOptions,
     /// The thread for the desired-properties callback (a gateway's, shared); `None`: its own.
     callback_thread: Option<CallbackThread>,
+    /// Direct methods' handlers, by method name.
+    methods: std::collections::HashMap<String, crate::MethodHandler>,
 }
 
 impl std::fmt::Debug for DeviceClientBuilder {
@@ -85,7 +87,40 @@ impl DeviceClientBuilder {
             options: ClientOptions::default(),
             network: NetworkOptions::default(),
             callback_thread: None,
+            methods: std::collections::HashMap::new(),
         }
+    }
+
+    /// Handles the direct method `method`: the platform (or the emulator's `method` command)
+    /// calls it with a JSON payload and waits for the handler's status and JSON body. The
+    /// handler runs on Tokio's blocking pool (it may block), at most
+    /// [`crate::MAX_RUNNING_METHODS`] calls at once (more are answered `503`). Calls of methods
+    /// without a handler are answered `404` `{"detail": "No handler found"}`. The device
+    /// subscribes to direct methods only when it has a handler. A handler that panics is
+    /// answered `500`.
+    ///
+    /// ```no_run
+    /// # async fn run() -> spotflow_device::Result<()> {
+    /// use spotflow_device::{DeviceClient, MethodResponse};
+    /// use serde_json::json;
+    ///
+    /// let client = DeviceClient::builder(Some("my-device"), "<Your Provisioning Token>", "spotflow.db")
+    ///     .direct_method_handler("flush", |call| {
+    ///         let reason = call.json().ok().and_then(|v| v["reason"].as_str().map(String::from));
+    ///         MethodResponse::ok(json!({ "flushed": true, "reason": reason }))
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn direct_method_handler(
+        mut self,
+        method: impl Into<String>,
+        handler: impl Fn(crate::MethodCall) -> crate::MethodResponse + Send + Sync + 'static,
+    ) -> Self {
+        self.methods.insert(method.into(), Arc::new(handler));
+        self
     }
 
     /// Runs the desired-properties callback on this thread (shared with other clients).
@@ -246,7 +281,8 @@ impl DeviceClientBuilder {
             None => None,
         };
 
-        let session = spotflow_core::SessionInfo { queue_id: identity.queue_id.clone() };
+        let (methods, method_answers) = crate::methods::Methods::new(self.methods);
+        let session = spotflow_core::SessionInfo { queue_id: identity.queue_id.clone(), direct_methods: methods.any() };
         let keeper = CredentialKeeper {
             api,
             store: store.clone(),
@@ -282,6 +318,8 @@ impl DeviceClientBuilder {
             twin_request: None,
             keeper: Some(tokio::spawn(keeper.run(fresh))),
             session,
+            methods,
+            method_answers,
         };
         tokio::spawn(worker.run());
         info!(pending = stats.count, "device client started");

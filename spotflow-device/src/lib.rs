@@ -43,6 +43,7 @@ mod client;
 mod gateway;
 mod instance;
 mod message;
+mod methods;
 mod options;
 mod provisioning;
 mod shared;
@@ -55,6 +56,7 @@ pub use client::{DeviceClient, StreamSender};
 pub use gateway::Gateway;
 pub use instance::{Instance, DEFAULT_INSTANCE};
 pub use message::Message;
+pub use methods::{MethodCall, MethodHandler, MethodResponse, MAX_RUNNING_METHODS};
 pub use options::{ClientOptions, Durability, NetworkOptions, Protocol, QueueFullPolicy, DEFAULT_MAX_MESSAGE_SIZE};
 pub use provisioning::{print_provisioning_operation, write_provisioning_operation, DisplayCallback};
 /// For bindings that wrap the async client in their own blocking calls (the blocking client does

@@ -65,6 +65,9 @@ pub(crate) struct Worker {
     pub keeper: Option<tokio::task::JoinHandle<()>>,
     /// Identifies the outgoing queue to the transport (message keys).
     pub session: SessionInfo,
+    /// The direct methods' handlers, and their answers as they come.
+    pub methods: crate::methods::Methods,
+    pub method_answers: mpsc::UnboundedReceiver<crate::methods::Answer>,
 }
 
 /// Waits for the next event of an optional connection (pending forever without one).
@@ -158,6 +161,7 @@ impl Worker {
                     }
                 }
                 () = self.shared.appended.notified() => {}
+                Some(answer) = self.method_answers.recv() => self.answer_method(answer).await,
                 result = connecting(&mut self.connecting) => {
                     self.connecting = None;
                     self.handle_connected(result);
@@ -339,7 +343,25 @@ impl Worker {
                     self.request_twin().await;
                 }
             },
+            TransportEvent::MethodCall { method, request, payload } => {
+                if let Some(answer) = self.methods.dispatch(method, request, payload) {
+                    self.answer_method(answer).await;
+                }
+            }
             other => debug!(?other, "unhandled transport event"),
+        }
+    }
+
+    /// Sends a direct method's answer on the connection the call came on. When that connection
+    /// is gone, the answer cannot reach the caller (its request id belonged to it): logged.
+    async fn answer_method(&mut self, (request, status, body): crate::methods::Answer) {
+        let Some(conn) = self.conn.as_mut() else {
+            warn!(%request, status, "the answer to a direct method call is lost: the connection it came on is gone");
+            return;
+        };
+        if let Err(e) = conn.answer_method(&request, status, &body).await {
+            warn!(%request, status, error = %e, "the answer to a direct method call could not be sent");
+            self.disconnected(e);
         }
     }
 

@@ -521,3 +521,95 @@ both!(offline_start_with_a_stored_registration_then_delivery_when_the_platform_i
 both!(messages_over_the_mqtt_limit_are_uploaded_and_linked);
 both!(a_refused_large_message_is_reported_and_holds_nothing_behind_it);
 both!(an_unreachable_upload_host_holds_nothing_behind_it);
+
+/// The application's direct methods, called through the emulator: each handler's status and
+/// body come back; a method without a handler is answered 404 as the official SDK answers it; a
+/// panicking handler 500; a device without handlers takes no direct methods (not subscribed).
+async fn direct_methods_are_answered_by_the_applications_handlers(proto: Proto) {
+    use spotflow_device::MethodResponse;
+    let emu = auto_emulator().await;
+    let token = emu.create_provisioning_token();
+    let s = store();
+    let client = device(proto, &emu, &token, &s, "methods")
+        .direct_method_handler("echo", |call| MethodResponse::ok(json!({"echo": call.json().unwrap()})))
+        .direct_method_handler("door/open", |call| {
+            let who = call.json().ok().and_then(|v| v["who"].as_str().map(String::from)).unwrap_or_default();
+            if who == "admin" {
+                MethodResponse::ok(json!({"opened": true}))
+            } else {
+                MethodResponse::error(403, format!("{who} may not open the door"))
+            }
+        })
+        .direct_method_handler("crash", |_| panic!("the handler failed"))
+        .start()
+        .await
+        .unwrap();
+    let hub_id = "ws-emulator:methods";
+    let call = |method: &'static str, payload: Value| {
+        let emu = &emu;
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            // The device subscribes right after it connects.
+            loop {
+                match emu.invoke_method(hub_id, method, payload.to_string().into_bytes(), WAIT).await {
+                    Ok(answer) => return (answer.status, serde_json::from_slice::<Value>(&answer.payload).unwrap()),
+                    Err(spotflow_emulator::MethodFailure::NotConnected) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Err(e) => panic!("{method}: {e}"),
+                }
+            }
+        }
+    };
+    assert_eq!(call("echo", json!({"n": [1, 2]})).await, (200, json!({"echo": {"n": [1, 2]}})));
+    assert_eq!(call("door/open", json!({"who": "admin"})).await, (200, json!({"opened": true})));
+    assert_eq!(
+        call("door/open", json!({"who": "guest"})).await,
+        (403, json!({"detail": "guest may not open the door"}))
+    );
+    assert_eq!(call("nope", Value::Null).await, (404, json!({"detail": "No handler found"})));
+    let (status, body) = call("crash", Value::Null).await;
+    assert_eq!(status, 500);
+    assert_eq!(body["detail"], json!("Panic: the handler failed"));
+    // Calls at once: each answered with its own payload.
+    let answers = futures_join_all((0..20).map(|i| call("echo", json!(i)))).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer, (200, json!({"echo": i})));
+    }
+    client.close().await.unwrap();
+    // A device without handlers never subscribes to direct methods.
+    let plain = device(proto, &emu, &token, &store(), "plain").start().await.unwrap();
+    let sender = plain.create_stream_sender(None, None, Compression::Uncompressed).unwrap();
+    sender.send_message("connected").await.unwrap();
+    let failure = emu.invoke_method("ws-emulator:plain", "echo", b"null".to_vec(), WAIT).await.unwrap_err();
+    assert_eq!(failure, spotflow_emulator::MethodFailure::NotConnected);
+}
+
+/// Awaits every future (they run concurrently on this task).
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("ready")).collect()
+}
+
+both!(direct_methods_are_answered_by_the_applications_handlers);

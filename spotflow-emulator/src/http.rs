@@ -44,6 +44,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/admin/devices/{hub_device_id}/twin", get(admin_twin))
         .route("/admin/devices/{hub_device_id}/desired", patch(admin_desired))
         .route("/admin/devices/{hub_device_id}/disconnect", post(admin_disconnect))
+        .route("/admin/devices/{hub_device_id}/methods/{*method}", post(admin_method))
         .route("/admin/messages", get(admin_messages))
         .route("/admin/traffic", get(admin_traffic))
         .route("/admin/events", get(admin_events))
@@ -560,6 +561,49 @@ async fn admin_disconnect(State(inner): Shared, Path(hub_id): Path<String>, head
         return r;
     }
     Json(json!({"disconnected": inner.disconnect(&hub_id)})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MethodQuery {
+    /// Seconds to wait for the device's answer (default 30, at most 300).
+    timeout_secs: Option<u64>,
+}
+
+/// Calls a direct method of a connected device: the request's body is the payload (JSON; empty
+/// means `null`). Answers `{"status": …, "payload": …}` with the device's status and body (JSON
+/// when it is), `404` when the device is not connected or takes no direct methods, `504` when it
+/// did not answer in time.
+async fn admin_method(
+    State(inner): Shared,
+    Path((hub_id, method)): Path<(String, String)>,
+    Query(query): Query<MethodQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    let payload = if body.iter().all(u8::is_ascii_whitespace) { b"null".to_vec() } else { body.to_vec() };
+    if serde_json::from_slice::<Value>(&payload).is_err() {
+        return (StatusCode::BAD_REQUEST, Json(json!({"detail": "the payload must be JSON"}))).into_response();
+    }
+    let timeout = std::time::Duration::from_secs(query.timeout_secs.unwrap_or(30).clamp(1, 300));
+    match inner.invoke_method(&hub_id, &method, payload, timeout).await {
+        Ok(answer) => {
+            let payload = serde_json::from_slice::<Value>(&answer.payload)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer.payload).into_owned()));
+            Json(json!({"status": answer.status, "payload": payload})).into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                crate::MethodFailure::NotConnected => StatusCode::NOT_FOUND,
+                crate::MethodFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                crate::MethodFailure::BadMethod(_) => StatusCode::BAD_REQUEST,
+            };
+            (status, Json(json!({"detail": e.to_string()}))).into_response()
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -39,6 +39,36 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 pub use db::{MessageQuery, StoredMessage, TWIN_HISTORY_KEPT};
+
+/// A device's answer to a direct method call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodAnswer {
+    /// The status the device answered with.
+    pub status: u16,
+    /// The body (JSON, as the device sent it).
+    pub payload: Vec<u8>,
+}
+
+/// Why a direct method call got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MethodFailure {
+    /// The device is not connected, or does not take direct methods (it did not subscribe).
+    NotConnected,
+    /// No answer within the timeout.
+    Timeout,
+    /// The method's name cannot be used in a topic.
+    BadMethod(String),
+}
+
+impl std::fmt::Display for MethodFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MethodFailure::NotConnected => f.write_str("the device is not connected or does not take direct methods"),
+            MethodFailure::Timeout => f.write_str("the device did not answer in time"),
+            MethodFailure::BadMethod(why) => f.write_str(why),
+        }
+    }
+}
 pub use http::MAX_BLOB_BYTES;
 pub use state::MAX_TWIN_SECTION_BYTES;
 pub use state::{Operation, OperationState, Twin};
@@ -259,6 +289,10 @@ pub(crate) struct Inner {
     pub uploads: Mutex<HashMap<String, (String, String, std::time::Instant)>>,
     stored: watch::Sender<u64>,
     duplicates: std::sync::atomic::AtomicU64,
+    /// Direct method calls waiting for the device's answer, by request id: the device called,
+    /// and where its answer goes.
+    methods: Mutex<HashMap<String, (String, tokio::sync::oneshot::Sender<MethodAnswer>)>>,
+    method_rid: std::sync::atomic::AtomicU64,
     https_addr: Mutex<Option<SocketAddr>>,
     pub traffic: traffic::Traffic,
     pub live: Arc<live::Live>,
@@ -373,6 +407,64 @@ impl Inner {
         self.db.twin_history(hub_id, "reported", version, &Value::Object(patch.clone()));
         debug!(device = %hub_id, version, "reported properties patched");
         Ok(version)
+    }
+
+    /// Calls the direct method `method` of a connected device and waits (up to `timeout`) for
+    /// its answer.
+    pub async fn invoke_method(
+        &self,
+        hub_id: &str,
+        method: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<MethodAnswer, MethodFailure> {
+        if method.is_empty() || method.contains(['?', '#', '+']) || method.len() > 256 {
+            return Err(MethodFailure::BadMethod(format!("{method:?} is not a method name")));
+        }
+        let rid = format!("{:x}", self.method_rid.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let topic = format!("$iothub/methods/POST/{method}/?$rid={rid}");
+        if !self.is_subscribed(hub_id, &topic) {
+            return Err(MethodFailure::NotConnected);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.methods.lock().unwrap_or_else(|p| p.into_inner()).insert(rid.clone(), (hub_id.to_owned(), tx));
+        let publish = rumqttc::mqttbytes::v4::Publish::new(topic, rumqttc::mqttbytes::QoS::AtMostOnce, payload);
+        if !self.send_to(hub_id, Outbound::Packet(rumqttc::mqttbytes::v4::Packet::Publish(publish))) {
+            self.methods.lock().unwrap_or_else(|p| p.into_inner()).remove(&rid);
+            return Err(MethodFailure::NotConnected);
+        }
+        info!(device = %hub_id, %method, %rid, "direct method called");
+        let answer = tokio::time::timeout(timeout, rx).await;
+        self.methods.lock().unwrap_or_else(|p| p.into_inner()).remove(&rid);
+        match answer {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(MethodFailure::NotConnected),
+            Err(_) => Err(MethodFailure::Timeout),
+        }
+    }
+
+    /// A device's answer (`$iothub/methods/res/{status}/?$rid={rid}`) to a call made to it; an
+    /// answer to another device's call, or to none, is ignored.
+    pub(crate) fn method_answered(&self, hub_id: &str, topic: &str, payload: &[u8]) {
+        let status = topic
+            .strip_prefix("$iothub/methods/res/")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|s| s.parse::<u16>().ok());
+        let rid = mqtt::query_param(topic, "$rid");
+        let (Some(status), Some(rid)) = (status, rid) else {
+            warn!(device = %hub_id, %topic, "malformed direct method answer ignored");
+            return;
+        };
+        let mut pending = self.methods.lock().unwrap_or_else(|p| p.into_inner());
+        match pending.get(rid) {
+            Some((called, _)) if called == hub_id => {
+                if let Some((_, tx)) = pending.remove(rid) {
+                    let _ = tx.send(MethodAnswer { status, payload: payload.to_vec() });
+                }
+            }
+            Some(_) => warn!(device = %hub_id, %rid, "answer to another device's direct method call ignored"),
+            None => debug!(device = %hub_id, %rid, "answer to an unknown (or timed out) direct method call ignored"),
+        }
     }
 
     fn send_to(&self, hub_id: &str, outbound: Outbound) -> bool {
@@ -534,6 +626,8 @@ impl Emulator {
             uploads: Mutex::default(),
             stored: watch::channel(0).0,
             duplicates: std::sync::atomic::AtomicU64::new(0),
+            methods: Mutex::default(),
+            method_rid: std::sync::atomic::AtomicU64::new(1),
             https_addr: Mutex::new(https_addr),
             traffic: traffic::Traffic::new(record_traffic),
             live,
@@ -692,6 +786,17 @@ impl Emulator {
     /// Closes a device's MQTT connection. Returns whether it was connected.
     pub fn disconnect(&self, hub_device_id: &str) -> bool {
         self.inner.disconnect(hub_device_id)
+    }
+    /// Calls the direct method `method` of a connected device (one that subscribed to direct
+    /// methods) with `payload`, and waits up to `timeout` for its answer.
+    pub async fn invoke_method(
+        &self,
+        hub_device_id: &str,
+        method: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<MethodAnswer, MethodFailure> {
+        self.inner.invoke_method(hub_device_id, method, payload, timeout).await
     }
     /// Stored messages.
     pub async fn messages(&self, query: MessageQuery) -> Vec<StoredMessage> {

@@ -89,6 +89,19 @@ enum Command {
         #[command(subcommand)]
         action: DeviceAction,
     },
+    /// Call a device's direct method and print its answer (`DEVICE` is `workspace:device`).
+    Method {
+        device: String,
+        method: String,
+        /// The payload (JSON).
+        #[arg(long, default_value = "null")]
+        payload: String,
+        /// Seconds to wait for the device's answer.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// Desired properties.
     Desired {
         #[command(subcommand)]
@@ -208,11 +221,15 @@ impl AdminClient {
                 .map_err(|e| format!("no admin token: pass --admin-token or --data-dir ({e})"))?,
         };
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
-        if a.url.starts_with("https://") {
-            let ca = std::fs::read_to_string(a.data_dir.join("ca.pem"))
-                .map_err(|e| format!("cannot read the emulator's CA from {}: {e}", a.data_dir.display()))?;
-            builder = builder.tls_backend_preconfigured(spotflow_emulator::client_config(&ca)?);
-        }
+        // reqwest needs a TLS configuration even for a plain `http://` URL (it has no crypto
+        // provider of its own here): one that trusts nothing then.
+        let ca = if a.url.starts_with("https://") {
+            std::fs::read_to_string(a.data_dir.join("ca.pem"))
+                .map_err(|e| format!("cannot read the emulator's CA from {}: {e}", a.data_dir.display()))?
+        } else {
+            String::new()
+        };
+        builder = builder.tls_backend_preconfigured(spotflow_emulator::client_config(&ca)?);
         let http = builder.build().map_err(|e| e.to_string())?;
         Ok(AdminClient { http, url: a.url.trim_end_matches('/').to_owned(), token })
     }
@@ -345,6 +362,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Devices { action: DeviceAction::List { admin } } => {
             print(&AdminClient::new(&admin)?.call(Method::GET, "/admin/devices", None).await?);
+            Ok(())
+        }
+        Command::Method { device, method, payload, timeout, admin } => {
+            let payload: Value = serde_json::from_str(&payload).map_err(|e| format!("invalid JSON payload: {e}"))?;
+            let path = format!("/admin/devices/{device}/methods/{method}?timeoutSecs={timeout}");
+            print(&AdminClient::new(&admin)?.call(Method::POST, &path, Some(payload)).await?);
             Ok(())
         }
         Command::Desired { action: DesiredAction::Set { device, json, admin } } => {

@@ -261,7 +261,7 @@ where
     info!(%peer, device = %hub_id, %reason, "MQTT disconnected");
 }
 
-fn query_param<'a>(topic: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(topic: &'a str, key: &str) -> Option<&'a str> {
     let query = topic.split_once('?')?.1;
     query.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
@@ -374,6 +374,7 @@ fn handle_publish(
     }
     if p.topic.starts_with("$iothub/methods/res/") {
         ack(out);
+        inner.method_answered(hub_id, &p.topic, &p.payload);
         return Ok(());
     }
     Err(format!("publishing to {:?} is not allowed", p.topic))

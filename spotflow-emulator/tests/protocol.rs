@@ -1467,3 +1467,121 @@ async fn a_token_created_just_before_sigterm_survives_the_restart() {
     .await;
     assert_eq!(s, 200, "the token created before SIGTERM is known after the restart: {op}");
 }
+
+/// Direct methods through the admin API and the CLI: the call reaches the subscribed device,
+/// whose answer comes back with its status; another device cannot answer it; a device that did
+/// not subscribe is "not connected" (404); one that does not answer times out (504).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_methods_reach_the_subscribed_device_and_return_its_answer() {
+    let emu = emulator().await;
+    let callee = register(&emu, "callee").await;
+    let other = register(&emu, "other").await;
+    let (client, mut ev) = AsyncClient::new(mqtt_options(&emu, &callee, true), 100);
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+    client.subscribe("$iothub/methods/POST/#", QoS::AtLeastOnce).await.unwrap();
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())).await;
+    let (other_client, mut other_ev) = AsyncClient::new(mqtt_options(&emu, &other, true), 100);
+    until(&mut other_ev, |e| matches!(e, Event::Incoming(Packet::ConnAck(_))).then_some(())).await;
+
+    let http = https(&emu);
+    let admin = format!("Bearer {}", emu.admin_token());
+    let url = |device: &str, method: &str, timeout: u64| {
+        format!("{}/admin/devices/{device}/methods/{method}?timeoutSecs={timeout}", emu.https_url())
+    };
+    let call_url = url(&callee.hub_id, "maintenance/reboot", 10);
+    let (http2, admin2) = (http.clone(), admin.clone());
+    let invoked = tokio::spawn(async move {
+        call(&http2, reqwest::Method::POST, call_url, Some(&admin2), r#"{"delaySecs": 5}"#).await
+    });
+    // The device sees the call (the method's name may contain '/'), with its payload.
+    let (topic, payload) = until(&mut ev, |e| match e {
+        Event::Incoming(Packet::Publish(p)) => Some((p.topic.clone(), p.payload.clone())),
+        _ => None,
+    })
+    .await;
+    let rid = topic.strip_prefix("$iothub/methods/POST/maintenance/reboot/?$rid=").expect(&topic).to_owned();
+    assert_eq!(serde_json::from_slice::<Value>(&payload).unwrap(), json!({"delaySecs": 5}));
+    // Another device answering the call is ignored.
+    other_client
+        .publish(
+            format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            false,
+            br#"{"forged":true}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    until(&mut other_ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    client
+        .publish(
+            format!("$iothub/methods/res/202/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            false,
+            br#"{"rebooting":true}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_))).then_some(())).await;
+    let (status, answer) = invoked.await.unwrap();
+    assert_eq!((status, answer), (200, json!({"status": 202, "payload": {"rebooting": true}})));
+
+    // Not subscribed: as if not connected. Not answering: a timeout. A payload that is not JSON.
+    let (status, body) = call(&http, reqwest::Method::POST, url(&other.hub_id, "x", 5), Some(&admin), "{}").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = call(&http, reqwest::Method::POST, url(&callee.hub_id, "slow", 1), Some(&admin), "").await;
+    assert_eq!(status, 504, "{body}");
+    let (status, _) = call(&http, reqwest::Method::POST, url(&callee.hub_id, "x", 1), Some(&admin), "{oops").await;
+    assert_eq!(status, 400);
+    let (status, _) = call(&http, reqwest::Method::POST, url(&callee.hub_id, "x", 1), None, "{}").await;
+    assert_eq!(status, 401);
+
+    // The CLI: `spotflow-emulator method DEVICE METHOD --payload JSON`, the device answering.
+    let base = format!("http://{}", emu.http_addr().unwrap());
+    let (token, device) = (emu.admin_token().to_owned(), callee.hub_id.clone());
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spotflow-emulator"))
+            .args(["method", &device, "echo", "--payload", r#"{"n": 1}"#, "--timeout", "10"])
+            .args(["--url", &base, "--admin-token", &token])
+            .output()
+            .unwrap()
+    });
+    // (The unanswered calls above reached the device too: skipped.)
+    let rid = tokio::time::timeout(WAIT, async {
+        loop {
+            if cli.is_finished() {
+                return None;
+            }
+            if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+                tokio::time::timeout(Duration::from_millis(100), ev.poll()).await
+            {
+                if let Some(rid) = p.topic.strip_prefix("$iothub/methods/POST/echo/?$rid=") {
+                    return Some(rid.to_owned());
+                }
+            }
+        }
+    })
+    .await
+    .expect("the call reaches the device in time");
+    let Some(rid) = rid else {
+        let output = cli.await.unwrap();
+        panic!("the CLI ended first: {output:?}");
+    };
+    client
+        .publish(format!("$iothub/methods/res/200/?$rid={rid}"), QoS::AtLeastOnce, false, br#"{"n":1}"#.to_vec())
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(WAIT, async {
+        loop {
+            tokio::select! {
+                out = async { while !cli.is_finished() { tokio::task::yield_now().await } } => return out,
+                _ = ev.poll() => {}
+            }
+        }
+    })
+    .await;
+    done.expect("the CLI finishes");
+    let output = cli.await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed, json!({"status": 200, "payload": {"n": 1}}));
+}

@@ -79,6 +79,9 @@ impl TwinRequests {
                 }
             },
             Incoming::DesiredPatch { version, patch } => Some(TransportEvent::DesiredPatch { version, patch }),
+            Incoming::MethodCall { method, rid, payload } => {
+                Some(TransportEvent::MethodCall { method, request: rid, payload })
+            }
             Incoming::CloudToDevice { properties, size } => {
                 info!(%properties, size, "cloud-to-device message acknowledged and dropped (not part of this SDK's API)");
                 None
@@ -156,6 +159,11 @@ pub struct TelemetryMapper {
 }
 
 impl TelemetryMapper {
+    /// Whether the device takes direct methods on this connection.
+    pub fn direct_methods(&self) -> bool {
+        self.session.direct_methods
+    }
+
     /// A mapper for the device of `credentials`; large payloads go to `upload_base_url`
     /// (default `https://{hub}`) with `tls`.
     pub fn new(

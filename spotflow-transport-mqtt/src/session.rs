@@ -179,8 +179,9 @@ pub async fn open(
         Packet::ConnAck(ack) => return Err(refused(ack.code)),
         other => return Err(Error::transport(format!("expected CONNACK, got {other:?}"))),
     }
-    let filters =
-        topics::subscriptions(&creds.hub_device_id).map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)).into_iter();
+    let filters = topics::subscriptions(&creds.hub_device_id, mapper.direct_methods())
+        .into_iter()
+        .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
     out.clear();
     encode(&Packet::Subscribe(Subscribe { pkid: 1, filters: filters.collect() }), &mut out)?;
     send(&mut write, &out).await?;
@@ -451,6 +452,10 @@ impl Connection for SessionConnection {
             .await
     }
 
+    async fn answer_method(&mut self, request: &str, status: u16, body: &[u8]) -> Result<()> {
+        self.publish(topics::method_response_topic(status, request), Bytes::copy_from_slice(body), None).await
+    }
+
     async fn close(&mut self) {
         let _ = self.commands.send(Command::Disconnect).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.pump).await;
@@ -504,7 +509,9 @@ mod tests {
     }
 
     async fn open_with(stream: DuplexStream, options: SessionOptions) -> Box<dyn Connection> {
-        let mapper = TelemetryMapper::new(creds(), SessionInfo { queue_id: "q".into() }, None, None).unwrap();
+        let mapper =
+            TelemetryMapper::new(creds(), SessionInfo { queue_id: "q".into(), ..Default::default() }, None, None)
+                .unwrap();
         open(Box::new(stream), &creds(), &options, mapper).await.unwrap()
     }
 

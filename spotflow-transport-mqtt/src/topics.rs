@@ -9,17 +9,28 @@ use spotflow_core::{DesiredState, MessageKind, OutgoingMessage, TwinDocument};
 /// Everything except ASCII alphanumerics and `-_.~` is percent-encoded (space → `%20`).
 const VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
-/// The subscriptions of a device, in one SUBSCRIBE, in the official SDK's order: twin responses,
-/// desired-property patches, and cloud-to-device messages. The official SDKs always subscribe to
-/// the last (the platform may queue messages for the device otherwise); this SDK has no API for
-/// them, so they are acknowledged and dropped with a log line, as the official Python package
-/// never hands them to the application either.
-pub fn subscriptions(hub_device_id: &str) -> [String; 3] {
-    [
+/// The subscriptions of a device, in one SUBSCRIBE, in the official SDK's order: direct methods
+/// (only when the device takes them), twin responses, desired-property patches, and
+/// cloud-to-device messages. The official SDKs always subscribe to the last (the platform may
+/// queue messages for the device otherwise); this SDK has no API for them, so they are
+/// acknowledged and dropped with a log line, as the official Python package never hands them to
+/// the application either.
+pub fn subscriptions(hub_device_id: &str, direct_methods: bool) -> Vec<String> {
+    let mut filters = Vec::with_capacity(4);
+    if direct_methods {
+        filters.push("$iothub/methods/POST/#".to_owned());
+    }
+    filters.extend([
         "$iothub/twin/res/#".to_owned(),
         "$iothub/twin/PATCH/properties/desired/#".to_owned(),
         format!("devices/{hub_device_id}/messages/devicebound/#"),
-    ]
+    ]);
+    filters
+}
+
+/// `$iothub/methods/res/{status}/?$rid={rid}`: the answer to a direct method call.
+pub fn method_response_topic(status: u16, rid: &str) -> String {
+    format!("$iothub/methods/res/{status}/?$rid={rid}")
 }
 
 /// The MQTT user name: `{hub}/{hubDeviceId}/?api-version=2018-06-30`.
@@ -116,6 +127,16 @@ pub enum Incoming {
         /// The merge patch.
         patch: Map<String, Value>,
     },
+    /// `$iothub/methods/POST/{method}/?$rid={rid}`: a direct method call (the method's name is
+    /// everything up to the last `/`, and may contain `/`).
+    MethodCall {
+        /// The method.
+        method: String,
+        /// Request id, to answer with.
+        rid: String,
+        /// The call's payload.
+        payload: Vec<u8>,
+    },
     /// A cloud-to-device message (`devices/{id}/messages/devicebound/…`): acknowledged, dropped.
     CloudToDevice {
         /// Its property bag (the topic after `devicebound/`).
@@ -156,6 +177,19 @@ pub fn parse_incoming(topic: &str, payload: &[u8]) -> Incoming {
             ));
         }
         return Incoming::DesiredPatch { version, patch };
+    }
+    if let Some(rest) = topic.strip_prefix("$iothub/methods/POST/") {
+        let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+        let Some((method, _)) = path.rsplit_once('/') else {
+            return Incoming::Ignored(format!("direct method call without a method: {topic:?}"));
+        };
+        let Some(rid) = query(topic, "$rid").filter(|r| !r.is_empty()) else {
+            return Incoming::Ignored(format!("direct method call without a $rid: {topic:?}"));
+        };
+        if method.is_empty() {
+            return Incoming::Ignored(format!("direct method call without a method: {topic:?}"));
+        }
+        return Incoming::MethodCall { method: method.to_owned(), rid: rid.to_owned(), payload: payload.to_vec() };
     }
     if let Some((_, properties)) = topic.split_once("/messages/devicebound/") {
         if topic.starts_with("devices/") {
@@ -283,7 +317,21 @@ mod tests {
             parse_incoming("devices/ws:d/messages/devicebound/%24.mid=1&k=v", b"abc"),
             Incoming::CloudToDevice { properties: "%24.mid=1&k=v".into(), size: 3 }
         );
-        assert_eq!(subscriptions("ws:d")[2], "devices/ws:d/messages/devicebound/#");
+        assert_eq!(subscriptions("ws:d", false)[2], "devices/ws:d/messages/devicebound/#");
+        assert_eq!(subscriptions("ws:d", true)[0], "$iothub/methods/POST/#", "first, as the official SDK's");
+        assert_eq!(subscriptions("ws:d", true).len(), 4);
+        assert_eq!(
+            parse_incoming("$iothub/methods/POST/reboot/?$rid=1f", b"{}"),
+            Incoming::MethodCall { method: "reboot".into(), rid: "1f".into(), payload: b"{}".to_vec() }
+        );
+        assert_eq!(
+            parse_incoming("$iothub/methods/POST/a/b/?$rid=2", b""),
+            Incoming::MethodCall { method: "a/b".into(), rid: "2".into(), payload: Vec::new() }
+        );
+        for bad in ["$iothub/methods/POST/x/", "$iothub/methods/POST/?$rid=1", "$iothub/methods/POST/x/?$rid="] {
+            assert!(matches!(parse_incoming(bad, b""), Incoming::Ignored(_)), "{bad}");
+        }
+        assert_eq!(method_response_topic(404, "1f"), "$iothub/methods/res/404/?$rid=1f");
     }
 
     #[test]

@@ -77,7 +77,7 @@ async fn next(conn: &mut Box<dyn Connection>) -> TransportEvent {
 pub async fn transport_conformance(transport: &dyn Transport, platform: &dyn ConformancePlatform) {
     let creds = platform.device().await;
     let hub_id = creds.hub_device_id.clone();
-    let session = SessionInfo { queue_id: "conformance".into() };
+    let session = SessionInfo { queue_id: "conformance".into(), ..Default::default() };
     let mut conn = tokio::time::timeout(WAIT, transport.connect(&creds, &session))
         .await
         .expect("connect within the timeout")

@@ -1,0 +1,130 @@
+//! Direct methods: the platform calls a named method of the device and waits for its answer (a
+//! status and a JSON body). The application registers a handler per method name; calls of any
+//! other method are answered `404`, as the official SDK answers them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{info, warn};
+
+/// Calls handled at the same time at most; a call beyond them is answered `503` at once (never
+/// left unanswered).
+pub const MAX_RUNNING_METHODS: usize = 50;
+
+/// A direct method call as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct MethodCall {
+    method: String,
+    payload: Vec<u8>,
+}
+
+impl MethodCall {
+    /// The method's name.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The payload as the platform sent it.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The payload as JSON (`Null` when it is empty).
+    pub fn json(&self) -> std::result::Result<Value, serde_json::Error> {
+        if self.payload.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&self.payload)
+    }
+}
+
+/// The answer to a direct method call: a status (HTTP-like: 200 for success) and a JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodResponse {
+    /// The status the caller receives.
+    pub status: u16,
+    /// The body the caller receives.
+    pub body: Value,
+}
+
+impl MethodResponse {
+    /// `200` with `body`.
+    pub fn ok(body: Value) -> Self {
+        MethodResponse { status: 200, body }
+    }
+
+    /// `status` with `{"detail": detail}`, the platform's shape of an error.
+    pub fn error(status: u16, detail: impl Into<String>) -> Self {
+        MethodResponse { status, body: json!({ "detail": detail.into() }) }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        self.body.to_string().into_bytes()
+    }
+}
+
+/// A direct method's handler. It runs on a thread of Tokio's blocking pool (it may block: a
+/// reboot, a flush to disk), at most [`MAX_RUNNING_METHODS`] at once.
+pub type MethodHandler = Arc<dyn Fn(MethodCall) -> MethodResponse + Send + Sync>;
+
+/// An answer ready to go: the call's request id, status and body.
+pub(crate) type Answer = (String, u16, Vec<u8>);
+
+/// The device's handlers and the calls running.
+pub(crate) struct Methods {
+    handlers: HashMap<String, MethodHandler>,
+    running: Arc<Semaphore>,
+    answers: mpsc::UnboundedSender<Answer>,
+}
+
+impl Methods {
+    /// The handlers, and where their answers arrive (each call holds a permit of at most
+    /// [`MAX_RUNNING_METHODS`] until its answer is sent: the channel is bounded by them).
+    pub(crate) fn new(handlers: HashMap<String, MethodHandler>) -> (Methods, mpsc::UnboundedReceiver<Answer>) {
+        let (answers, rx) = mpsc::unbounded_channel();
+        (Methods { handlers, running: Arc::new(Semaphore::new(MAX_RUNNING_METHODS)), answers }, rx)
+    }
+
+    /// Whether the device takes direct methods at all (it subscribes to them only then).
+    pub(crate) fn any(&self) -> bool {
+        !self.handlers.is_empty()
+    }
+
+    /// Starts the handler of a call; an answer that needs no handler (an unknown method, too
+    /// many calls running) is returned to be sent at once.
+    pub(crate) fn dispatch(&self, method: String, request: String, payload: Vec<u8>) -> Option<Answer> {
+        let Some(handler) = self.handlers.get(&method).cloned() else {
+            info!(%method, "direct method call without a handler answered 404");
+            return Some((request, 404, MethodResponse::error(404, "No handler found").to_bytes()));
+        };
+        let Ok(permit) = self.running.clone().try_acquire_owned() else {
+            warn!(%method, "direct method call answered 503: {MAX_RUNNING_METHODS} calls are running");
+            let busy = MethodResponse::error(503, format!("{MAX_RUNNING_METHODS} direct method calls are running"));
+            return Some((request, 503, busy.to_bytes()));
+        };
+        let answers = self.answers.clone();
+        info!(%method, "direct method called");
+        tokio::spawn(async move {
+            let call = MethodCall { method: method.clone(), payload };
+            let response = match tokio::task::spawn_blocking(move || handler(call)).await {
+                Ok(response) => response,
+                Err(e) if e.is_panic() => {
+                    let panic = e.into_panic();
+                    let text = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    warn!(%method, "the direct method's handler panicked: {text}");
+                    MethodResponse::error(500, format!("Panic: {text}"))
+                }
+                Err(_) => MethodResponse::error(500, "the handler was cancelled"),
+            };
+            let _ = answers.send((request, response.status, response.to_bytes()));
+            drop(permit);
+        });
+        None
+    }
+}
