@@ -3,7 +3,7 @@ reported properties. The SDK's core is written in Rust; every blocking call rele
 can be interrupted with Ctrl+C. Background events are logged with the ``spotflow_device`` logger
 of the standard :mod:`logging` module."""
 
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 __version__: str
 
@@ -150,6 +150,7 @@ class DeviceClient:
         instance: Optional[str] = None,
         display_provisioning_operation_callback: Optional[Callable[[ProvisioningOperation], None]] = None,
         desired_properties_updated_callback: Optional[Callable[[DesiredProperties], None]] = None,
+        direct_method_handlers: Optional[Dict[str, Callable[[Any], Any]]] = None,
     ) -> "DeviceClient":
         """Start communicating with the Platform.
 
@@ -171,6 +172,12 @@ class DeviceClient:
           the Device receives their update from the Platform. The function is called in a
           separate thread; the whole interface of the Device SDK is thread-safe, so it's safe to
           use it in the function.
+        * direct_method_handlers: (Beyond the reference package.) The Device's direct methods,
+          by name: each function is called (on a thread of its own, at most 50 at once) with the
+          call's payload decoded from JSON (``None`` when empty) and returns ``(status, body)``,
+          or just ``body`` for status 200; ``body`` is anything ``json.dumps`` takes. A method
+          without a handler is answered 404, a handler that raises 500 with the exception's text.
+          The Device takes direct methods only when this is given.
 
         If the Device is not yet registered in the Platform, or its Registration Token is
         expired, this method performs Device Provisioning and waits for the approval. If the

@@ -53,6 +53,9 @@ pub struct DeviceClientBuilder {
     callback_thread: Option<CallbackThread>,
     /// Direct methods' handlers, by method name.
     methods: std::collections::HashMap<String, crate::MethodHandler>,
+    /// The local ports the platform may open remote-access tunnels to (`None`: no remote access).
+    #[cfg(feature = "ws")]
+    remote_access: Option<crate::RemoteAccessPorts>,
 }
 
 impl std::fmt::Debug for DeviceClientBuilder {
@@ -88,7 +91,38 @@ impl DeviceClientBuilder {
             network: NetworkOptions::default(),
             callback_thread: None,
             methods: std::collections::HashMap::new(),
+            #[cfg(feature = "ws")]
+            remote_access: None,
         }
+    }
+
+    /// Lets the platform open remote-access tunnels to these local ports (`127.0.0.1:{port}`):
+    /// an operator reaches them (SSH, a local web UI) through the platform, with no inbound
+    /// connection to the device's network. A request for another port is answered `403`. Off
+    /// by default; calling it again adds ports. Every tunnel is logged when it opens and closes
+    /// (port, bytes each way; never the tunnel's URI, which authorises it).
+    #[cfg(feature = "ws")]
+    pub fn allow_remote_access_ports(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
+        let mut allowed = match self.remote_access.take() {
+            Some(crate::RemoteAccessPorts::Only(p)) => p,
+            Some(crate::RemoteAccessPorts::All) => {
+                self.remote_access = Some(crate::RemoteAccessPorts::All);
+                return self;
+            }
+            None => std::collections::BTreeSet::new(),
+        };
+        allowed.extend(ports);
+        self.remote_access = Some(crate::RemoteAccessPorts::Only(allowed));
+        self
+    }
+
+    /// Lets the platform open remote-access tunnels to any local port (as the official SDK's
+    /// `with_remote_access_allowed_for_all_ports`); prefer
+    /// [`DeviceClientBuilder::allow_remote_access_ports`].
+    #[cfg(feature = "ws")]
+    pub fn allow_remote_access_all_ports(mut self) -> Self {
+        self.remote_access = Some(crate::RemoteAccessPorts::All);
+        self
     }
 
     /// Handles the direct method `method`: the platform (or the emulator's `method` command)
@@ -281,7 +315,17 @@ impl DeviceClientBuilder {
             None => None,
         };
 
-        let (methods, method_answers) = crate::methods::Methods::new(self.methods);
+        #[allow(unused_mut)]
+        let (mut methods, method_answers) = crate::methods::Methods::new(self.methods);
+        #[cfg(feature = "ws")]
+        if let Some(ports) = self.remote_access {
+            let tls = spotflow_transport_mqtt::TlsOptions {
+                platform_roots: self.network.platform_roots,
+                extra_ca_pem: self.network.extra_ca_pem.clone(),
+            }
+            .client_config()?;
+            methods.remote = Some(Arc::new(crate::remote::RemoteAccess::new(ports, tls)));
+        }
         let session = spotflow_core::SessionInfo { queue_id: identity.queue_id.clone(), direct_methods: methods.any() };
         let keeper = CredentialKeeper {
             api,

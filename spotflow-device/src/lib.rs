@@ -46,6 +46,8 @@ mod message;
 mod methods;
 mod options;
 mod provisioning;
+#[cfg(feature = "ws")]
+mod remote;
 mod shared;
 mod stats;
 mod worker;
@@ -59,6 +61,8 @@ pub use message::Message;
 pub use methods::{MethodCall, MethodHandler, MethodResponse, MAX_RUNNING_METHODS};
 pub use options::{ClientOptions, Durability, NetworkOptions, Protocol, QueueFullPolicy, DEFAULT_MAX_MESSAGE_SIZE};
 pub use provisioning::{print_provisioning_operation, write_provisioning_operation, DisplayCallback};
+#[cfg(feature = "ws")]
+pub use remote::RemoteAccessPorts;
 /// For bindings that wrap the async client in their own blocking calls (the blocking client does
 /// it itself): see [`spotflow_core::run_as_blocking_caller`].
 pub use spotflow_core::run_as_blocking_caller;

@@ -77,6 +77,9 @@ pub(crate) struct Methods {
     handlers: HashMap<String, MethodHandler>,
     running: Arc<Semaphore>,
     answers: mpsc::UnboundedSender<Answer>,
+    /// The platform's `!remote-access` method, when the application allows it.
+    #[cfg(feature = "ws")]
+    pub(crate) remote: Option<Arc<crate::remote::RemoteAccess>>,
 }
 
 impl Methods {
@@ -84,17 +87,42 @@ impl Methods {
     /// [`MAX_RUNNING_METHODS`] until its answer is sent: the channel is bounded by them).
     pub(crate) fn new(handlers: HashMap<String, MethodHandler>) -> (Methods, mpsc::UnboundedReceiver<Answer>) {
         let (answers, rx) = mpsc::unbounded_channel();
-        (Methods { handlers, running: Arc::new(Semaphore::new(MAX_RUNNING_METHODS)), answers }, rx)
+        let methods = Methods {
+            handlers,
+            running: Arc::new(Semaphore::new(MAX_RUNNING_METHODS)),
+            answers,
+            #[cfg(feature = "ws")]
+            remote: None,
+        };
+        (methods, rx)
     }
 
     /// Whether the device takes direct methods at all (it subscribes to them only then).
     pub(crate) fn any(&self) -> bool {
+        #[cfg(feature = "ws")]
+        if self.remote.is_some() {
+            return true;
+        }
         !self.handlers.is_empty()
     }
 
     /// Starts the handler of a call; an answer that needs no handler (an unknown method, too
     /// many calls running) is returned to be sent at once.
     pub(crate) fn dispatch(&self, method: String, request: String, payload: Vec<u8>) -> Option<Answer> {
+        #[cfg(feature = "ws")]
+        if let (Some(remote), true) = (&self.remote, method == crate::remote::METHOD) {
+            let Ok(permit) = self.running.clone().try_acquire_owned() else {
+                let busy = MethodResponse::error(503, format!("{MAX_RUNNING_METHODS} direct method calls are running"));
+                return Some((request, 503, busy.to_bytes()));
+            };
+            let (remote, answers) = (remote.clone(), self.answers.clone());
+            tokio::spawn(async move {
+                let (status, body) = remote.open(payload).await;
+                let _ = answers.send((request, status, body));
+                drop(permit);
+            });
+            return None;
+        }
         let Some(handler) = self.handlers.get(&method).cloned() else {
             info!(%method, "direct method call without a handler answered 404");
             return Some((request, 404, MethodResponse::error(404, "No handler found").to_bytes()));

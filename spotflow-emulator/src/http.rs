@@ -45,6 +45,8 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/admin/devices/{hub_device_id}/desired", patch(admin_desired))
         .route("/admin/devices/{hub_device_id}/disconnect", post(admin_disconnect))
         .route("/admin/devices/{hub_device_id}/methods/{*method}", post(admin_method))
+        .route("/admin/devices/{hub_device_id}/tunnel", get(admin_tunnel))
+        .route("/tunnels/{tunnel_id}", get(device_tunnel))
         .route("/admin/messages", get(admin_messages))
         .route("/admin/traffic", get(admin_traffic))
         .route("/admin/events", get(admin_events))
@@ -561,6 +563,47 @@ async fn admin_disconnect(State(inner): Shared, Path(hub_id): Path<String>, head
         return r;
     }
     Json(json!({"disconnected": inner.disconnect(&hub_id)})).into_response()
+}
+
+#[derive(Deserialize)]
+struct TunnelQuery {
+    port: u16,
+}
+
+/// The operator's side of a remote-access tunnel to `port` on the device (a WebSocket; the
+/// emulator's `tunnel` command opens one per local connection). Closed with code 4000 and the
+/// reason when the device refuses or cannot open it.
+async fn admin_tunnel(
+    State(inner): Shared,
+    Path(hub_id): Path<String>,
+    Query(query): Query<TunnelQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(r) = admin(&inner, &headers) {
+        return r;
+    }
+    ws.on_upgrade(move |socket| crate::tunnels::operate(inner, hub_id, query.port, socket))
+}
+
+#[derive(Deserialize)]
+struct DeviceTunnelQuery {
+    secret: String,
+}
+
+/// The device's side of a tunnel: authorised by the tunnel's own secret, once.
+async fn device_tunnel(
+    State(inner): Shared,
+    Path(tunnel_id): Path<String>,
+    Query(query): Query<DeviceTunnelQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(attach) = inner.tunnels.claim(&tunnel_id, &query.secret) else {
+        return (StatusCode::NOT_FOUND, Json(json!({"detail": "no such tunnel"}))).into_response();
+    };
+    ws.on_upgrade(move |socket| async move {
+        let _ = attach.send(socket);
+    })
 }
 
 #[derive(Deserialize)]

@@ -25,6 +25,8 @@ mod props;
 mod state;
 mod tls;
 pub mod traffic;
+pub mod tunnel_client;
+mod tunnels;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -293,6 +295,7 @@ pub(crate) struct Inner {
     /// and where its answer goes.
     methods: Mutex<HashMap<String, (String, tokio::sync::oneshot::Sender<MethodAnswer>)>>,
     method_rid: std::sync::atomic::AtomicU64,
+    pub(crate) tunnels: tunnels::Tunnels,
     https_addr: Mutex<Option<SocketAddr>>,
     pub traffic: traffic::Traffic,
     pub live: Arc<live::Live>,
@@ -628,6 +631,7 @@ impl Emulator {
             duplicates: std::sync::atomic::AtomicU64::new(0),
             methods: Mutex::default(),
             method_rid: std::sync::atomic::AtomicU64::new(1),
+            tunnels: tunnels::Tunnels::default(),
             https_addr: Mutex::new(https_addr),
             traffic: traffic::Traffic::new(record_traffic),
             live,
@@ -786,6 +790,11 @@ impl Emulator {
     /// Closes a device's MQTT connection. Returns whether it was connected.
     pub fn disconnect(&self, hub_device_id: &str) -> bool {
         self.inner.disconnect(hub_device_id)
+    }
+    /// Opens a remote-access tunnel to `port` of the device (see [`tunnel_client`]).
+    pub async fn open_tunnel(&self, hub_device_id: &str, port: u16) -> Result<tunnel_client::TunnelStream, String> {
+        tunnel_client::connect(&self.https_url(), self.admin_token(), self.client_tls_config(), hub_device_id, port)
+            .await
     }
     /// Calls the direct method `method` of a connected device (one that subscribed to direct
     /// methods) with `payload`, and waits up to `timeout` for its answer.

@@ -102,6 +102,20 @@ enum Command {
         #[command(flatten)]
         admin: Admin,
     },
+    /// Reach a TCP port of a device through its remote access: listen locally and open a
+    /// tunnel to `--port` on the device for each connection (`DEVICE` is `workspace:device`; the
+    /// device must allow remote access to that port).
+    Tunnel {
+        device: String,
+        /// The device's local port.
+        #[arg(long)]
+        port: u16,
+        /// Where to listen (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:2222")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// Desired properties.
     Desired {
         #[command(subcommand)]
@@ -210,6 +224,8 @@ struct AdminClient {
     http: reqwest::Client,
     url: String,
     token: String,
+    /// The TLS configuration (the emulator's CA; none trusted for plain HTTP).
+    tls: rustls::ClientConfig,
 }
 
 impl AdminClient {
@@ -229,9 +245,10 @@ impl AdminClient {
         } else {
             String::new()
         };
-        builder = builder.tls_backend_preconfigured(spotflow_emulator::client_config(&ca)?);
+        let tls = spotflow_emulator::client_config(&ca)?;
+        builder = builder.tls_backend_preconfigured(tls.clone());
         let http = builder.build().map_err(|e| e.to_string())?;
-        Ok(AdminClient { http, url: a.url.trim_end_matches('/').to_owned(), token })
+        Ok(AdminClient { http, url: a.url.trim_end_matches('/').to_owned(), token, tls })
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
@@ -364,6 +381,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             print(&AdminClient::new(&admin)?.call(Method::GET, "/admin/devices", None).await?);
             Ok(())
         }
+        Command::Tunnel { device, port, listen, admin } => tunnel(device, port, listen, &admin).await,
         Command::Method { device, method, payload, timeout, admin } => {
             let payload: Value = serde_json::from_str(&payload).map_err(|e| format!("invalid JSON payload: {e}"))?;
             let path = format!("/admin/devices/{device}/methods/{method}?timeoutSecs={timeout}");
@@ -427,5 +445,27 @@ async fn main() {
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// `tunnel`: each local connection relayed through its own tunnel to the device's port.
+async fn tunnel(device: String, port: u16, listen: std::net::SocketAddr, admin: &Admin) -> Result<(), String> {
+    let client = AdminClient::new(admin)?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("listening on {local}: each connection is a tunnel to port {port} of {device}");
+    loop {
+        let (mut tcp, peer) = listener.accept().await.map_err(|e| format!("accept failed: {e}"))?;
+        let (url, token, tls, device) = (client.url.clone(), client.token.clone(), client.tls.clone(), device.clone());
+        tokio::spawn(async move {
+            match spotflow_emulator::tunnel_client::connect(&url, &token, tls, &device, port).await {
+                Ok(mut tunnel) => match tokio::io::copy_bidirectional(&mut tcp, &mut tunnel).await {
+                    Ok((up, down)) => eprintln!("{peer}: tunnel closed ({up} bytes to the device, {down} back)"),
+                    Err(e) => eprintln!("{peer}: tunnel ended: {e}"),
+                },
+                Err(e) => eprintln!("{peer}: cannot open a tunnel: {e}"),
+            }
+        });
     }
 }

@@ -84,7 +84,8 @@ impl DeviceClient {
     /// Start communicating with the Platform; provisions the Device and waits for its approval if
     /// it is not registered yet (or its Registration Token expired).
     #[staticmethod]
-    #[pyo3(signature = (device_id, provisioning_token, db, instance=None, display_provisioning_operation_callback=None, desired_properties_updated_callback=None))]
+    #[pyo3(signature = (device_id, provisioning_token, db, instance=None, display_provisioning_operation_callback=None, desired_properties_updated_callback=None, direct_method_handlers=None))]
+    #[allow(clippy::too_many_arguments)]
     fn start(
         py: Python<'_>,
         device_id: Option<String>,
@@ -93,7 +94,15 @@ impl DeviceClient {
         instance: Option<String>,
         display_provisioning_operation_callback: Option<Py<PyAny>>,
         desired_properties_updated_callback: Option<Py<PyAny>>,
+        direct_method_handlers: Option<std::collections::HashMap<String, Py<PyAny>>>,
     ) -> PyResult<DeviceClient> {
+        for (name, handler) in direct_method_handlers.iter().flatten() {
+            if !handler.bind(py).is_callable() {
+                return Err(PyTypeError::new_err(format!(
+                    "the handler of the direct method {name:?} must be callable"
+                )));
+            }
+        }
         for (name, cb) in [
             ("display_provisioning_operation_callback", &display_provisioning_operation_callback),
             ("desired_properties_updated_callback", &desired_properties_updated_callback),
@@ -147,6 +156,10 @@ impl DeviceClient {
                     }
                 })
             });
+        }
+        for (name, handler) in direct_method_handlers.into_iter().flatten() {
+            let method = name.clone();
+            builder = builder.direct_method_handler(name, move |call| call_method_handler(&method, &handler, &call));
         }
         let client = Arc::new(run_interruptible(py, builder.start())?);
         register(&client);
@@ -353,4 +366,42 @@ impl StreamSender {
         same_process(self.pid)?;
         run_detached(py, self.sender.enqueue_message_completion(&batch_id, &message_id))
     }
+}
+
+/// Runs a Python direct-method handler: it is given the payload as a Python object (`json.loads`;
+/// `None` when empty) and returns `(status, body)` or just `body` (status 200), `body` anything
+/// `json.dumps` takes. An exception answers `500` with its text.
+fn call_method_handler(
+    method: &str,
+    handler: &Py<PyAny>,
+    call: &spotflow_device::MethodCall,
+) -> spotflow_device::MethodResponse {
+    use spotflow_device::MethodResponse;
+    if logging::stopped() {
+        return MethodResponse::error(503, "the Python interpreter is shutting down");
+    }
+    Python::attach(|py| {
+        let answered = (|| -> PyResult<MethodResponse> {
+            let json = py.import("json")?;
+            let text = String::from_utf8_lossy(call.payload());
+            let payload = if text.trim().is_empty() {
+                py.None().into_bound(py)
+            } else {
+                json.call_method1("loads", (text.as_ref(),))?
+            };
+            let result = handler.bind(py).call1((payload,))?;
+            let (status, body) = match result.extract::<(u16, Bound<'_, PyAny>)>() {
+                Ok((status, body)) => (status, body),
+                Err(_) => (200, result),
+            };
+            let body: String = json.call_method1("dumps", (body,))?.extract()?;
+            let body = serde_json::from_str(&body).map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            Ok(MethodResponse { status, body })
+        })();
+        answered.unwrap_or_else(|e| {
+            let text = e.to_string();
+            logging::log_exception(py, &format!("the handler of the direct method {method:?}"), e);
+            MethodResponse::error(500, text)
+        })
+    })
 }

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 
 import pytest
 
@@ -72,6 +73,8 @@ def test_signatures_are_the_reference_ones():
         ("instance", None),
         ("display_provisioning_operation_callback", None),
         ("desired_properties_updated_callback", None),
+        # Beyond the reference: the device's direct methods.
+        ("direct_method_handlers", None),
     ]
     # `inspect` shows literal defaults only: None, which means Compression.UNCOMPRESSED.
     assert params(DeviceClient.create_stream_sender) == [("stream_group", None), ("stream", None), ("compression", None)]
@@ -569,3 +572,47 @@ def test_stats_show_the_queue_deliveries_connection_and_latency(emulator, token,
         wait_until(lambda: client.stats.reported_version is not None, 10, "the reported version")
         assert "ClientStats(" in repr(s)
     assert client.stats.connection == "closed"
+
+
+def test_direct_method_handlers_answer_calls_from_the_platform(emulator, token, approver, tmp_path):
+    def set_mode(payload):
+        if payload.get("mode") not in ("eco", "boost"):
+            return 400, {"detail": f"unknown mode {payload.get('mode')!r}"}
+        return {"mode": payload["mode"]}
+
+    def broken(_payload):
+        raise RuntimeError("the sensor is unplugged")
+
+    client = start(
+        emulator, token, tmp_path / "device.db", "py-methods", approver,
+        direct_method_handlers={"set_mode": set_mode, "read": broken, "ping": lambda payload: (204, None)},
+    )
+    try:
+        device = hub_id(client)
+        sender = client.create_stream_sender()
+        sender.send_message(b"connected")
+
+        def call(method, payload):
+            return emulator.admin("POST", f"/admin/devices/{device}/methods/{method}?timeoutSecs=10", payload)
+
+        wait_until(lambda: _answers(call, "ping"), what="the device takes direct methods")
+        assert call("set_mode", {"mode": "eco"}) == {"status": 200, "payload": {"mode": "eco"}}
+        assert call("set_mode", {"mode": "turbo"}) == {"status": 400, "payload": {"detail": "unknown mode 'turbo'"}}
+        assert call("ping", None) == {"status": 204, "payload": None}
+        answer = call("read", None)
+        assert answer["status"] == 500 and "the sensor is unplugged" in answer["payload"]["detail"], answer
+        assert call("nope", {}) == {"status": 404, "payload": {"detail": "No handler found"}}
+    finally:
+        client.close()
+    with pytest.raises(TypeError):
+        start(emulator, token, tmp_path / "other.db", "py-methods-bad", approver, direct_method_handlers={"x": 1})
+
+
+def _answers(call, method):
+    try:
+        call(method, None)
+        return True
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return False
+        raise

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod proxy;
+pub mod tunnel;
 
 use std::pin::Pin;
 use std::sync::Arc;
