@@ -3,7 +3,7 @@ reported properties. The SDK's core is written in Rust; every blocking call rele
 can be interrupted with Ctrl+C. Background events are logged with the ``spotflow_device`` logger
 of the standard :mod:`logging` module."""
 
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 __version__: str
 
@@ -150,6 +150,8 @@ class DeviceClient:
         instance: Optional[str] = None,
         display_provisioning_operation_callback: Optional[Callable[[ProvisioningOperation], None]] = None,
         desired_properties_updated_callback: Optional[Callable[[DesiredProperties], None]] = None,
+        allow_remote_access: bool = False,
+        remote_access_ports: Optional[List[int]] = None,
         direct_method_handlers: Optional[Dict[str, Callable[[Any], Any]]] = None,
     ) -> "DeviceClient":
         """Start communicating with the Platform.
@@ -172,6 +174,11 @@ class DeviceClient:
           the Device receives their update from the Platform. The function is called in a
           separate thread; the whole interface of the Device SDK is thread-safe, so it's safe to
           use it in the function.
+        * allow_remote_access: Whether the Platform may open remote-access tunnels to TCP ports
+          of the Device (``127.0.0.1``), so that an operator reaches them (SSH, a local web UI)
+          without any inbound connection to the Device's network. Off by default.
+        * remote_access_ports: (Beyond the reference package.) With ``allow_remote_access``, the
+          only ports tunnels may go to (others are refused); all ports when not given.
         * direct_method_handlers: (Beyond the reference package.) The Device's direct methods,
           by name: each function is called (on a thread of its own, at most 50 at once) with the
           call's payload decoded from JSON (``None`` when empty) and returns ``(status, body)``,

@@ -84,7 +84,7 @@ impl DeviceClient {
     /// Start communicating with the Platform; provisions the Device and waits for its approval if
     /// it is not registered yet (or its Registration Token expired).
     #[staticmethod]
-    #[pyo3(signature = (device_id, provisioning_token, db, instance=None, display_provisioning_operation_callback=None, desired_properties_updated_callback=None, direct_method_handlers=None))]
+    #[pyo3(signature = (device_id, provisioning_token, db, instance=None, display_provisioning_operation_callback=None, desired_properties_updated_callback=None, allow_remote_access=false, remote_access_ports=None, direct_method_handlers=None))]
     #[allow(clippy::too_many_arguments)]
     fn start(
         py: Python<'_>,
@@ -94,8 +94,15 @@ impl DeviceClient {
         instance: Option<String>,
         display_provisioning_operation_callback: Option<Py<PyAny>>,
         desired_properties_updated_callback: Option<Py<PyAny>>,
+        allow_remote_access: bool,
+        remote_access_ports: Option<Vec<u16>>,
         direct_method_handlers: Option<std::collections::HashMap<String, Py<PyAny>>>,
     ) -> PyResult<DeviceClient> {
+        if remote_access_ports.is_some() && !allow_remote_access {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "remote_access_ports limits remote access: it needs allow_remote_access=True",
+            ));
+        }
         for (name, handler) in direct_method_handlers.iter().flatten() {
             if !handler.bind(py).is_callable() {
                 return Err(PyTypeError::new_err(format!(
@@ -156,6 +163,11 @@ impl DeviceClient {
                     }
                 })
             });
+        }
+        match (allow_remote_access, remote_access_ports) {
+            (true, Some(ports)) => builder = builder.allow_remote_access_ports(ports),
+            (true, None) => builder = builder.allow_remote_access_all_ports(),
+            (false, _) => {}
         }
         for (name, handler) in direct_method_handlers.into_iter().flatten() {
             let method = name.clone();

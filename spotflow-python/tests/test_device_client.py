@@ -73,7 +73,9 @@ def test_signatures_are_the_reference_ones():
         ("instance", None),
         ("display_provisioning_operation_callback", None),
         ("desired_properties_updated_callback", None),
-        # Beyond the reference: the device's direct methods.
+        ("allow_remote_access", False),
+        # Beyond the reference: the ports remote access may reach, the device's direct methods.
+        ("remote_access_ports", None),
         ("direct_method_handlers", None),
     ]
     # `inspect` shows literal defaults only: None, which means Compression.UNCOMPRESSED.
@@ -615,4 +617,79 @@ def _answers(call, method):
     except urllib.error.HTTPError as e:
         if e.code == 404:
             return False
+        raise
+
+
+def test_remote_access_reaches_an_allowed_port_only(emulator, token, approver, tmp_path):
+    """A tunnel through the emulator's `tunnel` command reaches an echo server on the device's
+    side; a port that is not allowed is refused (403)."""
+    import socket
+
+    from emulator_process import emulator_binary
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def echo():
+        conn, _ = server.accept()
+        with conn:
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    break
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    with pytest.raises(ValueError):
+        start(emulator, token, tmp_path / "bad.db", "py-remote-bad", approver, remote_access_ports=[port])
+    client = start(
+        emulator, token, tmp_path / "device.db", "py-remote", approver,
+        allow_remote_access=True, remote_access_ports=[port],
+    )
+    tunnel = None
+    try:
+        device = hub_id(client)
+        client.create_stream_sender().send_message(b"connected")
+        other = port + 1 if port < 65535 else port - 1
+        path = f"/admin/devices/{device}/methods/!remote-access?timeoutSecs=10"
+        payload = {"tunnelId": "py-refused", "port": other, "tunnelSecureUri": "wss://localhost:1/t"}
+        answer = wait_until(lambda: _answer_or_none(emulator, path, payload), what="the device takes remote access")
+        assert answer == {"status": 403, "payload": {"detail": f"Remote access to port {other} is not allowed"}}
+        tunnel = subprocess.Popen(
+            [
+                emulator_binary(), "tunnel", device, "--port", str(port), "--listen", "127.0.0.1:0",
+                "--url", f"https://localhost:{emulator.https_port}", "--data-dir", str(emulator.data_dir),
+                "--admin-token", emulator.admin_token,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        listening = tunnel.stdout.readline()
+        assert listening.startswith("listening on "), listening
+        address = listening.split()[2].rstrip(":")
+        host, local_port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(local_port)), timeout=30) as conn:
+            conn.sendall(b"hello through the platform")
+            received = b""
+            while len(received) < len(b"hello through the platform"):
+                chunk = conn.recv(4096)
+                assert chunk, "the tunnel closed early"
+                received += chunk
+        assert received == b"hello through the platform"
+    finally:
+        if tunnel:
+            tunnel.kill()
+            tunnel.wait(timeout=10)
+        client.close()
+        server.close()
+
+
+def _answer_or_none(emulator, path, payload):
+    try:
+        return emulator.admin("POST", path, payload)
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
         raise
