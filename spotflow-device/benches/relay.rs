@@ -213,7 +213,9 @@ async fn main() {
     println!("|---|---|---|---|");
     let (tt, tf, t50, t99) = (median(t_to), median(t_from), median(t_rtt50), median(t_rtt99));
     let (dt, df, d50, d99) = (median(d_to), median(d_from), median(d_rtt50), median(d_rtt99));
-    println!("| tunnel (operator ↔ emulator ↔ device, two WebSockets over TLS) | {tt:.1} | {tf:.1} | {t50:.0} / {t99:.0} |");
+    println!(
+        "| tunnel (operator ↔ emulator ↔ device, two WebSockets over TLS) | {tt:.1} | {tf:.1} | {t50:.0} / {t99:.0} |"
+    );
     println!("| direct loopback TCP | {dt:.1} | {df:.1} | {d50:.0} / {d99:.0} |");
     println!(
         "ratio tunnel/direct: to the device {:.3}, from the device {:.3}, round trip {:.1}x",

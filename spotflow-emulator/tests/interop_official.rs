@@ -115,3 +115,98 @@ async fn the_official_sdk_provisions_sends_reports_and_receives_desired_properti
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
     assert!(status.success());
 }
+
+/// The official crate's remote access (`with_remote_access_allowed_for_all_ports`) against the
+/// emulator's tunnels: an echo server on the device's side reached through a tunnel with 1 MiB
+/// there and back intact, the tunnel's close reaching the server, and a closed port refused with
+/// the official SDK's 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the official SDK harness binary (SPOTFLOW_OFFICIAL_HARNESS) and port 8883; run by .ci/run"]
+async fn the_official_sdk_relays_remote_access_tunnels_of_the_emulator() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let harness =
+        std::env::var("SPOTFLOW_OFFICIAL_HARNESS").expect("SPOTFLOW_OFFICIAL_HARNESS names the harness binary");
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::builder()
+        .data_dir(dir.path().join("emulator"))
+        .mqtts_port(8883)
+        .auto_approve(Some(Duration::ZERO))
+        .start()
+        .await
+        .expect("emulator on 8883");
+    let mut child = tokio::process::Command::new(harness)
+        .env("INSTANCE", format!("localhost:{}", emu.https_addr().unwrap().port()))
+        .env("PROVISIONING_TOKEN", emu.create_provisioning_token())
+        .env("DB_PATH", dir.path().join("official.db"))
+        .env("REMOTE_ACCESS", "1")
+        .env("SSL_CERT_FILE", emu.ca_path().unwrap())
+        .env_remove("SSL_CERT_DIR")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("harness starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == "READY" {
+                return;
+            }
+        }
+        panic!("the harness ended before READY");
+    })
+    .await
+    .expect("the official SDK starts within 120 s");
+    // An echo server on the device's side, telling when a connection ends.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.split();
+                let n = tokio::io::copy(&mut r, &mut w).await.unwrap_or(0);
+                let _ = ended.send(n);
+            });
+        }
+    });
+    // The SDK subscribes to direct methods once connected: retry (bounded) until a tunnel opens.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let tunnel = loop {
+        let mut tunnel = emu.open_tunnel(DEVICE, port).await.expect("the emulator takes the tunnel");
+        tunnel.write_all(b"?").await.unwrap();
+        tunnel.flush().await.unwrap();
+        let mut probe = [0u8; 1];
+        match tunnel.read_exact(&mut probe).await {
+            Ok(_) => break tunnel,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("no tunnel yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no tunnel: {e}"),
+        }
+    };
+    let data: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(tunnel);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.flush().await.unwrap();
+        w
+    });
+    let mut back = vec![0u8; data.len()];
+    tokio::time::timeout(Duration::from_secs(60), r.read_exact(&mut back)).await.expect("echoed in time").unwrap();
+    assert!(back == data, "1 MiB through the official SDK's relay and back intact");
+    let mut w = writer.await.unwrap();
+    w.shutdown().await.unwrap();
+    let echoed =
+        tokio::time::timeout(Duration::from_secs(30), ends.recv()).await.expect("the close reached the server");
+    assert_eq!(echoed, Some(1 + data.len() as u64), "the probe and the 1 MiB");
+    // A port nobody listens on: the official SDK's 500.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut refused = emu.open_tunnel(DEVICE, closed).await.unwrap();
+    let mut buf = [0u8; 8];
+    let why = tokio::time::timeout(Duration::from_secs(30), refused.read(&mut buf)).await.unwrap().unwrap_err();
+    assert!(why.to_string().contains("500"), "{why}");
+    let _ = child.kill().await;
+}

@@ -208,13 +208,23 @@ fn main() -> Result<()> {
     let count: usize = std::env::var("MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let wanted: u64 = std::env::var("DESIRED_VERSION").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
 
-    let client = DeviceClientBuilder::new(Some("official-device".to_owned()), token, db)
+    let mut builder = DeviceClientBuilder::new(Some("official-device".to_owned()), token, db)
         .with_instance(instance)
         .with_display_provisioning_operation_callback(Box::new(Display))
-        .with_desired_properties_updated_callback(Box::new(Desired))
-        .build()
-        .context("official SDK failed to start")?;
+        .with_desired_properties_updated_callback(Box::new(Desired));
+    let remote_access = std::env::var("REMOTE_ACCESS").is_ok();
+    if remote_access {
+        builder = builder.with_remote_access_allowed_for_all_ports();
+    }
+    let client = builder.build().context("official SDK failed to start")?;
     say(&format!("STARTED {} {}", client.workspace_id()?, client.device_id()?));
+    if remote_access {
+        // Remote-access mode: the orchestrator opens tunnels through the platform, then kills
+        // this process.
+        say("READY");
+        std::thread::sleep(Duration::from_secs(600));
+        return Ok(());
+    }
 
     if let Ok(seconds) = std::env::var("SOAK_SECONDS") {
         return soak(&client, seconds.parse().context("SOAK_SECONDS")?);
