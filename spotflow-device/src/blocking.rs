@@ -113,6 +113,18 @@ impl DeviceClientBuilder {
         DeviceClientBuilder { inner: self.inner.direct_method_handler(method, handler), runtime: self.runtime }
     }
 
+    /// See [`crate::DeviceClientBuilder::allow_remote_access_ports`].
+    #[cfg(feature = "ws")]
+    pub fn allow_remote_access_ports(self, ports: impl IntoIterator<Item = u16>) -> Self {
+        DeviceClientBuilder { inner: self.inner.allow_remote_access_ports(ports), runtime: self.runtime }
+    }
+
+    /// See [`crate::DeviceClientBuilder::allow_remote_access_all_ports`].
+    #[cfg(feature = "ws")]
+    pub fn allow_remote_access_all_ports(self) -> Self {
+        DeviceClientBuilder { inner: self.inner.allow_remote_access_all_ports(), runtime: self.runtime }
+    }
+
     /// See [`crate::DeviceClientBuilder::store`].
     pub fn store(self, store: Arc<dyn Store>) -> Self {
         DeviceClientBuilder { inner: self.inner.store(store), runtime: self.runtime }

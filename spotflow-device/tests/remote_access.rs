@@ -216,6 +216,28 @@ async fn refused_ports_closed_ports_and_running_tunnels_get_their_reasons(proto:
         }
         _ = first => panic!("the first attempt cannot end while its TLS handshake hangs"),
     }
+    // The `traceparent` header given with the request goes with the tunnel's WebSocket request
+    // (here to a plain loopback server that records the request and refuses it).
+    let tracer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tracer_port = tracer.local_addr().unwrap().port();
+    let recorded = tokio::spawn(async move {
+        let (mut socket, _) = tracer.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let _ = socket.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await;
+        String::from_utf8_lossy(&request).to_lowercase()
+    });
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let payload = json!({"tunnelId": "t-trace", "port": port, "tunnelSecureUri": format!("ws://127.0.0.1:{tracer_port}/t"), "traceparentHeader": trace});
+    let answer = emu.invoke_method(hub, "!remote-access", payload.to_string().into_bytes(), WAIT).await.unwrap();
+    assert_eq!(answer.status, 500, "the tunnel's server refused");
+    let request = tokio::time::timeout(WAIT, recorded).await.expect("the request came").unwrap();
+    assert!(request.contains(&format!("traceparent: {trace}")), "{request}");
     // A payload that is not a tunnel request.
     let answer = emu.invoke_method(hub, "!remote-access", b"{\"port\": 1}".to_vec(), WAIT).await.unwrap();
     assert_eq!((answer.status, answer.payload), (400, br#"{"detail":"Invalid payload"}"#.to_vec()));
