@@ -572,7 +572,7 @@ async fn direct_methods_are_answered_by_the_applications_handlers(proto: Proto) 
     assert_eq!(status, 500);
     assert_eq!(body["detail"], json!("Panic: the handler failed"));
     // Calls at once: each answered with its own payload.
-    let answers = futures_join_all((0..20).map(|i| call("echo", json!(i)))).await;
+    let answers = spotflow_core::testkit::join_all((0..20).map(|i| call("echo", json!(i))).collect()).await;
     for (i, answer) in answers.into_iter().enumerate() {
         assert_eq!(answer, (200, json!({"echo": i})));
     }
@@ -583,33 +583,6 @@ async fn direct_methods_are_answered_by_the_applications_handlers(proto: Proto) 
     sender.send_message("connected").await.unwrap();
     let failure = emu.invoke_method("ws-emulator:plain", "echo", b"null".to_vec(), WAIT).await.unwrap_err();
     assert_eq!(failure, spotflow_emulator::MethodFailure::NotConnected);
-}
-
-/// Awaits every future (they run concurrently on this task).
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.expect("ready")).collect()
 }
 
 both!(direct_methods_are_answered_by_the_applications_handlers);

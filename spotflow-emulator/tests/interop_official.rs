@@ -15,11 +15,27 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const DEVICE: &str = "ws-emulator:official-device";
 
+/// The official SDK's harness (`SPOTFLOW_OFFICIAL_HARNESS`) for `emu`, its database in `dir`,
+/// with the mode's environment; standard output piped, killed when dropped.
+fn harness(emu: &Emulator, dir: &std::path::Path, mode: &[(&str, &str)]) -> tokio::process::Child {
+    let harness =
+        std::env::var("SPOTFLOW_OFFICIAL_HARNESS").expect("SPOTFLOW_OFFICIAL_HARNESS names the harness binary");
+    tokio::process::Command::new(harness)
+        .env("INSTANCE", format!("localhost:{}", emu.https_addr().unwrap().port()))
+        .env("PROVISIONING_TOKEN", emu.create_provisioning_token())
+        .env("DB_PATH", dir.join("official.db"))
+        .envs(mode.iter().copied())
+        .env("SSL_CERT_FILE", emu.ca_path().unwrap())
+        .env_remove("SSL_CERT_DIR")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("harness starts")
+}
+
 #[tokio::test]
 #[ignore = "needs the official SDK harness binary (SPOTFLOW_OFFICIAL_HARNESS) and port 8883; run by .ci/run"]
 async fn the_official_sdk_provisions_sends_reports_and_receives_desired_properties() {
-    let harness =
-        std::env::var("SPOTFLOW_OFFICIAL_HARNESS").expect("SPOTFLOW_OFFICIAL_HARNESS names the harness binary");
     let dir = tempfile::tempdir().unwrap();
     let emu = Emulator::builder()
         .data_dir(dir.path().join("emulator"))
@@ -27,20 +43,7 @@ async fn the_official_sdk_provisions_sends_reports_and_receives_desired_properti
         .start()
         .await
         .expect("emulator on 8883");
-    let token = emu.create_provisioning_token();
-    let instance = format!("localhost:{}", emu.https_addr().unwrap().port());
-    let mut child = tokio::process::Command::new(harness)
-        .env("INSTANCE", &instance)
-        .env("PROVISIONING_TOKEN", &token)
-        .env("DB_PATH", dir.path().join("official.db"))
-        .env("MESSAGES", "1000")
-        .env("DESIRED_VERSION", "2")
-        .env("SSL_CERT_FILE", emu.ca_path().unwrap())
-        .env_remove("SSL_CERT_DIR")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("harness starts");
+    let mut child = harness(&emu, dir.path(), &[("MESSAGES", "1000"), ("DESIRED_VERSION", "2")]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut next_line = async || -> String {
         tokio::time::timeout(Duration::from_secs(120), lines.next_line())
@@ -124,8 +127,6 @@ async fn the_official_sdk_provisions_sends_reports_and_receives_desired_properti
 #[ignore = "needs the official SDK harness binary (SPOTFLOW_OFFICIAL_HARNESS) and port 8883; run by .ci/run"]
 async fn the_official_sdk_relays_remote_access_tunnels_of_the_emulator() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let harness =
-        std::env::var("SPOTFLOW_OFFICIAL_HARNESS").expect("SPOTFLOW_OFFICIAL_HARNESS names the harness binary");
     let dir = tempfile::tempdir().unwrap();
     let emu = Emulator::builder()
         .data_dir(dir.path().join("emulator"))
@@ -134,17 +135,7 @@ async fn the_official_sdk_relays_remote_access_tunnels_of_the_emulator() {
         .start()
         .await
         .expect("emulator on 8883");
-    let mut child = tokio::process::Command::new(harness)
-        .env("INSTANCE", format!("localhost:{}", emu.https_addr().unwrap().port()))
-        .env("PROVISIONING_TOKEN", emu.create_provisioning_token())
-        .env("DB_PATH", dir.path().join("official.db"))
-        .env("REMOTE_ACCESS", "1")
-        .env("SSL_CERT_FILE", emu.ca_path().unwrap())
-        .env_remove("SSL_CERT_DIR")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("harness starts");
+    let mut child = harness(&emu, dir.path(), &[("REMOTE_ACCESS", "1")]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     tokio::time::timeout(Duration::from_secs(120), async {
         while let Ok(Some(line)) = lines.next_line().await {

@@ -9,6 +9,7 @@ mod transport_suite;
 
 pub use platform::{AckMode, MemoryPlatform, PlatformStats, ReceivedMessage, MEMORY_HUB_HOST};
 pub use store_suite::{
-    refuses_appends_without_free_space, sample_credentials, sample_identity, sample_message, store_conformance,
+    join_all, refuses_appends_without_free_space, sample_credentials, sample_identity, sample_message,
+    store_conformance,
 };
 pub use transport_suite::{transport_conformance, ConformancePlatform};

@@ -197,7 +197,7 @@ async fn concurrent_appends(store: &dyn Store) {
             seqs
         });
     }
-    let results = futures_join_all(handles).await;
+    let results = join_all(handles).await;
     let mut all: Vec<u64> = results.iter().flatten().copied().collect();
     for seqs in &results {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "a writer's messages keep its order");
@@ -220,8 +220,9 @@ async fn concurrent_appends(store: &dyn Store) {
     store.remove_messages(&seqs).await.expect("remove");
 }
 
-/// Polls futures concurrently on the current task (keeps the suite free of runtime specifics).
-async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+/// Polls futures concurrently on the current task, and returns their outputs in order (keeps
+/// tests free of runtime specifics).
+pub async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     // A simple round-robin join: pin all futures and poll them until each is ready.
     let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
