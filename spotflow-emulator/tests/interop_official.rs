@@ -15,6 +15,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const DEVICE: &str = "ws-emulator:official-device";
 
+/// Both tests need port 8883: one at a time.
+static PORT_8883: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The official SDK's harness (`SPOTFLOW_OFFICIAL_HARNESS`) for `emu`, its database in `dir`,
 /// with the mode's environment; standard output piped, killed when dropped.
 fn harness(emu: &Emulator, dir: &std::path::Path, mode: &[(&str, &str)]) -> tokio::process::Child {
@@ -36,6 +39,7 @@ fn harness(emu: &Emulator, dir: &std::path::Path, mode: &[(&str, &str)]) -> toki
 #[tokio::test]
 #[ignore = "needs the official SDK harness binary (SPOTFLOW_OFFICIAL_HARNESS) and port 8883; run by .ci/run"]
 async fn the_official_sdk_provisions_sends_reports_and_receives_desired_properties() {
+    let _port = PORT_8883.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let emu = Emulator::builder()
         .data_dir(dir.path().join("emulator"))
@@ -126,6 +130,7 @@ async fn the_official_sdk_provisions_sends_reports_and_receives_desired_properti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the official SDK harness binary (SPOTFLOW_OFFICIAL_HARNESS) and port 8883; run by .ci/run"]
 async fn the_official_sdk_relays_remote_access_tunnels_of_the_emulator() {
+    let _port = PORT_8883.lock().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let emu = Emulator::builder()
