@@ -13,5 +13,6 @@ fi
 rm -f target/wheels/spotflow_device-*.whl
 "$venv/bin/maturin" build --release -m spotflow-python/Cargo.toml -o target/wheels --interpreter "$venv/bin/python"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/spotflow_device-*.whl
-cargo build -p spotflow-emulator
+# The emulator as `cargo test --workspace --all-features` builds it (fresh after that run).
+cargo build --workspace --all-features --bin spotflow-emulator
 SPOTFLOW_EMULATOR_BIN="$PWD/target/debug/spotflow-emulator" "$venv/bin/python" -m pytest spotflow-python/tests -q "$@"
