@@ -20,5 +20,9 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "selenium>=4.20,<5"
-cargo build -q -p spotflow-emulator -p spotflow-store-tests --bin spotflow-emulator --bin dashboard-device
+# The emulator and the dashboard's device: as given (scripts/test.sh gives those its `cargo test`
+# built), else built here.
+if [ -z "${SPOTFLOW_EMULATOR_BIN:-}" ] || [ -z "${SPOTFLOW_DASHBOARD_DEVICE:-}" ]; then
+  cargo build -q -p spotflow-emulator -p spotflow-store-tests --bin spotflow-emulator --bin dashboard-device
+fi
 timeout 300 "$venv/bin/python" scripts/browser_test.py

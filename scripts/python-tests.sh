@@ -13,6 +13,10 @@ fi
 rm -f target/wheels/spotflow_device-*.whl
 "$venv/bin/maturin" build --release -m spotflow-python/Cargo.toml -o target/wheels --interpreter "$venv/bin/python"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/spotflow_device-*.whl
-# The emulator as `cargo test --workspace --all-features` builds it (fresh after that run).
-cargo build --workspace --all-features --bin spotflow-emulator
-SPOTFLOW_EMULATOR_BIN="$PWD/target/debug/spotflow-emulator" "$venv/bin/python" -m pytest spotflow-python/tests -q "$@"
+# The emulator process: SPOTFLOW_EMULATOR_BIN when given (scripts/test.sh gives the one its
+# `cargo test` built), else built here.
+if [ -z "${SPOTFLOW_EMULATOR_BIN:-}" ]; then
+  cargo build -p spotflow-emulator
+  export SPOTFLOW_EMULATOR_BIN="$PWD/target/debug/spotflow-emulator"
+fi
+"$venv/bin/python" -m pytest spotflow-python/tests -q "$@"

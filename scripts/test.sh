@@ -6,5 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --all-features
+# That run built the emulator and the test helpers (the dashboard's device) in target/debug, as the
+# integration tests use them: the Python suite and the browser test take them as they are instead of
+# building them again with other features.
+export SPOTFLOW_EMULATOR_BIN="$PWD/target/debug/spotflow-emulator"
+export SPOTFLOW_DASHBOARD_DEVICE="$PWD/target/debug/dashboard-device"
 bash scripts/python-tests.sh
 bash scripts/browser-test.sh
