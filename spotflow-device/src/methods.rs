@@ -106,24 +106,20 @@ impl Methods {
         !self.handlers.is_empty()
     }
 
+    /// What answers `method`: the platform's remote access (when allowed) or the application's
+    /// handler.
+    fn work_for(&self, method: &str) -> Option<Work> {
+        #[cfg(feature = "ws")]
+        if let (Some(remote), true) = (&self.remote, method == crate::remote::METHOD) {
+            return Some(Work::RemoteAccess(remote.clone()));
+        }
+        self.handlers.get(method).cloned().map(Work::Handler)
+    }
+
     /// Starts the handler of a call; an answer that needs no handler (an unknown method, too
     /// many calls running) is returned to be sent at once.
     pub(crate) fn dispatch(&self, method: String, request: String, payload: Vec<u8>) -> Option<Answer> {
-        #[cfg(feature = "ws")]
-        if let (Some(remote), true) = (&self.remote, method == crate::remote::METHOD) {
-            let Ok(permit) = self.running.clone().try_acquire_owned() else {
-                let busy = MethodResponse::error(503, format!("{MAX_RUNNING_METHODS} direct method calls are running"));
-                return Some((request, 503, busy.to_bytes()));
-            };
-            let (remote, answers) = (remote.clone(), self.answers.clone());
-            tokio::spawn(async move {
-                let (status, body) = remote.open(payload).await;
-                let _ = answers.send((request, status, body));
-                drop(permit);
-            });
-            return None;
-        }
-        let Some(handler) = self.handlers.get(&method).cloned() else {
+        let Some(work) = self.work_for(&method) else {
             info!(%method, "direct method call without a handler answered 404");
             return Some((request, 404, MethodResponse::error(404, "No handler found").to_bytes()));
         };
@@ -135,24 +131,43 @@ impl Methods {
         let answers = self.answers.clone();
         info!(%method, "direct method called");
         tokio::spawn(async move {
-            let call = MethodCall { method: method.clone(), payload };
-            let response = match tokio::task::spawn_blocking(move || handler(call)).await {
-                Ok(response) => response,
-                Err(e) if e.is_panic() => {
-                    let panic = e.into_panic();
-                    let text = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    warn!(%method, "the direct method's handler panicked: {text}");
-                    MethodResponse::error(500, format!("Panic: {text}"))
+            let (status, body) = match work {
+                Work::Handler(handler) => {
+                    let response = run_handler(handler, method, payload).await;
+                    (response.status, response.to_bytes())
                 }
-                Err(_) => MethodResponse::error(500, "the handler was cancelled"),
+                #[cfg(feature = "ws")]
+                Work::RemoteAccess(remote) => remote.open(payload).await,
             };
-            let _ = answers.send((request, response.status, response.to_bytes()));
+            let _ = answers.send((request, status, body));
             drop(permit);
         });
         None
+    }
+}
+
+/// What runs a direct method call.
+enum Work {
+    Handler(MethodHandler),
+    #[cfg(feature = "ws")]
+    RemoteAccess(Arc<crate::remote::RemoteAccess>),
+}
+
+/// Runs the application's handler on the blocking pool; a panic is answered 500.
+async fn run_handler(handler: MethodHandler, method: String, payload: Vec<u8>) -> MethodResponse {
+    let call = MethodCall { method: method.clone(), payload };
+    match tokio::task::spawn_blocking(move || handler(call)).await {
+        Ok(response) => response,
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            warn!(%method, "the direct method's handler panicked: {text}");
+            MethodResponse::error(500, format!("Panic: {text}"))
+        }
+        Err(_) => MethodResponse::error(500, "the handler was cancelled"),
     }
 }

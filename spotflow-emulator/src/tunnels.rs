@@ -104,27 +104,20 @@ async fn relay(operator: WebSocket, device: WebSocket) -> (u64, u64) {
     let (mut dev_tx, mut dev_rx) = device.split();
     let (mut to_device, mut to_operator) = (0u64, 0u64);
     loop {
-        tokio::select! {
-            message = op_rx.next() => match message {
-                Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
-                    to_device += message_len(&m);
-                    if dev_tx.send(m).await.is_err() {
-                        break;
-                    }
+        // A frame from either side, the other side's sink and that direction's count.
+        let (message, sink, count) = tokio::select! {
+            m = op_rx.next() => (m, &mut dev_tx, &mut to_device),
+            m = dev_rx.next() => (m, &mut op_tx, &mut to_operator),
+        };
+        match message {
+            Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
+                *count += message_len(&m);
+                if sink.send(m).await.is_err() {
+                    break;
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                _ => break,
-            },
-            message = dev_rx.next() => match message {
-                Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
-                    to_operator += message_len(&m);
-                    if op_tx.send(m).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                _ => break,
-            },
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            _ => break,
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

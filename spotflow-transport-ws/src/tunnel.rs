@@ -126,7 +126,7 @@ pub async fn relay(tcp: TcpStream, ws: TunnelSocket) -> Relayed {
         loop {
             let data = match ws_read.next().await {
                 Some(Ok(Message::Binary(data))) => data,
-                Some(Ok(Message::Text(text))) => Bytes::from(text.as_str().as_bytes().to_vec()),
+                Some(Ok(Message::Text(text))) => Bytes::from(text),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => {
                     let _ = tcp_write.shutdown().await;
