@@ -9,47 +9,14 @@ use spotflow_core::{Error, MemoryStore, Store};
 use spotflow_device::{Compression, DeviceClient, DeviceClientBuilder, Message};
 use spotflow_emulator::{Emulator, MessageQuery, StoredMessage};
 
+#[macro_use]
+mod common;
+use common::{network, Proto};
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn store() -> Arc<dyn Store> {
     Arc::new(MemoryStore::new())
-}
-
-/// Which transport a test runs over: every test of this file runs on both.
-#[derive(Debug, Clone, Copy)]
-enum Proto {
-    Mqtt,
-    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
-    WebSocket,
-}
-
-fn network(proto: Proto, emu_https: u16, mqtts: u16) -> impl FnOnce(&mut spotflow_device::NetworkOptions) {
-    move |n| {
-        n.platform_roots = false;
-        n.mqtt_port = mqtts;
-        n.websocket_port = emu_https;
-        n.proxy = None;
-        n.protocol = match proto {
-            Proto::Mqtt => spotflow_device::Protocol::Mqtt,
-            Proto::WebSocket => spotflow_device::Protocol::MqttOverWebSocket,
-        };
-    }
-}
-
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn over_mqtt() {
-                super::$name(super::Proto::Mqtt).await
-            }
-            #[cfg(feature = "ws")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn over_websocket() {
-                super::$name(super::Proto::WebSocket).await
-            }
-        }
-    };
 }
 
 fn device(proto: Proto, emu: &Emulator, token: &str, store: &Arc<dyn Store>, id: &str) -> DeviceClientBuilder {

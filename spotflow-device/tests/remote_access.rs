@@ -14,28 +14,11 @@ use spotflow_emulator::Emulator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+#[macro_use]
+mod common;
+use common::{network, Proto};
+
 const WAIT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Copy)]
-enum Proto {
-    Mqtt,
-    WebSocket,
-}
-
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn over_mqtt() {
-                super::$name(super::Proto::Mqtt).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn over_websocket() {
-                super::$name(super::Proto::WebSocket).await
-            }
-        }
-    };
-}
 
 fn device(proto: Proto, emu: &Emulator, id: &str) -> DeviceClientBuilder {
     let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
@@ -44,16 +27,7 @@ fn device(proto: Proto, emu: &Emulator, id: &str) -> DeviceClientBuilder {
     DeviceClient::builder(Some(id), emu.create_provisioning_token(), "device.db")
         .instance(emu.https_url())
         .trust_ca_pem(emu.ca_pem())
-        .with_network(move |n| {
-            n.platform_roots = false;
-            n.mqtt_port = mqtt_port;
-            n.websocket_port = https_port;
-            n.proxy = None;
-            n.protocol = match proto {
-                Proto::Mqtt => spotflow_device::Protocol::Mqtt,
-                Proto::WebSocket => spotflow_device::Protocol::MqttOverWebSocket,
-            };
-        })
+        .with_network(network(proto, https_port, mqtt_port))
         .store(store)
         .display_provisioning_operation_callback(|_| {})
         .with_options(|o| {

@@ -37,3 +37,44 @@ pub async fn start(platform: &MemoryPlatform, store: &Arc<dyn Store>) -> DeviceC
 pub async fn wait_connections(platform: &MemoryPlatform, n: usize) {
     assert!(platform.wait_until(WAIT, |p| p.live_connections() == n).await, "expected {n} live connections");
 }
+
+/// Which transport a test against the emulator runs over.
+#[derive(Debug, Clone, Copy)]
+pub enum Proto {
+    Mqtt,
+    WebSocket,
+}
+
+/// The network options of a device of the in-process emulator (its MQTT/TLS and HTTPS ports,
+/// trusting only its CA) over `proto`.
+pub fn network(proto: Proto, emu_https: u16, mqtts: u16) -> impl FnOnce(&mut spotflow_device::NetworkOptions) {
+    move |n| {
+        n.platform_roots = false;
+        n.mqtt_port = mqtts;
+        n.websocket_port = emu_https;
+        n.proxy = None;
+        n.protocol = match proto {
+            Proto::Mqtt => spotflow_device::Protocol::Mqtt,
+            Proto::WebSocket => spotflow_device::Protocol::MqttOverWebSocket,
+        };
+    }
+}
+
+/// `both!(scenario)`: the async fn `scenario(proto: Proto)` as two tests, over MQTT and (with the
+/// `ws` feature) over MQTT over WebSocket. The test file imports `Proto`.
+#[allow(unused_macros)]
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn over_mqtt() {
+                super::$name(super::Proto::Mqtt).await
+            }
+            #[cfg(feature = "ws")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn over_websocket() {
+                super::$name(super::Proto::WebSocket).await
+            }
+        }
+    };
+}
