@@ -13,7 +13,7 @@ fn tighten(path: &Path, wanted: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
     if mode & !wanted != 0 {
-        warn!(path = %path.display(), mode = format!("{mode:o}"), "secret file readable by others: tightened to {wanted:o}");
+        warn!(path = %path.display(), mode = format!("{mode:o}"), "file open to other users: tightened to {wanted:o}");
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))?;
     }
     Ok(())
@@ -72,6 +72,29 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Writes `contents` to `path` (replacing it) readable by everyone but writable by its owner alone
+/// (0644 at most, whatever the umask), for files others may read but must not replace (the
+/// emulator's certificates); tightens a broader file (with a warning).
+pub fn write_public_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644);
+    let mut file = options.open(path)?;
+    tighten(path, 0o644)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Tightens a file others may read to 0644 at most if it exists (see [`write_public_file`]).
+pub fn tighten_public_file(path: &Path) -> io::Result<()> {
+    match tighten(path, 0o644) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// Creates the directory `path` (and its parents) with the last one owner-only (0700), or
 /// tightens it if it exists.
 pub fn prepare_private_dir(path: &Path) -> io::Result<()> {
@@ -120,6 +143,15 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         prepare_private_dir(&dir).unwrap();
         assert_eq!(mode(&dir), 0o700);
+        let cert = dir.join("cert.pem");
+        write_public_file(&cert, b"cert").unwrap();
+        assert_eq!(mode(&cert) & 0o022, 0, "not writable by others");
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o666)).unwrap();
+        tighten_public_file(&cert).unwrap();
+        assert_eq!(mode(&cert), 0o644);
+        write_public_file(&cert, b"again").unwrap();
+        assert_eq!((mode(&cert), std::fs::read(&cert).unwrap()), (0o644, b"again".to_vec()));
+        tighten_public_file(&dir.join("missing.pem")).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -58,7 +58,9 @@ pub use client::{DeviceClient, StreamSender};
 pub use gateway::Gateway;
 pub use instance::{Instance, DEFAULT_INSTANCE};
 pub use message::Message;
-pub use methods::{MethodCall, MethodHandler, MethodResponse, MAX_RUNNING_METHODS};
+pub use methods::{
+    MethodCall, MethodHandler, MethodResponse, MAX_METHOD_RESPONSE_BYTES, MAX_RUNNING_METHODS, METHOD_STATUSES,
+};
 pub use options::{ClientOptions, Durability, NetworkOptions, Protocol, QueueFullPolicy, DEFAULT_MAX_MESSAGE_SIZE};
 pub use provisioning::{print_provisioning_operation, write_provisioning_operation, DisplayCallback};
 #[cfg(feature = "ws")]

@@ -7,11 +7,20 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Calls handled at the same time at most; a call beyond them is answered `503` at once (never
 /// left unanswered).
 pub const MAX_RUNNING_METHODS: usize = 50;
+
+/// Largest body of a direct method's answer: the platform's limit for direct-method payloads
+/// (128 KiB). A larger answer is not sent (the broker would drop the connection and the caller
+/// would wait for nothing): the caller gets `413` with the reason, and the SDK logs an error.
+pub const MAX_METHOD_RESPONSE_BYTES: usize = 128 * 1024;
+
+/// The statuses an answer may have (HTTP-like); a handler's answer with another is logged as an
+/// error and answered `500`.
+pub const METHOD_STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
 
 /// A direct method call as the handler sees it.
 #[derive(Debug, Clone)]
@@ -120,22 +129,19 @@ impl Methods {
     /// many calls running) is returned to be sent at once.
     pub(crate) fn dispatch(&self, method: String, request: String, payload: Vec<u8>) -> Option<Answer> {
         let Some(work) = self.work_for(&method) else {
-            info!(%method, "direct method call without a handler answered 404");
+            info!(?method, "direct method call without a handler answered 404");
             return Some((request, 404, MethodResponse::error(404, "No handler found").to_bytes()));
         };
         let Ok(permit) = self.running.clone().try_acquire_owned() else {
-            warn!(%method, "direct method call answered 503: {MAX_RUNNING_METHODS} calls are running");
+            warn!(?method, "direct method call answered 503: {MAX_RUNNING_METHODS} calls are running");
             let busy = MethodResponse::error(503, format!("{MAX_RUNNING_METHODS} direct method calls are running"));
             return Some((request, 503, busy.to_bytes()));
         };
         let answers = self.answers.clone();
-        info!(%method, "direct method called");
+        info!(?method, "direct method called");
         tokio::spawn(async move {
             let (status, body) = match work {
-                Work::Handler(handler) => {
-                    let response = run_handler(handler, method, payload).await;
-                    (response.status, response.to_bytes())
-                }
+                Work::Handler(handler) => checked(&method, run_handler(handler, method.clone(), payload).await),
                 #[cfg(feature = "ws")]
                 Work::RemoteAccess(remote) => remote.open(payload).await,
             };
@@ -153,6 +159,35 @@ enum Work {
     RemoteAccess(Arc<crate::remote::RemoteAccess>),
 }
 
+/// The status and body that answer a call, once checked: an invalid status is answered `500`,
+/// a body over [`MAX_METHOD_RESPONSE_BYTES`] `413`, each with its reason to the caller and an
+/// error in the log for the handler's author.
+fn checked(method: &str, response: MethodResponse) -> (u16, Vec<u8>) {
+    if !METHOD_STATUSES.contains(&response.status) {
+        error!(
+            ?method,
+            status = response.status,
+            "the direct method's handler answered an invalid status (not 100 to 599); answered 500"
+        );
+        let detail = format!("the handler answered the invalid status {} (not 100 to 599)", response.status);
+        return (500, MethodResponse::error(500, detail).to_bytes());
+    }
+    let body = response.to_bytes();
+    if body.len() > MAX_METHOD_RESPONSE_BYTES {
+        error!(
+            ?method,
+            bytes = body.len(),
+            "the direct method's answer is larger than the {MAX_METHOD_RESPONSE_BYTES} bytes the platform takes; answered 413"
+        );
+        let detail = format!(
+            "the handler's answer has {} bytes; a direct method's answer is limited to {MAX_METHOD_RESPONSE_BYTES} bytes",
+            body.len()
+        );
+        return (413, MethodResponse::error(413, detail).to_bytes());
+    }
+    (response.status, body)
+}
+
 /// Runs the application's handler on the blocking pool; a panic is answered 500.
 async fn run_handler(handler: MethodHandler, method: String, payload: Vec<u8>) -> MethodResponse {
     let call = MethodCall { method: method.clone(), payload };
@@ -165,9 +200,31 @@ async fn run_handler(handler: MethodHandler, method: String, payload: Vec<u8>) -
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            warn!(%method, "the direct method's handler panicked: {text}");
+            warn!(?method, panic = ?text, "the direct method's handler panicked");
             MethodResponse::error(500, format!("Panic: {text}"))
         }
         Err(_) => MethodResponse::error(500, "the handler was cancelled"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_statuses_and_oversized_answers_become_errors_with_reasons() {
+        assert_eq!(checked("m", MethodResponse::ok(json!({"a": 1}))), (200, br#"{"a":1}"#.to_vec()));
+        for status in [0, 99, 600, u16::MAX] {
+            let (s, body) = checked("m", MethodResponse { status, body: Value::Null });
+            assert_eq!(s, 500);
+            let detail: Value = serde_json::from_slice(&body).unwrap();
+            assert!(detail["detail"].as_str().unwrap().contains(&format!("invalid status {status}")), "{detail}");
+        }
+        let big = MethodResponse::ok(Value::String("x".repeat(MAX_METHOD_RESPONSE_BYTES)));
+        let (s, body) = checked("m", big);
+        assert_eq!(s, 413);
+        assert!(String::from_utf8(body).unwrap().contains("limited to 131072 bytes"));
+        let fits = MethodResponse::ok(Value::String("x".repeat(MAX_METHOD_RESPONSE_BYTES - 2)));
+        assert_eq!(checked("m", fits).0, 200, "exactly the limit (with its quotes) is sent");
     }
 }

@@ -69,7 +69,7 @@ pub(crate) async fn obtain_identity(req: &StartRequest<'_>) -> Result<(DeviceIde
                 return finish(req, Some(stored), identity, true).await;
             }
             Err(Error::Unauthorized(reason)) => {
-                info!(%reason, "stored registration token refused; provisioning again");
+                info!(?reason, "stored registration token refused; provisioning again");
             }
             Err(e) => {
                 info!(error = %e, "platform unreachable; starting offline with the stored registration");
@@ -143,7 +143,7 @@ async fn finish(
         }
     }
     req.store.save_identity(&identity).await?;
-    info!(workspace = %identity.workspace_id, device = %identity.device_id, "device registered");
+    info!(workspace = ?identity.workspace_id, device = ?identity.device_id, "device registered");
     Ok((identity, fresh))
 }
 
@@ -167,7 +167,7 @@ async fn provision(req: &StartRequest<'_>) -> Result<RegistrationToken> {
             Err(e) => return Err(e),
         }
     };
-    info!(operation = %op.id, "provisioning operation initialized, waiting for approval");
+    info!(operation = ?op.id, "provisioning operation initialized, waiting for approval");
     (req.display)(&op);
     backoff.reset();
     loop {
@@ -179,7 +179,7 @@ async fn provision(req: &StartRequest<'_>) -> Result<RegistrationToken> {
         .await
         {
             Ok(ProvisioningStatus::Approved(token)) => {
-                info!(operation = %op.id, "provisioning operation approved");
+                info!(operation = ?op.id, "provisioning operation approved");
                 return Ok(token);
             }
             Ok(ProvisioningStatus::Closed) => {
@@ -190,7 +190,7 @@ async fn provision(req: &StartRequest<'_>) -> Result<RegistrationToken> {
             }
             Ok(ProvisioningStatus::Pending) => {
                 backoff.reset();
-                debug!(operation = %op.id, "not approved yet");
+                debug!(operation = ?op.id, "not approved yet");
             }
             Ok(_) => return Err(Error::Platform("unknown provisioning status".into())),
             Err(e) if e.is_temporary() => warn!(error = %e, "provisioning poll failed; retrying"),

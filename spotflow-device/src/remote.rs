@@ -70,7 +70,7 @@ impl RemoteAccess {
             return answer(400, "Invalid tunnel secure URI");
         }
         if !self.ports.allows(port) {
-            warn!(tunnel = %tunnel_id, port, "remote access to a port that is not allowed refused");
+            warn!(tunnel = ?tunnel_id, port, "remote access to a port that is not allowed refused");
             return answer(403, &format!("Remote access to port {port} is not allowed"));
         }
         if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(tunnel_id.clone()) {
@@ -80,7 +80,7 @@ impl RemoteAccess {
             Ok(tcp) => tcp,
             Err(reason) => {
                 self.finish(&tunnel_id);
-                warn!(tunnel = %tunnel_id, port, %reason, "remote-access tunnel not opened");
+                warn!(tunnel = ?tunnel_id, port, ?reason, "remote-access tunnel not opened");
                 return answer(500, &reason);
             }
         };
@@ -88,19 +88,19 @@ impl RemoteAccess {
             Ok(ws) => ws,
             Err(reason) => {
                 self.finish(&tunnel_id);
-                warn!(tunnel = %tunnel_id, port, %reason, "remote-access tunnel not opened");
+                warn!(tunnel = ?tunnel_id, port, ?reason, "remote-access tunnel not opened");
                 return answer(500, &reason);
             }
         };
         // The URI carries the tunnel's authorisation: only its host is logged.
         let host = uri.split("://").nth(1).and_then(|r| r.split(['/', '?']).next()).unwrap_or("").to_owned();
-        info!(tunnel = %tunnel_id, port, %host, "remote-access tunnel open");
+        info!(tunnel = ?tunnel_id, port, ?host, "remote-access tunnel open");
         let this = self.clone();
         tokio::spawn(async move {
             let relayed = tunnel::relay(tcp, ws).await;
             this.finish(&tunnel_id);
             info!(
-                tunnel = %tunnel_id,
+                tunnel = ?tunnel_id,
                 port,
                 to_platform = relayed.to_platform,
                 to_device = relayed.to_device,

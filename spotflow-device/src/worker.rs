@@ -290,7 +290,7 @@ impl Worker {
             }
             TransportEvent::MessageRefused { seq, reason } => {
                 if let Some(size) = self.queue.handle_refused(seq) {
-                    error!(seq, %reason, "the platform refused a message for good; it is removed from the queue");
+                    error!(seq, ?reason, "the platform refused a message for good; it is removed from the queue");
                     self.shared.stats.refused(seq);
                     self.shared.message_acknowledged(size);
                     self.shared.message_refused(seq, reason);
@@ -356,11 +356,11 @@ impl Worker {
     /// is gone, the answer cannot reach the caller (its request id belonged to it): logged.
     async fn answer_method(&mut self, (request, status, body): crate::methods::Answer) {
         let Some(conn) = self.conn.as_mut() else {
-            warn!(%request, status, "the answer to a direct method call is lost: the connection it came on is gone");
+            warn!(?request, status, "the answer to a direct method call is lost: the connection it came on is gone");
             return;
         };
         if let Err(e) = conn.answer_method(&request, status, &body).await {
-            warn!(%request, status, error = %e, "the answer to a direct method call could not be sent");
+            warn!(?request, status, error = %e, "the answer to a direct method call could not be sent");
             self.disconnected(e);
         }
     }

@@ -96,9 +96,11 @@ enum Command {
     PutBlob {
         name: String,
         hub_device_id: String,
-        data: Vec<u8>,
+        /// The blob's bytes, spooled to a file, and their length.
+        data: (std::fs::File, u64),
         reply: oneshot::Sender<Result<bool, ()>>,
     },
+    BlobOwner(String, oneshot::Sender<Option<String>>),
     GetBlob {
         name: String,
         hub_device_id: String,
@@ -240,12 +242,26 @@ impl Db {
         }
     }
 
-    /// Stores a blob of `hub_device_id`: `Ok(false)` when the name belongs to another device
-    /// (blobs are scoped to the device that created them), `Err` when the database failed.
-    pub async fn put_blob(&self, name: String, hub_device_id: String, data: Vec<u8>) -> Result<bool, ()> {
+    /// Stores a blob of `hub_device_id` from a spool file of `len` bytes (copied into the database
+    /// a piece at a time, never whole in memory): `Ok(false)` when the name belongs to another
+    /// device (blobs are scoped to the device that created them), `Err` when the database failed.
+    pub async fn put_blob(
+        &self,
+        name: String,
+        hub_device_id: String,
+        file: std::fs::File,
+        len: u64,
+    ) -> Result<bool, ()> {
         let (reply, rx) = oneshot::channel();
-        let _ = self.tx.send(Command::PutBlob { name, hub_device_id, data, reply });
+        let _ = self.tx.send(Command::PutBlob { name, hub_device_id, data: (file, len), reply });
         rx.await.unwrap_or(Err(()))
+    }
+
+    /// The device a stored blob belongs to.
+    pub async fn blob_owner(&self, name: String) -> Option<String> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::BlobOwner(name, reply));
+        rx.await.ok().flatten()
     }
 
     /// A blob of `hub_device_id` (another device's blob of that name is not found).
@@ -440,6 +456,34 @@ fn flush(
     }
 }
 
+/// Writes a blob from its spool file with SQLite's incremental blob I/O (a zero blob of the
+/// right size, then filled in pieces), in one transaction: `Ok(false)` when the name belongs to
+/// another device. Replaces only the same device's blob.
+fn put_blob(conn: &Connection, name: &str, device: &str, file: &mut std::fs::File, len: u64) -> rusqlite::Result<bool> {
+    let tx = conn.unchecked_transaction()?;
+    let changed = tx.execute(
+        "INSERT INTO blobs (name, hub_device_id, data) VALUES (?1, ?2, zeroblob(?3))
+         ON CONFLICT(name) DO UPDATE SET data = excluded.data WHERE blobs.hub_device_id = excluded.hub_device_id",
+        params![name, device, len as i64],
+    )?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    let rowid: i64 = tx.query_row("SELECT rowid FROM blobs WHERE name = ?1", params![name], |r| r.get(0))?;
+    {
+        let mut blob = tx.blob_open(rusqlite::MAIN_DB, "blobs", "data", rowid, false)?;
+        let copied = std::io::copy(&mut std::io::Read::take(file, len), &mut blob)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        if copied != len {
+            return Err(rusqlite::Error::ToSqlConversionFailure(
+                format!("the spool file held {copied} of {len} bytes").into(),
+            ));
+        }
+    }
+    tx.commit()?;
+    Ok(true)
+}
+
 fn serve(conn: &Connection, command: Command) {
     match command {
         Command::TwinHistory { hub_device_id, kind, version, doc } => {
@@ -456,17 +500,18 @@ fn serve(conn: &Connection, command: Command) {
                 warn!(error = %e, "cannot prune twin history");
             }
         }
-        Command::PutBlob { name, hub_device_id, data, reply } => {
-            // Replaces only the same device's blob: another device's stays as it is.
-            let changed = conn
-                .execute(
-                    "INSERT INTO blobs (name, hub_device_id, data) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(name) DO UPDATE SET data = excluded.data WHERE blobs.hub_device_id = excluded.hub_device_id",
-                    params![name, hub_device_id, data],
-                )
-                .map(|n| n > 0)
-                .map_err(|_| ());
-            let _ = reply.send(changed);
+        Command::PutBlob { name, hub_device_id, data: (mut file, len), reply } => {
+            let _ = reply.send(put_blob(conn, &name, &hub_device_id, &mut file, len).map_err(|e| {
+                error!(error = %e, "cannot store a blob");
+            }));
+        }
+        Command::BlobOwner(name, reply) => {
+            let owner = conn
+                .query_row("SELECT hub_device_id FROM blobs WHERE name = ?1", params![name], |r| r.get::<_, String>(0))
+                .optional()
+                .ok()
+                .flatten();
+            let _ = reply.send(owner);
         }
         Command::GetBlob { name, hub_device_id, reply } => {
             let data = conn

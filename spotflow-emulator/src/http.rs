@@ -34,7 +34,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/devices/registration-tokens/refresh", put(refresh))
         .route("/devices/{hub_device_id}/files", post(file_upload_init))
         .route("/devices/{hub_device_id}/files/notifications", post(file_upload_notify))
-        .route("/uploads/{blob}", put(put_blob).layer(axum::extract::DefaultBodyLimit::max(MAX_BLOB_BYTES)))
+        .route("/uploads/{blob}", put(put_blob))
         .route("/$iothub/websocket", get(websocket))
         .route("/admin/provisioning-tokens", post(admin_create_token))
         .route("/admin/operations", get(admin_operations))
@@ -75,16 +75,11 @@ async fn request_deadline(
     }
 }
 
-/// Largest blob accepted (the SDK's largest message, `DEFAULT_MAX_MESSAGE_SIZE`); a larger one is
-/// refused with 413 Payload Too Large.
-pub const MAX_BLOB_BYTES: usize = 16 * 1024 * 1024;
+pub use crate::uploads::MAX_BLOB_BYTES;
+use crate::uploads::{BodyRefused, StartRefused, MAX_PENDING, MAX_PENDING_PER_DEVICE};
 
 /// Longest blob name accepted.
 const MAX_BLOB_NAME: usize = 256;
-/// How long a started upload's blob signature is valid.
-const UPLOAD_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
-/// Most uploads in progress at once (all devices).
-const MAX_UPLOADS: usize = 10_000;
 
 /// Largest body the traffic recorder reads (the SDK's largest upload is 16 MiB).
 const MAX_RECORDED_BODY: usize = 64 * 1024 * 1024;
@@ -301,23 +296,31 @@ async fn file_upload_init(
     {
         return bad_request("invalid blobName (1 to 256 bytes, no '/', '?', '#' or control characters)");
     }
+    // Blob names are scoped to the device that started the upload: another device's pending
+    // upload, or stored blob, of the same name is not taken over.
+    if inner.db.blob_owner(blob.clone()).await.is_some_and(|owner| owner != hub_id) {
+        return problem(StatusCode::CONFLICT, "/problems/blob-taken", "the blob name is used by another device");
+    }
     let correlation = random_hex(16);
-    let sas_token = format!("?sv=2020-08-04&sr=b&sig={}", random_hex(16));
-    {
-        // Blob names are scoped to the device that started the upload: another device's pending
-        // upload of the same name is not taken over.
-        let mut uploads = inner.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        // Started uploads expire (their blob signature is refused after an hour), and there are
-        // at most `MAX_UPLOADS` of them: the map does not grow for good.
-        uploads.retain(|_, (_, _, started)| started.elapsed() < UPLOAD_LIFETIME);
-        if uploads.get(&blob).is_some_and(|(owner, _, _)| *owner != hub_id) {
-            return problem(StatusCode::CONFLICT, "/problems/blob-taken", "the blob name is used by another device");
+    let signature = random_hex(16);
+    let sas_token = format!("?sv=2020-08-04&sr=b&sig={signature}");
+    match inner.uploads.start(&hub_id, &blob, signature) {
+        Ok(()) => {}
+        Err(StartRefused::Taken) => {
+            return problem(StatusCode::CONFLICT, "/problems/blob-taken", "the blob name is used by another device")
         }
-        if uploads.len() >= MAX_UPLOADS && !uploads.contains_key(&blob) {
-            warn!(uploads = uploads.len(), "too many uploads in progress; refusing a new one");
+        Err(StartRefused::DeviceBusy) => {
+            warn!(device = %hub_id, "a device has {MAX_PENDING_PER_DEVICE} uploads in progress; refusing another");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/busy",
+                &format!("this device has {MAX_PENDING_PER_DEVICE} uploads in progress"),
+            );
+        }
+        Err(StartRefused::Busy) => {
+            warn!("{MAX_PENDING} uploads in progress; refusing a new one");
             return problem(StatusCode::SERVICE_UNAVAILABLE, "/problems/busy", "too many uploads in progress");
         }
-        uploads.insert(blob.clone(), (hub_id.clone(), sas_token.clone(), std::time::Instant::now()));
     }
     let host = inner.upload_host();
     debug!(device = %hub_id, ?blob, "file upload started");
@@ -331,32 +334,65 @@ async fn file_upload_init(
     .into_response()
 }
 
+/// A blob's upload: refused from the request line and headers alone when it announces more than
+/// the limit (413) or has no started upload or a wrong signature (401), before any byte of the
+/// body is read; then streamed to a spool file and into the database.
 async fn put_blob(
     State(inner): Shared,
     Path(blob): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Response {
-    let expected = inner.uploads.lock().unwrap_or_else(|p| p.into_inner()).get(&blob).cloned();
-    let Some((hub_id, sas, started)) = expected else { return unauthorized("no upload was started for this blob") };
-    if started.elapsed() >= UPLOAD_LIFETIME {
-        return unauthorized("the upload expired; start a new one");
-    }
-    let signature_ok = match (query.get("sig"), sas.split("sig=").nth(1)) {
-        (Some(given), Some(expected)) => spotflow_core::secure_random::ct_eq(given.as_bytes(), expected.as_bytes()),
-        _ => false,
+    let announced = match headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()))
+    {
+        None => None,
+        Some(Some(n)) => Some(n),
+        Some(None) => return bad_request("invalid Content-Length"),
     };
-    if !signature_ok {
-        return unauthorized("invalid blob signature");
+    if announced.is_some_and(|n| n > MAX_BLOB_BYTES as u64) {
+        return too_large();
     }
-    match inner.db.put_blob(blob.clone(), hub_id, body.to_vec()).await {
-        Ok(true) => {}
+    let hub_id = match inner.uploads.authorize(&blob, query.get("sig").map(String::as_str)) {
+        Ok(device) => device,
+        Err(why) => return unauthorized(why),
+    };
+    let (file, len, _in_flight) = match inner.uploads.receive(announced, body).await {
+        Ok(received) => received,
+        Err(BodyRefused::TooLarge) => return too_large(),
+        Err(BodyRefused::Busy) => {
+            let mut busy =
+                problem(StatusCode::SERVICE_UNAVAILABLE, "/problems/busy", "too many bytes of uploads in flight");
+            busy.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            return busy;
+        }
+        Err(BodyRefused::Client(why)) => {
+            debug!(device = %hub_id, error = %why, "blob upload not received");
+            return bad_request("the body was not received");
+        }
+        Err(BodyRefused::Storage(why)) => {
+            warn!(error = %why, "cannot receive a blob");
+            return problem(StatusCode::INTERNAL_SERVER_ERROR, "/problems/storage", "cannot store the blob");
+        }
+    };
+    match inner.db.put_blob(blob.clone(), hub_id.clone(), file, len).await {
+        Ok(true) => inner.uploads.finish(&hub_id, &blob),
         Ok(false) => {
             return problem(StatusCode::CONFLICT, "/problems/blob-taken", "the blob belongs to another device")
         }
         Err(()) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "/problems/storage", "cannot store the blob"),
     }
     StatusCode::CREATED.into_response()
+}
+
+fn too_large() -> Response {
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "/problems/too-large",
+        &format!("blobs are limited to {MAX_BLOB_BYTES} bytes"),
+    )
 }
 
 async fn file_upload_notify(
@@ -643,6 +679,7 @@ async fn admin_method(
                 crate::MethodFailure::NotConnected => StatusCode::NOT_FOUND,
                 crate::MethodFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 crate::MethodFailure::BadMethod(_) => StatusCode::BAD_REQUEST,
+                crate::MethodFailure::AnswerTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             };
             (status, Json(json!({"detail": e.to_string()}))).into_response()
         }

@@ -27,6 +27,7 @@ mod tls;
 pub mod traffic;
 pub mod tunnel_client;
 mod tunnels;
+mod uploads;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -60,6 +61,14 @@ pub enum MethodFailure {
     Timeout,
     /// The method's name cannot be used in a topic.
     BadMethod(String),
+    /// The device's answer was larger than the broker's packet limit (the connection it came on
+    /// was closed, as for any packet over the limit).
+    AnswerTooLarge {
+        /// The answer packet's size.
+        bytes: usize,
+        /// The broker's packet limit ([`EmulatorConfig::max_packet_size`]).
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for MethodFailure {
@@ -68,6 +77,12 @@ impl std::fmt::Display for MethodFailure {
             MethodFailure::NotConnected => f.write_str("the device is not connected or does not take direct methods"),
             MethodFailure::Timeout => f.write_str("the device did not answer in time"),
             MethodFailure::BadMethod(why) => f.write_str(why),
+            MethodFailure::AnswerTooLarge { bytes, limit } => {
+                write!(
+                    f,
+                    "the device's answer of {bytes} bytes is larger than the broker's packet limit of {limit} bytes"
+                )
+            }
         }
     }
 }
@@ -287,13 +302,13 @@ pub(crate) struct Inner {
     pub db: db::Db,
     pub admin_token: String,
     sessions: Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>,
-    /// Started uploads: blob name → (device, SAS token, when).
-    pub uploads: Mutex<HashMap<String, (String, String, std::time::Instant)>>,
+    /// Started uploads and the bodies being received.
+    pub uploads: uploads::Uploads,
     stored: watch::Sender<u64>,
     duplicates: std::sync::atomic::AtomicU64,
     /// Direct method calls waiting for the device's answer, by request id: the device called,
     /// and where its answer goes.
-    methods: Mutex<HashMap<String, (String, tokio::sync::oneshot::Sender<MethodAnswer>)>>,
+    methods: Mutex<HashMap<String, (String, tokio::sync::oneshot::Sender<Result<MethodAnswer, MethodFailure>>)>>,
     method_rid: std::sync::atomic::AtomicU64,
     pub(crate) tunnels: tunnels::Tunnels,
     https_addr: Mutex<Option<SocketAddr>>,
@@ -436,11 +451,12 @@ impl Inner {
             self.methods.lock().unwrap_or_else(|p| p.into_inner()).remove(&rid);
             return Err(MethodFailure::NotConnected);
         }
-        info!(device = %hub_id, %method, %rid, "direct method called");
+        // The name is the admin's text: logged escaped.
+        info!(device = %hub_id, ?method, %rid, "direct method called");
         let answer = tokio::time::timeout(timeout, rx).await;
         self.methods.lock().unwrap_or_else(|p| p.into_inner()).remove(&rid);
         match answer {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(MethodFailure::NotConnected),
             Err(_) => Err(MethodFailure::Timeout),
         }
@@ -455,18 +471,34 @@ impl Inner {
             .and_then(|s| s.parse::<u16>().ok());
         let rid = mqtt::query_param(topic, "$rid");
         let (Some(status), Some(rid)) = (status, rid) else {
-            warn!(device = %hub_id, %topic, "malformed direct method answer ignored");
+            warn!(device = %hub_id, ?topic, "malformed direct method answer ignored");
             return;
         };
         let mut pending = self.methods.lock().unwrap_or_else(|p| p.into_inner());
         match pending.get(rid) {
             Some((called, _)) if called == hub_id => {
                 if let Some((_, tx)) = pending.remove(rid) {
-                    let _ = tx.send(MethodAnswer { status, payload: payload.to_vec() });
+                    let _ = tx.send(Ok(MethodAnswer { status, payload: payload.to_vec() }));
                 }
             }
-            Some(_) => warn!(device = %hub_id, %rid, "answer to another device's direct method call ignored"),
-            None => debug!(device = %hub_id, %rid, "answer to an unknown (or timed out) direct method call ignored"),
+            Some(_) => warn!(device = %hub_id, ?rid, "answer to another device's direct method call ignored"),
+            None => debug!(device = %hub_id, ?rid, "answer to an unknown (or timed out) direct method call ignored"),
+        }
+    }
+
+    /// A device sent a packet over the limit with this topic: when it is the answer to a call
+    /// made to it, the caller learns so at once (instead of waiting for its timeout).
+    pub(crate) fn method_answer_too_large(&self, hub_id: &str, topic: &str, bytes: usize) {
+        let Some(rid) = topic.strip_prefix("$iothub/methods/res/").and_then(|_| mqtt::query_param(topic, "$rid"))
+        else {
+            return;
+        };
+        let mut pending = self.methods.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.get(rid).is_some_and(|(called, _)| called == hub_id) {
+            warn!(device = %hub_id, ?rid, bytes, "a direct method's answer is over the packet limit; the caller gets 413");
+            if let Some((_, tx)) = pending.remove(rid) {
+                let _ = tx.send(Err(MethodFailure::AnswerTooLarge { bytes, limit: self.config.max_packet_size }));
+            }
         }
     }
 
@@ -592,7 +624,10 @@ impl Emulator {
 
     async fn start(config: EmulatorConfig) -> Result<Emulator, String> {
         if let Some(dir) = &config.data_dir {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            // Owner-only (0700), whatever the umask: it holds the secrets and the CA that
+            // developers trust. An older, broader one is tightened with a warning.
+            spotflow_core::private_fs::prepare_private_dir(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             // The database holds SAS keys and tokens: owner-only from the first byte (SQLite
             // gives its -wal and -shm files the database's mode).
             let db = dir.join("emulator.db");
@@ -613,6 +648,9 @@ impl Emulator {
             auto_approve: config.auto_approve,
         };
         let record_traffic = config.record_traffic;
+        // Uploads being received are spooled beside the database (or in the system's temporary
+        // directory when the emulator keeps everything in memory).
+        let spool_dir = config.data_dir.clone().unwrap_or_else(std::env::temp_dir);
         let https = bind(config.bind, config.https_port).await?;
         let http = bind(config.bind, config.http_port).await?;
         let mqtts = bind(config.bind, config.mqtts_port).await?;
@@ -626,7 +664,7 @@ impl Emulator {
             db,
             admin_token,
             sessions: Mutex::default(),
-            uploads: Mutex::default(),
+            uploads: uploads::Uploads::new(spool_dir),
             stored: watch::channel(0).0,
             duplicates: std::sync::atomic::AtomicU64::new(0),
             methods: Mutex::default(),

@@ -53,18 +53,62 @@ pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
-async fn read_packet<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max: usize) -> Result<Packet, String> {
+/// Why a packet could not be read.
+pub(crate) enum ReadError {
+    /// The connection failed or closed, or the packet is malformed.
+    Failed(String),
+    /// The packet is larger than the limit; the topic when it is a PUBLISH whose topic arrived.
+    TooLarge { bytes: usize, topic: Option<String> },
+}
+
+impl From<ReadError> for String {
+    fn from(e: ReadError) -> String {
+        match e {
+            ReadError::Failed(why) => why,
+            ReadError::TooLarge { bytes, .. } => format!("packet of {bytes} bytes over the limit"),
+        }
+    }
+}
+
+async fn read_packet<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max: usize) -> Result<Packet, ReadError> {
     loop {
         match Packet::read(buf, max) {
             Ok(p) => return Ok(p),
             Err(CodecError::InsufficientBytes(_)) => {}
-            Err(e) => return Err(format!("malformed packet: {e}")),
+            Err(CodecError::PayloadSizeLimitExceeded(bytes)) => {
+                return Err(ReadError::TooLarge { bytes, topic: oversized_publish_topic(rd, buf).await })
+            }
+            Err(e) => return Err(ReadError::Failed(format!("malformed packet: {e}"))),
         }
         buf.reserve(4096);
         match rd.read_buf(buf).await {
-            Ok(0) => return Err("connection closed".into()),
+            Ok(0) => return Err(ReadError::Failed("connection closed".into())),
             Ok(_) => {}
-            Err(e) => return Err(format!("read failed: {e}")),
+            Err(e) => return Err(ReadError::Failed(format!("read failed: {e}"))),
+        }
+    }
+}
+
+/// The topic of the PUBLISH packet over the limit at the start of `buf`, reading (at most the
+/// longest topic's worth) until it is there; `None` for another packet or a failed read.
+async fn oversized_publish_topic<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Option<String> {
+    if buf.first()? >> 4 != 3 {
+        return None;
+    }
+    // The remaining length's bytes (1 to 4), then the topic's length and the topic.
+    let length_bytes = buf[1..].iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    let topic_at = 1 + length_bytes + 2;
+    loop {
+        if buf.len() >= topic_at {
+            let topic_len = usize::from(u16::from_be_bytes([buf[topic_at - 2], buf[topic_at - 1]]));
+            if buf.len() >= topic_at + topic_len {
+                return std::str::from_utf8(&buf[topic_at..topic_at + topic_len]).ok().map(str::to_owned);
+            }
+        }
+        buf.reserve(4096);
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
         }
     }
 }
@@ -164,7 +208,7 @@ where
             return;
         }
         Ok(Err(e)) => {
-            debug!(%peer, error = %e, "no valid CONNECT; closing");
+            debug!(%peer, error = %String::from(e), "no valid CONNECT; closing");
             return;
         }
         Err(_) => {
@@ -222,7 +266,13 @@ where
                         break reason;
                     }
                 }
-                Err(e) => break e,
+                Err(ReadError::TooLarge { bytes, topic }) => {
+                    if let Some(topic) = topic {
+                        inner.method_answer_too_large(&hub_id, &topic, bytes);
+                    }
+                    break format!("packet of {bytes} bytes over the limit of {max}");
+                }
+                Err(ReadError::Failed(e)) => break e,
             },
             outbound = rx.recv() => match outbound {
                 Some(Outbound::Packet(p)) => {

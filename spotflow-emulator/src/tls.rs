@@ -8,7 +8,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use spotflow_core::private_fs::write_private_file;
+use spotflow_core::private_fs::{tighten_public_file, write_private_file, write_public_file};
 use tracing::info;
 
 /// TLS material of a running emulator.
@@ -48,6 +48,9 @@ pub fn load_or_create(dir: Option<&Path>, hosts: &[String]) -> Result<TlsMateria
         Some(dir) => {
             let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
             if cert_path.exists() && key_path.exists() {
+                // Written with the umask's mode by earlier versions: not writable by others.
+                tighten_public_file(&cert_path).map_err(|e| err(&e))?;
+                spotflow_core::private_fs::tighten_if_exists(&key_path).map_err(|e| err(&e))?;
                 let key_pem = std::fs::read_to_string(&key_path).map_err(|e| err(&e))?;
                 let ca_pem = std::fs::read_to_string(&cert_path).map_err(|e| err(&e))?;
                 (KeyPair::from_pem(&key_pem).map_err(|e| err(&e))?, ca_pem, Some(cert_path))
@@ -55,7 +58,7 @@ pub fn load_or_create(dir: Option<&Path>, hosts: &[String]) -> Result<TlsMateria
                 let key = KeyPair::generate().map_err(|e| err(&e))?;
                 let cert = ca_params().self_signed(&key).map_err(|e| err(&e))?;
                 write_private_file(&key_path, key.serialize_pem().as_bytes()).map_err(|e| err(&e))?;
-                std::fs::write(&cert_path, cert.pem()).map_err(|e| err(&e))?;
+                write_public_file(&cert_path, cert.pem().as_bytes()).map_err(|e| err(&e))?;
                 info!(path = %cert_path.display(), "created the emulator's local CA");
                 (key, cert.pem(), Some(cert_path))
             }
@@ -84,7 +87,7 @@ pub fn load_or_create(dir: Option<&Path>, hosts: &[String]) -> Result<TlsMateria
     let key = KeyPair::generate().map_err(|e| err(&e))?;
     let cert = params.signed_by(&key, &issuer).map_err(|e| err(&e))?;
     if let Some(dir) = dir {
-        let _ = std::fs::write(dir.join("server.pem"), cert.pem());
+        let _ = write_public_file(&dir.join("server.pem"), cert.pem().as_bytes());
         let key_path = dir.join("server-key.pem");
         let _ = write_private_file(&key_path, key.serialize_pem().as_bytes());
     }

@@ -83,11 +83,14 @@ impl TwinRequests {
                 Some(TransportEvent::MethodCall { method, request: rid, payload })
             }
             Incoming::CloudToDevice { properties, size } => {
-                info!(%properties, size, "cloud-to-device message acknowledged and dropped (not part of this SDK's API)");
+                info!(
+                    ?properties,
+                    size, "cloud-to-device message acknowledged and dropped (not part of this SDK's API)"
+                );
                 None
             }
             Incoming::Ignored(reason) => {
-                debug!(%reason, "incoming message ignored");
+                debug!(?reason, "incoming message ignored");
                 None
             }
         }
@@ -274,7 +277,7 @@ impl TelemetryMapper {
             }
             Err(reason) => {
                 self.links.remove(&seq);
-                warn!(seq, %reason, "the platform refused a large message for good; it is dropped from the queue");
+                warn!(seq, ?reason, "the platform refused a large message for good; it is dropped from the queue");
                 Outcome::Refused { seq, reason: format!("large message upload refused: {reason}") }
             }
         };

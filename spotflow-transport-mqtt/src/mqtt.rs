@@ -69,7 +69,7 @@ impl Transport for MqttTransport {
             o.session.secure(tcp, host).await
         };
         let connection = o.session.connect("MQTT", creds, session, stream).await?;
-        info!(hub = %host, port = o.port, tls = o.session.tls.is_some(), "MQTT connected");
+        info!(hub = ?host, port = o.port, tls = o.session.tls.is_some(), "MQTT connected");
         Ok(connection)
     }
 }

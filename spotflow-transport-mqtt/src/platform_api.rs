@@ -36,13 +36,16 @@ impl Answer {
         self.body.as_ref()?.get("type")?.as_str()
     }
 
+    /// The problem's title as the platform wrote it, its control characters escaped (it goes into
+    /// errors that are logged: a title cannot forge log lines).
     fn problem_title(&self) -> String {
-        self.body
+        let title = self
+            .body
             .as_ref()
             .and_then(|b| b.get("title").or_else(|| b.get("detail")))
             .and_then(Value::as_str)
-            .unwrap_or("Unknown error")
-            .to_owned()
+            .unwrap_or("Unknown error");
+        title.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
     }
 
     fn str_field(&self, key: &str) -> Result<String> {
@@ -308,5 +311,13 @@ mod tests {
         ] {
             assert!(parse_connection_string(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn problem_titles_cannot_forge_log_lines() {
+        let answer = Answer::parse(400, br#"{"title": "bad\nFORGED INFO line\r\u001b[31m"}"#);
+        let error = answer.error("registration").to_string();
+        assert!(!error.contains(['\n', '\r', '\u{1b}']), "{error}");
+        assert!(error.contains(r"bad\nFORGED INFO line\r\u{1b}[31m"), "{error}");
     }
 }

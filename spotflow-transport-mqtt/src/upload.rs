@@ -19,7 +19,8 @@ fn uuid_v4() -> String {
 }
 
 fn http_error(context: &str, e: reqwest::Error) -> UploadError {
-    UploadError::Retry(Error::transport_with(context.to_owned(), e))
+    // Without the URL: it carries the blob's signature (and the host the platform named).
+    UploadError::Retry(Error::transport_with(context.to_owned(), e.without_url()))
 }
 
 /// Why an upload failed.

@@ -211,7 +211,7 @@ impl Transport for WsTransport {
             Ok(Box::new(WsBytes { ws, pending: Bytes::new() }) as Box<dyn ByteStream>)
         };
         let connection = o.session.connect("MQTT over WebSocket", creds, session, stream).await?;
-        info!(hub = %creds.hub_host, port = o.port, "MQTT over WebSocket connected");
+        info!(hub = ?creds.hub_host, port = o.port, "MQTT over WebSocket connected");
         Ok(connection)
     }
 }

@@ -144,8 +144,8 @@ pub async fn tunnel(proxy: &Proxy, host: &str, port: u16, timeout: Duration) -> 
                 debug!(proxy = %proxy.address, "proxy tunnel open");
                 Ok(tcp)
             }
-            Some(407) => Err(Error::Unauthorized(format!("the proxy refused the credentials ({status_line})"))),
-            _ => Err(Error::transport(format!("the proxy refused the tunnel: {status_line}"))),
+            Some(407) => Err(Error::Unauthorized(format!("the proxy refused the credentials ({status_line:?})"))),
+            _ => Err(Error::transport(format!("the proxy refused the tunnel: {status_line:?}"))),
         }
     };
     tokio::time::timeout(timeout, work)

@@ -98,31 +98,30 @@ pub struct Relayed {
 pub async fn relay(tcp: TcpStream, ws: TunnelSocket) -> Relayed {
     let (mut tcp_read, mut tcp_write) = tcp.into_split();
     let (mut ws_write, mut ws_read) = ws.split();
-    let mut relayed = Relayed::default();
+    // Counted outside the two directions: whichever ends first, both counts are kept.
+    let (sent, received) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     let mut buf = vec![0u8; FRAME_BYTES];
     let up = async {
-        let mut sent = 0u64;
         loop {
             match tcp_read.read(&mut buf).await {
                 Ok(0) => {
                     let _ = ws_write.send(Message::Close(None)).await;
-                    return (sent, "the local port closed".to_owned());
+                    return "the local port closed".to_owned();
                 }
                 Ok(n) => {
                     if let Err(e) = ws_write.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await {
-                        return (sent, format!("the platform's side failed: {e}"));
+                        return format!("the platform's side failed: {e}");
                     }
-                    sent += n as u64;
+                    sent.set(sent.get() + n as u64);
                 }
                 Err(e) => {
                     let _ = ws_write.send(Message::Close(None)).await;
-                    return (sent, format!("the local port failed: {e}"));
+                    return format!("the local port failed: {e}");
                 }
             }
         }
     };
     let down = async {
-        let mut received = 0u64;
         loop {
             let data = match ws_read.next().await {
                 Some(Ok(Message::Binary(data))) => data,
@@ -130,34 +129,28 @@ pub async fn relay(tcp: TcpStream, ws: TunnelSocket) -> Relayed {
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => {
                     let _ = tcp_write.shutdown().await;
-                    return (received, "the platform closed the tunnel".to_owned());
+                    return "the platform closed the tunnel".to_owned();
                 }
                 Some(Err(e)) => {
                     let _ = tcp_write.shutdown().await;
-                    return (received, format!("the platform's side failed: {e}"));
+                    return format!("the platform's side failed: {e}");
                 }
             };
             if let Err(e) = tcp_write.write_all(&data).await {
-                return (received, format!("the local port failed: {e}"));
+                return format!("the local port failed: {e}");
             }
-            received += data.len() as u64;
+            received.set(received.get() + data.len() as u64);
         }
     };
     // The first side to end ends the tunnel: the other is closed with it.
     tokio::pin!(up, down);
-    tokio::select! {
-        (sent, why) = &mut up => {
-            relayed.to_platform = sent;
-            relayed.ended_by = why;
+    let ended_by = tokio::select! {
+        why = &mut up => {
             // What the platform sent before its close still reaches the local port, briefly.
-            if let Ok((received, _)) = tokio::time::timeout(Duration::from_secs(5), &mut down).await {
-                relayed.to_device = received;
-            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut down).await;
+            why
         }
-        (received, why) = &mut down => {
-            relayed.to_device = received;
-            relayed.ended_by = why;
-        }
-    }
-    relayed
+        why = &mut down => why,
+    };
+    Relayed { to_platform: sent.get(), to_device: received.get(), ended_by }
 }
