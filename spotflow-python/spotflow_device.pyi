@@ -181,9 +181,11 @@ class DeviceClient:
           only ports tunnels may go to (others are refused); all ports when not given.
         * direct_method_handlers: (Beyond the reference package.) The Device's direct methods,
           by name: each function is called (on a thread of its own, at most 50 at once) with the
-          call's payload decoded from JSON (``None`` when empty) and returns ``(status, body)``,
-          or just ``body`` for status 200; ``body`` is anything ``json.dumps`` takes. A method
-          without a handler is answered 404, a handler that raises 500 with the exception's text.
+          call's payload decoded from JSON (``None`` when empty) and returns ``(status, body)``
+          (``status`` an integer from 100 to 599), or just ``body`` for status 200; ``body`` is
+          anything ``json.dumps`` takes, at most 131,072 bytes as JSON. A method without a
+          handler is answered 404; a handler that raises, or returns an invalid status, is logged
+          and answered 500 with the reason; a body over the limit is logged and answered 413.
           The Device takes direct methods only when this is given.
 
         If the Device is not yet registered in the Platform, or its Registration Token is

@@ -131,7 +131,10 @@ impl DeviceClientBuilder {
     /// [`crate::MAX_RUNNING_METHODS`] calls at once (more are answered `503`). Calls of methods
     /// without a handler are answered `404` `{"detail": "No handler found"}`. The device
     /// subscribes to direct methods only when it has a handler. A handler that panics is
-    /// answered `500`.
+    /// answered `500`; an answer with a status outside [`crate::METHOD_STATUSES`] (100–599) is
+    /// logged as an error and answered `500`, one whose body is over
+    /// [`crate::MAX_METHOD_RESPONSE_BYTES`] (128 KiB, the platform's limit) `413`, each with the
+    /// reason in its `detail`.
     ///
     /// ```no_run
     /// # async fn run() -> spotflow_device::Result<()> {

@@ -104,7 +104,7 @@ impl RemoteAccess {
                 port,
                 to_platform = relayed.to_platform,
                 to_device = relayed.to_device,
-                ended = %relayed.ended_by,
+                ended = ?relayed.ended_by,
                 "remote-access tunnel closed"
             );
         });

@@ -295,6 +295,9 @@ impl std::fmt::Debug for DeviceCredentials {
     }
 }
 
+/// Where the answer to a direct method call goes (or why there is none).
+type MethodReply = tokio::sync::oneshot::Sender<Result<MethodAnswer, MethodFailure>>;
+
 pub(crate) struct Inner {
     pub config: EmulatorConfig,
     policy: Policy,
@@ -308,7 +311,7 @@ pub(crate) struct Inner {
     duplicates: std::sync::atomic::AtomicU64,
     /// Direct method calls waiting for the device's answer, by request id: the device called,
     /// and where its answer goes.
-    methods: Mutex<HashMap<String, (String, tokio::sync::oneshot::Sender<Result<MethodAnswer, MethodFailure>>)>>,
+    methods: Mutex<HashMap<String, (String, MethodReply)>>,
     method_rid: std::sync::atomic::AtomicU64,
     pub(crate) tunnels: tunnels::Tunnels,
     https_addr: Mutex<Option<SocketAddr>>,

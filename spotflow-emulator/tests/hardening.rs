@@ -60,6 +60,9 @@ async fn unauthenticated_uploads_are_refused_before_their_body_is_read() {
         let _ = tokio::time::timeout(Duration::from_secs(2), socket.write_all(&chunk)).await;
     }
     let end_kib = process.rss_kib();
+    eprintln!(
+        "RSS: {start_kib} KiB at start, {end_kib} KiB after 100 refused 16 MiB uploads and 100 MiB of bodies sent"
+    );
     assert!(
         end_kib < start_kib + 50 * 1024,
         "RSS grew from {start_kib} KiB to {end_kib} KiB with 100 unauthenticated uploads"

@@ -381,8 +381,9 @@ impl StreamSender {
 }
 
 /// Runs a Python direct-method handler: it is given the payload as a Python object (`json.loads`;
-/// `None` when empty) and returns `(status, body)` or just `body` (status 200), `body` anything
-/// `json.dumps` takes. An exception answers `500` with its text.
+/// `None` when empty) and returns `(status, body)` (status an integer from 100 to 599) or just
+/// `body` (status 200), `body` anything `json.dumps` takes. An exception, or an invalid answer,
+/// is logged and answers `500` with its text.
 fn call_method_handler(
     method: &str,
     handler: &Py<PyAny>,
@@ -402,8 +403,32 @@ fn call_method_handler(
                 json.call_method1("loads", (text.as_ref(),))?
             };
             let result = handler.bind(py).call1((payload,))?;
-            let (status, body) = match result.extract::<(u16, Bound<'_, PyAny>)>() {
-                Ok((status, body)) => (status, body),
+            // A tuple is `(status, body)`; its status must be an integer from 100 to 599, or the
+            // handler's author gets an error (logged, the caller answered 500), never a body
+            // that silently swallowed the status.
+            let (status, body) = match result.cast::<pyo3::types::PyTuple>() {
+                Ok(tuple) if tuple.len() == 2 => {
+                    let status = tuple.get_item(0)?;
+                    let valid = status
+                        .extract::<i64>()
+                        .ok()
+                        .filter(|_| !status.is_instance_of::<pyo3::types::PyBool>())
+                        .and_then(|s| u16::try_from(s).ok())
+                        .filter(|s| spotflow_device::METHOD_STATUSES.contains(s));
+                    let Some(status) = valid else {
+                        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                            "the status of (status, body) must be an integer from 100 to 599, not {}",
+                            status.repr()?
+                        )));
+                    };
+                    (status, tuple.get_item(1)?)
+                }
+                Ok(tuple) => {
+                    return Err(PyTypeError::new_err(format!(
+                        "a handler returns (status, body) or just body, not a tuple of {} items",
+                        tuple.len()
+                    )))
+                }
                 Err(_) => (200, result),
             };
             let body: String = json.call_method1("dumps", (body,))?.extract()?;

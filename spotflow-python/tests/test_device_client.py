@@ -576,7 +576,9 @@ def test_stats_show_the_queue_deliveries_connection_and_latency(emulator, token,
     assert client.stats.connection == "closed"
 
 
-def test_direct_method_handlers_answer_calls_from_the_platform(emulator, token, approver, tmp_path):
+def test_direct_method_handlers_answer_calls_from_the_platform(emulator, token, approver, tmp_path, caplog):
+    caplog.set_level(logging.ERROR, logger="spotflow_device")
+
     def set_mode(payload):
         if payload.get("mode") not in ("eco", "boost"):
             return 400, {"detail": f"unknown mode {payload.get('mode')!r}"}
@@ -587,7 +589,15 @@ def test_direct_method_handlers_answer_calls_from_the_platform(emulator, token, 
 
     client = start(
         emulator, token, tmp_path / "device.db", "py-methods", approver,
-        direct_method_handlers={"set_mode": set_mode, "read": broken, "ping": lambda payload: (204, None)},
+        direct_method_handlers={
+            "set_mode": set_mode,
+            "read": broken,
+            "ping": lambda payload: (204, None),
+            "negative": lambda payload: (-5, {}),
+            "text_status": lambda payload: ("200", {}),
+            "triple": lambda payload: (200, {}, "extra"),
+            "big": lambda payload: "x" * 2_000_000,
+        },
     )
     try:
         device = hub_id(client)
@@ -604,6 +614,19 @@ def test_direct_method_handlers_answer_calls_from_the_platform(emulator, token, 
         answer = call("read", None)
         assert answer["status"] == 500 and "the sensor is unplugged" in answer["payload"]["detail"], answer
         assert call("nope", {}) == {"status": 404, "payload": {"detail": "No handler found"}}
+        # An invalid status is an error its author sees (logged), never a 200 with the tuple as
+        # the body; so is a tuple of another length.
+        for method, reason in [("negative", "not -5"), ("text_status", "not '200'"), ("triple", "tuple of 3 items")]:
+            answer = call(method, None)
+            assert answer["status"] == 500 and reason in answer["payload"]["detail"], answer
+            assert any(
+                f'direct method "{method}"' in r.getMessage() and reason in r.getMessage() for r in caplog.records
+            ), [r.getMessage() for r in caplog.records]
+        # An answer over the platform's limit (128 KiB): 413 with the reason, the device stays connected.
+        answer = call("big", None)
+        assert answer["status"] == 413 and "limited to 131072 bytes" in answer["payload"]["detail"], answer
+        assert call("ping", None) == {"status": 204, "payload": None}
+        assert client.stats.reconnects == 0
     finally:
         client.close()
     with pytest.raises(TypeError):

@@ -7,6 +7,7 @@
 //! frames from the platform are written to the local port; a close frame ends the relay, and the
 //! local port's end of stream sends one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,7 +100,7 @@ pub async fn relay(tcp: TcpStream, ws: TunnelSocket) -> Relayed {
     let (mut tcp_read, mut tcp_write) = tcp.into_split();
     let (mut ws_write, mut ws_read) = ws.split();
     // Counted outside the two directions: whichever ends first, both counts are kept.
-    let (sent, received) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
     let mut buf = vec![0u8; FRAME_BYTES];
     let up = async {
         loop {
@@ -112,7 +113,7 @@ pub async fn relay(tcp: TcpStream, ws: TunnelSocket) -> Relayed {
                     if let Err(e) = ws_write.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await {
                         return format!("the platform's side failed: {e}");
                     }
-                    sent.set(sent.get() + n as u64);
+                    sent.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
                     let _ = ws_write.send(Message::Close(None)).await;
@@ -139,7 +140,7 @@ pub async fn relay(tcp: TcpStream, ws: TunnelSocket) -> Relayed {
             if let Err(e) = tcp_write.write_all(&data).await {
                 return format!("the local port failed: {e}");
             }
-            received.set(received.get() + data.len() as u64);
+            received.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
     };
     // The first side to end ends the tunnel: the other is closed with it.
@@ -152,5 +153,5 @@ pub async fn relay(tcp: TcpStream, ws: TunnelSocket) -> Relayed {
         }
         why = &mut down => why,
     };
-    Relayed { to_platform: sent.get(), to_device: received.get(), ended_by }
+    Relayed { to_platform: sent.load(Ordering::Relaxed), to_device: received.load(Ordering::Relaxed), ended_by }
 }
