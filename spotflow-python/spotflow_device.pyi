@@ -3,15 +3,28 @@ reported properties. The SDK's core is written in Rust; every blocking call rele
 can be interrupted with Ctrl+C. Background events are logged with the ``spotflow_device`` logger
 of the standard :mod:`logging` module."""
 
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union, final
 
 __version__: str
+
+__all__ = [
+    "SpotflowError",
+    "Compression",
+    "ProvisioningOperation",
+    "DesiredProperties",
+    "ClientStats",
+    "DeviceClient",
+    "StreamSender",
+    "_shutdown",
+    "__version__",
+]
 
 class SpotflowError(Exception):
     """Any function, method, or property can throw this exception when it cannot continue because
     of an error. Errors that happen during the communication in the background are logged using
     the package logging."""
 
+@final
 class ProvisioningOperation:
     """The summary of an ongoing Provisioning Operation.
 
@@ -29,6 +42,7 @@ class ProvisioningOperation:
         """(Read-only) The expiration time of this Provisioning Operation. The operation is no
         longer valid after that. The date/time format is RFC 3339."""
 
+@final
 class Compression:
     """An enum that specifies the compression to use for sending a message.
 
@@ -52,6 +66,7 @@ class Compression:
     ZSTD: "Compression"
     def __int__(self) -> int: ...
 
+@final
 class DesiredProperties:
     """A wrapper of Desired Properties."""
 
@@ -62,6 +77,7 @@ class DesiredProperties:
     def values(self) -> dict:
         """The dictionary containing the values of the individual properties."""
 
+@final
 class StreamSender:
     """A sender of Messages to a Stream.
 
@@ -109,6 +125,7 @@ class StreamSender:
         """Enqueue the manual completion of the current Message to be sent to the Platform. Use
         this method when Message Chunking is used."""
 
+@final
 class ClientStats:
     """(Beyond the reference) A snapshot of a DeviceClient. Durations are in seconds, times are
     Unix timestamps; totals count from this start of the client."""
@@ -134,6 +151,7 @@ class ClientStats:
     latency_p90: Optional[float]
     latency_p99: Optional[float]
 
+@final
 class DeviceClient:
     """A client connected to the Platform. Create its instance using DeviceClient.start.
 
@@ -249,3 +267,6 @@ class DeviceClient:
         stay in the database and are sent by the next client started with it."""
     def __enter__(self) -> "DeviceClient": ...
     def __exit__(self, exc_type: object = None, exc_value: object = None, traceback: object = None) -> bool: ...
+
+def _shutdown() -> None:
+    """Closes every client of this process (registered with ``atexit``; not for applications)."""
