@@ -121,6 +121,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             decoded,
             messages.iter().filter(|m| m.complete_batch).count()
         );
+        // Exactly once: every message acknowledged is stored, none twice.
+        if messages.len() != (total + 1) as usize {
+            return Err(format!("the platform stored {} messages, not {}", messages.len(), total + 1).into());
+        }
         if let Some(last) = messages.iter().rev().find(|m| !m.payload.is_empty()) {
             println!(
                 "Last message (stream {}/{}, batch {}): {}",
