@@ -385,7 +385,7 @@ impl Counters {
         self.enqueued.fetch_add(1, Ordering::Relaxed);
         let us = self.now_us();
         self.timing.ring[seq as usize % RING].store(pack(seq, us), Ordering::Release);
-        if seq % SAMPLE_EVERY == 0 {
+        if seq.is_multiple_of(SAMPLE_EVERY) {
             let oldest = self.timing.oldest_seq.load(Ordering::Acquire);
             let mut samples = self.timing.samples.lock().unwrap_or_else(|p| p.into_inner());
             // Samples of messages that left the queue are not needed (one is kept before the
