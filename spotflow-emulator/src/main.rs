@@ -429,10 +429,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                     after = after.max(m.get("id").and_then(Value::as_i64).unwrap_or(after));
                     println!("{}", m);
                 }
-                if !follow {
-                    return Ok(());
-                }
+                // Without --follow: every page until the stored messages run out.
                 if items.is_empty() {
+                    if !follow {
+                        return Ok(());
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
