@@ -42,7 +42,7 @@ for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
   echo "== spotflow-emulator for $target"
   cargo zigbuild --release -p spotflow-emulator --bin spotflow-emulator --target "$target" \
     || fail "the emulator did not build for $target"
-  cp "target/$target/release/spotflow-emulator" "dist/spotflow-emulator-$target"
+  cp "${CARGO_TARGET_DIR:-target}/$target/release/spotflow-emulator" "dist/spotflow-emulator-$target"
   description="$(file -b "dist/spotflow-emulator-$target")"
   echo "-- dist/spotflow-emulator-$target: $(stat -c %s "dist/spotflow-emulator-$target") bytes, $description"
   grep -q "statically linked\|static-pie linked" <<<"$description" || fail "dist/spotflow-emulator-$target is not static"
