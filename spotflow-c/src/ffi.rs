@@ -243,3 +243,58 @@ impl Context {
 unsafe impl Send for Context {}
 // SAFETY: as above.
 unsafe impl Sync for Context {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(buffer: &mut [u8]) -> i32 {
+        // SAFETY: a live buffer of its length.
+        unsafe { read_last_error(buffer.as_mut_ptr().cast(), buffer.len()) }
+    }
+
+    #[test]
+    fn the_last_error_is_read_as_the_reference_documents() {
+        let mut big = vec![0xAAu8; ERROR_MAX_LENGTH];
+        // No error: 0 and an empty string.
+        assert_eq!(read(&mut big), 0);
+        assert_eq!(big[0], 0);
+        // NULL: -1.
+        // SAFETY: NULL is allowed.
+        assert_eq!(unsafe { read_last_error(std::ptr::null_mut(), 10) }, -1);
+
+        // A message that fits: its bytes and the NUL; then cleared.
+        set_last_error("bad input".into());
+        assert_eq!(read(&mut big), 10);
+        assert_eq!(&big[..10], b"bad input\0");
+        assert_eq!(read(&mut big), 0);
+
+        // Under 1,024 bytes and too small: -1, and the error is kept.
+        set_last_error("x".repeat(2000));
+        let mut small = [0u8; 100];
+        assert_eq!(read(&mut small), -1);
+        // From 1,024 bytes on: truncated to the buffer, NUL included.
+        assert_eq!(read(&mut big), 1024);
+        assert_eq!(big[1023], 0);
+        assert!(big[..1023].iter().all(|b| *b == b'x'));
+        assert_eq!(read(&mut big), 0);
+
+        // Truncated at a character boundary: still UTF-8.
+        set_last_error(format!("{}é", "a".repeat(1022)));
+        assert_eq!(read(&mut big), 1023);
+        assert_eq!(std::str::from_utf8(&big[..1022]).map(str::len), Ok(1022));
+        // A message of exactly 1,023 bytes fits a 1,024-byte buffer whole.
+        set_last_error("b".repeat(1023));
+        assert_eq!(read(&mut big), 1024);
+    }
+
+    #[test]
+    fn a_panic_becomes_an_error_with_its_message() {
+        let result = guard("spotflow_test", || panic!("boom"));
+        assert_eq!(result, spotflow_result_t::SPOTFLOW_ERROR);
+        let mut buffer = vec![0u8; ERROR_MAX_LENGTH];
+        let n = read(&mut buffer);
+        let text = std::str::from_utf8(&buffer[..n as usize - 1]).expect("UTF-8");
+        assert!(text.contains("spotflow_test") && text.contains("boom"), "{text}");
+    }
+}

@@ -128,7 +128,12 @@ pub type spotflow_desired_properties_updated_callback_t =
 /// **Addition**: receives the library's log records (strings valid only during the call), on
 /// whichever thread logs.
 pub type spotflow_log_callback_t = Option<
-    unsafe extern "C" fn(level: spotflow_log_level_t, target: *const c_char, message: *const c_char, context: *mut c_void),
+    unsafe extern "C" fn(
+        level: spotflow_log_level_t,
+        target: *const c_char,
+        message: *const c_char,
+        context: *mut c_void,
+    ),
 >;
 
 /// **Addition**: handles a direct method call on a background thread and returns its status
@@ -256,7 +261,9 @@ fn compression(arg: CompressionArg) -> Outcome<Compression> {
         2 => Compression::SmallestSize,
         3 => Compression::Lz4,
         4 => Compression::Zstd { level: 3 },
-        other => return Err(Failure::error(format!("compression {other} is not a spotflow_compression_t value (0-4)"))),
+        other => {
+            return Err(Failure::error(format!("compression {other} is not a spotflow_compression_t value (0-4)")))
+        }
     })
 }
 
@@ -279,7 +286,10 @@ pub extern "C" fn spotflow_set_log_level(level: LogLevelArg) -> spotflow_result_
 /// **Addition**: sends the library's log records to `callback` (with `context`) instead of stderr;
 /// NULL goes back to stderr. The level still applies (`spotflow_set_log_level`).
 #[no_mangle]
-pub extern "C" fn spotflow_set_log_callback(callback: spotflow_log_callback_t, context: *mut c_void) -> spotflow_result_t {
+pub extern "C" fn spotflow_set_log_callback(
+    callback: spotflow_log_callback_t,
+    context: *mut c_void,
+) -> spotflow_result_t {
     guard("spotflow_set_log_callback", || {
         log::set_callback(callback, Context(context));
         Ok(())
@@ -550,8 +560,9 @@ fn method_response(handler: &MethodHandler, call: &spotflow_device::MethodCall) 
     let mut response = spotflow_method_response_t::default();
     let payload = call.payload();
     // SAFETY: the application's handler, given strings and a response valid during the call.
-    let status =
-        unsafe { (handler.handler)(method.as_ptr(), payload.as_ptr(), payload.len(), &mut response, handler.context.ptr()) };
+    let status = unsafe {
+        (handler.handler)(method.as_ptr(), payload.as_ptr(), payload.len(), &mut response, handler.context.ptr())
+    };
     match u16::try_from(status).ok().filter(|s| (100..=599).contains(s)) {
         Some(status) => spotflow_device::MethodResponse { status, body: response.body.unwrap_or(Value::Null) },
         None => spotflow_device::MethodResponse::error(
@@ -970,7 +981,9 @@ pub unsafe extern "C" fn spotflow_client_enqueue_message_completion(
 
 /// Blocks until every message enqueued before the call is acknowledged by the platform.
 #[no_mangle]
-pub unsafe extern "C" fn spotflow_client_wait_enqueued_messages_sent(client: *mut spotflow_client_t) -> spotflow_result_t {
+pub unsafe extern "C" fn spotflow_client_wait_enqueued_messages_sent(
+    client: *mut spotflow_client_t,
+) -> spotflow_result_t {
     with_client("spotflow_client_wait_enqueued_messages_sent", client, |client| {
         client.client.wait_enqueued_messages_sent()?;
         Ok(())
@@ -1162,8 +1175,8 @@ pub unsafe extern "C" fn spotflow_client_update_reported_properties(
     with_client("spotflow_client_update_reported_properties", client, |client| {
         // SAFETY: NULL or a NUL-terminated string (the contract).
         let text = unsafe { required_str(properties, "properties") }?;
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| Failure::error(format!("properties is not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| Failure::error(format!("properties is not valid JSON: {e}")))?;
         if !value.is_object() {
             return Err(Failure::error("properties must be a JSON object"));
         }
@@ -1199,9 +1212,9 @@ pub unsafe extern "C" fn spotflow_method_response_set_body(
         // SAFETY: NULL or a NUL-terminated string (the contract).
         response.body = match unsafe { optional_str(json, "json") }? {
             None => None,
-            Some(text) => Some(
-                serde_json::from_str(text).map_err(|e| Failure::error(format!("json is not valid JSON: {e}")))?,
-            ),
+            Some(text) => {
+                Some(serde_json::from_str(text).map_err(|e| Failure::error(format!("json is not valid JSON: {e}")))?)
+            }
         };
         Ok(())
     })

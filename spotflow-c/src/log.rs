@@ -126,9 +126,8 @@ impl Subscriber for CLogger {
             }
             None => {
                 let now = time::OffsetDateTime::now_utc();
-                let stamp = now
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_else(|_| String::from("-"));
+                let stamp =
+                    now.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| String::from("-"));
                 let _ = writeln!(
                     std::io::stderr().lock(),
                     "{stamp} {:>5} {}: {}",
