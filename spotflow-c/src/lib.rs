@@ -97,13 +97,13 @@ pub enum spotflow_durability_t {
 // these parameters with their enum types (cbindgen.toml renames them and leaves them out).
 #[repr(transparent)]
 #[derive(Debug, Clone, Copy)]
-pub struct CompressionArg(c_int);
+pub struct CompressionArg(pub c_int);
 #[repr(transparent)]
 #[derive(Debug, Clone, Copy)]
-pub struct LogLevelArg(c_int);
+pub struct LogLevelArg(pub c_int);
 #[repr(transparent)]
 #[derive(Debug, Clone, Copy)]
-pub struct DurabilityArg(c_int);
+pub struct DurabilityArg(pub c_int);
 
 /// A provisioning operation waiting for approval (valid only during the callback).
 #[repr(C)]

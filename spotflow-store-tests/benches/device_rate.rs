@@ -19,6 +19,11 @@
 //! Rust blocking client it wraps; with `SPOTFLOW_OFFICIAL_PYTHON` (a venv with the official
 //! `spotflow-device` 2.1.1 from PyPI) the official Python package too. Both need port 8883.
 //!
+//! The C library (`spotflow-c`): its `benches/rate_child.c` (the same workload and protocol through
+//! spotflow.h) compiled here with `cc -O2` against `target/release/libspotflow.a` when that exists
+//! (`cargo build --release -p spotflow-c`), at both durability levels, against the Rust blocking
+//! client it wraps (target: at most 5 % more CPU per message).
+//!
 //! `SPOTFLOW_RATE_CHILD` names a copy of the `rate-child` executable to run instead of the one
 //! built beside this bench (to compare two builds).
 //!
@@ -391,6 +396,65 @@ fn floor_rows(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rate: u32, se
     }
 }
 
+/// `benches/rate_child.c` of spotflow-c compiled against the release `libspotflow.a` beside this
+/// benchmark (target/release); `Err` says why it cannot be.
+fn c_rate_child(out: &std::path::Path) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let release = exe.parent().and_then(std::path::Path::parent).ok_or("no target directory")?;
+    let lib = release.join("libspotflow.a");
+    if !lib.exists() {
+        return Err(format!("no {} (cargo build --release -p spotflow-c)", lib.display()));
+    }
+    let c = concat!(env!("CARGO_MANIFEST_DIR"), "/../spotflow-c");
+    let built = std::process::Command::new("cc")
+        .args(["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(format!("{c}/include"))
+        .arg("-o")
+        .arg(out)
+        .arg(format!("{c}/benches/rate_child.c"))
+        .arg(&lib)
+        .args(["-lpthread", "-lm", "-ldl"])
+        .output()
+        .map_err(|e| format!("cc: {e}"))?;
+    if !built.status.success() {
+        return Err(format!("cc failed: {}", String::from_utf8_lossy(&built.stderr)));
+    }
+    Ok(())
+}
+
+/// The C rows: the C library at both durability levels against the Rust blocking client's CPU
+/// (which it wraps), same workload, same pacing.
+fn c_rows(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rate: u32, seconds: f64, rust: &[(String, f64)]) {
+    // Beside `dir`, which each emulator run empties.
+    let child = std::env::temp_dir().join(format!("spotflow-rate-child-c-{}", std::process::id()));
+    match c_rate_child(&child) {
+        Ok(()) => {}
+        Err(why) => {
+            println!("  c: not measured ({why})");
+            return;
+        }
+    };
+    let mut ratios = Vec::new();
+    for durability in ["crash-safe", "power-loss-safe"] {
+        let emu = emulator(rt, dir);
+        let mut command = std::process::Command::new(&child);
+        command
+            .env("INSTANCE", emu.https_url())
+            .env("SSL_CERT_FILE", emu.ca_path().expect("CA"))
+            .env_remove("SSL_CERT_DIR")
+            .env("MQTT_PORT", emu.mqtts_addr().expect("MQTT/TLS").port().to_string())
+            .env("PROVISIONING_TOKEN", emu.create_provisioning_token())
+            .env("DB", dir.join("c.db"))
+            .env("DURABILITY", durability);
+        let row = measure(rt, &emu, command, rate, seconds);
+        print_row(&format!("c (spotflow.h), {durability}"), rate, &row);
+        let blocking = rust.iter().find(|(n, _)| *n == format!("blocking, {durability}")).map_or(f64::NAN, |r| r.1);
+        ratios.push(format!("{durability} {:.3}x", row.cpu_per_message() / blocking));
+    }
+    let _ = std::fs::remove_file(&child);
+    println!("    c CPU per message / Rust blocking client: {} (target <= 1.05x)", ratios.join(", "));
+}
+
 /// The Python rows: ours at both durability levels (against the Rust blocking client's CPU,
 /// which the binding wraps) and the official Python package 2.1.1.
 fn python_rows(
@@ -449,6 +513,7 @@ fn main() {
             }
         }
         floor_rows(&rt, &dir, rate, a.seconds, &ours);
+        c_rows(&rt, &dir, rate, a.seconds, &ours);
         python_rows(&rt, &dir, python.as_deref(), official_python.as_deref(), rate, a.seconds, &ours);
         match &harness {
             Some(h) => {
