@@ -6,6 +6,8 @@
 # Needs: rustup, Python 3 with venv (maturin, zig and auditwheel come from PyPI), cargo-zigbuild
 # (`cargo install cargo-zigbuild --locked`). A missing target or tool stops it with the reason.
 # Usage: scripts/release.sh [--emulators-only]
+# SPOTFLOW_EMULATOR_PROFILE picks the Cargo profile of the emulators (default release; CI checks
+# them built with `dev`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail() { echo "release: $*" >&2; exit 1; }
@@ -25,6 +27,9 @@ fi
 # cargo-zigbuild finds zig through `python3 -m ziglang`.
 export PATH="$(cd "$venv/bin" && pwd):$PATH"
 mkdir -p dist
+profile="${SPOTFLOW_EMULATOR_PROFILE:-release}"
+profile_dir="$profile"
+[ "$profile" != dev ] || profile_dir=debug
 
 if ! $only_emulators; then
   rm -rf dist/crates
@@ -40,9 +45,9 @@ for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
     rustup target add "$target" || fail "rustup cannot add the target $target"
   fi
   echo "== spotflow-emulator for $target"
-  cargo zigbuild --release -p spotflow-emulator --bin spotflow-emulator --target "$target" \
+  cargo zigbuild --profile "$profile" -p spotflow-emulator --bin spotflow-emulator --target "$target" \
     || fail "the emulator did not build for $target"
-  cp "${CARGO_TARGET_DIR:-target}/$target/release/spotflow-emulator" "dist/spotflow-emulator-$target"
+  cp "${CARGO_TARGET_DIR:-target}/$target/$profile_dir/spotflow-emulator" "dist/spotflow-emulator-$target"
   description="$(file -b "dist/spotflow-emulator-$target")"
   echo "-- dist/spotflow-emulator-$target: $(stat -c %s "dist/spotflow-emulator-$target") bytes, $description"
   grep -q "statically linked\|static-pie linked" <<<"$description" || fail "dist/spotflow-emulator-$target is not static"
