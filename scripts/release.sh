@@ -3,6 +3,8 @@
 #   dist/crates/   the published crates (cargo package, each built from its tarball)
 #   dist/wheels/   the Python wheels of every Linux platform (scripts/build-wheels.sh)
 #   dist/spotflow-emulator-<target>   the emulator as one static file (musl) for x86_64 and aarch64
+#   dist/spotflow-c-<version>-<target>.tar.gz   the C library for x86_64 and aarch64
+#                  (scripts/c-package.sh; unpacked beside it)
 # Needs: rustup, Python 3 with venv (maturin, zig and auditwheel come from PyPI), cargo-zigbuild
 # (`cargo install cargo-zigbuild --locked`). A missing target or tool stops it with the reason.
 # Usage: scripts/release.sh [--emulators-only]
@@ -38,6 +40,9 @@ if ! $only_emulators; then
     -p spotflow-store-sled -p spotflow-device -p spotflow-emulator || fail "cargo package failed"
   cp target/package/spotflow-*-"$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml)".crate dist/crates/
   SPOTFLOW_WHEEL_DIR=dist/wheels bash scripts/build-wheels.sh || fail "the wheels did not build"
+  for cpu in x86_64 aarch64; do
+    bash scripts/c-package.sh "$cpu" || fail "the C package for $cpu did not build"
+  done
 fi
 
 for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
@@ -53,6 +58,6 @@ for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
   grep -q "statically linked\|static-pie linked" <<<"$description" || fail "dist/spotflow-emulator-$target is not static"
 done
 
-(cd dist && find . -type f ! -name SHA256SUMS ! -name '*.auditwheel.txt' -printf '%P\n' | sort | xargs sha256sum > SHA256SUMS)
+(cd dist && find . -type f ! -name SHA256SUMS ! -name '*.auditwheel.txt' ! -path './spotflow-c-*/*' -printf '%P\n' | sort | xargs sha256sum > SHA256SUMS)
 echo "== dist/SHA256SUMS"
 cat dist/SHA256SUMS
