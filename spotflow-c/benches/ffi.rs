@@ -52,6 +52,14 @@ fn main() {
         assert_eq!(spotflow_client_options_set_instance(options, instance.as_ptr()), ok());
         assert_eq!(spotflow_client_options_set_mqtt_port(options, port), ok());
         assert_eq!(spotflow_client_options_set_durability(options, DurabilityArg(1)), ok());
+        assert_eq!(
+            spotflow_client_options_set_display_provisioning_operation_callback(
+                options,
+                Some(quiet),
+                std::ptr::null_mut()
+            ),
+            ok()
+        );
         assert_eq!(spotflow_client_start(&mut client, options), ok());
         spotflow_client_options_destroy(options);
         assert_eq!(spotflow_message_context_create(&mut context, std::ptr::null(), std::ptr::null()), ok());
@@ -129,3 +137,6 @@ fn main() {
 fn ok() -> spotflow_result_t {
     spotflow_result_t::SPOTFLOW_OK
 }
+
+/// Shows nothing: the emulator approves the device at once.
+unsafe extern "C" fn quiet(_: *const spotflow_provisioning_operation_t, _: *mut std::ffi::c_void) {}

@@ -22,11 +22,11 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
-/// The directory of the library `cargo test` built: target/<profile> (this test runs from its
-/// deps/ folder).
+/// The directory of the library this `cargo test` built: target/<profile>/deps, where this test
+/// runs from (cargo copies it up to target/<profile> only for `cargo build`).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
     assert!(dir.join("libspotflow.a").exists(), "{} has no libspotflow.a", dir.display());
     dir
 }

@@ -20,8 +20,9 @@
 //! `spotflow-device` 2.1.1 from PyPI) the official Python package too. Both need port 8883.
 //!
 //! The C library (`spotflow-c`): its `benches/rate_child.c` (the same workload and protocol through
-//! spotflow.h) compiled here with `cc -O2` against `target/release/libspotflow.a` when that exists
-//! (`cargo build --release -p spotflow-c`), at both durability levels, against the Rust blocking
+//! spotflow.h) compiled here with `cc -O2` against the release `libspotflow.a` beside this
+//! benchmark when it was built with `-p spotflow-c` (as `.ci/run` builds the benchmarks), at both
+//! durability levels, against the Rust blocking
 //! client it wraps (target: at most 5 % more CPU per message).
 //!
 //! `SPOTFLOW_RATE_CHILD` names a copy of the `rate-child` executable to run instead of the one
@@ -40,10 +41,12 @@ struct Args {
     seconds: f64,
     rates: Vec<u32>,
     idle: bool,
+    /// Paired rounds (the Rust blocking client, then the C library) per durability.
+    c_rounds: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { seconds: 10.0, rates: vec![50, 200, 1000], idle: true };
+    let mut a = Args { seconds: 10.0, rates: vec![50, 200, 1000], idle: true, c_rounds: 5 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -53,7 +56,9 @@ fn args() -> Args {
             "--quick" => {
                 a.seconds = 3.0;
                 a.rates = vec![200];
+                a.c_rounds = 3;
             }
+            "--c-rounds" => a.c_rounds = value().parse().expect("--c-rounds N"),
             "--no-idle" => a.idle = false,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
@@ -397,13 +402,14 @@ fn floor_rows(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rate: u32, se
 }
 
 /// `benches/rate_child.c` of spotflow-c compiled against the release `libspotflow.a` beside this
-/// benchmark (target/release); `Err` says why it cannot be.
+/// benchmark (target/release/deps: built with it by `cargo bench -p spotflow-c …`); `Err` says why
+/// it cannot be.
 fn c_rate_child(out: &std::path::Path) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let release = exe.parent().and_then(std::path::Path::parent).ok_or("no target directory")?;
-    let lib = release.join("libspotflow.a");
+    let deps = exe.parent().ok_or("no target directory")?;
+    let lib = deps.join("libspotflow.a");
     if !lib.exists() {
-        return Err(format!("no {} (cargo build --release -p spotflow-c)", lib.display()));
+        return Err(format!("no {} (build the benchmarks with -p spotflow-c)", lib.display()));
     }
     let c = concat!(env!("CARGO_MANIFEST_DIR"), "/../spotflow-c");
     let built = std::process::Command::new("cc")
@@ -422,9 +428,10 @@ fn c_rate_child(out: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The C rows: the C library at both durability levels against the Rust blocking client's CPU
-/// (which it wraps), same workload, same pacing.
-fn c_rows(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rate: u32, seconds: f64, rust: &[(String, f64)]) {
+/// The C rows: the C library at both durability levels against the Rust blocking client it wraps,
+/// same workload, same pacing, in `rounds` pairs run one after the other (the figures of one
+/// process vary by some 10 % from run to run); medians.
+fn c_rows(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rate: u32, seconds: f64, rounds: usize) {
     // Beside `dir`, which each emulator run empties.
     let child = std::env::temp_dir().join(format!("spotflow-rate-child-c-{}", std::process::id()));
     match c_rate_child(&child) {
@@ -436,6 +443,35 @@ fn c_rows(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rate: u32, second
     };
     let mut ratios = Vec::new();
     for durability in ["crash-safe", "power-loss-safe"] {
+        let (mut c, mut rust) = (Vec::new(), Vec::new());
+        for _ in 0..rounds.max(1) {
+            rust.push(run_ours(rt, dir, "blocking", durability, rate, seconds).cpu_per_message());
+            let row = run_c(rt, dir, &child, durability, rate, seconds);
+            print_row(&format!("c (spotflow.h), {durability}"), rate, &row);
+            c.push(row.cpu_per_message());
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (c, rust) = (median(&mut c), median(&mut rust));
+        println!("    {durability}, {rounds} pairs: medians c {c:.1} µs/msg, Rust blocking {rust:.1} µs/msg");
+        ratios.push(format!("{durability} {:.3}x", c / rust));
+    }
+    let _ = std::fs::remove_file(&child);
+    println!("    c CPU per message / Rust blocking client (medians): {} (target <= 1.05x)", ratios.join(", "));
+}
+
+/// One run of the C rate child at `durability`.
+fn run_c(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    child: &std::path::Path,
+    durability: &str,
+    rate: u32,
+    seconds: f64,
+) -> Row {
+    {
         let emu = emulator(rt, dir);
         let mut command = std::process::Command::new(&child);
         command
@@ -446,13 +482,8 @@ fn c_rows(rt: &tokio::runtime::Runtime, dir: &std::path::Path, rate: u32, second
             .env("PROVISIONING_TOKEN", emu.create_provisioning_token())
             .env("DB", dir.join("c.db"))
             .env("DURABILITY", durability);
-        let row = measure(rt, &emu, command, rate, seconds);
-        print_row(&format!("c (spotflow.h), {durability}"), rate, &row);
-        let blocking = rust.iter().find(|(n, _)| *n == format!("blocking, {durability}")).map_or(f64::NAN, |r| r.1);
-        ratios.push(format!("{durability} {:.3}x", row.cpu_per_message() / blocking));
+        measure(rt, &emu, command, rate, seconds)
     }
-    let _ = std::fs::remove_file(&child);
-    println!("    c CPU per message / Rust blocking client: {} (target <= 1.05x)", ratios.join(", "));
 }
 
 /// The Python rows: ours at both durability levels (against the Rust blocking client's CPU,
@@ -513,7 +544,7 @@ fn main() {
             }
         }
         floor_rows(&rt, &dir, rate, a.seconds, &ours);
-        c_rows(&rt, &dir, rate, a.seconds, &ours);
+        c_rows(&rt, &dir, rate, a.seconds, a.c_rounds);
         python_rows(&rt, &dir, python.as_deref(), official_python.as_deref(), rate, a.seconds, &ours);
         match &harness {
             Some(h) => {
