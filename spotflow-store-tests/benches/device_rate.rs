@@ -473,7 +473,7 @@ fn run_c(
 ) -> Row {
     {
         let emu = emulator(rt, dir);
-        let mut command = std::process::Command::new(&child);
+        let mut command = std::process::Command::new(child);
         command
             .env("INSTANCE", emu.https_url())
             .env("SSL_CERT_FILE", emu.ca_path().expect("CA"))
