@@ -31,6 +31,7 @@ echo "highest glibc symbol the wheel needs: $(bash scripts/wheel-glibc.sh "$whee
 # `cargo test` built), else built here.
 if [ -z "${SPOTFLOW_EMULATOR_BIN:-}" ]; then
   cargo build -p spotflow-emulator
-  export SPOTFLOW_EMULATOR_BIN="$PWD/target/debug/spotflow-emulator"
+  # Where cargo put it: CARGO_TARGET_DIR (or the configuration's target directory) is honoured.
+  export SPOTFLOW_EMULATOR_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/spotflow-emulator"
 fi
 "$venv/bin/python" -m pytest spotflow-python/tests -q "$@"

@@ -9,7 +9,9 @@ cargo test --workspace --all-features
 # That run built the emulator and the test helpers (the dashboard's device) in target/debug, as the
 # integration tests use them: the Python suite and the browser test take them as they are instead of
 # building them again with other features.
-export SPOTFLOW_EMULATOR_BIN="$PWD/target/debug/spotflow-emulator"
-export SPOTFLOW_DASHBOARD_DEVICE="$PWD/target/debug/dashboard-device"
+# Cargo's target directory, CARGO_TARGET_DIR included.
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+export SPOTFLOW_EMULATOR_BIN="$target_dir/debug/spotflow-emulator"
+export SPOTFLOW_DASHBOARD_DEVICE="$target_dir/debug/dashboard-device"
 bash scripts/python-tests.sh
 bash scripts/browser-test.sh

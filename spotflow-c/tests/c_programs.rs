@@ -307,3 +307,56 @@ async fn callbacks_on_the_sdk_threads_while_three_threads_send_under_thread_sani
     let hub_id = format!("{}:threads-device", platform.emu.devices().first().expect("a device").workspace_id);
     assert_eq!(platform.stored(&hub_id).await, 900, "stored messages");
 }
+
+/// The ```c blocks of the user guide and of docs/c.md, each compiled (to an object file) by gcc
+/// and clang against `spotflow.h` with `-std=c99 -Wall -Wextra -Wpedantic -Werror`: the guide's C
+/// cannot drift from the header.
+#[test]
+fn the_c_blocks_of_the_guide_compile_with_gcc_and_clang() {
+    if !tools_present() {
+        return;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("spotflow-device/guide"))
+        .expect("the guide")
+        .map(|entry| entry.expect("guide entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .collect();
+    files.push(repo().join("docs/c.md"));
+    files.sort();
+    let out = tempfile::tempdir().expect("temporary directory");
+    let mut compiled = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("a Markdown file");
+        let mut block: Option<(usize, String)> = None;
+        for (n, line) in text.lines().enumerate() {
+            match &mut block {
+                None if line.trim_end() == "```c" => block = Some((n + 1, String::new())),
+                Some((start, code)) if line.trim_end() == "```" => {
+                    let name = format!("{}-{start}", file.file_stem().unwrap().to_string_lossy());
+                    let source = out.path().join(format!("{name}.c"));
+                    std::fs::write(&source, code.as_bytes()).expect("write the block");
+                    for cc in ["gcc", "clang"] {
+                        let output = Command::new(cc)
+                            .args(["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-c", "-I"])
+                            .arg(repo().join("spotflow-c/include"))
+                            .arg(&source)
+                            .arg("-o")
+                            .arg(out.path().join(format!("{name}-{cc}.o")))
+                            .output()
+                            .expect("run the C compiler");
+                        check(output, &format!("{cc} on the block at {}:{start}", file.display()));
+                    }
+                    compiled += 1;
+                    block = None;
+                }
+                Some((_, code)) => {
+                    code.push_str(line);
+                    code.push('\n');
+                }
+                None => {}
+            }
+        }
+        assert!(block.is_none(), "{}: a ```c block is not closed", file.display());
+    }
+    assert!(compiled >= 1, "no ```c block found in {files:?}");
+}

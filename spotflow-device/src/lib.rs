@@ -41,6 +41,8 @@ mod builder;
 mod client;
 #[cfg(feature = "sqlite")]
 mod gateway;
+#[cfg(all(any(doc, doctest), feature = "sqlite", feature = "ws", feature = "metrics", feature = "testkit"))]
+pub mod guide;
 mod instance;
 mod message;
 mod methods;

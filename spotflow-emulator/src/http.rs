@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
@@ -51,6 +51,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/admin/traffic", get(admin_traffic))
         .route("/admin/events", get(admin_events))
         .route("/metrics", get(metrics))
+        .route("/", get(root_redirect))
         .route("/dashboard", get(dashboard_page))
         .route("/dashboard/app.js", get(dashboard_script))
         .route("/dashboard/app.css", get(dashboard_style))
@@ -873,6 +874,11 @@ fn dashboard_file(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The bare address a person types (`https://localhost:8443/`) leads to the dashboard.
+async fn root_redirect() -> Response {
+    (StatusCode::FOUND, [(header::LOCATION, "/dashboard")]).into_response()
 }
 
 async fn dashboard_page() -> Response {

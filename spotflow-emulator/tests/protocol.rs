@@ -1136,6 +1136,9 @@ async fn the_dashboard_its_live_feed_and_the_prometheus_metrics() {
         assert!(r.headers()["content-security-policy"].to_str().unwrap().starts_with("default-src 'self'"));
     }
     assert_eq!(emu.dashboard_url(), format!("{base}/dashboard"));
+    // The bare address a person types leads there.
+    let r = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.url().path()), (200, "/dashboard"), "/ redirects to the dashboard");
     // The feed and the metrics need the admin token.
     for path in ["/admin/events", "/metrics"] {
         let r = http.get(format!("{base}{path}")).send().await.unwrap();

@@ -23,11 +23,24 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 MQTT_PORT = 8883
 
 
+def target_dir():
+    """Cargo's target directory: CARGO_TARGET_DIR (or the workspace's configuration) when set, as
+    `cargo metadata` reports it, else ./target."""
+    try:
+        out = subprocess.run(
+            ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+            cwd=REPO, capture_output=True, text=True, check=True, timeout=120,
+        ).stdout
+        return pathlib.Path(json.loads(out)["target_directory"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
+        return REPO / "target"
+
+
 def emulator_binary():
     path = os.environ.get("SPOTFLOW_EMULATOR_BIN")
     if path:
         return path
-    path = REPO / "target" / "debug" / "spotflow-emulator"
+    path = target_dir() / "debug" / "spotflow-emulator"
     if not path.exists():
         subprocess.run(["cargo", "build", "-p", "spotflow-emulator"], cwd=REPO, check=True, timeout=1200)
     return str(path)
