@@ -308,7 +308,7 @@ async fn callbacks_on_the_sdk_threads_while_three_threads_send_under_thread_sani
     assert_eq!(platform.stored(&hub_id).await, 900, "stored messages");
 }
 
-/// The ```c blocks of the user guide and of docs/c.md, each compiled (to an object file) by gcc
+/// The ```c blocks of the user guide, docs/c.md and this crate's README, each compiled (to an object file) by gcc
 /// and clang against `spotflow.h` with `-std=c99 -Wall -Wextra -Wpedantic -Werror`: the guide's C
 /// cannot drift from the header.
 #[test]
@@ -322,6 +322,7 @@ fn the_c_blocks_of_the_guide_compile_with_gcc_and_clang() {
         .filter(|path| path.extension().is_some_and(|e| e == "md"))
         .collect();
     files.push(repo().join("docs/c.md"));
+    files.push(repo().join("spotflow-c/README.md"));
     files.sort();
     let out = tempfile::tempdir().expect("temporary directory");
     let mut compiled = 0;
