@@ -26,6 +26,27 @@
 //!   is room again.
 //! * Recovery: sled replays its log at open. Its crash consistency is checked by the kill -9
 //!   tests of `spotflow-store-tests`, not assumed.
+//!
+//! Devices get it through `spotflow-device` with the feature `sled` (and without `sqlite`); open
+//! one yourself to give it other options, or to use it on its own:
+//!
+//! ```
+//! use spotflow_core::testkit::sample_message; // a message as the SDK queues it
+//! use spotflow_core::Store;
+//! use spotflow_store_sled::{Durability, SledStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> spotflow_core::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = SledStore::open_async(dir.path().join("spotflow.db"), Durability::PowerLossSafe).await?;
+//! let seq = store.append_message(sample_message(1)).await?; // journaled and fdatasync'd once this returns
+//! assert_eq!(store.read_messages(None, 10).await?.len(), 1);
+//! store.remove_messages(&[seq]).await?;
+//! assert_eq!(store.queue_stats().await?.count, 0);
+//! store.close().await?;
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

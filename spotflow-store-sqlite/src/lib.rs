@@ -18,6 +18,27 @@
 //! * Schema versions with migrations (`PRAGMA user_version`); a file written by a newer release
 //!   or a file that is not an SQLite database is refused with an error naming it, and never
 //!   overwritten.
+//!
+//! Devices get it through `spotflow-device` (its default feature `sqlite`: the store at the
+//! client's `db` path); open one yourself to give it other options, or to use it on its own:
+//!
+//! ```
+//! use spotflow_core::testkit::sample_message; // a message as the SDK queues it
+//! use spotflow_core::Store;
+//! use spotflow_store_sqlite::{Durability, SqliteStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> spotflow_core::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open_async(dir.path().join("spotflow.db"), Durability::PowerLossSafe).await?;
+//! let seq = store.append_message(sample_message(1)).await?; // on disk, fsync'd, once this returns
+//! assert_eq!(store.read_messages(None, 10).await?.len(), 1);
+//! store.remove_messages(&[seq]).await?; // acknowledged by the platform
+//! assert_eq!(store.queue_stats().await?.count, 0);
+//! store.close().await?;
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -3,6 +3,24 @@
 //! tokio-tungstenite, through an HTTP CONNECT proxy when configured (option or `HTTPS_PROXY` /
 //! `NO_PROXY`). The platform mapping (topics, property bag, twin correlation, uploads) is shared
 //! with `spotflow-transport-mqtt`; reconnects, backoff and credential renewal are the SDK's.
+//!
+//! `spotflow-device` builds it (feature `ws`) when `NetworkOptions::protocol` is
+//! `Protocol::MqttOverWebSocket`; build it yourself to choose the proxy, and inject it with the
+//! client builder's `.transport(..)`:
+//!
+//! ```no_run
+//! use spotflow_transport_mqtt::TlsOptions;
+//! use spotflow_transport_ws::{ProxyMode, WsTransport, WsTransportOptions};
+//!
+//! # fn main() -> spotflow_core::Result<()> {
+//! let tls = TlsOptions::platform().client_config()?; // the operating system's root certificates
+//! let mut options = WsTransportOptions::tls(tls);    // wss://{hub}:443/$iothub/websocket
+//! options.proxy = ProxyMode::FromEnvironment;        // HTTPS_PROXY unless NO_PROXY excludes the hub (default)
+//! let transport = WsTransport::new(options);
+//! # let _ = transport;
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
