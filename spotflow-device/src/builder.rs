@@ -10,7 +10,7 @@ use spotflow_core::{
     ProvisioningOperation, ReportedTracker, Result, Secret, Store, Transport,
 };
 use tokio::sync::{mpsc, watch, Notify};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::client::{ClientInner, DeviceClient};
 use crate::provisioning::{
@@ -281,6 +281,14 @@ impl DeviceClientBuilder {
         })
         .await?;
 
+        // Every log line of this client's background work (the worker, the credential keeper and
+        // the tasks they start: connections, uploads, direct methods, tunnels) is inside this
+        // span, so a process with many devices (a `Gateway`) says which device a line is about.
+        let span = tracing::info_span!(
+            "spotflow_device",
+            workspace_id = %identity.workspace_id,
+            device_id = %identity.device_id
+        );
         let stats = store.queue_stats().await?;
         let desired = store.load_desired().await?;
         let reported = store.load_reported().await?;
@@ -363,13 +371,13 @@ impl DeviceClientBuilder {
                 store_retry: options.retry_initial,
             }),
             twin_request: None,
-            keeper: Some(tokio::spawn(keeper.run(fresh))),
+            keeper: Some(tokio::spawn(keeper.run(fresh).instrument(span.clone()))),
             session,
             methods,
             method_answers,
         };
-        tokio::spawn(worker.run());
-        info!(pending = stats.count, "device client started");
+        tokio::spawn(worker.run().instrument(span.clone()));
+        span.in_scope(|| info!(pending = stats.count, "device client started"));
         Ok(DeviceClient {
             inner: Arc::new(ClientInner {
                 shared,
@@ -547,19 +555,29 @@ pub(crate) fn validate_db_path(db: &Path) -> Result<()> {
 }
 
 /// A thread that runs desired-properties callbacks in the order they come: one per client, or
-/// one for all the clients of a [`crate::Gateway`]. It ends when every sender is gone.
+/// one for all the clients of a [`crate::Gateway`]. It ends when every sender is gone. Each call
+/// runs inside the span of the client it is for (naming its device), so what the callback logs,
+/// and a panic of it, say which device they are about.
 #[derive(Clone)]
 pub(crate) struct CallbackThread {
-    tx: std::sync::mpsc::Sender<(DesiredPropertiesCallback, DesiredState)>,
+    tx: std::sync::mpsc::Sender<CallbackCall>,
+}
+
+/// A desired-properties callback to call, with its argument and its client's span.
+struct CallbackCall {
+    callback: DesiredPropertiesCallback,
+    state: DesiredState,
+    span: tracing::Span,
 }
 
 impl CallbackThread {
     pub(crate) fn spawn() -> Result<CallbackThread> {
-        let (tx, rx) = std::sync::mpsc::channel::<(DesiredPropertiesCallback, DesiredState)>();
+        let (tx, rx) = std::sync::mpsc::channel::<CallbackCall>();
         std::thread::Builder::new()
             .name("spotflow-desired-callback".into())
             .spawn(move || {
-                for (callback, state) in rx {
+                for CallbackCall { callback, state, span } in rx {
+                    let _entered = span.enter();
                     let version = state.version;
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(state))).is_err() {
                         warn!(version, "desired properties callback panicked");
@@ -579,9 +597,11 @@ pub(crate) struct DesiredSink {
 }
 
 impl DesiredSink {
-    /// Queues a call of the callback (nothing when the thread is gone).
+    /// Queues a call of the callback (nothing when the thread is gone), in the current span (the
+    /// client's, as the worker calls this).
     pub(crate) fn send(&self, state: DesiredState) {
-        let _ = self.thread.tx.send((self.callback.clone(), state));
+        let call = CallbackCall { callback: self.callback.clone(), state, span: tracing::Span::current() };
+        let _ = self.thread.tx.send(call);
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 /// Calls handled at the same time at most; a call beyond them is answered `503` at once (never
 /// left unanswered).
@@ -139,15 +139,18 @@ impl Methods {
         };
         let answers = self.answers.clone();
         info!(?method, "direct method called");
-        tokio::spawn(async move {
-            let (status, body) = match work {
-                Work::Handler(handler) => checked(&method, run_handler(handler, method.clone(), payload).await),
-                #[cfg(feature = "ws")]
-                Work::RemoteAccess(remote) => remote.open(payload).await,
-            };
-            let _ = answers.send((request, status, body));
-            drop(permit);
-        });
+        tokio::spawn(
+            async move {
+                let (status, body) = match work {
+                    Work::Handler(handler) => checked(&method, run_handler(handler, method.clone(), payload).await),
+                    #[cfg(feature = "ws")]
+                    Work::RemoteAccess(remote) => remote.open(payload).await,
+                };
+                let _ = answers.send((request, status, body));
+                drop(permit);
+            }
+            .in_current_span(),
+        );
         None
     }
 }

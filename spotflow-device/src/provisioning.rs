@@ -50,7 +50,7 @@ async fn bounded<T>(timeout: Duration, what: &str, f: impl Future<Output = Resul
 
 /// Decides the identity at start. Returns it, saved in the store, plus whether connection
 /// credentials in it are fresh from the platform (`false` on an offline start).
-#[tracing::instrument(name = "spotflow_start", skip_all)]
+#[tracing::instrument(name = "spotflow_start", skip_all, fields(device_id = ?req.device_id))]
 pub(crate) async fn obtain_identity(req: &StartRequest<'_>) -> Result<(DeviceIdentity, bool)> {
     let deadline = tokio::time::Instant::now() + req.options.start_timeout;
     let stored = req.store.load_identity().await?;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use spotflow_transport_ws::tunnel;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 /// Which local ports the platform may open tunnels to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,18 +96,21 @@ impl RemoteAccess {
         let host = uri.split("://").nth(1).and_then(|r| r.split(['/', '?']).next()).unwrap_or("").to_owned();
         info!(tunnel = ?tunnel_id, port, ?host, "remote-access tunnel open");
         let this = self.clone();
-        tokio::spawn(async move {
-            let relayed = tunnel::relay(tcp, ws).await;
-            this.finish(&tunnel_id);
-            info!(
-                tunnel = ?tunnel_id,
-                port,
-                to_platform = relayed.to_platform,
-                to_device = relayed.to_device,
-                ended = ?relayed.ended_by,
-                "remote-access tunnel closed"
-            );
-        });
+        tokio::spawn(
+            async move {
+                let relayed = tunnel::relay(tcp, ws).await;
+                this.finish(&tunnel_id);
+                info!(
+                    tunnel = ?tunnel_id,
+                    port,
+                    to_platform = relayed.to_platform,
+                    to_device = relayed.to_device,
+                    ended = ?relayed.ended_by,
+                    "remote-access tunnel closed"
+                );
+            }
+            .in_current_span(),
+        );
         (200, Vec::new())
     }
 }

@@ -14,7 +14,7 @@ use spotflow_core::{
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::topics::{self, Incoming};
 use crate::upload::{UploadError, Uploader};
@@ -227,7 +227,8 @@ impl TelemetryMapper {
                     }
                 }
             }
-        });
+        }
+        .in_current_span());
         None
     }
 

@@ -20,7 +20,7 @@ use spotflow_core::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::mapping::{RequestKind, TelemetryMapper, TwinRequests, EVENT_CHANNEL};
 use crate::topics;
@@ -190,7 +190,8 @@ pub async fn open(
     let (events_tx, events) = mpsc::channel(EVENT_CHANNEL);
     let task =
         Session { codec, write, commands: commands_rx, events: events_tx, twin: twin.clone(), out: BytesMut::new() };
-    let pump = tokio::spawn(task.run(options.keep_alive, options.stall_timeout));
+    // In the caller's span: the SDK runs each device's connections in a span naming the device.
+    let pump = tokio::spawn(task.run(options.keep_alive, options.stall_timeout).in_current_span());
     Ok(Box::new(SessionConnection { commands, events, twin, mapper, pump }))
 }
 
