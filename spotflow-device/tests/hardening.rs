@@ -7,8 +7,7 @@
 //! shared by the tests running at once: each looks for lines only it can have written (its own
 //! method names, tunnel ids and ports).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,55 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[macro_use]
 mod common;
+use common::log::log;
 use common::{network, Proto};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Everything this process logged (the fmt subscriber's plain text output).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log() -> &'static Captured {
-    static LOG: OnceLock<Captured> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .init();
-        captured
-    })
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Waits (at most [`WAIT`]) for a line containing every one of `needles`; returns it.
-    async fn line_with(&self, needles: &[&str]) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(line) = self.text().lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-                return line.to_owned();
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no line with {needles:?} in:\n{}", self.text());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 fn device(proto: Proto, emu: &Emulator, id: &str) -> spotflow_device::DeviceClientBuilder {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());

@@ -1,6 +1,8 @@
 //! Helpers shared by the facade tests: a client over the in-memory platform with fast timings.
 #![allow(dead_code)]
 
+pub mod log;
+
 use std::sync::Arc;
 use std::time::Duration;
 
