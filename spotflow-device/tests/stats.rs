@@ -113,13 +113,17 @@ async fn every_stats_field_moves_through_send_loss_redelivery_drops_and_restart(
 
     // Offline, with a budget for 3 of these messages and DropOldest: 5 enqueues drop 2.
     let size_of_one = {
+        // Its acknowledgement held back, the probe's message stays queued while it is measured.
+        platform.set_ack_mode(AckMode::Hold);
         let probe = start(&platform, &dir.path().join("probe.db"), None).await;
         let sender = probe.create_stream_sender(Some("g"), Some("s"), Compression::Uncompressed).unwrap();
         sender.enqueue_message(Message::new("0123456789")).await.unwrap();
         let size = probe.stats().queued_bytes;
         probe.close().await.unwrap();
+        platform.set_ack_mode(AckMode::Immediate);
         size
     };
+    assert!(size_of_one > 0, "the probe's message was counted while queued");
     platform.set_offline(true);
     let client = start(&platform, &db, Some(3 * size_of_one)).await;
     let sender = client.create_stream_sender(Some("g"), Some("s"), Compression::Uncompressed).unwrap();
