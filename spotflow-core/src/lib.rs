@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod adaptive_poll;
 mod backoff;
 mod compression;
 mod credentials;
@@ -72,14 +73,16 @@ pub use platform::{
 };
 pub use properties::{DesiredTracker, PatchOutcome, ReportedOutcome, ReportedTracker};
 pub use queue::OutgoingQueue;
-pub use store::{
-    recv_polling, AdaptivePoll, ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret,
-    Store, STORE_THREAD_POLL,
-};
+pub use store::{ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store};
 pub use thread_store::{
-    run_as_blocking_caller, Durability, FreeSpace, Namespace, OpenedCallback, StoreBackend, ThreadStore, SINGLE_DEVICE,
+    run_as_blocking_caller, Durability, DurableBackend, FreeSpace, Namespace, StateKey, StoreBackend, ThreadStore,
+    SINGLE_DEVICE,
 };
 pub use transport::{Connection, RequestId, SessionInfo, Transport, TransportEvent, TwinDocument};
 
-#[doc(hidden)]
-pub use async_trait::async_trait as __async_trait;
+/// Locks `mutex`, also when a thread panicked while holding it: every mutex of the SDK guards
+/// state that stays consistent between statements (a panic cannot leave it half-changed), so the
+/// data is used as it is rather than turning one panic into a panic of every later caller.
+pub fn lock<T: ?Sized>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

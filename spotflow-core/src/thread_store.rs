@@ -1,36 +1,46 @@
-//! What the durable stores share: a [`Store`](crate::Store) whose storage work runs on one
-//! dedicated thread.
+//! The runtime of the durable stores: a [`Store`] whose storage work runs on one dedicated
+//! thread that owns the backend.
 //!
-//! A store crate implements [`StoreBackend`] (blocking calls on its files) and wraps a
-//! [`ThreadStore`], which owns the thread and the channel to it, merges appends that arrive
-//! together into one call of [`StoreBackend::append`] (group commit: one durable write for all
-//! of them, each caller answered after it), and implements [`Store`](crate::Store) on top. No
+//! A store crate implements [`StoreBackend`] (blocking calls on its files) and [`DurableBackend`]
+//! (how it opens from a path); its store is then `ThreadStore<ItsBackend>` (a type alias in its
+//! crate: `SqliteStore`, `SledStore`), which owns the thread and a bounded channel to it, merges
+//! appends that arrive together into one call of [`StoreBackend::append`] (group commit: one
+//! durable write for all of them, each caller answered after it), and implements [`Store`]. No
 //! tokio worker ever waits for a flush to the disk (an fsync) or a checkpoint.
-//! [`crate::store_via_thread!`] implements
-//! [`Store`](crate::Store) for the wrapper.
 //!
-//! At a device's pace (a message every few milliseconds) handing every call to the thread costs
-//! more than the call: two thread wakeups per call, each several times the CPU of an append
-//! that needs no fsync. So a caller runs a small append or removal on its own thread instead,
-//! when the store's thread does not hold the backend at that moment (one lock, no wakeup): a
+//! # The fast path at a device's pace, and why it stays
+//!
+//! Handing every call to the thread costs two thread wakeups per call, each several times the
+//! CPU of an append that needs no fsync. So a caller runs a small append or removal itself when
+//! the store's thread does not hold the backend at that moment (one `try_lock`, no wakeup): a
 //! removal always (the backends commit removals without an fsync), an append without an fsync
 //! at a device's pace, and any append of a blocking caller (see [`run_as_blocking_caller`]).
 //! Appends that come close together from tasks, and callers that find the backend taken, queue
-//! for the thread, which merges them (group commit).
+//! for the thread, which merges them. The thread polls for its next command briefly while
+//! commands come quickly ([`crate::adaptive_poll`]), and a lone caller then polls for its answer.
+//! Each of these was measured with the `device_rate` and `stores` benchmarks (`BENCHMARKS.md`):
+//! at 200 msg/s the blocking client's CPU per message went 566 µs (every call to the thread, the
+//! thread always polling) → 209 µs (adaptive polling) → 148 µs (direct calls); removing the
+//! direct calls again costs more than the 5 % that would justify the simpler design (see the
+//! CHANGELOG for the measurement of this version).
 
 use std::cell::Cell;
+use std::collections::HashSet;
+use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-use tracing::{error, warn};
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
 
+use crate::adaptive_poll::{AdaptivePoll, STORE_THREAD_POLL};
 use crate::{
-    persist, DesiredState, DeviceIdentity, Error, ErrorStatus, OutgoingMessage, QueueStats, QueuedMessage,
-    ReportedState, Result, STORE_THREAD_POLL,
+    lock, persist, DesiredState, DeviceIdentity, Error, ErrorStatus, OutgoingMessage, QueueStats, QueuedMessage,
+    ReportedState, Result, Store,
 };
 
 /// How far an append (`enqueue_message`) is durable when it returns, in the durable stores.
@@ -52,11 +62,33 @@ pub type Namespace = u32;
 /// The namespace of a store that holds one device.
 pub const SINGLE_DEVICE: Namespace = 0;
 
-/// The storage work of a durable store, done on its thread by [`ThreadStore`]; every call blocks.
+/// The state documents a store keeps per device, besides its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateKey {
+    /// The device's identity and credentials ([`DeviceIdentity`]).
+    Identity,
+    /// The last desired properties received ([`DesiredState`]).
+    Desired,
+    /// The reported properties and what is not yet sent of them ([`ReportedState`]).
+    Reported,
+}
+
+impl StateKey {
+    /// The document's name in a store's files (`identity`, `desired`, `reported`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateKey::Identity => "identity",
+            StateKey::Desired => "desired",
+            StateKey::Reported => "reported",
+        }
+    }
+}
+
+/// The storage work of a durable store, done by [`ThreadStore`]; every call blocks.
 ///
 /// Every call is about one device's namespace (see [`Namespace`]): a backend of one device sees
 /// only [`SINGLE_DEVICE`] and may ignore it.
-pub trait StoreBackend: Send + 'static {
+pub trait StoreBackend: Send + Sized + 'static {
     /// Appends the messages of every group to its namespace's queue, in order, durably (as the
     /// store's [`Durability`] promises) before it returns. Returns the sequence number of each
     /// group's first message (for an empty group, the number its next message would get). An
@@ -70,10 +102,10 @@ pub trait StoreBackend: Send + 'static {
     fn remove(&mut self, ns: Namespace, seqs: &[u64]) -> Result<()>;
     /// The size and last sequence number of the queue of `ns`.
     fn stats(&mut self, ns: Namespace) -> Result<QueueStats>;
-    /// A named state document (`identity`, `desired`, `reported`) of `ns`.
-    fn load_state(&mut self, ns: Namespace, name: &str) -> Result<Option<serde_json::Value>>;
-    /// Saves a named state document of `ns` durably.
-    fn save_state(&mut self, ns: Namespace, name: &str, value: &serde_json::Value) -> Result<()>;
+    /// A state document of `ns`.
+    fn load_state(&mut self, ns: Namespace, key: StateKey) -> Result<Option<serde_json::Value>>;
+    /// Saves a state document of `ns` durably.
+    fn save_state(&mut self, ns: Namespace, key: StateKey, value: &serde_json::Value) -> Result<()>;
     /// Removes the queued messages and the `desired` and `reported` documents of `ns`.
     fn clear(&mut self, ns: Namespace) -> Result<()>;
     /// The namespace of the device `name` in a store shared by several devices, made (durably)
@@ -93,17 +125,23 @@ pub trait StoreBackend: Send + 'static {
     }
     /// Makes everything durable and releases the files: when it returns, another store may open
     /// them.
-    fn close(self: Box<Self>) -> Result<()>;
+    fn close(self) -> Result<()>;
 }
 
-/// The backend, shared by the store's thread and the callers that use it directly; `None` once
-/// closed (or after its library panicked).
-type Slot = Arc<Mutex<Option<Box<dyn StoreBackend>>>>;
-
-fn lock_slot(slot: &Slot) -> MutexGuard<'_, Option<Box<dyn StoreBackend>>> {
-    // A panic in the backend's library leaves `None` behind (see `ThreadStore::direct`); the
-    // slot itself is consistent either way.
-    slot.lock().unwrap_or_else(|p| p.into_inner())
+/// A backend opened from a path with options: what makes `ThreadStore<Self>` a durable store
+/// with `open(path, durability)`, `open_with_options`, `open_async` and `open_async_with_options`.
+pub trait DurableBackend: StoreBackend {
+    /// Its name in errors and in its thread's name (`SQLite`, `sled`).
+    const LABEL: &'static str;
+    /// Its options.
+    type Options: Clone + fmt::Debug + Send + 'static;
+    /// The default options with this durability.
+    fn options(durability: Durability) -> Self::Options;
+    /// The durability `options` ask for.
+    fn durability(options: &Self::Options) -> Durability;
+    /// Opens (creating) the backend at `path`; runs on the store's thread. A panic of its library
+    /// is turned into an error naming the cause.
+    fn open(path: &Path, options: Self::Options) -> Result<Self>;
 }
 
 thread_local! {
@@ -137,16 +175,20 @@ const MAX_ROUND: usize = 4096;
 /// ...and for at most this long: then the group is committed.
 const MAX_GROUP_WAIT: Duration = Duration::from_millis(2);
 
+/// Commands waiting for the store's thread at most: callers beyond wait for room (a full disk's
+/// slow commits hold back the callers instead of growing memory).
+const MAX_QUEUED_COMMANDS: usize = MAX_ROUND;
+
 /// Most messages (in an append) or sequence numbers (in a removal) of a call made on the caller's
 /// thread: larger work goes to the store's thread, which runs beside the caller's.
 const DIRECT_MAX: usize = 16;
 
 /// An append less than this after the last one ended goes to the store's thread, which merges
-/// the appends that arrive together into one transaction (see [`ThreadStore::at_device_pace`]).
+/// the appends that arrive together into one transaction (see [`Runtime::at_device_pace`]).
 const CONCURRENT_GAP: Duration = STORE_THREAD_POLL;
 
-/// How long a lone caller of a store that answers in microseconds (see
-/// [`ThreadStore::start`]) polls for the answer before it awaits it.
+/// How long a lone caller of a store that answers in microseconds polls for the answer before it
+/// awaits it.
 const REPLY_POLL: Duration = Duration::from_micros(50);
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -156,8 +198,8 @@ enum Command {
     Read(Namespace, Option<u64>, usize, Reply<Vec<QueuedMessage>>),
     Remove(Namespace, Vec<u64>, Reply<()>),
     Stats(Namespace, Reply<QueueStats>),
-    LoadState(Namespace, &'static str, Reply<Option<serde_json::Value>>),
-    SaveState(Namespace, &'static str, serde_json::Value, Reply<()>),
+    LoadState(Namespace, StateKey, Reply<Option<serde_json::Value>>),
+    SaveState(Namespace, StateKey, serde_json::Value, Reply<()>),
     Clear(Namespace, Reply<()>),
     Namespace(String, Reply<Namespace>),
     Close(Reply<()>),
@@ -165,36 +207,61 @@ enum Command {
     Maintain,
 }
 
-/// A [`Store`](crate::Store) served by one thread that owns a [`StoreBackend`].
-#[derive(Clone)]
-pub struct ThreadStore {
+/// The backend, shared by the store's thread and the callers that use it directly; `None` once
+/// closed (or after its library panicked).
+type Slot<B> = Arc<Mutex<Option<B>>>;
+
+/// What every handle of one store shares.
+struct Runtime<B> {
     tx: mpsc::Sender<Command>,
     /// The backend's name, for errors ("SQLite", "sled").
     label: &'static str,
-    /// Poll briefly for answers (see [`ThreadStore::start`]).
+    /// The store's file or directory (empty for a store not opened from a path).
+    path: PathBuf,
+    /// Poll briefly for answers (the backend answers in microseconds: no fsync).
     poll_reply: bool,
     /// Whether the store's thread polls for commands now (it answers within microseconds then).
-    thread_hot: Arc<std::sync::atomic::AtomicBool>,
+    thread_hot: Arc<AtomicBool>,
     /// Calls waiting for an answer; only a lone caller polls (concurrent ones are grouped anyway).
-    waiting: Arc<AtomicUsize>,
+    waiting: AtomicUsize,
     /// The backend, for direct calls.
-    slot: Slot,
+    slot: Slot<B>,
     /// When the last append ended (see [`CONCURRENT_GAP`]).
-    last_append: Arc<Mutex<Option<Instant>>>,
-    /// The device this handle is about ([`SINGLE_DEVICE`] in a store of one device).
-    ns: Namespace,
-    /// A device's view of a shared store (see [`ThreadStore::namespace`]): closing it closes
-    /// nothing.
-    view: bool,
+    last_append: Mutex<Option<Instant>>,
+    /// The devices of a shared store whose handle is in use (see [`ThreadStore::namespace`]).
+    in_use: Arc<Mutex<HashSet<String>>>,
 }
 
-impl std::fmt::Debug for ThreadStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadStore").field("backend", &self.label).finish_non_exhaustive()
+/// A [`Store`] served by one thread that owns a [`StoreBackend`]: the durable stores (see the
+/// module's documentation). Cheap to clone; the store closes when closed, or when its last handle
+/// is dropped.
+pub struct ThreadStore<B> {
+    runtime: Arc<Runtime<B>>,
+    /// The device this handle is about ([`SINGLE_DEVICE`] in a store of one device).
+    ns: Namespace,
+    /// A device's handle on a shared store (see [`ThreadStore::namespace`]): closing it releases
+    /// the device and closes nothing else.
+    lease: Option<Arc<Lease>>,
+}
+
+impl<B> Clone for ThreadStore<B> {
+    fn clone(&self) -> Self {
+        ThreadStore { runtime: self.runtime.clone(), ns: self.ns, lease: self.lease.clone() }
     }
 }
 
-/// Counts a call out of [`ThreadStore::waiting`] when it ends (also when its future is dropped).
+impl<B> fmt::Debug for ThreadStore<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ThreadStore");
+        d.field("backend", &self.runtime.label).field("path", &self.runtime.path);
+        if let Some(lease) = &self.lease {
+            d.field("device", &lease.name);
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+/// Counts a call out of [`Runtime::waiting`] when it ends (also when its future is dropped).
 struct WaitingGuard<'a>(&'a AtomicUsize);
 
 impl Drop for WaitingGuard<'_> {
@@ -203,8 +270,38 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
-/// How a store's thread reports the outcome of opening it.
-pub type OpenedCallback = Box<dyn FnOnce(Result<()>) + Send>;
+/// A device's handle on a shared store in use; the device is released when the handle is closed
+/// or its last clone dropped.
+#[derive(Debug)]
+struct Lease {
+    name: String,
+    in_use: Arc<Mutex<HashSet<String>>>,
+    released: AtomicBool,
+}
+
+impl Lease {
+    fn take(in_use: &Arc<Mutex<HashSet<String>>>, name: &str) -> Result<Lease> {
+        if !lock(in_use).insert(name.to_owned()) {
+            return Err(Error::invalid(
+                "device name",
+                format!("the store of {name:?} is already in use (close its client first)"),
+            ));
+        }
+        Ok(Lease { name: name.to_owned(), in_use: in_use.clone(), released: AtomicBool::new(false) })
+    }
+
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            lock(&self.in_use).remove(&self.name);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
 
 fn stopped_while_opening() -> Error {
     Error::Store {
@@ -239,39 +336,73 @@ fn guarded<B>(label: &str, open: impl FnOnce() -> Result<B>) -> Result<B> {
     })
 }
 
-impl ThreadStore {
+impl<B: DurableBackend> ThreadStore<B> {
+    /// Opens (creating) the store at `path` with the given durability and the default options.
+    /// Blocks while the store opens (on its own thread); inside an async runtime use
+    /// `open_async`.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self> {
+        Self::open_with_options(path, B::options(durability))
+    }
+
+    /// Like `open` with every option.
+    pub fn open_with_options(path: impl AsRef<Path>, options: B::Options) -> Result<Self> {
+        let (ready, opened) = std::sync::mpsc::channel();
+        let store = Self::start_durable(path.as_ref(), options, move |r| drop(ready.send(r)))?;
+        opened.recv().map_err(|_| stopped_while_opening())??;
+        Ok(store)
+    }
+
+    /// `open` without blocking the async runtime.
+    pub async fn open_async(path: impl AsRef<Path>, durability: Durability) -> Result<Self> {
+        Self::open_async_with_options(path, B::options(durability)).await
+    }
+
+    /// `open_with_options` without blocking the async runtime.
+    pub async fn open_async_with_options(path: impl AsRef<Path>, options: B::Options) -> Result<Self> {
+        let (ready, opened) = oneshot::channel();
+        let store = Self::start_durable(path.as_ref(), options, move |r| drop(ready.send(r)))?;
+        opened.await.map_err(|_| stopped_while_opening())??;
+        Ok(store)
+    }
+
+    fn start_durable(
+        path: &Path,
+        options: B::Options,
+        ready: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<Self> {
+        debug!(path = %path.display(), ?options, "opening the {} store", B::LABEL);
+        // Crash safe: an append takes microseconds, so a lone caller polls for its answer.
+        let poll_reply = B::durability(&options) == Durability::CrashSafe;
+        let at = path.to_path_buf();
+        Self::start(B::LABEL, path.to_path_buf(), poll_reply, move || B::open(&at, options), ready)
+    }
+}
+
+impl<B: StoreBackend> ThreadStore<B> {
     /// Starts the thread `spotflow-{label}` (lowercase), which opens the backend with `open`,
     /// reports the outcome through `ready`, then serves it until the store is closed or dropped.
-    ///
-    /// `poll_reply`: the backend answers appends in microseconds (no fsync), less than it takes
-    /// to put the caller's thread to sleep and wake it up. Such an append runs on the caller's
-    /// thread at a device's pace (no call waits for the thread and the last append ended at
-    /// least 200 µs ago) when the store's thread does not hold the backend; so does any append of a thread marked by
-    /// [`run_as_blocking_caller`], and every small removal (the backends commit removals without
-    /// an fsync of their own). Other appends go to the thread, which merges them (group commit);
-    /// a lone caller polls for its answer for up to 50 µs (yielding to other tasks, whose appends
-    /// then join its group) first, but only while the store's thread polls for commands itself
-    /// (see [`crate::AdaptivePoll`]): under a steady stream of calls.
-    pub fn start<B: StoreBackend>(
+    /// `poll_reply`: the backend answers appends in microseconds (see the module's documentation).
+    pub(crate) fn start(
         label: &'static str,
+        path: PathBuf,
         poll_reply: bool,
         open: impl FnOnce() -> Result<B> + Send + 'static,
         ready: impl FnOnce(Result<()>) + Send + 'static,
-    ) -> Result<ThreadStore> {
-        let (tx, rx) = mpsc::channel();
-        let poll = crate::AdaptivePoll::new(STORE_THREAD_POLL);
+    ) -> Result<Self> {
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_COMMANDS);
+        let poll = AdaptivePoll::new(STORE_THREAD_POLL);
         let thread_hot = poll.hot_flag();
-        let slot: Slot = Arc::default();
+        let slot: Slot<B> = Arc::default();
         let thread_slot = slot.clone();
         std::thread::Builder::new()
             .name(format!("spotflow-{}", label.to_lowercase()))
             .spawn(move || match guarded(label, open) {
                 Ok(backend) => {
-                    *lock_slot(&thread_slot) = Some(Box::new(backend));
+                    *lock(&thread_slot) = Some(backend);
                     ready(Ok(()));
                     let served = std::panic::catch_unwind(AssertUnwindSafe(|| serve(&thread_slot, label, rx, poll)));
                     if let Err(panic) = served {
-                        *lock_slot(&thread_slot) = None;
+                        *lock(&thread_slot) = None;
                         error!(
                             "the {label} store's thread stopped: its library panicked ({}); every call now fails \
                              until the store is opened again",
@@ -282,99 +413,62 @@ impl ThreadStore {
                 Err(e) => ready(Err(e)),
             })
             .map_err(|e| Error::store(format!("cannot start the {label} store thread"), e))?;
-        Ok(ThreadStore {
+        let runtime = Runtime {
             tx,
             label,
+            path,
             poll_reply,
             thread_hot,
-            waiting: Arc::default(),
+            waiting: AtomicUsize::new(0),
             slot,
-            last_append: Arc::default(),
-            ns: SINGLE_DEVICE,
-            view: false,
-        })
-    }
-
-    /// A handle on the namespace of the device `name` in a store shared by several devices
-    /// (made when it is new): every call through it is about that device alone, and all
-    /// devices' appends still go through this store's one thread and merge into one durable
-    /// write (group commit across devices). Closing the handle closes nothing: the store
-    /// closes when it is closed itself, or when its last handle is dropped. A store of one
-    /// device refuses.
-    pub async fn namespace(&self, name: &str) -> Result<ThreadStore> {
-        let name = name.to_owned();
-        let ns = self.call(|r| Command::Namespace(name, r)).await?;
-        Ok(ThreadStore { ns, view: true, ..self.clone() })
-    }
-
-    /// The namespace this handle is about.
-    pub fn namespace_id(&self) -> Namespace {
-        self.ns
-    }
-
-    /// Runs `f` on the backend on this thread if the store's thread does not hold it now;
-    /// `None` when it does (or when the store is closed: the thread then answers with the
-    /// error). Maintenance that became due is handed to the thread.
-    fn direct<T>(&self, f: impl FnOnce(&mut dyn StoreBackend) -> Result<T>) -> Option<Result<T>> {
-        let mut guard = match self.slot.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::WouldBlock) => return None,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            last_append: Mutex::new(None),
+            in_use: Arc::default(),
         };
-        let backend = guard.as_deref_mut()?;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut *backend))) {
-            Ok(result) => {
-                if backend.maintenance_due() {
-                    let _ = self.tx.send(Command::Maintain);
-                }
-                Some(result)
-            }
-            Err(panic) => {
-                *guard = None;
-                let label = self.label;
-                let cause = panic_message(panic.as_ref());
-                error!("the {label} store's library panicked ({cause}); every call now fails until it is opened again");
-                Some(Err(Error::Store {
-                    context: format!("the {label} store's library panicked: {cause}"),
-                    status: ErrorStatus::Permanent,
-                    source: None,
-                }))
-            }
+        Ok(ThreadStore { runtime: Arc::new(runtime), ns: SINGLE_DEVICE, lease: None })
+    }
+
+    /// The store's file or directory.
+    pub fn path(&self) -> &Path {
+        &self.runtime.path
+    }
+
+    /// A handle on the namespace of the device `name` (1 to 256 bytes) in a store shared by
+    /// several devices, made when it is new: every call through it is about that device alone,
+    /// and all devices' appends still go through this store's one thread and merge into one
+    /// durable write (group commit across devices). Refused while another handle of the same
+    /// device from this store is in use (until it is closed or dropped). Closing the handle
+    /// releases the device and closes nothing else: the store closes when it is closed itself,
+    /// or when its last handle is dropped. A store of one device refuses.
+    pub async fn namespace(&self, name: &str) -> Result<ThreadStore<B>> {
+        if name.is_empty() || name.len() > 256 {
+            return Err(Error::invalid("device name", "must be 1 to 256 bytes long"));
         }
+        let lease = Lease::take(&self.runtime.in_use, name)?;
+        let owned = name.to_owned();
+        let ns = self.call(|r| Command::Namespace(owned, r)).await?;
+        Ok(ThreadStore { runtime: self.runtime.clone(), ns, lease: Some(Arc::new(lease)) })
     }
 
-    /// Starts a store with `start` (which reports the outcome of opening through the callback
-    /// it is given, as [`ThreadStore::start`] does) and blocks until it is open: the `open` of
-    /// every durable store.
-    pub fn wait_open<S>(start: impl FnOnce(OpenedCallback) -> Result<S>) -> Result<S> {
-        let (ready, opened) = mpsc::channel();
-        let store = start(Box::new(move |r| drop(ready.send(r))))?;
-        opened.recv().map_err(|_| stopped_while_opening())??;
-        Ok(store)
-    }
-
-    /// [`ThreadStore::wait_open`] without blocking the async runtime.
-    pub async fn wait_open_async<S>(start: impl FnOnce(OpenedCallback) -> Result<S>) -> Result<S> {
-        let (ready, opened) = tokio::sync::oneshot::channel();
-        let store = start(Box::new(move |r| drop(ready.send(r))))?;
-        opened.await.map_err(|_| stopped_while_opening())??;
-        Ok(store)
+    /// The device's name, on a device's handle of a shared store (see [`ThreadStore::namespace`]).
+    pub fn device_name(&self) -> Option<&str> {
+        self.lease.as_ref().map(|l| l.name.as_str())
     }
 
     fn closed(&self) -> Error {
         Error::Store {
-            context: format!("the {} store is closed", self.label),
+            context: format!("the {} store is closed", self.runtime.label),
             status: ErrorStatus::Permanent,
             source: None,
         }
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let rt = &*self.runtime;
         let (reply, mut rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| self.closed())?;
-        let alone = self.waiting.fetch_add(1, Ordering::AcqRel) == 0;
-        let _waiting = WaitingGuard(&self.waiting);
-        if self.poll_reply && alone && self.thread_hot.load(Ordering::Relaxed) {
+        rt.tx.send(make(reply)).await.map_err(|_| self.closed())?;
+        let alone = rt.waiting.fetch_add(1, Ordering::AcqRel) == 0;
+        let _waiting = WaitingGuard(&rt.waiting);
+        if rt.poll_reply && alone && rt.thread_hot.load(Ordering::Relaxed) {
             let until = Instant::now() + REPLY_POLL;
             while Instant::now() < until {
                 match rx.try_recv() {
@@ -387,11 +481,38 @@ impl ThreadStore {
         rx.await.map_err(|_| self.closed())?
     }
 
-    /// [`Store::append_messages`](crate::Store::append_messages).
-    pub async fn append_messages(&self, messages: Vec<OutgoingMessage>) -> Result<u64> {
-        let result = self.append_directly_or_not(messages).await;
-        *self.last_append.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        result
+    /// Runs `f` on the backend on this thread if the store's thread does not hold it now;
+    /// `None` when it does (or when the store is closed: the thread then answers with the
+    /// error). Maintenance that became due is handed to the thread.
+    fn direct<T>(&self, f: impl FnOnce(&mut B) -> Result<T>) -> Option<Result<T>> {
+        let rt = &*self.runtime;
+        let mut guard = match rt.slot.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::WouldBlock) => return None,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        let backend = guard.as_mut()?;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(backend))) {
+            Ok(result) => {
+                if guard.as_ref().is_some_and(StoreBackend::maintenance_due) {
+                    // A full channel means the thread is busy: it checks for maintenance after
+                    // every round of work anyway.
+                    let _ = rt.tx.try_send(Command::Maintain);
+                }
+                Some(result)
+            }
+            Err(panic) => {
+                *guard = None;
+                let label = rt.label;
+                let cause = panic_message(panic.as_ref());
+                error!("the {label} store's library panicked ({cause}); every call now fails until it is opened again");
+                Some(Err(Error::Store {
+                    context: format!("the {label} store's library panicked: {cause}"),
+                    status: ErrorStatus::Permanent,
+                    source: None,
+                }))
+            }
+        }
     }
 
     async fn append_directly_or_not(&self, messages: Vec<OutgoingMessage>) -> Result<u64> {
@@ -399,7 +520,7 @@ impl ThreadStore {
         // backend is free, in a tight loop too (concurrent ones then find it taken and queue for
         // the thread, which merges their appends).
         let blocking = BLOCKING_CALLER.with(Cell::get);
-        let direct = blocking || (self.poll_reply && self.at_device_pace());
+        let direct = blocking || (self.runtime.poll_reply && self.at_device_pace());
         let ns = self.ns;
         if direct && messages.len() <= DIRECT_MAX {
             let groups = [(ns, messages)];
@@ -420,19 +541,33 @@ impl ThreadStore {
     /// with the `stores` benchmark, appending directly there (even only while one caller kept
     /// appending alone) cost 10–20 % of the throughput of 8 and 64 concurrent senders.
     fn at_device_pace(&self) -> bool {
-        if self.waiting.load(Ordering::Acquire) > 0 {
+        if self.runtime.waiting.load(Ordering::Acquire) > 0 {
             return false;
         }
-        let last = *self.last_append.lock().unwrap_or_else(|p| p.into_inner());
-        last.is_none_or(|t| t.elapsed() >= CONCURRENT_GAP)
+        lock(&self.runtime.last_append).is_none_or(|t| t.elapsed() >= CONCURRENT_GAP)
     }
 
-    /// [`Store::read_messages`](crate::Store::read_messages).
-    pub async fn read_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
+    async fn load<T>(&self, key: StateKey, parse: fn(&serde_json::Value) -> Result<T>) -> Result<Option<T>> {
+        let v = self.call(|r| Command::LoadState(self.ns, key, r)).await?;
+        v.as_ref().map(parse).transpose()
+    }
+
+    async fn save(&self, key: StateKey, value: serde_json::Value) -> Result<()> {
+        self.call(|r| Command::SaveState(self.ns, key, value, r)).await
+    }
+}
+
+#[async_trait]
+impl<B: StoreBackend> Store for ThreadStore<B> {
+    async fn append_messages(&self, messages: Vec<OutgoingMessage>) -> Result<u64> {
+        let result = self.append_directly_or_not(messages).await;
+        *lock(&self.runtime.last_append) = Some(Instant::now());
+        result
+    }
+    async fn read_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
         self.call(|r| Command::Read(self.ns, after, limit, r)).await
     }
-    /// [`Store::remove_messages`](crate::Store::remove_messages).
-    pub async fn remove_messages(&self, seqs: &[u64]) -> Result<()> {
+    async fn remove_messages(&self, seqs: &[u64]) -> Result<()> {
         if seqs.is_empty() {
             return Ok(());
         }
@@ -444,54 +579,42 @@ impl ThreadStore {
         let seqs = seqs.to_vec();
         self.call(|r| Command::Remove(self.ns, seqs, r)).await
     }
-    /// [`Store::queue_stats`](crate::Store::queue_stats).
-    pub async fn queue_stats(&self) -> Result<QueueStats> {
+    async fn queue_stats(&self) -> Result<QueueStats> {
         self.call(|r| Command::Stats(self.ns, r)).await
     }
-    /// [`Store::load_identity`](crate::Store::load_identity).
-    pub async fn load_identity(&self) -> Result<Option<DeviceIdentity>> {
-        let v = self.call(|r| Command::LoadState(self.ns, "identity", r)).await?;
-        v.as_ref().map(persist::identity_from_json).transpose()
+    async fn load_identity(&self) -> Result<Option<DeviceIdentity>> {
+        self.load(StateKey::Identity, persist::identity_from_json).await
     }
-    /// [`Store::save_identity`](crate::Store::save_identity).
-    pub async fn save_identity(&self, identity: &DeviceIdentity) -> Result<()> {
-        let v = persist::identity_to_json(identity);
-        self.call(|r| Command::SaveState(self.ns, "identity", v, r)).await
+    async fn save_identity(&self, identity: &DeviceIdentity) -> Result<()> {
+        self.save(StateKey::Identity, persist::identity_to_json(identity)).await
     }
-    /// [`Store::load_desired`](crate::Store::load_desired).
-    pub async fn load_desired(&self) -> Result<Option<DesiredState>> {
-        let v = self.call(|r| Command::LoadState(self.ns, "desired", r)).await?;
-        v.as_ref().map(persist::desired_from_json).transpose()
+    async fn load_desired(&self) -> Result<Option<DesiredState>> {
+        self.load(StateKey::Desired, persist::desired_from_json).await
     }
-    /// [`Store::save_desired`](crate::Store::save_desired).
-    pub async fn save_desired(&self, desired: &DesiredState) -> Result<()> {
-        let v = persist::desired_to_json(desired);
-        self.call(|r| Command::SaveState(self.ns, "desired", v, r)).await
+    async fn save_desired(&self, desired: &DesiredState) -> Result<()> {
+        self.save(StateKey::Desired, persist::desired_to_json(desired)).await
     }
-    /// [`Store::load_reported`](crate::Store::load_reported).
-    pub async fn load_reported(&self) -> Result<ReportedState> {
-        let v = self.call(|r| Command::LoadState(self.ns, "reported", r)).await?;
-        Ok(v.as_ref().map(persist::reported_from_json).transpose()?.unwrap_or_default())
+    async fn load_reported(&self) -> Result<ReportedState> {
+        Ok(self.load(StateKey::Reported, persist::reported_from_json).await?.unwrap_or_default())
     }
-    /// [`Store::save_reported`](crate::Store::save_reported).
-    pub async fn save_reported(&self, reported: &ReportedState) -> Result<()> {
-        let v = persist::reported_to_json(reported);
-        self.call(|r| Command::SaveState(self.ns, "reported", v, r)).await
+    async fn save_reported(&self, reported: &ReportedState) -> Result<()> {
+        self.save(StateKey::Reported, persist::reported_to_json(reported)).await
     }
-    /// [`Store::clear_device_state`](crate::Store::clear_device_state).
-    pub async fn clear_device_state(&self) -> Result<()> {
+    async fn clear_device_state(&self) -> Result<()> {
         self.call(|r| Command::Clear(self.ns, r)).await
     }
     /// Closes the store now (everything durable, the files released for another process)
     /// instead of when the last clone is dropped. Later calls on any clone fail; closing again is
-    /// a no-op. On a device's view of a shared store (see [`ThreadStore::namespace`]) it does
-    /// nothing: everything it appended is already durable, and the other devices go on.
-    pub async fn close(&self) -> Result<()> {
-        if self.view {
+    /// a no-op. On a device's handle of a shared store (see [`ThreadStore::namespace`]) it
+    /// releases the device: everything it appended is already durable, and the other devices go
+    /// on.
+    async fn close(&self) -> Result<()> {
+        if let Some(lease) = &self.lease {
+            lease.release();
             return Ok(());
         }
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Close(reply)).is_err() {
+        if self.runtime.tx.send(Command::Close(reply)).await.is_err() {
             return Ok(());
         }
         rx.await.unwrap_or(Ok(()))
@@ -507,15 +630,15 @@ impl ThreadStore {
 /// down to one append and one fsync. A clear and a close take effect after the pending appends.
 /// The thread holds the backend while it works through what has arrived, and leaves it to
 /// direct calls while it waits.
-fn serve(slot: &Slot, label: &str, rx: mpsc::Receiver<Command>, mut poll: crate::AdaptivePoll) {
-    while let Some(first) = poll.recv(&rx) {
-        let mut guard = lock_slot(slot);
+fn serve<B: StoreBackend>(slot: &Slot<B>, label: &str, mut rx: mpsc::Receiver<Command>, mut poll: AdaptivePoll) {
+    while let Some(first) = poll.recv(&mut rx) {
+        let mut guard = lock(slot);
         let mut appends = Vec::new();
         let mut next = Some(first);
         let round = Instant::now();
         let mut served = 0usize;
         while let Some(command) = next.take() {
-            let Some(backend) = guard.as_deref_mut() else {
+            let Some(backend) = guard.as_mut() else {
                 // Closed, or its library panicked: every caller is told (by dropping its reply).
                 appends.clear();
                 drop(command);
@@ -528,7 +651,7 @@ fn serve(slot: &Slot, label: &str, rx: mpsc::Receiver<Command>, mut poll: crate:
                     append_group(backend, &mut appends);
                     let backend = guard.take();
                     drop(guard);
-                    let _ = reply.send(backend.map_or(Ok(()), |b| b.close()));
+                    let _ = reply.send(backend.map_or(Ok(()), StoreBackend::close));
                     return;
                 }
                 clear @ Command::Clear(..) => {
@@ -544,7 +667,7 @@ fn serve(slot: &Slot, label: &str, rx: mpsc::Receiver<Command>, mut poll: crate:
                 next = rx.try_recv().ok();
             }
         }
-        if let Some(backend) = guard.as_deref_mut() {
+        if let Some(backend) = guard.as_mut() {
             append_group(backend, &mut appends);
             if backend.maintenance_due() {
                 maintain(backend, label);
@@ -552,13 +675,13 @@ fn serve(slot: &Slot, label: &str, rx: mpsc::Receiver<Command>, mut poll: crate:
         }
     }
     // Every handle was dropped without `close`.
-    let backend = lock_slot(slot).take();
-    if let Some(Err(e)) = backend.map(|b| b.close()) {
+    let backend = lock(slot).take();
+    if let Some(Err(e)) = backend.map(StoreBackend::close) {
         warn!(error = %e, "the {label} store did not close cleanly");
     }
 }
 
-fn maintain(backend: &mut dyn StoreBackend, label: &str) {
+fn maintain<B: StoreBackend>(backend: &mut B, label: &str) {
     if let Err(e) = backend.maintain() {
         warn!(error = %e, "the {label} store's maintenance failed; it is tried again later");
     }
@@ -567,7 +690,7 @@ fn maintain(backend: &mut dyn StoreBackend, label: &str) {
 /// Appends waiting for the next group commit: each device's messages, and its caller's answer.
 type PendingAppends = Vec<((Namespace, Vec<OutgoingMessage>), Reply<u64>)>;
 
-fn append_group(backend: &mut dyn StoreBackend, appends: &mut PendingAppends) {
+fn append_group<B: StoreBackend>(backend: &mut B, appends: &mut PendingAppends) {
     if appends.is_empty() {
         return;
     }
@@ -579,19 +702,30 @@ fn append_group(backend: &mut dyn StoreBackend, appends: &mut PendingAppends) {
             }
         }
         Err(e) => {
-            // The error is not `Clone`: every caller gets its text and status.
+            // The error is not `Clone`: every caller gets its text, its status and, as its
+            // source, the cause's text (the first caller the cause itself).
             let (context, status) = match &e {
                 Error::Store { context, status, .. } => (context.clone(), *status),
                 other => (other.to_string(), ErrorStatus::Temporary),
             };
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            let mut first = Some(e);
             for reply in replies {
-                let _ = reply.send(Err(Error::Store { context: context.clone(), status, source: None }));
+                let error = match first.take() {
+                    Some(e @ Error::Store { .. }) => e,
+                    _ => Error::Store {
+                        context: context.clone(),
+                        status,
+                        source: cause.clone().map(Box::<dyn std::error::Error + Send + Sync>::from),
+                    },
+                };
+                let _ = reply.send(Err(error));
             }
         }
     }
 }
 
-fn serve_one(backend: &mut dyn StoreBackend, command: Command, label: &str) {
+fn serve_one<B: StoreBackend>(backend: &mut B, command: Command, label: &str) {
     match command {
         Command::Append(..) | Command::Close(_) => {}
         Command::Maintain => {
@@ -602,119 +736,11 @@ fn serve_one(backend: &mut dyn StoreBackend, command: Command, label: &str) {
         Command::Read(ns, after, limit, reply) => drop(reply.send(backend.read(ns, after, limit))),
         Command::Remove(ns, seqs, reply) => drop(reply.send(backend.remove(ns, &seqs))),
         Command::Stats(ns, reply) => drop(reply.send(backend.stats(ns))),
-        Command::LoadState(ns, name, reply) => drop(reply.send(backend.load_state(ns, name))),
-        Command::SaveState(ns, name, value, reply) => drop(reply.send(backend.save_state(ns, name, &value))),
+        Command::LoadState(ns, key, reply) => drop(reply.send(backend.load_state(ns, key))),
+        Command::SaveState(ns, key, value, reply) => drop(reply.send(backend.save_state(ns, key, &value))),
         Command::Clear(ns, reply) => drop(reply.send(backend.clear(ns))),
         Command::Namespace(name, reply) => drop(reply.send(backend.namespace(&name))),
     }
-}
-
-/// Declares a durable store type: `pub struct $ty { inner: ThreadStore, path: Arc<PathBuf> }`
-/// with [`Store`](crate::Store) served by its thread ([`crate::store_via_thread!`]) and the one opening
-/// shape ([`crate::durable_store_open!`]).
-#[macro_export]
-macro_rules! durable_store {
-    ($(#[$attr:meta])* $ty:ident, $options:ident) => {
-        $(#[$attr])*
-        #[derive(Debug, Clone)]
-        pub struct $ty {
-            inner: $crate::ThreadStore,
-            path: std::sync::Arc<std::path::PathBuf>,
-        }
-
-        $crate::store_via_thread!($ty, inner);
-        $crate::durable_store_open!($ty, $options);
-    };
-}
-
-/// The one opening shape of the durable stores: `open(path, durability)`, `open_with_options`,
-/// `open_async(path, durability)`, `open_async_with_options`, for a store type with an options
-/// type (`Default`, with a `durability` field) and a
-/// `fn start(&Path, Options, impl FnOnce(Result<()>) + Send + 'static) -> Result<Self>` that
-/// starts its thread and reports the outcome of opening.
-#[macro_export]
-macro_rules! durable_store_open {
-    ($ty:ident, $options:ident) => {
-        impl $ty {
-            /// Opens (creating) the store at `path` with the given durability and the default
-            /// options. Blocks while the store opens (on its own thread); inside an async runtime
-            /// use `open_async`.
-            pub fn open(path: impl AsRef<std::path::Path>, durability: $crate::Durability) -> $crate::Result<$ty> {
-                Self::open_with_options(path, $options { durability, ..$options::default() })
-            }
-
-            /// Like `open` with every option.
-            pub fn open_with_options(path: impl AsRef<std::path::Path>, options: $options) -> $crate::Result<$ty> {
-                $crate::ThreadStore::wait_open(|ready| Self::start(path.as_ref(), options, ready))
-            }
-
-            /// `open` without blocking the async runtime.
-            pub async fn open_async(
-                path: impl AsRef<std::path::Path>,
-                durability: $crate::Durability,
-            ) -> $crate::Result<$ty> {
-                Self::open_async_with_options(path, $options { durability, ..$options::default() }).await
-            }
-
-            /// `open_with_options` without blocking the async runtime.
-            pub async fn open_async_with_options(
-                path: impl AsRef<std::path::Path>,
-                options: $options,
-            ) -> $crate::Result<$ty> {
-                $crate::ThreadStore::wait_open_async(|ready| Self::start(path.as_ref(), options, ready)).await
-            }
-        }
-    };
-}
-
-/// Implements [`Store`](crate::Store) for a type whose field `$field` is a [`ThreadStore`].
-#[macro_export]
-macro_rules! store_via_thread {
-    ($ty:ty, $field:ident) => {
-        #[$crate::__async_trait]
-        impl $crate::Store for $ty {
-            async fn append_messages(&self, messages: Vec<$crate::OutgoingMessage>) -> $crate::Result<u64> {
-                self.$field.append_messages(messages).await
-            }
-            async fn read_messages(
-                &self,
-                after: Option<u64>,
-                limit: usize,
-            ) -> $crate::Result<Vec<$crate::QueuedMessage>> {
-                self.$field.read_messages(after, limit).await
-            }
-            async fn remove_messages(&self, seqs: &[u64]) -> $crate::Result<()> {
-                self.$field.remove_messages(seqs).await
-            }
-            async fn queue_stats(&self) -> $crate::Result<$crate::QueueStats> {
-                self.$field.queue_stats().await
-            }
-            async fn load_identity(&self) -> $crate::Result<Option<$crate::DeviceIdentity>> {
-                self.$field.load_identity().await
-            }
-            async fn save_identity(&self, identity: &$crate::DeviceIdentity) -> $crate::Result<()> {
-                self.$field.save_identity(identity).await
-            }
-            async fn load_desired(&self) -> $crate::Result<Option<$crate::DesiredState>> {
-                self.$field.load_desired().await
-            }
-            async fn save_desired(&self, desired: &$crate::DesiredState) -> $crate::Result<()> {
-                self.$field.save_desired(desired).await
-            }
-            async fn load_reported(&self) -> $crate::Result<$crate::ReportedState> {
-                self.$field.load_reported().await
-            }
-            async fn save_reported(&self, reported: &$crate::ReportedState) -> $crate::Result<()> {
-                self.$field.save_reported(reported).await
-            }
-            async fn clear_device_state(&self) -> $crate::Result<()> {
-                self.$field.clear_device_state().await
-            }
-            async fn close(&self) -> $crate::Result<()> {
-                self.$field.close().await
-            }
-        }
-    };
 }
 
 /// Free space of the file system that holds a store, checked before appends every
@@ -771,7 +797,7 @@ impl FreeSpace {
 mod tests {
     use super::*;
     use crate::testkit::{sample_message, store_conformance};
-    use crate::{MemoryStore, Store};
+    use crate::MemoryStore;
 
     /// The output of a future that is ready at once (the in-memory store's are): the backend
     /// is called on the store's thread and on callers' threads, inside a runtime or not.
@@ -831,33 +857,29 @@ mod tests {
         fn stats(&mut self, _: Namespace) -> Result<QueueStats> {
             now(self.inner.queue_stats())
         }
-        fn load_state(&mut self, _: Namespace, name: &str) -> Result<Option<serde_json::Value>> {
-            Ok(match name {
-                "identity" => now(self.inner.load_identity())?.as_ref().map(persist::identity_to_json),
-                "desired" => now(self.inner.load_desired())?.as_ref().map(persist::desired_to_json),
-                _ => Some(persist::reported_to_json(&now(self.inner.load_reported())?)),
+        fn load_state(&mut self, _: Namespace, key: StateKey) -> Result<Option<serde_json::Value>> {
+            Ok(match key {
+                StateKey::Identity => now(self.inner.load_identity())?.as_ref().map(persist::identity_to_json),
+                StateKey::Desired => now(self.inner.load_desired())?.as_ref().map(persist::desired_to_json),
+                StateKey::Reported => Some(persist::reported_to_json(&now(self.inner.load_reported())?)),
             })
         }
-        fn save_state(&mut self, _: Namespace, name: &str, value: &serde_json::Value) -> Result<()> {
-            match name {
-                "identity" => now(self.inner.save_identity(&persist::identity_from_json(value)?)),
-                "desired" => now(self.inner.save_desired(&persist::desired_from_json(value)?)),
-                _ => now(self.inner.save_reported(&persist::reported_from_json(value)?)),
+        fn save_state(&mut self, _: Namespace, key: StateKey, value: &serde_json::Value) -> Result<()> {
+            match key {
+                StateKey::Identity => now(self.inner.save_identity(&persist::identity_from_json(value)?)),
+                StateKey::Desired => now(self.inner.save_desired(&persist::desired_from_json(value)?)),
+                StateKey::Reported => now(self.inner.save_reported(&persist::reported_from_json(value)?)),
             }
         }
         fn clear(&mut self, _: Namespace) -> Result<()> {
             now(self.inner.clear_device_state())
         }
-        fn close(self: Box<Self>) -> Result<()> {
+        fn close(self) -> Result<()> {
             Ok(())
         }
     }
 
-    #[derive(Debug)]
-    struct Wrapped {
-        inner: ThreadStore,
-    }
-    crate::store_via_thread!(Wrapped, inner);
+    type Wrapped = ThreadStore<Counting>;
 
     fn start(poll_reply: bool) -> (Wrapped, Arc<AtomicUsize>) {
         let (store, appends, _) = start_with(poll_reply, |_| {});
@@ -871,7 +893,7 @@ mod tests {
         let appends = Arc::new(AtomicUsize::new(0));
         let log = Log::default();
         let (counter, thread_log) = (appends.clone(), log.clone());
-        let (ready, opened) = mpsc::channel();
+        let (ready, opened) = std::sync::mpsc::channel();
         let open = move || {
             let mut backend = Counting {
                 inner: MemoryStore::new(),
@@ -884,18 +906,18 @@ mod tests {
             change(&mut backend);
             Ok(backend)
         };
-        let inner = ThreadStore::start("Test", poll_reply, open, move |r| drop(ready.send(r))).unwrap();
+        let store = ThreadStore::start("Test", PathBuf::new(), poll_reply, open, move |r| drop(ready.send(r))).unwrap();
         opened.recv().unwrap().unwrap();
-        (Wrapped { inner }, appends, log)
+        (store, appends, log)
     }
 
     /// Waits (up to 5 s) until the store's thread does not hold the backend, and lets the next
     /// append count as one at a device's pace (as after a pause of `CONCURRENT_GAP`).
-    fn wait_idle(store: &ThreadStore) -> bool {
-        *store.last_append.lock().unwrap() = None;
+    fn wait_idle(store: &Wrapped) -> bool {
+        *store.runtime.last_append.lock().unwrap() = None;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if store.slot.try_lock().is_ok() {
+            if store.runtime.slot.try_lock().is_ok() {
                 return true;
             }
             std::thread::yield_now();
@@ -914,7 +936,7 @@ mod tests {
                 let (store, _, log) = start_with(false, |_| {});
                 let seq = rt.block_on(store.append_message(sample_message(1))).unwrap();
                 // The thread answers before it lets go of the backend.
-                assert!(wait_idle(&store.inner));
+                assert!(wait_idle(&store));
                 run_as_blocking_caller(|| rt.block_on(store.append_message(sample_message(2)))).unwrap();
                 rt.block_on(store.remove_messages(&[seq])).unwrap();
                 assert_eq!(
@@ -928,7 +950,7 @@ mod tests {
                 rt.block_on(store.append_message(sample_message(1))).unwrap();
                 // Appends that follow closely go to the thread, which merges them (the last
                 // append set as ending in the future: "closely" whatever this machine's pace).
-                *store.inner.last_append.lock().unwrap() = Some(Instant::now() + Duration::from_secs(3600));
+                *store.runtime.last_append.lock().unwrap() = Some(Instant::now() + Duration::from_secs(3600));
                 rt.block_on(store.append_message(sample_message(2))).unwrap();
                 let maintained = |log: &Log| log.lock().unwrap().iter().filter(|e| e.starts_with("maintain")).count();
                 let deadline = Instant::now() + Duration::from_secs(5);
@@ -1003,8 +1025,9 @@ mod tests {
     #[test]
     fn a_backend_that_panics_while_opening_gives_an_error_naming_the_cause() {
         let open = || -> Result<Counting> { panic!("tried to serialize Uninitialized") };
-        let result = ThreadStore::wait_open(|ready| ThreadStore::start("Test", false, open, ready));
-        let err = result.map(|_| ()).unwrap_err();
+        let (ready, opened) = std::sync::mpsc::channel();
+        let _store = ThreadStore::start("Test", PathBuf::new(), false, open, move |r| drop(ready.send(r))).unwrap();
+        let err = opened.recv().unwrap().unwrap_err();
         let text = err.to_string();
         assert!(text.contains("Test store cannot be opened"), "{text}");
         assert!(text.contains("tried to serialize Uninitialized"), "{text}");

@@ -51,13 +51,12 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use spotflow_core::persist;
 pub use spotflow_core::Durability;
 use spotflow_core::{
-    Error, ErrorStatus, FreeSpace, Namespace, OutgoingMessage, QueueStats, QueuedMessage, Result, StoreBackend,
-    ThreadStore,
+    DurableBackend, Error, ErrorStatus, FreeSpace, Namespace, OutgoingMessage, QueueStats, QueuedMessage, Result,
+    StateKey, StoreBackend, ThreadStore,
 };
 use tracing::{debug, warn};
 
@@ -95,11 +94,9 @@ impl Default for SledOptions {
     }
 }
 
-spotflow_core::durable_store!(
-    /// A durable store in a sled directory.
-    SledStore,
-    SledOptions
-);
+/// A durable store in a sled directory: `open(path, durability)`, `open_with_options`,
+/// `open_async`, `open_async_with_options`, `path()`, and [`Store`](spotflow_core::Store).
+pub type SledStore = ThreadStore<SledBackend>;
 
 fn sled_error(path: &Path, context: &str, e: sled::Error) -> Error {
     let (status, detail) = match &e {
@@ -119,9 +116,19 @@ fn sled_error(path: &Path, context: &str, e: sled::Error) -> Error {
 
 const LAST_SEQ: &[u8] = b"last_seq";
 
-impl SledStore {
-    fn start(path: &Path, options: SledOptions, ready: impl FnOnce(Result<()>) + Send + 'static) -> Result<SledStore> {
-        let path = path.to_path_buf();
+impl DurableBackend for SledBackend {
+    const LABEL: &'static str = "sled";
+    type Options = SledOptions;
+
+    fn options(durability: Durability) -> SledOptions {
+        SledOptions { durability, ..SledOptions::default() }
+    }
+
+    fn durability(options: &SledOptions) -> Durability {
+        options.durability
+    }
+
+    fn open(path: &Path, options: SledOptions) -> Result<SledBackend> {
         if path.is_file() {
             return Err(Error::Store {
                 context: format!("{} is a file, not a sled store directory (it was left untouched)", path.display()),
@@ -129,21 +136,13 @@ impl SledStore {
                 source: None,
             });
         }
-        let worker_path = path.clone();
-        // Crash safe: an append takes microseconds, so a lone caller polls for its answer.
-        let poll_reply = options.durability == Durability::CrashSafe;
-        let inner = ThreadStore::start("sled", poll_reply, move || Worker::open(worker_path, options), ready)?;
-        debug!(path = %path.display(), ?options, "opening the sled store");
-        Ok(SledStore { inner, path: Arc::new(path) })
-    }
-
-    /// The store's directory.
-    pub fn path(&self) -> &Path {
-        &self.path
+        SledBackend::open(path.to_path_buf(), options)
     }
 }
 
-struct Worker {
+/// The storage work of [`SledStore`] on a sled database and its journal, done on the store's
+/// thread (see [`ThreadStore`]).
+pub struct SledBackend {
     path: PathBuf,
     db: sled::Db,
     /// The queued messages, packed in chunks (see the `chunk` module).
@@ -183,8 +182,8 @@ fn key_seq(key: &[u8]) -> Option<u64> {
 
 const CHUNKS: &str = "chunks";
 
-impl Worker {
-    fn open(path: PathBuf, options: SledOptions) -> Result<Worker> {
+impl SledBackend {
+    fn open(path: PathBuf, options: SledOptions) -> Result<SledBackend> {
         let err = |c: &str| {
             let p = path.clone();
             let c = c.to_owned();
@@ -220,7 +219,7 @@ impl Worker {
             status: ErrorStatus::Permanent,
             source: None,
         })?;
-        let mut worker = Worker {
+        let mut worker = SledBackend {
             path: path.clone(),
             db,
             chunks,
@@ -314,7 +313,7 @@ impl Worker {
         Ok(())
     }
 
-    /// sled's flush, then an fdatasync of its log file (see [`Worker::open`]).
+    /// sled's flush, then an fdatasync of its log file (see [`SledBackend::open`]).
     fn flush(&self) -> sled::Result<()> {
         self.db.flush()?;
         self.data_file.sync_data()?;
@@ -506,7 +505,7 @@ impl Worker {
     }
 }
 
-impl StoreBackend for Worker {
+impl StoreBackend for SledBackend {
     fn append(&mut self, groups: &[(Namespace, Vec<OutgoingMessage>)]) -> Result<Vec<u64>> {
         let incoming: u64 = groups.iter().flat_map(|(_, g)| g).map(|m| m.payload.len() as u64 + 64).sum();
         self.free.check(incoming, &self.path)?;
@@ -539,12 +538,14 @@ impl StoreBackend for Worker {
         Ok(QueueStats { count: self.count, bytes: self.bytes, last_seq: (self.last_seq > 0).then_some(self.last_seq) })
     }
 
-    fn load_state(&mut self, _: Namespace, name: &str) -> Result<Option<serde_json::Value>> {
+    fn load_state(&mut self, _: Namespace, key: StateKey) -> Result<Option<serde_json::Value>> {
+        let name = key.as_str();
         let value = self.state.get(name).map_err(|e| sled_error(&self.path, "cannot read", e))?;
         value.map(|v| serde_json::from_slice(&v).map_err(|_| corrupt(&self.path))).transpose()
     }
 
-    fn save_state(&mut self, _: Namespace, name: &str, value: &serde_json::Value) -> Result<()> {
+    fn save_state(&mut self, _: Namespace, key: StateKey, value: &serde_json::Value) -> Result<()> {
+        let name = key.as_str();
         self.state
             .insert(name, value.to_string().into_bytes())
             .and_then(|_| self.checkpoint())
@@ -574,8 +575,8 @@ impl StoreBackend for Worker {
         self.checkpoint().map_err(|e| sled_error(&self.path, "cannot checkpoint", e))
     }
 
-    fn close(self: Box<Self>) -> Result<()> {
-        let mut this = *self;
+    fn close(self) -> Result<()> {
+        let mut this = self;
         let flushed = this.checkpoint().map_err(|e| sled_error(&this.path, "cannot flush", e));
         let path = this.path.clone();
         drop(this);

@@ -50,13 +50,13 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql};
 pub use spotflow_core::Durability;
 use spotflow_core::{
-    ContentEncoding, Error, ErrorStatus, FreeSpace, MessageKind, Namespace, OutgoingMessage, QueueStats, QueuedMessage,
-    Result, StoreBackend, StreamTarget, ThreadStore, SINGLE_DEVICE,
+    ContentEncoding, DurableBackend, Error, ErrorStatus, FreeSpace, MessageKind, Namespace, OutgoingMessage,
+    QueueStats, QueuedMessage, Result, StateKey, StoreBackend, StreamTarget, ThreadStore, SINGLE_DEVICE,
 };
 use tracing::debug;
 
 mod shared;
-pub use shared::{SharedSqliteStore, SqliteDeviceStore};
+pub use shared::SharedSqliteStore;
 
 /// The schema migrations, in order; `PRAGMA user_version` counts how many are applied.
 /// Version 1 is the first released schema.
@@ -157,19 +157,35 @@ pub struct SqliteOptions {
     pub max_bytes: Option<u64>,
     /// Appends fail with a clear error while the file system has less free space than this.
     pub min_free_bytes: u64,
+    /// One device's schema, or several devices' (set by [`SharedSqliteStore`]).
+    layout: Layout,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { durability: Durability::PowerLossSafe, max_bytes: None, min_free_bytes: DEFAULT_MIN_FREE_BYTES }
+        SqliteOptions {
+            durability: Durability::PowerLossSafe,
+            max_bytes: None,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            layout: Layout::Single,
+        }
     }
 }
 
-spotflow_core::durable_store!(
-    /// A durable store in one SQLite file.
-    SqliteStore,
-    SqliteOptions
-);
+impl SqliteOptions {
+    /// These options for a store shared by several devices.
+    pub(crate) fn shared(self) -> SqliteOptions {
+        SqliteOptions { layout: Layout::Shared, ..self }
+    }
+}
+
+/// A durable store in one SQLite file: `open(path, durability)`, `open_with_options`,
+/// `open_async`, `open_async_with_options`, `path()`, and [`Store`](spotflow_core::Store).
+pub type SqliteStore = ThreadStore<SqliteBackend>;
+
+/// A device's store in a [`SharedSqliteStore`] (from [`SharedSqliteStore::device`]). Its
+/// `close` releases the device (another store of it may then be taken) and closes nothing else.
+pub type SqliteDeviceStore = ThreadStore<SqliteBackend>;
 
 fn sql_error(path: &Path, context: &str, e: rusqlite::Error) -> Error {
     let status = match e.sqlite_error_code() {
@@ -189,41 +205,23 @@ fn sql_error(path: &Path, context: &str, e: rusqlite::Error) -> Error {
     Error::Store { context: format!("{context} {}: {detail}", path.display()), status, source: Some(Box::new(e)) }
 }
 
-impl SqliteStore {
-    /// Starts the store's thread, which opens the database and reports through `ready`.
-    fn start(
-        path: &Path,
-        options: SqliteOptions,
-        ready: impl FnOnce(Result<()>) + Send + 'static,
-    ) -> Result<SqliteStore> {
-        let path = path.to_path_buf();
-        let inner = start_thread(&path, options, Layout::Single, ready)?;
-        debug!(path = %path.display(), ?options, "opening the SQLite store");
-        Ok(SqliteStore { inner, path: Arc::new(path) })
+impl DurableBackend for SqliteBackend {
+    const LABEL: &'static str = "SQLite";
+    type Options = SqliteOptions;
+
+    fn options(durability: Durability) -> SqliteOptions {
+        SqliteOptions { durability, ..SqliteOptions::default() }
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    fn durability(options: &SqliteOptions) -> Durability {
+        options.durability
     }
-}
 
-/// Starts the thread of a store with this layout, which opens the database and reports through
-/// `ready`.
-fn start_thread(
-    path: &Path,
-    options: SqliteOptions,
-    layout: Layout,
-    ready: impl FnOnce(Result<()>) + Send + 'static,
-) -> Result<ThreadStore> {
-    let path = path.to_path_buf();
-    let open = move || {
-        open_connection(&path, options.durability, options.max_bytes, layout)
-            .and_then(|c| Worker::new(c, path, options.min_free_bytes, layout))
-            .map(|w| Worker { relaxed_removals: options.durability == Durability::PowerLossSafe, ..w })
-    };
-    // Crash safe: a commit takes microseconds, so a lone caller polls for its answer.
-    ThreadStore::start("SQLite", options.durability == Durability::CrashSafe, open, ready)
+    fn open(path: &Path, options: SqliteOptions) -> Result<SqliteBackend> {
+        let conn = open_connection(path, options.durability, options.max_bytes, options.layout)?;
+        let backend = SqliteBackend::new(conn, path.to_path_buf(), options.min_free_bytes, options.layout)?;
+        Ok(SqliteBackend { relaxed_removals: options.durability == Durability::PowerLossSafe, ..backend })
+    }
 }
 
 fn private_error(path: &Path, e: std::io::Error) -> Error {
@@ -364,11 +362,13 @@ fn verify_schema(conn: &Connection, path: &Path, layout: Layout) -> Result<()> {
 struct Queue {
     count: u64,
     bytes: u64,
-    /// The highest sequence number given to this device (see [`Worker::new`]).
+    /// The highest sequence number given to this device (see [`SqliteBackend::new`]).
     last_seq: u64,
 }
 
-struct Worker {
+/// The storage work of [`SqliteStore`] and [`SharedSqliteStore`] on one SQLite connection, done
+/// on the store's thread (see [`ThreadStore`]).
+pub struct SqliteBackend {
     conn: Connection,
     path: PathBuf,
     layout: Layout,
@@ -377,11 +377,11 @@ struct Worker {
     /// The highest sequence number given in the file.
     last_seq: u64,
     free: FreeSpace,
-    /// Removals commit without their own fsync (see [`Worker::remove`]).
+    /// Removals commit without their own fsync (see [`SqliteBackend::remove`]).
     relaxed_removals: bool,
     /// `synchronous=FULL` could not be restored after a removal: appends retry it first.
     sync_relaxed: bool,
-    /// Commits and bytes appended since the last checkpoint (see [`Worker::maintenance_due`]).
+    /// Commits and bytes appended since the last checkpoint (see [`SqliteBackend::maintenance_due`]).
     wal_commits: u32,
     wal_bytes: u64,
 }
@@ -395,9 +395,9 @@ fn opt(s: Option<String>) -> Option<Arc<str>> {
     s.map(Arc::from)
 }
 
-impl Worker {
+impl SqliteBackend {
     /// Reads the queues' sizes and every device's last sequence number.
-    fn new(conn: Connection, path: PathBuf, min_free: u64, layout: Layout) -> Result<Worker> {
+    fn new(conn: Connection, path: PathBuf, min_free: u64, layout: Layout) -> Result<SqliteBackend> {
         let free = FreeSpace::new(path.parent().unwrap_or(Path::new(".")), min_free);
         let read = |e| sql_error(&path, "cannot read", e);
         // One device's file numbers its rows with AUTOINCREMENT; a shared one per device.
@@ -445,7 +445,7 @@ impl Worker {
                 }
             }
         }
-        Ok(Worker {
+        Ok(SqliteBackend {
             conn,
             path,
             layout,
@@ -669,7 +669,7 @@ impl Worker {
     }
 }
 
-impl StoreBackend for Worker {
+impl StoreBackend for SqliteBackend {
     fn append(&mut self, groups: &[(Namespace, Vec<OutgoingMessage>)]) -> Result<Vec<u64>> {
         let incoming: u64 = groups.iter().flat_map(|(_, g)| g).map(|m| m.payload.len() as u64 + 64).sum();
         self.free.check(incoming, &self.path)?;
@@ -677,11 +677,11 @@ impl StoreBackend for Worker {
     }
 
     fn read(&mut self, ns: Namespace, after: Option<u64>, limit: usize) -> Result<Vec<QueuedMessage>> {
-        Worker::read(self, ns, after, limit).map_err(|e| sql_error(&self.path, "cannot read", e))
+        SqliteBackend::read(self, ns, after, limit).map_err(|e| sql_error(&self.path, "cannot read", e))
     }
 
     fn remove(&mut self, ns: Namespace, seqs: &[u64]) -> Result<()> {
-        Worker::remove(self, ns, seqs).map_err(|e| sql_error(&self.path, "cannot remove from", e))
+        SqliteBackend::remove(self, ns, seqs).map_err(|e| sql_error(&self.path, "cannot remove from", e))
     }
 
     fn stats(&mut self, ns: Namespace) -> Result<QueueStats> {
@@ -689,7 +689,8 @@ impl StoreBackend for Worker {
         Ok(QueueStats { count: q.count, bytes: q.bytes, last_seq: (q.last_seq > 0).then_some(q.last_seq) })
     }
 
-    fn load_state(&mut self, ns: Namespace, name: &str) -> Result<Option<serde_json::Value>> {
+    fn load_state(&mut self, ns: Namespace, key: StateKey) -> Result<Option<serde_json::Value>> {
+        let name = key.as_str();
         let sql =
             self.sql("SELECT json FROM state WHERE name = ?1", "SELECT json FROM state WHERE name = ?1 AND ns = ?2");
         let json = self
@@ -707,7 +708,8 @@ impl StoreBackend for Worker {
         .transpose()
     }
 
-    fn save_state(&mut self, ns: Namespace, name: &str, value: &serde_json::Value) -> Result<()> {
+    fn save_state(&mut self, ns: Namespace, key: StateKey, value: &serde_json::Value) -> Result<()> {
+        let name = key.as_str();
         let sql = self.sql(
             "INSERT OR REPLACE INTO state (name, json) VALUES (?1, ?2)",
             "INSERT OR REPLACE INTO state (name, json, ns) VALUES (?1, ?2, ?3)",
@@ -775,7 +777,7 @@ impl StoreBackend for Worker {
     }
 
     /// Every commit is already durable; dropping the worker closes the connection.
-    fn close(self: Box<Self>) -> Result<()> {
+    fn close(self) -> Result<()> {
         Ok(())
     }
 }
@@ -784,7 +786,7 @@ impl StoreBackend for Worker {
 mod tests {
     use super::*;
 
-    fn synchronous(w: &Worker) -> i64 {
+    fn synchronous(w: &SqliteBackend) -> i64 {
         w.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
     }
 
@@ -793,7 +795,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
         let conn = open_connection(&path, Durability::PowerLossSafe, None, Layout::Single).unwrap();
-        let mut w = Worker { relaxed_removals: true, ..Worker::new(conn, path, 0, Layout::Single).unwrap() };
+        let mut w =
+            SqliteBackend { relaxed_removals: true, ..SqliteBackend::new(conn, path, 0, Layout::Single).unwrap() };
         assert_eq!(synchronous(&w), 2, "FULL");
         StoreBackend::append(&mut w, &[(SINGLE_DEVICE, vec![spotflow_core::testkit::sample_message(1)])]).unwrap();
         assert_eq!(w.queues[&SINGLE_DEVICE].count, 1);
