@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use crate::spotflow_result_t;
 
@@ -221,7 +221,7 @@ impl Registry {
     }
 
     fn lock<R>(&self, f: impl FnOnce(&mut HashSet<usize>) -> R) -> R {
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut live = spotflow_core::lock(&self.live);
         f(live.get_or_insert_with(HashSet::new))
     }
 }

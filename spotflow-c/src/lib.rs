@@ -19,7 +19,7 @@ mod log;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -594,7 +594,7 @@ fn start(options: &spotflow_client_options_t) -> Outcome<DeviceClient> {
             let id = CString::new(op.id.as_str()).unwrap_or_default();
             let code = CString::new(op.verification_code.as_str()).unwrap_or_default();
             let expiration = CString::new(op.expiration_time_rfc3339()).unwrap_or_default();
-            let waiting = starting.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            let waiting = spotflow_core::lock(&starting).clone();
             let event = Starting::Operation { id, verification_code: code, expiration_time: expiration };
             if let Some(Err(mpsc::SendError(Starting::Operation { id, verification_code, expiration_time }))) =
                 waiting.map(|w| w.send(event))
@@ -635,7 +635,7 @@ fn start(options: &spotflow_client_options_t) -> Outcome<DeviceClient> {
             Err(_) => break Err(spotflow_device::Error::Closed),
         }
     };
-    *starting.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    *spotflow_core::lock(&starting) = None;
     Ok(result?)
 }
 
@@ -684,7 +684,7 @@ fn with_client(
 
 impl spotflow_client_t {
     fn sender(&self, context: &spotflow_message_context_t) -> Outcome<StreamSender> {
-        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut senders = spotflow_core::lock(&self.senders);
         if let Some((_, sender)) = senders.iter().find(|(c, _)| c == context) {
             return Ok(sender.clone());
         }

@@ -80,7 +80,7 @@ struct Shared {
 impl Shared {
     fn note(&self, what: String) {
         let line = format!("{:>9.3}s {what}", self.started.elapsed().as_secs_f64());
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        lock(&self.log).push(line);
     }
 }
 
@@ -144,7 +144,7 @@ impl ChaosProxy {
     }
 
     fn kill_all(&self, kill: impl Fn() -> Kill, what: &str) {
-        let kills = std::mem::take(&mut *self.shared.kills.lock().unwrap_or_else(|e| e.into_inner()));
+        let kills = std::mem::take(&mut *lock(&self.shared.kills));
         self.shared.note(format!("{what} {} connections", kills.len()));
         for tx in kills.values() {
             let _ = tx.send(kill());
@@ -162,7 +162,7 @@ impl ChaosProxy {
 
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
-        self.shared.kills.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.shared.kills).len()
     }
 
     /// Bytes forwarded and bytes dropped so far.
@@ -172,7 +172,7 @@ impl ChaosProxy {
 
     /// What the proxy did, a line per event, with the time since it started.
     pub fn log(&self) -> Vec<String> {
-        self.shared.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.shared.log).clone()
     }
 
     /// Runs `schedule` (each fault at its offset from now, in order); returns when the last one
@@ -240,7 +240,7 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        shared.kills.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        lock(&shared.kills).insert(id, tx);
         tokio::spawn(connection(id, client, peer, upstream, rx, shared.clone()));
     }
 }
@@ -257,7 +257,7 @@ async fn connection(
         Ok(s) => s,
         Err(e) => {
             shared.note(format!("#{id} from {peer}: upstream refused ({e})"));
-            shared.kills.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            lock(&shared.kills).remove(&id);
             return;
         }
     };
@@ -292,7 +292,7 @@ async fn connection(
         }
     };
     drop((client, server));
-    shared.kills.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    lock(&shared.kills).remove(&id);
     shared.note(format!("#{id} {reason}"));
 }
 
@@ -350,4 +350,10 @@ async fn direction(mut from: ReadHalf<'_>, to: WriteHalf<'_>, shared: &Shared) -
         r = writer => r,
         r = reader => r,
     }
+}
+
+/// Locks `mutex`, also after a panic of a thread that held it (the proxy's state stays consistent
+/// between statements).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

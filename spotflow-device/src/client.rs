@@ -89,7 +89,7 @@ impl DeviceClient {
     /// acknowledgement latency (see [`Stats`]). Cheap: atomics and a few short locks.
     pub fn stats(&self) -> Stats {
         let shared = &self.inner.shared;
-        let desired = shared.desired.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|d| d.version);
+        let desired = spotflow_core::lock(&shared.desired).as_ref().map(|d| d.version);
         shared.stats.snapshot(
             (self.pending_messages_count(), shared.queued_bytes()),
             shared.refused_total.load(Ordering::Acquire),
@@ -136,13 +136,13 @@ impl DeviceClient {
 
     /// The current desired properties (version 0 and no values before any are known).
     pub fn get_desired_properties(&self) -> DesiredProperties {
-        self.inner.shared.desired.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
+        spotflow_core::lock(&self.inner.shared.desired).clone().unwrap_or_default()
     }
 
     /// The current desired properties if their version is greater than `version` (always with
     /// `None`); intermediate versions are skipped.
     pub fn get_desired_properties_if_newer(&self, version: Option<u64>) -> Option<DesiredProperties> {
-        let desired = self.inner.shared.desired.lock().unwrap_or_else(|p| p.into_inner());
+        let desired = spotflow_core::lock(&self.inner.shared.desired);
         desired.as_ref().filter(|d| version.is_none_or(|v| d.version > v)).cloned()
     }
 

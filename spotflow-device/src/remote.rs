@@ -49,7 +49,7 @@ impl RemoteAccess {
     }
 
     fn finish(&self, tunnel_id: &str) {
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(tunnel_id);
+        spotflow_core::lock(&self.running).remove(tunnel_id);
     }
 
     /// Handles a `!remote-access` call: answers once the local port and the platform's
@@ -73,7 +73,7 @@ impl RemoteAccess {
             warn!(tunnel = ?tunnel_id, port, "remote access to a port that is not allowed refused");
             return answer(403, &format!("Remote access to port {port} is not allowed"));
         }
-        if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(tunnel_id.clone()) {
+        if !spotflow_core::lock(&self.running).insert(tunnel_id.clone()) {
             return answer(409, "Previous attempt still active.");
         }
         let tcp = match tunnel::connect_local(port).await {

@@ -86,17 +86,17 @@ impl RecentAppends {
 
 impl Shared {
     pub(crate) fn remember_appended(&self, message: QueuedMessage) {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).remember(message);
+        spotflow_core::lock(&self.recent).remember(message);
     }
 
     /// See [`RecentAppends::take`].
     pub fn take_recent(&self, after: Option<u64>, through: u64, limit: usize) -> Option<Vec<QueuedMessage>> {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).take(after, through, limit)
+        spotflow_core::lock(&self.recent).take(after, through, limit)
     }
 
     /// Forgets every remembered message (their store rows were removed without being sent).
     pub fn forget_recent(&self) {
-        *self.recent.lock().unwrap_or_else(|p| p.into_inner()) = RecentAppends::default();
+        *spotflow_core::lock(&self.recent) = RecentAppends::default();
     }
 
     pub fn last_appended(&self) -> u64 {
@@ -113,7 +113,7 @@ impl Shared {
     /// The platform refused message `seq` for good (it has left the queue).
     pub fn message_refused(&self, seq: u64, reason: String) {
         self.refused_total.fetch_add(1, Ordering::AcqRel);
-        let mut log = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = spotflow_core::lock(&self.refused);
         log.entries.insert(seq, reason);
         if log.entries.len() > REFUSED_REMEMBERED {
             log.entries.pop_first();
@@ -124,7 +124,7 @@ impl Shared {
     /// Takes the refusals of messages up to `through` not reported yet: their count and the last
     /// reason.
     pub(crate) fn take_refused(&self, through: u64) -> Option<(u64, String)> {
-        let mut log = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = spotflow_core::lock(&self.refused);
         let later = log.entries.split_off(&through.saturating_add(1));
         let taken = std::mem::replace(&mut log.entries, later);
         let count = taken.len() as u64 + std::mem::take(&mut log.overflow);
@@ -147,7 +147,7 @@ impl Shared {
     }
 
     pub fn set_desired(&self, desired: DesiredState) {
-        *self.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(desired);
+        *spotflow_core::lock(&self.desired) = Some(desired);
     }
 
     pub fn set_reported_status(&self, pending: bool, rejection: Option<u16>) {

@@ -240,7 +240,7 @@ impl Timing {
         if let Some(us) = unpack(self.ring[seq as usize % RING].load(Ordering::Acquire), seq) {
             return Some(us);
         }
-        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = spotflow_core::lock(&self.samples);
         samples.iter().rev().find(|(s, _)| *s <= seq).map(|(_, us)| *us)
     }
 
@@ -363,7 +363,7 @@ impl Counters {
     }
 
     fn link(&self) -> std::sync::MutexGuard<'_, Link> {
-        self.link.lock().unwrap_or_else(|p| p.into_inner())
+        spotflow_core::lock(&self.link)
     }
 
     /// The store held `count` messages (`bytes`), up to `seq`, when the client started.
@@ -387,7 +387,7 @@ impl Counters {
         self.timing.ring[seq as usize % RING].store(pack(seq, us), Ordering::Release);
         if seq.is_multiple_of(SAMPLE_EVERY) {
             let oldest = self.timing.oldest_seq.load(Ordering::Acquire);
-            let mut samples = self.timing.samples.lock().unwrap_or_else(|p| p.into_inner());
+            let mut samples = spotflow_core::lock(&self.timing.samples);
             // Samples of messages that left the queue are not needed (one is kept before the
             // oldest queued message).
             while samples.len() >= 2 && samples[1].0 <= oldest {
@@ -456,7 +456,7 @@ impl Counters {
             e.queued_messages.set(queued_messages as f64);
             e.queued_bytes.set(queued_bytes as f64);
             let now = (self.enqueued.load(Ordering::Relaxed), self.delivered.load(Ordering::Relaxed));
-            let mut published = e.published.lock().unwrap_or_else(|p| p.into_inner());
+            let mut published = spotflow_core::lock(&e.published);
             e.enqueued.increment(now.0.saturating_sub(published.0));
             e.delivered.increment(now.1.saturating_sub(published.1));
             *published = now;

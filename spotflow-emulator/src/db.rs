@@ -366,7 +366,7 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<Live>, contr
 
 /// The control state as JSON (its devices are rows of their own).
 fn serialize_control(control: &SharedControl) -> Option<String> {
-    let state = control.lock().unwrap_or_else(|p| p.into_inner());
+    let state = spotflow_core::lock(control);
     match serde_json::to_string(&*state) {
         Ok(json) => Some(json),
         Err(e) => {

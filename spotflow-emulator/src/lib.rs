@@ -321,7 +321,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub fn lock_state(&self) -> MutexGuard<'_, ControlState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        spotflow_core::lock(&self.state)
     }
 
     /// Runs `f` on the state and persists the control state (tokens, operations, SAS) and the
@@ -376,7 +376,7 @@ impl Inner {
     }
 
     pub fn devices(&self) -> Vec<DeviceInfo> {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = spotflow_core::lock(&self.sessions);
         self.lock_state()
             .devices
             .iter()
@@ -398,7 +398,7 @@ impl Inner {
 
     /// Devices with a live MQTT session.
     pub fn connected_devices(&self) -> usize {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+        spotflow_core::lock(&self.sessions).len()
     }
 
     pub fn twin(&self, hub_id: &str) -> Option<Twin> {
@@ -448,16 +448,16 @@ impl Inner {
             return Err(MethodFailure::NotConnected);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.methods.lock().unwrap_or_else(|p| p.into_inner()).insert(rid.clone(), (hub_id.to_owned(), tx));
+        spotflow_core::lock(&self.methods).insert(rid.clone(), (hub_id.to_owned(), tx));
         let publish = rumqttc::mqttbytes::v4::Publish::new(topic, rumqttc::mqttbytes::QoS::AtMostOnce, payload);
         if !self.send_to(hub_id, Outbound::Packet(rumqttc::mqttbytes::v4::Packet::Publish(publish))) {
-            self.methods.lock().unwrap_or_else(|p| p.into_inner()).remove(&rid);
+            spotflow_core::lock(&self.methods).remove(&rid);
             return Err(MethodFailure::NotConnected);
         }
         // The name is the admin's text: logged escaped.
         info!(device = %hub_id, ?method, %rid, "direct method called");
         let answer = tokio::time::timeout(timeout, rx).await;
-        self.methods.lock().unwrap_or_else(|p| p.into_inner()).remove(&rid);
+        spotflow_core::lock(&self.methods).remove(&rid);
         match answer {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(MethodFailure::NotConnected),
@@ -477,7 +477,7 @@ impl Inner {
             warn!(device = %hub_id, ?topic, "malformed direct method answer ignored");
             return;
         };
-        let mut pending = self.methods.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = spotflow_core::lock(&self.methods);
         match pending.get(rid) {
             Some((called, _)) if called == hub_id => {
                 if let Some((_, tx)) = pending.remove(rid) {
@@ -496,7 +496,7 @@ impl Inner {
         else {
             return;
         };
-        let mut pending = self.methods.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = spotflow_core::lock(&self.methods);
         if pending.get(rid).is_some_and(|(called, _)| called == hub_id) {
             warn!(device = %hub_id, ?rid, bytes, "a direct method's answer is over the packet limit; the caller gets 413");
             if let Some((_, tx)) = pending.remove(rid) {
@@ -506,7 +506,7 @@ impl Inner {
     }
 
     fn send_to(&self, hub_id: &str, outbound: Outbound) -> bool {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = spotflow_core::lock(&self.sessions);
         sessions.get(hub_id).is_some_and(|tx| tx.send(outbound).is_ok())
     }
 
@@ -518,7 +518,7 @@ impl Inner {
     /// session was present (subscriptions kept from an earlier connection).
     pub fn start_session(&self, hub_id: &str, tx: mpsc::UnboundedSender<Outbound>, clean: bool) -> bool {
         self.live.seen(hub_id);
-        if let Some(old) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(hub_id.to_owned(), tx) {
+        if let Some(old) = spotflow_core::lock(&self.sessions).insert(hub_id.to_owned(), tx) {
             let _ = old.send(Outbound::Kick);
         }
         self.with_device(hub_id, |device| match device {
@@ -532,7 +532,7 @@ impl Inner {
     }
 
     pub fn end_session(&self, hub_id: &str, tx: &mpsc::UnboundedSender<Outbound>) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = spotflow_core::lock(&self.sessions);
         if sessions.get(hub_id).is_some_and(|t| t.same_channel(tx)) {
             sessions.remove(hub_id);
             self.live.seen(hub_id);
@@ -585,7 +585,7 @@ impl Inner {
 
     /// `host:port` of the upload endpoint, as `hostName` in file-upload answers.
     pub fn upload_host(&self) -> String {
-        let port = self.https_addr.lock().unwrap_or_else(|p| p.into_inner()).map_or(443, |a| a.port());
+        let port = spotflow_core::lock(&self.https_addr).map_or(443, |a| a.port());
         format!("{}:{port}", self.config.hub_host)
     }
 }
@@ -886,8 +886,7 @@ impl Emulator {
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         self.inner.db.sync(Duration::from_secs(5));
-        let sessions: Vec<_> =
-            self.inner.sessions.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let sessions: Vec<_> = spotflow_core::lock(&self.inner.sessions).values().cloned().collect();
         for s in sessions {
             let _ = s.send(Outbound::Kick);
         }

@@ -126,7 +126,7 @@ fn shown(name: &Option<String>) -> &str {
 
 impl Live {
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+        spotflow_core::lock(&self.counts)
     }
 
     /// Messages were stored (each with its row id): counted under one lock; fed to the

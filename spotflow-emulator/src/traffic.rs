@@ -46,7 +46,7 @@ impl Traffic {
         if !self.enabled {
             return;
         }
-        let mut guard = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = spotflow_core::lock(&self.records);
         let (records, dropped) = &mut *guard;
         if records.len() >= MAX_RECORDS {
             *dropped += 1;
@@ -58,12 +58,12 @@ impl Traffic {
 
     /// Records from `from` on (at most `limit`), and how many were not kept.
     pub fn records(&self, from: usize, limit: usize) -> (Vec<Value>, u64) {
-        let guard = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = spotflow_core::lock(&self.records);
         (guard.0.iter().skip(from).take(limit).cloned().collect(), guard.1)
     }
 
     pub fn clear(&self) {
-        let mut guard = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = spotflow_core::lock(&self.records);
         guard.0.clear();
         guard.1 = 0;
     }

@@ -35,7 +35,7 @@ pub(crate) struct Tunnels {
 impl Tunnels {
     /// The tunnel `id` if `secret` is its own; it can be claimed once.
     pub(crate) fn claim(&self, id: &str, secret: &str) -> Option<oneshot::Sender<WebSocket>> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = spotflow_core::lock(&self.pending);
         let matches = pending
             .get(id)
             .is_some_and(|p| spotflow_core::secure_random::ct_eq(p.secret.as_bytes(), secret.as_bytes()));
@@ -43,7 +43,7 @@ impl Tunnels {
     }
 
     fn forget(&self, id: &str) {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        spotflow_core::lock(&self.pending).remove(id);
     }
 }
 
@@ -62,12 +62,7 @@ pub(crate) async fn operate(inner: Arc<Inner>, hub_id: String, port: u16, operat
     let id = crate::state::random_hex(16);
     let secret = crate::state::random_hex(32);
     let (tx, rx) = oneshot::channel();
-    inner
-        .tunnels
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id.clone(), Pending { secret: secret.clone(), device: tx });
+    spotflow_core::lock(&inner.tunnels.pending).insert(id.clone(), Pending { secret: secret.clone(), device: tx });
     let uri = format!("wss://{}/tunnels/{id}?secret={secret}", inner.upload_host());
     let payload = json!({"tunnelId": id, "port": port, "tunnelSecureUri": uri}).to_string().into_bytes();
     let answer = inner.invoke_method(&hub_id, "!remote-access", payload, CALL_TIMEOUT).await;

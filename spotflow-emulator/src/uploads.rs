@@ -74,7 +74,7 @@ impl Uploads {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        spotflow_core::lock(&self.pending)
     }
 
     /// Starts (or restarts) `device`'s upload of `blob` with `signature`.

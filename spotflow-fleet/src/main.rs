@@ -91,22 +91,22 @@ impl Figures {
     fn delivered(&self, latency: Duration) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         let us = latency.as_micros().min(u32::MAX as u128) as u32;
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+        spotflow_core::lock(&self.recent).push(us);
     }
 
     /// Moves the recent latencies to the overall list; returns (p50, p99) of them in ms.
     fn take_recent(&self) -> (f64, f64) {
-        let mut recent = std::mem::take(&mut *self.recent.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut recent = std::mem::take(&mut *spotflow_core::lock(&self.recent));
         recent.sort_unstable();
         let ps = (percentile(&recent, 0.5), percentile(&recent, 0.99));
-        self.all.lock().unwrap_or_else(|p| p.into_inner()).extend(recent);
+        spotflow_core::lock(&self.all).extend(recent);
         ps
     }
 }
 
 /// Devices connected now; reconnections and connection attempts (successful or not), in all.
 fn connections(figures: &Figures) -> (usize, u64, u64) {
-    let clients = figures.clients.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let clients = spotflow_core::lock(&figures.clients).clone();
     let connected = clients.iter().filter(|c| c.is_connected()).count();
     let (mut reconnects, mut attempts) = (0, 0);
     for c in &clients {
@@ -214,7 +214,7 @@ async fn device(
         }
     };
     figures.started.fetch_add(1, Ordering::Relaxed);
-    figures.clients.lock().unwrap_or_else(|p| p.into_inner()).push(client.clone());
+    spotflow_core::lock(&figures.clients).push(client.clone());
     let sender = client.create_stream_sender(Some("fleet"), Some("telemetry"), Compression::Uncompressed).ok()?;
     // Everyone starts sending together, each at its own offset within the first period.
     let start = loop {
@@ -472,7 +472,7 @@ async fn main() -> Result<(), String> {
     }
     let connected = clients.iter().filter(|c| c.is_connected()).count();
     let (_, reconnects, attempts) = connections(figures);
-    figures.clients.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    spotflow_core::lock(&figures.clients).clear();
     let rss_end = rss_kib();
     peak_rss = peak_rss.max(rss_end);
     for c in &clients {
@@ -484,7 +484,7 @@ async fn main() -> Result<(), String> {
         }
     }
     figures.take_recent();
-    let mut all = std::mem::take(&mut *figures.all.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut all = std::mem::take(&mut *spotflow_core::lock(&figures.all));
     all.sort_unstable();
     let delivered = figures.delivered.load(Ordering::Relaxed);
     let failed = figures.failed.load(Ordering::Relaxed);

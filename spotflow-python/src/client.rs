@@ -16,7 +16,7 @@ use crate::{logging, run_detached, run_interruptible, same_process, to_py};
 static OPEN: Mutex<Vec<(u32, Weak<spotflow_device::DeviceClient>)>> = Mutex::new(Vec::new());
 
 fn register(client: &Arc<spotflow_device::DeviceClient>) {
-    let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut open = spotflow_core::lock(&OPEN);
     open.retain(|(_, w)| w.strong_count() > 0);
     open.push((std::process::id(), Arc::downgrade(client)));
 }
@@ -24,7 +24,7 @@ fn register(client: &Arc<spotflow_device::DeviceClient>) {
 /// Closes every client still open (at most 2 s each): acknowledgements are flushed to the
 /// database, the connection and the database file are closed.
 pub fn close_all(py: Python<'_>) {
-    let open: Vec<_> = std::mem::take(&mut *OPEN.lock().unwrap_or_else(|p| p.into_inner()));
+    let open: Vec<_> = std::mem::take(&mut *spotflow_core::lock(&OPEN));
     // Only this process's clients: a forked child leaves its parent's alone.
     let pid = std::process::id();
     for client in open.into_iter().filter(|(owner, _)| *owner == pid).filter_map(|(_, w)| w.upgrade()) {

@@ -35,7 +35,7 @@ pub(crate) fn to_py(e: spotflow_device::Error) -> PyErr {
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::Mutex<Option<(u32, &'static tokio::runtime::Runtime)>> = std::sync::Mutex::new(None);
     let pid = std::process::id();
-    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut slot = spotflow_core::lock(&RUNTIME);
     match *slot {
         Some((owner, rt)) if owner == pid => rt,
         _ => {

@@ -162,7 +162,7 @@ pub fn start_forwarding(py: Python<'_>) -> PyResult<()> {
 
 fn set_forwarder_done(done: bool) {
     let (lock, changed) = &FORWARDER_DONE;
-    *lock.lock().unwrap_or_else(|p| p.into_inner()) = done;
+    *spotflow_core::lock(lock) = done;
     changed.notify_all();
 }
 
@@ -177,7 +177,7 @@ pub fn stop(py: Python<'_>) {
     }
     py.detach(|| {
         let (lock, changed) = &FORWARDER_DONE;
-        let done = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let done = spotflow_core::lock(lock);
         let _ = changed.wait_timeout_while(done, Duration::from_secs(2), |done| !*done);
     });
     STOPPED.store(true, Ordering::Release);

@@ -376,7 +376,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 if p.qos == QoS::AtLeastOnce {
                     encode(&Packet::PubAck(PubAck::new(p.pkid)), &mut self.out)?;
                 }
-                let event = self.twin.lock().unwrap_or_else(|e| e.into_inner()).translate(&p.topic, &p.payload);
+                let event = spotflow_core::lock(&self.twin).translate(&p.topic, &p.payload);
                 if let Some(event) = event {
                     self.emit(event).await?;
                 }
@@ -431,14 +431,12 @@ impl Connection for SessionConnection {
     }
 
     async fn request_twin(&mut self, request: RequestId) -> Result<()> {
-        let (topic, payload) =
-            self.twin.lock().unwrap_or_else(|e| e.into_inner()).start(request, RequestKind::TwinGet, None);
+        let (topic, payload) = spotflow_core::lock(&self.twin).start(request, RequestKind::TwinGet, None);
         self.publish(topic, payload, None).await
     }
 
     async fn patch_reported(&mut self, request: RequestId, patch: &Map<String, Value>) -> Result<()> {
-        let (topic, payload) =
-            self.twin.lock().unwrap_or_else(|e| e.into_inner()).start(request, RequestKind::ReportedPatch, Some(patch));
+        let (topic, payload) = spotflow_core::lock(&self.twin).start(request, RequestKind::ReportedPatch, Some(patch));
         self.publish(topic, payload, None).await
     }
 

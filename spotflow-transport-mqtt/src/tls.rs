@@ -43,7 +43,7 @@ impl TlsOptions {
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
         type Built = Vec<(TlsOptions, std::sync::Weak<rustls::ClientConfig>)>;
         static BUILT: std::sync::Mutex<Built> = std::sync::Mutex::new(Vec::new());
-        let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        let mut built = spotflow_core::lock(&BUILT);
         built.retain(|(_, config)| config.strong_count() > 0);
         if let Some(config) = built.iter().find(|(options, _)| options == self).and_then(|(_, c)| c.upgrade()) {
             return Ok(config);

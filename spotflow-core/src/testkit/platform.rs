@@ -163,7 +163,7 @@ impl MemoryPlatform {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     fn changed(&self) {
