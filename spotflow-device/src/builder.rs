@@ -2,22 +2,23 @@
 //! stacks by Cargo feature), the identity, the worker and the callback thread.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use spotflow_core::{
-    validate_name, DesiredState, DesiredTracker, Error, LinkSchedule, LinkTimings, OutgoingQueue, PlatformApi,
-    ProvisioningOperation, ReportedTracker, Result, Secret, Store, Transport,
+    validate_name, Error, PlatformApi, ProvisioningOperation, ReportedTracker, Result, Secret, Store, Transport,
 };
-use tokio::sync::{mpsc, watch, Notify};
-use tracing::{info, warn, Instrument};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, Instrument};
 
+use crate::backends::{default_store, network_stack};
+use crate::callbacks::{CallbackThread, DesiredSink};
 use crate::client::{ClientInner, DeviceClient};
 use crate::provisioning::{
     obtain_identity, print_provisioning_operation, CredentialKeeper, DisplayCallback, StartRequest,
 };
-use crate::shared::{RecentAppends, RefusedLog, Shared};
-use crate::worker::Worker;
+use crate::shared::Shared;
+use crate::worker::{Worker, WorkerSetup};
 use crate::{ClientOptions, DesiredProperties, Instance, NetworkOptions};
 
 /// Called with the desired properties after start and on every newer version, on a dedicated
@@ -262,7 +263,7 @@ impl DeviceClientBuilder {
     /// the approval (bounded by [`ClientOptions::start_timeout`]; dropping the future cancels it).
     pub async fn start(self) -> Result<DeviceClient> {
         let instance = self.validate()?;
-        let store: Arc<dyn Store> = match self.store {
+        let store = match self.store {
             Some(s) => s,
             None => default_store(&self.db, self.options.durability).await?,
         };
@@ -271,6 +272,7 @@ impl DeviceClientBuilder {
         let display: DisplayCallback = self.display.unwrap_or_else(|| Arc::new(print_provisioning_operation));
         let options = self.options;
 
+        // 1. Who the device is: the stored registration, or provisioning and approval.
         let (identity, fresh) = obtain_identity(&StartRequest {
             api: api.as_ref(),
             store: store.as_ref(),
@@ -280,64 +282,43 @@ impl DeviceClientBuilder {
             options: &options,
         })
         .await?;
-
         // Every log line of this client's background work (the worker, the credential keeper and
-        // the tasks they start: connections, uploads, direct methods, tunnels) is inside this
-        // span, so a process with many devices (a `Gateway`) says which device a line is about.
+        // the tasks they start: connections, uploads, direct methods, tunnels, the desired
+        // callback) is inside this span, so a process with many devices (a `Gateway`) says which
+        // device a line is about.
         let span = tracing::info_span!(
             "spotflow_device",
             workspace_id = %identity.workspace_id,
             device_id = %identity.device_id
         );
+
+        // 2. What the store kept: the queue's figures, the properties.
         let stats = store.queue_stats().await?;
         let desired = store.load_desired().await?;
-        let reported = store.load_reported().await?;
-        let shared = Arc::new(Shared {
-            workspace_id: identity.workspace_id.clone(),
-            device_id: identity.device_id.clone(),
-            pending: AtomicI64::new(stats.count as i64),
-            queued_bytes: AtomicI64::new(stats.bytes as i64),
-            last_appended: AtomicU64::new(stats.last_seq.unwrap_or(0)),
-            appended: Notify::new(),
-            desired: Mutex::new(desired.clone()),
-            reported: watch::channel((false, None)).0,
-            connected: AtomicBool::new(false),
-            recent: Mutex::new(RecentAppends::default()),
-            refused_total: AtomicU64::new(0),
-            refused: Mutex::new(RefusedLog::default()),
-            stats: crate::stats::Counters::new(&identity.workspace_id, &identity.device_id),
-        });
-        shared.stats.carried_over(stats.count, stats.bytes, stats.last_seq.unwrap_or(0));
-        let reported = ReportedTracker::new(reported);
+        let reported = ReportedTracker::new(store.load_reported().await?);
+        let shared = Arc::new(Shared::new(&identity, &stats, desired.clone()));
         shared.set_reported_status(reported.any_pending(), None);
 
-        let (cmd_tx, cmd_rx) = mpsc::channel(64);
-        let (acked_tx, acked_rx) = watch::channel(0);
-        let (creds_tx, creds_rx) = watch::channel(identity.connection.clone());
-        let (rejected_tx, rejected_rx) = mpsc::unbounded_channel();
+        // 3. Where the application's code runs: the desired callback's thread, the methods.
         let desired_tx = match self.desired_callback {
             Some(callback) => {
-                let thread = match self.callback_thread {
-                    Some(shared) => shared,
-                    None => CallbackThread::spawn()?,
-                };
-                Some(DesiredSink { thread, callback })
+                Some(DesiredSink::new(self.callback_thread.map_or_else(CallbackThread::spawn, Ok)?, callback))
             }
             None => None,
         };
-
         #[allow(unused_mut)]
         let (mut methods, method_answers) = crate::methods::Methods::new(self.methods);
         #[cfg(feature = "ws")]
         if let Some(ports) = self.remote_access {
-            let tls = spotflow_transport_mqtt::TlsOptions {
-                platform_roots: self.network.platform_roots,
-                extra_ca_pem: self.network.extra_ca_pem.clone(),
-            }
-            .client_config()?;
-            methods.remote = Some(Arc::new(crate::remote::RemoteAccess::new(ports, tls)));
+            methods.remote = Some(Arc::new(crate::remote::RemoteAccess::new(ports, remote_access_tls(&self.network)?)));
         }
         let session = spotflow_core::SessionInfo { queue_id: identity.queue_id.clone(), direct_methods: methods.any() };
+
+        // 4. The background work: the credential keeper and the worker, in the device's span.
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (acked_tx, acked_rx) = watch::channel(0);
+        let (creds_tx, creds_rx) = watch::channel(identity.connection.clone());
+        let (rejected_tx, rejected_rx) = mpsc::unbounded_channel();
         let keeper = CredentialKeeper {
             api,
             store: store.clone(),
@@ -346,36 +327,24 @@ impl DeviceClientBuilder {
             credentials: creds_tx,
             rejected: rejected_rx,
         };
-        let worker = Worker {
+        let worker = Worker::new(WorkerSetup {
             shared: shared.clone(),
             store: store.clone(),
             transport,
             options: options.clone(),
-            queue: OutgoingQueue::new(stats.last_seq, options.max_in_flight, options.fetch_batch),
-            desired: DesiredTracker::new(desired),
+            last_seq: stats.last_seq,
+            desired,
             reported,
             commands: cmd_rx,
             credentials: creds_rx,
             rejected: rejected_tx,
             acked: acked_tx,
             desired_tx,
-            conn: None,
-            connecting: None,
-            schedule: LinkSchedule::new(LinkTimings {
-                retry_initial: options.retry_initial,
-                retry_max: options.retry_max,
-                reconnect_max: options.reconnect_max.min(options.retry_max),
-                drain_timeout: options.renewal_drain_timeout,
-                remove_batch: crate::worker::REMOVE_BATCH,
-                remove_delay: crate::worker::REMOVE_DELAY,
-                store_retry: options.retry_initial,
-            }),
-            twin_request: None,
-            keeper: Some(tokio::spawn(keeper.run(fresh).instrument(span.clone()))),
+            keeper: tokio::spawn(keeper.run(fresh).instrument(span.clone())),
             session,
             methods,
             method_answers,
-        };
+        });
         tokio::spawn(worker.run().instrument(span.clone()));
         span.in_scope(|| info!(pending = stats.count, "device client started"));
         Ok(DeviceClient {
@@ -391,154 +360,14 @@ impl DeviceClientBuilder {
     }
 }
 
-#[cfg(feature = "mqtt")]
-fn network_stack(
-    api: Option<Arc<dyn PlatformApi>>,
-    transport: Option<Arc<dyn Transport>>,
-    instance: &Instance,
-    network: &NetworkOptions,
-    options: &ClientOptions,
-) -> Result<(Arc<dyn PlatformApi>, Arc<dyn Transport>)> {
-    use spotflow_transport_mqtt::{HttpPlatformApi, MqttTransport, MqttTransportOptions, TlsOptions};
-    if let (Some(a), Some(t)) = (&api, &transport) {
-        return Ok((a.clone(), t.clone()));
-    }
-    let tls = TlsOptions { platform_roots: network.platform_roots, extra_ca_pem: network.extra_ca_pem.clone() }
-        .client_config()?;
-    let api = match api {
-        Some(a) => a,
-        None => {
-            Arc::new(HttpPlatformApi::new(&instance.base_url(), &instance.id(), tls.clone(), options.request_timeout)?)
-        }
-    };
-    let transport = match transport {
-        Some(t) => t,
-        None if network.protocol == crate::Protocol::MqttOverWebSocket => {
-            websocket_transport(instance, network, options, tls)?
-        }
-        None => {
-            let mut o = if network.mqtt_plain_tcp {
-                warn!("MQTT over plain TCP: traffic is neither encrypted nor authenticated");
-                MqttTransportOptions::plain_tcp(network.mqtt_port)
-            } else {
-                let mut o = MqttTransportOptions::tls(tls);
-                o.port = network.mqtt_port;
-                o
-            };
-            o.max_in_flight = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
-            configure_session(&mut o.session, instance, network, options)?;
-            Arc::new(MqttTransport::new(o)?)
-        }
-    };
-    Ok((api, transport))
-}
-
-/// What the MQTT and WebSocket transports take from the options alike.
-#[cfg(feature = "mqtt")]
-fn configure_session(
-    session: &mut spotflow_transport_mqtt::SessionOptions,
-    instance: &Instance,
-    network: &NetworkOptions,
-    options: &ClientOptions,
-) -> Result<()> {
-    session.upload_base_url = upload_base_url(instance, network)?;
-    session.connect_timeout = options.request_timeout;
-    session.stall_timeout = options.stall_timeout;
-    Ok(())
-}
-
-/// Where large messages are uploaded: the option (`https://`, or `http://` to a loopback host:
-/// the upload carries the SAS), else, for a local instance (loopback host: the emulator serves
-/// the upload API beside provisioning), the instance itself, else `https://{hub}` (`None`).
-#[cfg(feature = "mqtt")]
-fn upload_base_url(instance: &Instance, network: &NetworkOptions) -> Result<Option<String>> {
-    match &network.upload_base_url {
-        Some(url) => Instance::parse(url).map(|u| Some(u.base_url())).map_err(|e| Error::invalid("upload base URL", e)),
-        None => Ok(spotflow_core::is_loopback_host(&instance.host).then(|| instance.base_url())),
-    }
-}
-
+/// The TLS configuration of remote-access tunnels: the SDK's trust.
 #[cfg(feature = "ws")]
-fn websocket_transport(
-    instance: &Instance,
-    network: &NetworkOptions,
-    options: &ClientOptions,
-    tls: Arc<spotflow_transport_mqtt_rustls::ClientConfig>,
-) -> Result<Arc<dyn Transport>> {
-    use spotflow_transport_ws::{Proxy, ProxyMode, WsTransport, WsTransportOptions};
-    let mut o = if network.mqtt_plain_tcp {
-        warn!("MQTT over plain ws://: traffic is neither encrypted nor authenticated");
-        WsTransportOptions::plain(network.websocket_port)
-    } else {
-        let mut o = WsTransportOptions::tls(tls);
-        o.port = network.websocket_port;
-        o
-    };
-    if let Some(p) = &network.proxy {
-        o.proxy = ProxyMode::Explicit(Proxy::parse(p)?);
+fn remote_access_tls(network: &NetworkOptions) -> Result<Arc<spotflow_transport_mqtt::rustls::ClientConfig>> {
+    spotflow_transport_mqtt::TlsOptions {
+        platform_roots: network.platform_roots,
+        extra_ca_pem: network.extra_ca_pem.clone(),
     }
-    configure_session(&mut o.session, instance, network, options)?;
-    Ok(Arc::new(WsTransport::new(o)))
-}
-
-#[cfg(all(feature = "mqtt", not(feature = "ws")))]
-fn websocket_transport(
-    _instance: &Instance,
-    _network: &NetworkOptions,
-    _options: &ClientOptions,
-    _tls: Arc<spotflow_transport_mqtt_rustls::ClientConfig>,
-) -> Result<Arc<dyn Transport>> {
-    Err(Error::invalid("protocol", "MQTT over WebSocket needs the `ws` feature of spotflow-device"))
-}
-
-#[cfg(feature = "mqtt")]
-use spotflow_transport_mqtt::rustls as spotflow_transport_mqtt_rustls;
-
-#[cfg(not(feature = "mqtt"))]
-fn network_stack(
-    api: Option<Arc<dyn PlatformApi>>,
-    transport: Option<Arc<dyn Transport>>,
-    instance: &Instance,
-    _network: &NetworkOptions,
-    _options: &ClientOptions,
-) -> Result<(Arc<dyn PlatformApi>, Arc<dyn Transport>)> {
-    let api = api.ok_or_else(|| no_network("platform_api", instance))?;
-    let transport = transport.ok_or_else(|| no_network("transport", instance))?;
-    Ok((api, transport))
-}
-
-#[cfg(not(feature = "mqtt"))]
-fn no_network(what: &str, instance: &Instance) -> Error {
-    Error::invalid(
-        "configuration",
-        format!(
-            "no {what} configured for instance {}: this build has no network transport yet; \
-             enable the `mqtt` feature or inject one with DeviceClientBuilder::{what}",
-            instance.authority
-        ),
-    )
-}
-
-#[cfg(feature = "sqlite")]
-async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<dyn Store>> {
-    use spotflow_store_sqlite::SqliteStore;
-    Ok(Arc::new(SqliteStore::open_async(db, durability).await?))
-}
-
-#[cfg(all(feature = "sled", not(feature = "sqlite")))]
-async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<dyn Store>> {
-    use spotflow_store_sled::SledStore;
-    Ok(Arc::new(SledStore::open_async(db, durability).await?))
-}
-
-#[cfg(not(any(feature = "sqlite", feature = "sled")))]
-async fn default_store(db: &Path, _durability: crate::Durability) -> Result<Arc<dyn Store>> {
-    use spotflow_core::MemoryStore;
-    warn!(
-        db = %db.display(),
-        "no durable store is compiled in (feature `sqlite`): using an in-memory store; queued messages do not survive a restart"
-    );
-    Ok(Arc::new(MemoryStore::new()))
+    .client_config()
 }
 
 /// The `db` path must name a file ending in `.db`.
@@ -552,57 +381,6 @@ pub(crate) fn validate_db_path(db: &Path) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// A thread that runs desired-properties callbacks in the order they come: one per client, or
-/// one for all the clients of a [`crate::Gateway`]. It ends when every sender is gone. Each call
-/// runs inside the span of the client it is for (naming its device), so what the callback logs,
-/// and a panic of it, say which device they are about.
-#[derive(Clone)]
-pub(crate) struct CallbackThread {
-    tx: std::sync::mpsc::Sender<CallbackCall>,
-}
-
-/// A desired-properties callback to call, with its argument and its client's span.
-struct CallbackCall {
-    callback: DesiredPropertiesCallback,
-    state: DesiredState,
-    span: tracing::Span,
-}
-
-impl CallbackThread {
-    pub(crate) fn spawn() -> Result<CallbackThread> {
-        let (tx, rx) = std::sync::mpsc::channel::<CallbackCall>();
-        std::thread::Builder::new()
-            .name("spotflow-desired-callback".into())
-            .spawn(move || {
-                for CallbackCall { callback, state, span } in rx {
-                    let _entered = span.enter();
-                    let version = state.version;
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(state))).is_err() {
-                        warn!(version, "desired properties callback panicked");
-                    }
-                }
-            })
-            .map_err(|source| Error::System { what: "the desired-properties callback thread", source })?;
-        Ok(CallbackThread { tx })
-    }
-}
-
-/// Where a client's worker hands its new desired properties: its callback, run on a
-/// [`CallbackThread`].
-pub(crate) struct DesiredSink {
-    thread: CallbackThread,
-    callback: DesiredPropertiesCallback,
-}
-
-impl DesiredSink {
-    /// Queues a call of the callback (nothing when the thread is gone), in the current span (the
-    /// client's, as the worker calls this).
-    pub(crate) fn send(&self, state: DesiredState) {
-        let call = CallbackCall { callback: self.callback.clone(), state, span: tracing::Span::current() };
-        let _ = self.thread.tx.send(call);
-    }
 }
 
 #[cfg(test)]

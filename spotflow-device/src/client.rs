@@ -179,7 +179,7 @@ impl DeviceClient {
 
     /// Whether an update of the reported properties has not reached the platform yet.
     pub fn any_pending_reported_properties_updates(&self) -> bool {
-        self.inner.shared.reported.borrow().0
+        self.inner.shared.reported.borrow().pending
     }
 
     /// Waits until no reported-properties update is pending. Fails with
@@ -187,11 +187,10 @@ impl DeviceClient {
     pub async fn wait_reported_properties_sent(&self) -> Result<()> {
         self.check_open()?;
         let mut rx = self.inner.shared.reported.subscribe();
-        let state =
-            *rx.wait_for(|(pending, rejection)| !pending || rejection.is_some()).await.map_err(|_| Error::Closed)?;
-        match state {
-            (_, Some(status)) => Err(Error::ReportedPropertiesRejected { status }),
-            _ => Ok(()),
+        let state = *rx.wait_for(|s| !s.pending || s.rejection.is_some()).await.map_err(|_| Error::Closed)?;
+        match state.rejection {
+            Some(status) => Err(Error::ReportedPropertiesRejected { status }),
+            None => Ok(()),
         }
     }
 
@@ -205,7 +204,7 @@ impl DeviceClient {
     /// The status with which the platform rejected the pending reported-properties update, if
     /// it did. The update is kept and tried again on the next connection or update.
     pub fn reported_properties_rejection(&self) -> Option<u16> {
-        self.inner.shared.reported.borrow().1
+        self.inner.shared.reported.borrow().rejection
     }
 
     /// Stops the background work: acknowledged messages are removed from the store, the

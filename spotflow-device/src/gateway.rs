@@ -8,7 +8,8 @@ use std::sync::Arc;
 use spotflow_core::Result;
 use spotflow_store_sqlite::SharedSqliteStore;
 
-use crate::builder::{validate_db_path, CallbackThread};
+use crate::builder::validate_db_path;
+use crate::callbacks::CallbackThread;
 use crate::{DeviceClient, DeviceClientBuilder, Durability};
 
 /// The devices of one process over one durable store: a [`SharedSqliteStore`] file in which

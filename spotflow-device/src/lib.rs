@@ -36,8 +36,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod backends;
 pub mod blocking;
 mod builder;
+mod callbacks;
 mod client;
 #[cfg(feature = "sqlite")]
 mod gateway;

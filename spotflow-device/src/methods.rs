@@ -79,7 +79,13 @@ impl MethodResponse {
 pub type MethodHandler = Arc<dyn Fn(MethodCall) -> MethodResponse + Send + Sync>;
 
 /// An answer ready to go: the call's request id, status and body.
-pub(crate) type Answer = (String, u16, Vec<u8>);
+/// A direct method's answer, for the connection the call came on.
+pub(crate) struct Answer {
+    /// The call's request id (it belongs to the connection the call came on).
+    pub(crate) request: String,
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+}
 
 /// The device's handlers and the calls running.
 pub(crate) struct Methods {
@@ -130,12 +136,16 @@ impl Methods {
     pub(crate) fn dispatch(&self, method: String, request: String, payload: Vec<u8>) -> Option<Answer> {
         let Some(work) = self.work_for(&method) else {
             info!(?method, "direct method call without a handler answered 404");
-            return Some((request, 404, MethodResponse::error(404, "No handler found").to_bytes()));
+            return Some(Answer {
+                request,
+                status: 404,
+                body: MethodResponse::error(404, "No handler found").to_bytes(),
+            });
         };
         let Ok(permit) = self.running.clone().try_acquire_owned() else {
             warn!(?method, "direct method call answered 503: {MAX_RUNNING_METHODS} calls are running");
             let busy = MethodResponse::error(503, format!("{MAX_RUNNING_METHODS} direct method calls are running"));
-            return Some((request, 503, busy.to_bytes()));
+            return Some(Answer { request, status: 503, body: busy.to_bytes() });
         };
         let answers = self.answers.clone();
         info!(?method, "direct method called");
@@ -146,7 +156,7 @@ impl Methods {
                     #[cfg(feature = "ws")]
                     Work::RemoteAccess(remote) => remote.open(payload).await,
                 };
-                let _ = answers.send((request, status, body));
+                let _ = answers.send(Answer { request, status, body });
                 drop(permit);
             }
             .in_current_span(),

@@ -17,7 +17,7 @@ pub(crate) struct Shared {
     pub(crate) appended: Notify,
     pub(crate) desired: Mutex<Option<DesiredState>>,
     /// Whether a reported update is pending, and the status that rejected it.
-    pub(crate) reported: watch::Sender<(bool, Option<u16>)>,
+    pub(crate) reported: watch::Sender<ReportedStatus>,
     pub(crate) connected: AtomicBool,
     /// The latest appended messages, so that the worker need not read back from the store what
     /// was just written to it (a read competes with the next append for the store).
@@ -27,6 +27,43 @@ pub(crate) struct Shared {
     pub(crate) refused: Mutex<RefusedLog>,
     /// The counters of [`crate::Stats`].
     pub(crate) stats: crate::stats::Counters,
+}
+
+impl Shared {
+    /// The state of a client of `identity` starting over a store with these figures and desired
+    /// properties.
+    pub(crate) fn new(
+        identity: &spotflow_core::DeviceIdentity,
+        stats: &spotflow_core::QueueStats,
+        desired: Option<DesiredState>,
+    ) -> Shared {
+        let shared = Shared {
+            workspace_id: identity.workspace_id.clone(),
+            device_id: identity.device_id.clone(),
+            pending: AtomicI64::new(i64::try_from(stats.count).unwrap_or(i64::MAX)),
+            queued_bytes: AtomicI64::new(i64::try_from(stats.bytes).unwrap_or(i64::MAX)),
+            last_appended: AtomicU64::new(stats.last_seq.unwrap_or(0)),
+            appended: Notify::new(),
+            desired: Mutex::new(desired),
+            reported: watch::channel(ReportedStatus::default()).0,
+            connected: AtomicBool::new(false),
+            recent: Mutex::new(RecentAppends::default()),
+            refused_total: AtomicU64::new(0),
+            refused: Mutex::new(RefusedLog::default()),
+            stats: crate::stats::Counters::new(&identity.workspace_id, &identity.device_id),
+        };
+        shared.stats.carried_over(stats.count, stats.bytes, stats.last_seq.unwrap_or(0));
+        shared
+    }
+}
+
+/// Where the reported properties stand, for the API's waits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ReportedStatus {
+    /// An update is stored and not yet accepted by the platform.
+    pub(crate) pending: bool,
+    /// The status with which the platform rejected the pending update.
+    pub(crate) rejection: Option<u16>,
 }
 
 /// Refused messages not yet reported by a wait for sent messages (bounded; beyond the bound only
@@ -151,9 +188,10 @@ impl Shared {
     }
 
     pub fn set_reported_status(&self, pending: bool, rejection: Option<u16>) {
+        let status = ReportedStatus { pending, rejection };
         self.reported.send_if_modified(|v| {
-            let changed = *v != (pending, rejection);
-            *v = (pending, rejection);
+            let changed = *v != status;
+            *v = status;
             changed
         });
     }

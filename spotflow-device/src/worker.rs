@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use spotflow_core::{
-    Connection, ConnectionCredentials, DesiredTracker, Error, LinkAction, LinkSchedule, OutgoingQueue, PatchOutcome,
-    ReportedOutcome, ReportedTracker, RequestId, Result, SessionInfo, Store, Transport, TransportEvent,
+    Connection, ConnectionCredentials, DesiredState, DesiredTracker, Error, LinkAction, LinkSchedule, LinkTimings,
+    OutgoingQueue, PatchOutcome, ReportedOutcome, ReportedTracker, RequestId, Result, SessionInfo, Store, Transport,
+    TransportEvent,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::callbacks::DesiredSink;
+use crate::methods::{Answer, Methods};
 use crate::shared::Shared;
 use crate::ClientOptions;
 
@@ -43,31 +46,92 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<dyn Connection>>> + 
 /// Events drained from the connection in one go before the worker does other work.
 const EVENT_BATCH: usize = 4096;
 
-pub(crate) struct Worker {
+/// What a worker starts from; the rest of its state it makes itself ([`Worker::new`]).
+pub(crate) struct WorkerSetup {
     pub shared: Arc<Shared>,
     pub store: Arc<dyn Store>,
     pub transport: Arc<dyn Transport>,
     pub options: ClientOptions,
-    pub queue: OutgoingQueue,
-    pub desired: DesiredTracker,
+    /// The last sequence number in the store at start.
+    pub last_seq: Option<u64>,
+    pub desired: Option<DesiredState>,
     pub reported: ReportedTracker,
     pub commands: mpsc::Receiver<Command>,
     pub credentials: watch::Receiver<Option<ConnectionCredentials>>,
     pub rejected: mpsc::UnboundedSender<()>,
     pub acked: watch::Sender<u64>,
-    pub desired_tx: Option<crate::builder::DesiredSink>,
-    pub conn: Option<Box<dyn Connection>>,
-    pub connecting: Option<ConnectFuture>,
-    pub twin_request: Option<RequestId>,
-    /// Every timer: reconnects, twin retries, credential switches, store retries, removals.
-    pub schedule: LinkSchedule,
+    pub desired_tx: Option<DesiredSink>,
     /// The credential keeper, stopped with the worker.
-    pub keeper: Option<tokio::task::JoinHandle<()>>,
+    pub keeper: tokio::task::JoinHandle<()>,
     /// Identifies the outgoing queue to the transport (message keys).
     pub session: SessionInfo,
     /// The direct methods' handlers, and their answers as they come.
-    pub methods: crate::methods::Methods,
-    pub method_answers: mpsc::UnboundedReceiver<crate::methods::Answer>,
+    pub methods: Methods,
+    pub method_answers: mpsc::UnboundedReceiver<Answer>,
+}
+
+pub(crate) struct Worker {
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    transport: Arc<dyn Transport>,
+    options: ClientOptions,
+    queue: OutgoingQueue,
+    desired: DesiredTracker,
+    reported: ReportedTracker,
+    commands: mpsc::Receiver<Command>,
+    credentials: watch::Receiver<Option<ConnectionCredentials>>,
+    rejected: mpsc::UnboundedSender<()>,
+    acked: watch::Sender<u64>,
+    desired_tx: Option<DesiredSink>,
+    conn: Option<Box<dyn Connection>>,
+    connecting: Option<ConnectFuture>,
+    twin_request: Option<RequestId>,
+    /// Every timer: reconnects, twin retries, credential switches, store retries, removals.
+    schedule: LinkSchedule,
+    /// The credential keeper, stopped with the worker.
+    keeper: Option<tokio::task::JoinHandle<()>>,
+    /// Identifies the outgoing queue to the transport (message keys).
+    session: SessionInfo,
+    /// The direct methods' handlers, and their answers as they come.
+    methods: Methods,
+    method_answers: mpsc::UnboundedReceiver<Answer>,
+}
+
+impl Worker {
+    pub(crate) fn new(setup: WorkerSetup) -> Worker {
+        let options = setup.options;
+        let schedule = LinkSchedule::new(LinkTimings {
+            retry_initial: options.retry_initial,
+            retry_max: options.retry_max,
+            reconnect_max: options.reconnect_max.min(options.retry_max),
+            drain_timeout: options.renewal_drain_timeout,
+            remove_batch: REMOVE_BATCH,
+            remove_delay: REMOVE_DELAY,
+            store_retry: options.retry_initial,
+        });
+        Worker {
+            queue: OutgoingQueue::new(setup.last_seq, options.max_in_flight, options.fetch_batch),
+            desired: DesiredTracker::new(setup.desired),
+            schedule,
+            options,
+            shared: setup.shared,
+            store: setup.store,
+            transport: setup.transport,
+            reported: setup.reported,
+            commands: setup.commands,
+            credentials: setup.credentials,
+            rejected: setup.rejected,
+            acked: setup.acked,
+            desired_tx: setup.desired_tx,
+            conn: None,
+            connecting: None,
+            twin_request: None,
+            keeper: Some(setup.keeper),
+            session: setup.session,
+            methods: setup.methods,
+            method_answers: setup.method_answers,
+        }
+    }
 }
 
 /// Waits for the next event of an optional connection (pending forever without one).
@@ -354,7 +418,7 @@ impl Worker {
 
     /// Sends a direct method's answer on the connection the call came on. When that connection
     /// is gone, the answer cannot reach the caller (its request id belonged to it): logged.
-    async fn answer_method(&mut self, (request, status, body): crate::methods::Answer) {
+    async fn answer_method(&mut self, Answer { request, status, body }: Answer) {
         let Some(conn) = self.conn.as_mut() else {
             warn!(?request, status, "the answer to a direct method call is lost: the connection it came on is gone");
             return;
