@@ -23,7 +23,7 @@ fi
 # The emulator and the dashboard's device: as given (scripts/test.sh gives those its `cargo test`
 # built), else built here.
 if [ -z "${SPOTFLOW_EMULATOR_BIN:-}" ] || [ -z "${SPOTFLOW_DASHBOARD_DEVICE:-}" ]; then
-  cargo build -q -p spotflow-emulator -p spotflow-store-tests --bin spotflow-emulator --bin dashboard-device
+  cargo build -q -p spotflow-emulator -p spotflow-bench --bin spotflow-emulator --bin dashboard-device
   # Where cargo put them: CARGO_TARGET_DIR (or the configuration's target directory) is honoured.
   target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
   export SPOTFLOW_EMULATOR_BIN="$target_dir/debug/spotflow-emulator"

@@ -2,14 +2,14 @@
 system chromedriver (`apt-get install chromium chromium-driver`; nothing downloads a browser).
 
 Against an emulator process (`spotflow-emulator serve`, manual approval) and a device process
-(`dashboard-device`, built from spotflow-store-tests): logs in with the admin token, sees the
+(`dashboard-device`, built from spotflow-bench): logs in with the admin token, sees the
 device waiting for approval with its verification code, approves it with a device-id override
 (keyboard only), watches its messages arrive in the live feed and the per-stream chart, opens one
 message (decoded JSON payload, properties), refuses invalid JSON in the desired editor, sends
 desired properties and checks that the device's callback printed them, and sees the reported
 update the device answers with. Screenshots at 1280 and 390 px wide go to target/browser/.
 
-    python3 scripts/browser_test.py      (needs `cargo build -p spotflow-emulator -p spotflow-store-tests`)
+    python3 scripts/browser_test.py      (needs `cargo build -p spotflow-emulator -p spotflow-bench`)
 
 Environment: SPOTFLOW_EMULATOR_BIN, SPOTFLOW_DASHBOARD_DEVICE (default: target/debug/...),
 CHROMIUM (default /usr/bin/chromium), CHROMEDRIVER (default /usr/bin/chromedriver).

@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --all-features
-# That run built the emulator and the test helpers (the dashboard's device) in target/debug, as the
-# integration tests use them: the Python suite and the browser test take them as they are instead of
-# building them again with other features.
+# The emulator and the dashboard's device, with the features and artifacts that run just used: the
+# Python suite and the browser test take them as they are instead of building them again with
+# other features.
+cargo build --workspace --all-features --bin spotflow-emulator --bin dashboard-device
 # Cargo's target directory, CARGO_TARGET_DIR included.
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 export SPOTFLOW_EMULATOR_BIN="$target_dir/debug/spotflow-emulator"

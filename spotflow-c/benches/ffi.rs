@@ -7,7 +7,7 @@
 //! background work of both clients stays out).
 //!
 //! CPU per message at a device's pace, the C library in its own process against the Rust blocking
-//! client, is in `spotflow-store-tests`' `device_rate` benchmark (its "c (spotflow.h)" rows).
+//! client, is in `spotflow-bench`'s `device_rate` benchmark (its "c (spotflow.h)" rows).
 //!
 //! `cargo bench -p spotflow-c --bench ffi -- [--messages N] [--rounds R] [--quick]`
 

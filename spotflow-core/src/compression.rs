@@ -235,7 +235,7 @@ pub fn decompress(encoding: ContentEncoding, payload: &[u8]) -> Result<Vec<u8>> 
 
 /// Decodes a payload received with `encoding`; a payload that would decode to more than `limit`
 /// bytes is an error (a decompression bomb costs at most `limit` bytes of memory).
-pub fn decompress_limited(encoding: ContentEncoding, payload: &[u8], limit: usize) -> Result<Vec<u8>> {
+pub(crate) fn decompress_limited(encoding: ContentEncoding, payload: &[u8], limit: usize) -> Result<Vec<u8>> {
     let what = match encoding {
         ContentEncoding::Lz4 => "lz4 payload",
         ContentEncoding::Zstd => "zstd payload",

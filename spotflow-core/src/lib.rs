@@ -61,7 +61,7 @@ mod transport;
 pub mod testkit;
 
 pub use backoff::Backoff;
-pub use compression::{decompress, decompress_limited, Compression, ContentEncoding, MAX_DECOMPRESSED_SIZE};
+pub use compression::{decompress, Compression, ContentEncoding, MAX_DECOMPRESSED_SIZE};
 pub use credentials::{CredentialAction, CredentialSchedule};
 pub use error::{Error, ErrorStatus, Result};
 pub use link::{LinkAction, LinkSchedule, LinkTimings};

@@ -74,11 +74,11 @@ pub fn identity_from_json(v: &Value) -> Result<DeviceIdentity> {
 }
 
 /// Desired properties as JSON.
-pub fn desired_to_json(d: &DesiredState) -> Value {
+pub(crate) fn desired_to_json(d: &DesiredState) -> Value {
     json!({ "version": d.version, "values": d.values })
 }
 
-/// Inverse of [`desired_to_json`].
+/// Reads the desired properties as the stores keep them.
 pub fn desired_from_json(v: &Value) -> Result<DesiredState> {
     Ok(DesiredState {
         version: v.get("version").and_then(Value::as_u64).ok_or_else(|| corrupt("desired properties"))?,
@@ -87,11 +87,11 @@ pub fn desired_from_json(v: &Value) -> Result<DesiredState> {
 }
 
 /// Reported properties state as JSON.
-pub fn reported_to_json(r: &ReportedState) -> Value {
+pub(crate) fn reported_to_json(r: &ReportedState) -> Value {
     json!({ "confirmed": r.confirmed, "target": r.target })
 }
 
-/// Inverse of [`reported_to_json`].
+/// Reads the reported properties as the stores keep them.
 pub fn reported_from_json(v: &Value) -> Result<ReportedState> {
     Ok(ReportedState {
         confirmed: v

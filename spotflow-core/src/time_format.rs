@@ -24,7 +24,7 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime> {
 
 /// The longest lifetime taken from the platform (100 years): a longer one is taken as this, so
 /// that no time computed from it can overflow (`SystemTime + Duration` panics on overflow).
-pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86_400);
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// `now + lifetime` for a lifetime that came from the platform: never panics (the lifetime is
 /// capped at [`MAX_LIFETIME`], and a sum past what `SystemTime` holds saturates).
@@ -57,17 +57,6 @@ pub fn parse_timespan(s: &str) -> Result<Duration> {
     Ok(Duration::from_secs(total).min(MAX_LIFETIME))
 }
 
-/// Formats a duration as a .NET TimeSpan, `d.hh:mm:ss` (days omitted when zero).
-pub fn format_timespan(d: Duration) -> String {
-    let s = d.as_secs();
-    let (days, h, m, sec) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60, s % 60);
-    if days > 0 {
-        format!("{days}.{h:02}:{m:02}:{sec:02}")
-    } else {
-        format!("{h:02}:{m:02}:{sec:02}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,8 +80,6 @@ mod tests {
         for bad in ["", "12", "1:2", "a:b:c", "1:2:3:4", "99:00:00", "1.2.3:00:00"] {
             assert!(parse_timespan(bad).is_err(), "{bad}");
         }
-        assert_eq!(format_timespan(Duration::from_secs(734_136)), "8.11:55:36");
-        assert_eq!(format_timespan(Duration::from_secs(39)), "00:00:39");
     }
 
     #[test]

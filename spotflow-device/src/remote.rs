@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use spotflow_transport_ws::tunnel;
+use spotflow_transport_ws::remote_access as tunnel;
 use tracing::{info, warn, Instrument};
 
 /// Which local ports the platform may open tunnels to.

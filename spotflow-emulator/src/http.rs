@@ -16,11 +16,12 @@ use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use spotflow_core::time_format::{format_timespan, rfc3339};
+use spotflow_core::time_format::rfc3339;
 use tracing::{debug, info, warn};
 
 use crate::db::MessageQuery;
 use crate::state::{from_ms, hub_device_id, random_hex, CompleteOutcome};
+use crate::wire::format_timespan;
 use crate::Inner;
 
 type Shared = State<Arc<Inner>>;
@@ -491,7 +492,7 @@ impl tokio::io::AsyncWrite for WsBytes {
 
 fn admin(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
     let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|g| spotflow_core::secure_random::ct_eq(g.as_bytes(), inner.admin_token.as_bytes())) {
+    if given.is_some_and(|g| crate::wire::ct_eq(g.as_bytes(), inner.admin_token.as_bytes())) {
         Ok(())
     } else {
         Err(unauthorized("admin token required (Authorization: Bearer …)"))

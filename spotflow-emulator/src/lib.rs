@@ -28,6 +28,7 @@ pub mod traffic;
 pub mod tunnel_client;
 mod tunnels;
 mod uploads;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -388,7 +388,7 @@ impl ControlState {
         let (key, signature) = sas_key(sas)?;
         self.sas
             .get(&key)
-            .filter(|s| spotflow_core::secure_random::ct_eq(s.signature.as_bytes(), signature.as_bytes()))
+            .filter(|s| crate::wire::ct_eq(s.signature.as_bytes(), signature.as_bytes()))
             .filter(|s| now_ms() < s.expires_at)
     }
 

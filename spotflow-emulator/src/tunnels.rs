@@ -36,9 +36,7 @@ impl Tunnels {
     /// The tunnel `id` if `secret` is its own; it can be claimed once.
     pub(crate) fn claim(&self, id: &str, secret: &str) -> Option<oneshot::Sender<WebSocket>> {
         let mut pending = spotflow_core::lock(&self.pending);
-        let matches = pending
-            .get(id)
-            .is_some_and(|p| spotflow_core::secure_random::ct_eq(p.secret.as_bytes(), secret.as_bytes()));
+        let matches = pending.get(id).is_some_and(|p| crate::wire::ct_eq(p.secret.as_bytes(), secret.as_bytes()));
         matches.then(|| pending.remove(id)).flatten().map(|p| p.device)
     }
 

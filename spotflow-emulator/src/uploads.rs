@@ -106,9 +106,7 @@ impl Uploads {
             return Err("the upload expired; start a new one");
         }
         match signature {
-            Some(given) if spotflow_core::secure_random::ct_eq(given.as_bytes(), p.signature.as_bytes()) => {
-                Ok(p.device.clone())
-            }
+            Some(given) if crate::wire::ct_eq(given.as_bytes(), p.signature.as_bytes()) => Ok(p.device.clone()),
             _ => Err("invalid blob signature"),
         }
     }

@@ -1,5 +1,5 @@
 """The device-rate benchmark's device process in Python (the `device_rate` bench runs it; see
-spotflow-store-tests/benches/device_rate.rs): one thread enqueues 256-byte messages at RATE per
+spotflow-bench/benches/device_rate.rs): one thread enqueues 256-byte messages at RATE per
 second for SECONDS through the `spotflow_device` package it is run with (ours, or the official
 2.1.1 from PyPI: both have the same API), then waits until they are all sent.
 

@@ -27,17 +27,17 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod https_api;
 pub mod mapping;
 mod mqtt;
-mod platform_api;
 pub mod session;
 mod tls;
 pub mod topics;
 mod upload;
 
+pub use https_api::{answers, HttpPlatformApi, MAX_ANSWER_BYTES};
 pub use mapping::EXTERNALIZE_THRESHOLD;
 pub use mqtt::{MqttTransport, MqttTransportOptions};
-pub use platform_api::{answers, HttpPlatformApi, MAX_ANSWER_BYTES};
 /// The rustls version this crate builds its configurations with.
 pub use rustls;
 pub use session::SessionOptions;

@@ -89,7 +89,7 @@ impl Uploader {
         if !status.is_success() {
             return Err(status_error("file upload init", status));
         }
-        let body = crate::platform_api::read_capped(resp, crate::platform_api::MAX_ANSWER_BYTES, "file upload init")
+        let body = crate::https_api::read_capped(resp, crate::https_api::MAX_ANSWER_BYTES, "file upload init")
             .await
             .map_err(UploadError::Retry)?;
         let info: Value = serde_json::from_slice(&body)

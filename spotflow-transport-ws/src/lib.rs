@@ -25,7 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod proxy;
-pub mod tunnel;
+pub mod remote_access;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -1,4 +1,7 @@
-//! `HttpPlatformApi`: provisioning, registration and token refresh over HTTPS (reqwest).
+//! The platform's HTTPS API, not MQTT: [`HttpPlatformApi`] provisions, registers and refreshes
+//! tokens over HTTPS (reqwest). It lives in this crate because it shares the TLS configuration
+//! ([`crate::TlsOptions`]) and the HTTP client with the upload of large messages, which the MQTT
+//! transport starts.
 
 use std::sync::Arc;
 use std::time::Duration;

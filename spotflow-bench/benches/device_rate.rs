@@ -28,7 +28,7 @@
 //! `SPOTFLOW_RATE_CHILD` names a copy of the `rate-child` executable to run instead of the one
 //! built beside this bench (to compare two builds).
 //!
-//! `cargo bench -p spotflow-store-tests --bench device_rate -- [--seconds S] [--rates 50,200,1000]
+//! `cargo bench -p spotflow-bench --bench device_rate -- [--seconds S] [--rates 50,200,1000]
 //! [--quick] [--no-idle]`
 
 use std::io::BufRead;

@@ -3,7 +3,7 @@
 //! same run: 256-byte messages from 1, 8 and 64 concurrent senders; the drain side (acknowledged
 //! deletes/s); and RSS and file size with 1,000,000 messages queued.
 //!
-//! Run: `cargo bench -p spotflow-store-tests --bench stores` (`-- --quick` skips the 1M run and
+//! Run: `cargo bench -p spotflow-bench --bench stores` (`-- --quick` skips the 1M run and
 //! uses fewer messages).
 
 use std::io::Write;

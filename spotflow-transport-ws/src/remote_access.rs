@@ -1,4 +1,4 @@
-//! The device's side of a remote-access tunnel: a TCP connection to a local port and a
+//! Remote access (not a transport of telemetry): the device's side of a remote-access tunnel: a TCP connection to a local port and a
 //! WebSocket to the platform's tunnel URI, relayed both ways.
 //!
 //! As the official SDK does it: the device connects to `127.0.0.1:{port}` first (5 s), then
