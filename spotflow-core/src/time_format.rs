@@ -27,7 +27,7 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime> {
 pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// `now + lifetime` for a lifetime that came from the platform: never panics (the lifetime is
-/// capped at [`MAX_LIFETIME`], and a sum past what `SystemTime` holds saturates).
+/// capped at 100 years, and a sum past what `SystemTime` holds saturates).
 pub fn expiry_after(now: SystemTime, lifetime: Duration) -> SystemTime {
     let lifetime = lifetime.min(MAX_LIFETIME);
     now.checked_add(lifetime).unwrap_or(now)
