@@ -34,7 +34,7 @@ pub fn expiry_after(now: SystemTime, lifetime: Duration) -> SystemTime {
 }
 
 /// Parses a .NET TimeSpan in the "c" format, `[-][d.]hh:mm:ss[.fffffff]`; negative values are zero,
-/// values over [`MAX_LIFETIME`] are [`MAX_LIFETIME`].
+/// values over 100 years are 100 years.
 pub fn parse_timespan(s: &str) -> Result<Duration> {
     let bad = || Error::Platform(format!("invalid TimeSpan {s:?}"));
     if s.starts_with('-') {
