@@ -34,7 +34,11 @@ async fn client(emu: &Emulator, token: &str, db: &std::path::Path) -> spotflow_d
 }
 
 /// The emulator with its data in `data`, on the given ports (`0`: any).
-async fn platform(data: &std::path::Path, https: u16, mqtts: u16) -> Result<Emulator, String> {
+async fn platform(
+    data: &std::path::Path,
+    https: u16,
+    mqtts: u16,
+) -> Result<Emulator, spotflow_emulator::EmulatorError> {
     Emulator::builder()
         .data_dir(data)
         .https_port(https)

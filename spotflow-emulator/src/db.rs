@@ -11,8 +11,14 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
-use crate::live::Live;
 use crate::state::{ControlState, Millis};
+
+/// Told of every batch of messages stored (the live feed and its counters): the store knows
+/// nothing of who listens.
+pub(crate) trait IngestObserver: Send + Sync {
+    /// `messages`: each stored message with its id, in order.
+    fn stored(&self, messages: &mut dyn Iterator<Item = (&StoredMessage, i64)>);
+}
 
 /// A received telemetry message with its decoded properties.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -161,7 +167,7 @@ const MAX_BATCH: usize = 4096;
 
 impl Db {
     /// Opens (creating) the database at `path` and loads the control state.
-    pub fn open(path: &Path, live: Arc<Live>) -> Result<(Db, SharedControl), String> {
+    pub fn open(path: &Path, live: Arc<dyn IngestObserver>) -> Result<(Db, SharedControl), String> {
         let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;")
             .and_then(|_| conn.execute_batch(SCHEMA))
@@ -292,7 +298,7 @@ impl Db {
     }
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<Live>, control: SharedControl) {
+fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<dyn IngestObserver>, control: SharedControl) {
     let mut pending: Vec<(StoredMessage, Option<AckFn>)> = Vec::new();
     let mut state = PendingState::default();
     let mut last_control_save = std::time::Instant::now();
@@ -389,7 +395,7 @@ fn flush(
     conn: &mut Connection,
     pending: &mut Vec<(StoredMessage, Option<AckFn>)>,
     state: &mut PendingState,
-    live: &Live,
+    live: &Arc<dyn IngestObserver>,
 ) {
     if pending.is_empty() && state.control.is_none() && state.devices.is_empty() {
         return;
@@ -444,7 +450,7 @@ fn flush(
     if ok {
         // Counted for the dashboard and /metrics while the messages are at hand: one lock for
         // the whole batch, no copy unless a dashboard listens.
-        live.stored(pending.iter().zip(&outcomes).filter_map(|((m, _), o)| match o {
+        live.stored(&mut pending.iter().zip(&outcomes).filter_map(|((m, _), o)| match o {
             Stored::Inserted(id) => Some((m, *id)),
             _ => None,
         }));

@@ -18,6 +18,7 @@
 #[cfg(feature = "testkit")]
 mod conformance;
 mod db;
+mod error;
 mod http;
 mod live;
 mod mqtt;
@@ -43,6 +44,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 pub use db::{MessageQuery, StoredMessage, TWIN_HISTORY_KEPT};
+pub use error::EmulatorError;
 
 /// A device's answer to a direct method call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,7 +254,7 @@ impl EmulatorBuilder {
         self
     }
     /// Starts every listener; the emulator runs until the handle is dropped or shut down.
-    pub async fn start(self) -> Result<Emulator, String> {
+    pub async fn start(self) -> Result<Emulator, EmulatorError> {
         Emulator::start(self.config).await
     }
 }
@@ -364,7 +366,7 @@ impl Inner {
         self.lock_state().operations.values().cloned().collect()
     }
 
-    pub fn approve(&self, id: &str, device_id: Option<&str>) -> Result<String, String> {
+    pub fn approve(&self, id: &str, device_id: Option<&str>) -> Result<String, EmulatorError> {
         let r = self.with_state(|s, _| s.approve(id, device_id));
         if let Ok(d) = &r {
             info!(operation = %id, device = %d, "provisioning operation approved");
@@ -613,10 +615,13 @@ impl std::fmt::Debug for Emulator {
     }
 }
 
-async fn bind(ip: IpAddr, port: Option<u16>) -> Result<Option<TcpListener>, String> {
+async fn bind(ip: IpAddr, port: Option<u16>) -> Result<Option<TcpListener>, EmulatorError> {
     match port {
         None => Ok(None),
-        Some(p) => TcpListener::bind((ip, p)).await.map(Some).map_err(|e| format!("cannot listen on {ip}:{p}: {e}")),
+        Some(p) => TcpListener::bind((ip, p))
+            .await
+            .map(Some)
+            .map_err(|source| EmulatorError::Bind { addr: format!("{ip}:{p}"), source }),
     }
 }
 
@@ -626,24 +631,24 @@ impl Emulator {
         EmulatorBuilder::default()
     }
 
-    async fn start(config: EmulatorConfig) -> Result<Emulator, String> {
+    async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         if let Some(dir) = &config.data_dir {
             // Owner-only (0700), whatever the umask: it holds the secrets and the CA that
             // developers trust. An older, broader one is tightened with a warning.
             spotflow_core::private_fs::prepare_private_dir(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                .map_err(|source| EmulatorError::Files { path: dir.to_path_buf(), source })?;
             // The database holds SAS keys and tokens: owner-only from the first byte (SQLite
             // gives its -wal and -shm files the database's mode).
             let db = dir.join("emulator.db");
             spotflow_core::private_fs::prepare_sqlite_database(&db)
-                .map_err(|e| format!("cannot restrict {}: {e}", db.display()))?;
+                .map_err(|source| EmulatorError::Files { path: db.to_path_buf(), source })?;
         }
         let db_path = config.data_dir.as_ref().map_or(PathBuf::from(":memory:"), |d| d.join("emulator.db"));
         let live = Arc::new(live::Live::default());
-        let (db, state) = db::Db::open(&db_path, live.clone())?;
+        let (db, state) = db::Db::open(&db_path, live.clone()).map_err(EmulatorError::Database)?;
         let mut hosts = config.extra_hosts.clone();
         hosts.push(config.hub_host.clone());
-        let tls = tls::load_or_create(config.data_dir.as_deref(), &hosts)?;
+        let tls = tls::load_or_create(config.data_dir.as_deref(), &hosts).map_err(EmulatorError::Tls)?;
         let admin_token = admin_token(&config)?;
         let policy = Policy {
             operation_lifetime: config.operation_lifetime,
@@ -785,18 +790,22 @@ impl Emulator {
 
     /// Registers a device directly (as if it had been provisioned and approved) and returns its
     /// MQTT credentials: for tests and benchmarks that speak raw MQTT.
-    pub fn create_device(&self, device_id: &str) -> Result<DeviceCredentials, String> {
+    pub fn create_device(&self, device_id: &str) -> Result<DeviceCredentials, EmulatorError> {
         let inner = &self.inner;
         let ws = inner.config.workspace_id.clone();
         let hub = inner.config.hub_host.clone();
         inner.with_state(|s, policy| {
             let token = s.create_provisioning_token(&ws);
-            let op = s.init_operation(&token, Some(device_id.to_owned()), policy).ok_or("no token")?;
+            let op = s
+                .init_operation(&token, Some(device_id.to_owned()), policy)
+                .ok_or(EmulatorError::Registration("the provisioning token was refused"))?;
             s.approve(&op.id, None)?;
             let state::CompleteOutcome::Approved { registration_token, .. } = s.complete(&token, &op.id, policy) else {
-                return Err("operation not approved".to_owned());
+                return Err(EmulatorError::Registration("the operation was not approved"));
             };
-            let (info, sas, _) = s.register(&registration_token, &hub, policy).ok_or("registration failed")?;
+            let (info, sas, _) = s
+                .register(&registration_token, &hub, policy)
+                .ok_or(EmulatorError::Registration("the registration was refused"))?;
             let hub_device_id = state::hub_device_id(&info.workspace_id, &info.device_id);
             Ok(DeviceCredentials {
                 username: format!("{hub}/{hub_device_id}/?api-version=2018-06-30"),
@@ -810,7 +819,7 @@ impl Emulator {
         self.inner.operations()
     }
     /// Approves an operation, optionally overriding the device id. Returns the device id.
-    pub fn approve(&self, operation_id: &str, device_id: Option<&str>) -> Result<String, String> {
+    pub fn approve(&self, operation_id: &str, device_id: Option<&str>) -> Result<String, EmulatorError> {
         self.inner.approve(operation_id, device_id)
     }
     /// Cancels a pending operation.
@@ -834,9 +843,14 @@ impl Emulator {
         self.inner.disconnect(hub_device_id)
     }
     /// Opens a remote-access tunnel to `port` of the device (see [`tunnel_client`]).
-    pub async fn open_tunnel(&self, hub_device_id: &str, port: u16) -> Result<tunnel_client::TunnelStream, String> {
+    pub async fn open_tunnel(
+        &self,
+        hub_device_id: &str,
+        port: u16,
+    ) -> Result<tunnel_client::TunnelStream, EmulatorError> {
         tunnel_client::connect(&self.https_url(), self.admin_token(), self.client_tls_config(), hub_device_id, port)
             .await
+            .map_err(EmulatorError::Tunnel)
     }
     /// Calls the direct method `method` of a connected device (one that subscribed to direct
     /// methods) with `payload`, and waits up to `timeout` for its answer.
@@ -900,7 +914,7 @@ impl Drop for Emulator {
     }
 }
 
-fn admin_token(config: &EmulatorConfig) -> Result<String, String> {
+fn admin_token(config: &EmulatorConfig) -> Result<String, EmulatorError> {
     if let Some(t) = &config.admin_token {
         return Ok(t.clone());
     }
@@ -911,12 +925,12 @@ fn admin_token(config: &EmulatorConfig) -> Result<String, String> {
         Ok(t) if !t.trim().is_empty() => {
             // Written world-readable by earlier versions: tightened (with a warning).
             spotflow_core::private_fs::prepare_private_file(&path)
-                .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+                .map_err(|source| EmulatorError::Files { path: path.to_path_buf(), source })?;
             Ok(t.trim().to_owned())
         }
         _ => {
             spotflow_core::private_fs::write_private_file(&path, generated.as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                .map_err(|source| EmulatorError::Files { path: path.to_path_buf(), source })?;
             Ok(generated)
         }
     }

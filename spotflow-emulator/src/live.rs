@@ -104,24 +104,30 @@ impl Default for Live {
 }
 
 /// Counts one open connection while it lives.
-pub(crate) struct Open(Arc<crate::Inner>);
+pub(crate) struct Open(Arc<Live>);
 
 impl Open {
-    pub(crate) fn new(inner: &Arc<crate::Inner>) -> Open {
-        inner.live.mqtt_connections.fetch_add(1, Ordering::Relaxed);
-        Open(inner.clone())
+    pub(crate) fn new(live: &Arc<Live>) -> Open {
+        live.mqtt_connections.fetch_add(1, Ordering::Relaxed);
+        Open(live.clone())
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.live.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// The name a stream group or stream is shown and counted under (`None` is the default one).
 fn shown(name: &Option<String>) -> &str {
     name.as_deref().unwrap_or("(default)")
+}
+
+impl crate::db::IngestObserver for Live {
+    fn stored(&self, messages: &mut dyn Iterator<Item = (&StoredMessage, i64)>) {
+        self.record_stored(messages);
+    }
 }
 
 impl Live {
@@ -131,7 +137,7 @@ impl Live {
 
     /// Messages were stored (each with its row id): counted under one lock; fed to the
     /// dashboards listening, if any.
-    pub(crate) fn stored<'a>(&self, messages: impl Iterator<Item = (&'a StoredMessage, i64)>) {
+    fn record_stored<'a>(&self, messages: impl Iterator<Item = (&'a StoredMessage, i64)>) {
         let listening = self.feed.receiver_count() > 0;
         let mut feed = Vec::new();
         {
@@ -314,8 +320,8 @@ mod tests {
     fn counts_per_stream_and_device_reach_the_prometheus_text_escaped() {
         let live = Live::default();
         let batch = [message("ws:a", Some("s\"1"), 10), message("ws:a", Some("s\"1"), 5)];
-        live.stored(batch.iter().zip([1, 2]));
-        live.stored(std::iter::once((&message("ws:b", None, 7), 3)));
+        live.record_stored(batch.iter().zip([1, 2]));
+        live.record_stored(std::iter::once((&message("ws:b", None, 7), 3)));
         assert_eq!(live.device("ws:a").messages, 2);
         assert_eq!(live.device("ws:b").messages, 1);
         assert_eq!(live.device("ws:c").messages, 0);
@@ -341,9 +347,9 @@ mod tests {
     #[test]
     fn the_feed_reaches_listeners_and_costs_nothing_without_them() {
         let live = Live::default();
-        live.stored(std::iter::once((&message("ws:a", None, 1), 1)));
+        live.record_stored(std::iter::once((&message("ws:a", None, 1), 1)));
         let mut rx = live.subscribe();
-        live.stored(std::iter::once((&message("ws:a", None, 1), 2)));
+        live.record_stored(std::iter::once((&message("ws:a", None, 1), 2)));
         let got = rx.try_recv().expect("an item");
         assert_eq!(got.id, 2);
         assert!(rx.try_recv().is_err(), "the item stored before subscribing is not replayed");

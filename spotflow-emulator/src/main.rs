@@ -307,7 +307,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             config.record_traffic = record_traffic;
             config.http_header_timeout = Duration::from_secs(http_header_timeout_secs.max(1));
             config.max_http_connections = max_http_connections;
-            let emulator = spotflow_emulator::Emulator::builder().config(config).start().await?;
+            let emulator =
+                spotflow_emulator::Emulator::builder().config(config).start().await.map_err(|e| e.to_string())?;
             println!("spotflow-emulator is running");
             println!("  instance (HTTPS):  {}", emulator.https_url());
             if let Some(u) = emulator.http_url() {

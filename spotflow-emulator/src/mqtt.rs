@@ -197,7 +197,7 @@ pub(crate) async fn run_session<S>(inner: Arc<Inner>, stream: S, peer: String)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _open = crate::live::Open::new(&inner);
+    let _open = crate::live::Open::new(&inner.live);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let max = inner.config.max_packet_size;
     let mut buf = BytesMut::with_capacity(16 * 1024);

@@ -1,6 +1,7 @@
 //! The platform's control state: tokens, provisioning operations, devices, credentials, twins.
 //! Kept in memory behind a mutex and persisted as a snapshot after every change.
 
+use crate::EmulatorError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -260,17 +261,20 @@ impl ControlState {
     }
 
     /// Approves a pending operation, optionally overriding the device id.
-    pub fn approve(&mut self, operation_id: &str, device_id: Option<&str>) -> Result<String, String> {
+    pub fn approve(&mut self, operation_id: &str, device_id: Option<&str>) -> Result<String, EmulatorError> {
         let n = self.counter + 1;
-        let op = self.operations.get_mut(operation_id).ok_or_else(|| format!("no operation {operation_id}"))?;
+        let op = self
+            .operations
+            .get_mut(operation_id)
+            .ok_or_else(|| EmulatorError::UnknownOperation(operation_id.to_owned()))?;
         if op.state != OperationState::Pending {
-            return Err(format!("operation {operation_id} is not pending"));
+            return Err(EmulatorError::NotPending(operation_id.to_owned()));
         }
         if let Some(d) = device_id {
-            validate_device_id(d)?;
+            validate_device_id(d).map_err(EmulatorError::InvalidDeviceId)?;
         }
         if now_ms() >= op.expires_at {
-            return Err(format!("operation {operation_id} expired"));
+            return Err(EmulatorError::Expired(operation_id.to_owned()));
         }
         let device = device_id
             .map(str::to_owned)

@@ -347,7 +347,11 @@ async fn main() -> Result<(), String> {
             mqtt_port: args.mqtt_port,
         },
         None => {
-            let emu = spotflow_emulator::Emulator::builder().auto_approve(Some(Duration::ZERO)).start().await?;
+            let emu = spotflow_emulator::Emulator::builder()
+                .auto_approve(Some(Duration::ZERO))
+                .start()
+                .await
+                .map_err(|e| e.to_string())?;
             let target = Target {
                 instance: emu.https_url(),
                 token: emu.create_provisioning_token(),

@@ -84,7 +84,7 @@ async fn admin_approve(State(inner): Shared, Path(id): Path<String>, headers: He
     };
     match inner.approve(&id, device.as_deref()) {
         Ok(device) => Json(json!({"deviceId": device})).into_response(),
-        Err(e) => problem(StatusCode::CONFLICT, "/problems/conflict", &e),
+        Err(e) => problem(StatusCode::CONFLICT, "/problems/conflict", &e.to_string()),
     }
 }
 
