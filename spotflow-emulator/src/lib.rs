@@ -6,7 +6,7 @@
 //! admin API. Embed it in tests:
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), String> {
+//! # async fn demo() -> Result<(), spotflow_emulator::EmulatorError> {
 //! let emulator = spotflow_emulator::Emulator::builder().auto_approve(Some(std::time::Duration::ZERO)).start().await?;
 //! let token = emulator.create_provisioning_token();
 //! println!("instance: {}, CA: {} bytes", emulator.https_url(), emulator.ca_pem().len());
