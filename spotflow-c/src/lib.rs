@@ -13,6 +13,7 @@
 // the caller must give.
 #![allow(clippy::missing_safety_doc, clippy::not_unsafe_ptr_arg_deref)]
 
+mod context;
 mod ffi;
 mod log;
 
@@ -26,7 +27,8 @@ use serde_json::Value;
 use spotflow_device::blocking::{DeviceClient, StreamSender};
 use spotflow_device::{Compression, Durability, Message};
 
-use ffi::{guard, optional_str, out_buffer, out_ptr, required_str, Context, Failure, Outcome, Registry};
+use context::Context;
+use ffi::{guard, optional_str, out_buffer, out_ptr, required_str, Failure, Outcome, Registry};
 
 /// Largest device ID in bytes, NUL included.
 pub const SPOTFLOW_DEVICE_ID_MAX_LENGTH: usize = 128;

@@ -15,7 +15,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
-use crate::ffi::Context;
+use crate::context::Context;
 use crate::spotflow_log_level_t;
 
 /// The level: 0 off, 1 error … 5 trace (the values of `spotflow_log_level_t`).
