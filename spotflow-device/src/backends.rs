@@ -12,11 +12,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use spotflow_core::{Error, PlatformApi, Result, Store, Transport};
-use tracing::warn;
 
 use crate::{ClientOptions, Instance, NetworkOptions};
 
-#[cfg(feature = "mqtt")]
+/// The platform API and the transport: the injected ones, else (feature `mqtt`) the built-in
+/// ones for `instance`; without `mqtt` both must be injected.
 pub(crate) fn network_stack(
     api: Option<Arc<dyn PlatformApi>>,
     transport: Option<Arc<dyn Transport>>,
@@ -24,38 +24,51 @@ pub(crate) fn network_stack(
     network: &NetworkOptions,
     options: &ClientOptions,
 ) -> Result<(Arc<dyn PlatformApi>, Arc<dyn Transport>)> {
-    use spotflow_transport_mqtt::{HttpPlatformApi, MqttTransport, MqttTransportOptions, TlsOptions};
     if let (Some(a), Some(t)) = (&api, &transport) {
         return Ok((a.clone(), t.clone()));
     }
-    let tls = TlsOptions { platform_roots: network.platform_roots, extra_ca_pem: network.extra_ca_pem.clone() }
-        .client_config()?;
-    let api = match api {
-        Some(a) => a,
-        None => {
-            Arc::new(HttpPlatformApi::new(&instance.base_url(), &instance.id(), tls.clone(), options.request_timeout)?)
-        }
-    };
-    let transport = match transport {
-        Some(t) => t,
-        None if network.protocol == crate::Protocol::MqttOverWebSocket => {
-            websocket_transport(instance, network, options, tls)?
-        }
-        None => {
-            let mut o = if network.mqtt_plain_tcp {
-                warn!("MQTT over plain TCP: traffic is neither encrypted nor authenticated");
-                MqttTransportOptions::plain_tcp(network.mqtt_port)
-            } else {
-                let mut o = MqttTransportOptions::tls(tls);
-                o.port = network.mqtt_port;
-                o
-            };
-            o.max_in_flight = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
-            configure_session(&mut o.session, instance, network, options)?;
-            Arc::new(MqttTransport::new(o)?)
-        }
-    };
-    Ok((api, transport))
+    #[cfg(not(feature = "mqtt"))]
+    {
+        let _ = (network, options);
+        let api = api.ok_or_else(|| no_network("platform_api", instance))?;
+        let transport = transport.ok_or_else(|| no_network("transport", instance))?;
+        Ok((api, transport))
+    }
+    #[cfg(feature = "mqtt")]
+    {
+        use spotflow_transport_mqtt::{HttpPlatformApi, MqttTransport, MqttTransportOptions, TlsOptions};
+        let tls = TlsOptions { platform_roots: network.platform_roots, extra_ca_pem: network.extra_ca_pem.clone() }
+            .client_config()?;
+        let api = match api {
+            Some(a) => a,
+            None => Arc::new(HttpPlatformApi::new(
+                &instance.base_url(),
+                &instance.id(),
+                tls.clone(),
+                options.request_timeout,
+            )?),
+        };
+        let transport = match transport {
+            Some(t) => t,
+            None if network.protocol == crate::Protocol::MqttOverWebSocket => {
+                websocket_transport(instance, network, options, tls)?
+            }
+            None => {
+                let mut o = if network.mqtt_plain_tcp {
+                    tracing::warn!("MQTT over plain TCP: traffic is neither encrypted nor authenticated");
+                    MqttTransportOptions::plain_tcp(network.mqtt_port)
+                } else {
+                    let mut o = MqttTransportOptions::tls(tls);
+                    o.port = network.mqtt_port;
+                    o
+                };
+                o.max_in_flight = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
+                configure_session(&mut o.session, instance, network, options)?;
+                Arc::new(MqttTransport::new(o)?)
+            }
+        };
+        Ok((api, transport))
+    }
 }
 
 /// What the MQTT and WebSocket transports take from the options alike.
@@ -92,7 +105,7 @@ fn websocket_transport(
 ) -> Result<Arc<dyn Transport>> {
     use spotflow_transport_ws::{Proxy, ProxyMode, WsTransport, WsTransportOptions};
     let mut o = if network.mqtt_plain_tcp {
-        warn!("MQTT over plain ws://: traffic is neither encrypted nor authenticated");
+        tracing::warn!("MQTT over plain ws://: traffic is neither encrypted nor authenticated");
         WsTransportOptions::plain(network.websocket_port)
     } else {
         let mut o = WsTransportOptions::tls(tls);
@@ -120,19 +133,6 @@ fn websocket_transport(
 use spotflow_transport_mqtt::rustls as spotflow_transport_mqtt_rustls;
 
 #[cfg(not(feature = "mqtt"))]
-pub(crate) fn network_stack(
-    api: Option<Arc<dyn PlatformApi>>,
-    transport: Option<Arc<dyn Transport>>,
-    instance: &Instance,
-    _network: &NetworkOptions,
-    _options: &ClientOptions,
-) -> Result<(Arc<dyn PlatformApi>, Arc<dyn Transport>)> {
-    let api = api.ok_or_else(|| no_network("platform_api", instance))?;
-    let transport = transport.ok_or_else(|| no_network("transport", instance))?;
-    Ok((api, transport))
-}
-
-#[cfg(not(feature = "mqtt"))]
 fn no_network(what: &str, instance: &Instance) -> Error {
     Error::invalid(
         "configuration",
@@ -144,24 +144,21 @@ fn no_network(what: &str, instance: &Instance) -> Error {
     )
 }
 
-#[cfg(feature = "sqlite")]
+/// The store at `db` when none is injected (see the module's documentation for the choice).
 pub(crate) async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<dyn Store>> {
-    use spotflow_store_sqlite::SqliteStore;
-    Ok(Arc::new(SqliteStore::open_async(db, durability).await?))
-}
-
-#[cfg(all(feature = "sled", not(feature = "sqlite")))]
-pub(crate) async fn default_store(db: &Path, durability: crate::Durability) -> Result<Arc<dyn Store>> {
-    use spotflow_store_sled::SledStore;
-    Ok(Arc::new(SledStore::open_async(db, durability).await?))
-}
-
-#[cfg(not(any(feature = "sqlite", feature = "sled")))]
-pub(crate) async fn default_store(db: &Path, _durability: crate::Durability) -> Result<Arc<dyn Store>> {
-    use spotflow_core::MemoryStore;
-    warn!(
-        db = %db.display(),
-        "no durable store is compiled in (feature `sqlite`): using an in-memory store; queued messages do not survive a restart"
-    );
-    Ok(Arc::new(MemoryStore::new()))
+    #[cfg(feature = "sqlite")]
+    let store: Arc<dyn Store> = Arc::new(spotflow_store_sqlite::SqliteStore::open_async(db, durability).await?);
+    #[cfg(all(feature = "sled", not(feature = "sqlite")))]
+    let store: Arc<dyn Store> = Arc::new(spotflow_store_sled::SledStore::open_async(db, durability).await?);
+    #[cfg(not(any(feature = "sqlite", feature = "sled")))]
+    let store: Arc<dyn Store> = {
+        let _ = durability;
+        tracing::warn!(
+            db = %db.display(),
+            "no durable store is compiled in (feature `sqlite`): using an in-memory store; queued messages do not \
+             survive a restart"
+        );
+        Arc::new(spotflow_core::MemoryStore::new())
+    };
+    Ok(store)
 }

@@ -221,6 +221,7 @@ impl DeviceClient {
         Ok(())
     }
 
+    /// Appends a message of this client's stream; a failure is counted (`Stats::failed_enqueues_total`).
     async fn enqueue(
         &self,
         target: &Arc<StreamTarget>,
@@ -228,57 +229,54 @@ impl DeviceClient {
         message: Message,
         kind: MessageKind,
     ) -> Result<u64> {
-        let result = self.enqueue_counted(target, compression, message, kind).await;
+        let result = async {
+            self.check_open()?;
+            let max = self.inner.options.max_message_size;
+            if message.payload.len() > max {
+                return Err(Error::PayloadTooLarge { size: message.payload.len(), limit: max });
+            }
+            let id = |what, v: Option<String>| v.map(|s| validate_name(what, &s)).transpose();
+            let (content_encoding, payload) = compress(compression, message.payload).await?;
+            let outgoing = OutgoingMessage {
+                target: target.clone(),
+                kind,
+                batch_id: id("batch id", message.batch_id)?,
+                batch_slice_id: id("batch slice id", message.batch_slice_id)?,
+                message_id: id("message id", message.message_id)?,
+                chunk_id: id("chunk id", message.chunk_id)?,
+                content_encoding,
+                payload,
+            };
+            let size = outgoing.queued_size();
+            let budget = self.inner.options.queue_budget_bytes;
+            let queued = self.inner.shared.queued_bytes();
+            if queued + size > budget {
+                match self.inner.options.queue_full_policy {
+                    crate::QueueFullPolicy::DropOldest if size <= budget => {
+                        let (reply, rx) = oneshot::channel();
+                        let bytes = queued + size - budget;
+                        self.inner
+                            .commands
+                            .send(Command::DropOldest { bytes, reply })
+                            .await
+                            .map_err(|_| Error::Closed)?;
+                        rx.await.map_err(|_| Error::Closed)??;
+                    }
+                    _ => return Err(Error::QueueFull { bytes: queued, budget }),
+                }
+            }
+            let seq = self.inner.store.append_message(outgoing.clone()).await?;
+            self.inner.shared.remember_appended(QueuedMessage { seq, message: outgoing });
+            // Timed before the worker can learn of it (and see it acknowledged).
+            self.inner.shared.stats.enqueued(seq);
+            self.inner.shared.message_appended(seq, size);
+            Ok(seq)
+        }
+        .await;
         if result.is_err() {
             self.inner.shared.stats.enqueue_failed();
         }
         result
-    }
-
-    async fn enqueue_counted(
-        &self,
-        target: &Arc<StreamTarget>,
-        compression: Compression,
-        message: Message,
-        kind: MessageKind,
-    ) -> Result<u64> {
-        self.check_open()?;
-        let max = self.inner.options.max_message_size;
-        if message.payload.len() > max {
-            return Err(Error::PayloadTooLarge { size: message.payload.len(), limit: max });
-        }
-        let id = |what, v: Option<String>| v.map(|s| validate_name(what, &s)).transpose();
-        let (content_encoding, payload) = compress(compression, message.payload).await?;
-        let outgoing = OutgoingMessage {
-            target: target.clone(),
-            kind,
-            batch_id: id("batch id", message.batch_id)?,
-            batch_slice_id: id("batch slice id", message.batch_slice_id)?,
-            message_id: id("message id", message.message_id)?,
-            chunk_id: id("chunk id", message.chunk_id)?,
-            content_encoding,
-            payload,
-        };
-        let size = outgoing.queued_size();
-        let budget = self.inner.options.queue_budget_bytes;
-        let queued = self.inner.shared.queued_bytes();
-        if queued + size > budget {
-            match self.inner.options.queue_full_policy {
-                crate::QueueFullPolicy::DropOldest if size <= budget => {
-                    let (reply, rx) = oneshot::channel();
-                    let bytes = queued + size - budget;
-                    self.inner.commands.send(Command::DropOldest { bytes, reply }).await.map_err(|_| Error::Closed)?;
-                    rx.await.map_err(|_| Error::Closed)??;
-                }
-                _ => return Err(Error::QueueFull { bytes: queued, budget }),
-            }
-        }
-        let seq = self.inner.store.append_message(outgoing.clone()).await?;
-        self.inner.shared.remember_appended(QueuedMessage { seq, message: outgoing });
-        // Timed before the worker can learn of it (and see it acknowledged).
-        self.inner.shared.stats.enqueued(seq);
-        self.inner.shared.message_appended(seq, size);
-        Ok(seq)
     }
 }
 

@@ -28,10 +28,7 @@ async fn every_line_of_a_gateways_devices_names_its_device() {
             .unwrap()
             .instance(emu.https_url())
             .trust_ca_pem(emu.ca_pem())
-            .with_network(move |n| {
-                n.platform_roots = false;
-                n.mqtt_port = mqtt_port;
-            })
+            .with_network(move |n| n.mqtt_port = mqtt_port)
             .display_provisioning_operation_callback(|_| {})
             .desired_properties_updated_callback(|d| tracing::info!(version = d.version, "the application applied it"))
             .with_options(|o| {

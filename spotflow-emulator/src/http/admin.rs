@@ -10,8 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -20,25 +19,7 @@ use crate::Inner;
 
 use super::*;
 
-/// The routes of this module.
-pub(super) fn routes() -> Router<Arc<Inner>> {
-    Router::new()
-        .route("/admin/provisioning-tokens", post(admin_create_token))
-        .route("/admin/operations", get(admin_operations))
-        .route("/admin/operations/{id}/approve", post(admin_approve))
-        .route("/admin/operations/{id}/cancel", post(admin_cancel))
-        .route("/admin/devices", get(admin_devices))
-        .route("/admin/devices/{hub_device_id}/twin", get(admin_twin))
-        .route("/admin/devices/{hub_device_id}/desired", patch(admin_desired))
-        .route("/admin/devices/{hub_device_id}/disconnect", post(admin_disconnect))
-        .route("/admin/devices/{hub_device_id}/methods/{*method}", post(admin_method))
-        .route("/admin/messages", get(admin_messages))
-        .route("/admin/traffic", get(admin_traffic))
-        .route("/admin/events", get(admin_events))
-        .route("/metrics", get(metrics))
-}
-
-async fn admin_create_token(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn admin_create_token(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
@@ -55,7 +36,7 @@ async fn admin_create_token(State(inner): Shared, headers: HeaderMap, body: Byte
     Json(json!({"provisioningToken": token, "workspaceId": ws})).into_response()
 }
 
-async fn admin_operations(State(inner): Shared, headers: HeaderMap) -> Response {
+pub(super) async fn admin_operations(State(inner): Shared, headers: HeaderMap) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
@@ -73,7 +54,12 @@ async fn admin_operations(State(inner): Shared, headers: HeaderMap) -> Response 
     Json(Value::Array(ops)).into_response()
 }
 
-async fn admin_approve(State(inner): Shared, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn admin_approve(
+    State(inner): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
@@ -88,7 +74,7 @@ async fn admin_approve(State(inner): Shared, Path(id): Path<String>, headers: He
     }
 }
 
-async fn admin_cancel(State(inner): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+pub(super) async fn admin_cancel(State(inner): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
@@ -99,14 +85,14 @@ async fn admin_cancel(State(inner): Shared, Path(id): Path<String>, headers: Hea
     }
 }
 
-async fn admin_devices(State(inner): Shared, headers: HeaderMap) -> Response {
+pub(super) async fn admin_devices(State(inner): Shared, headers: HeaderMap) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
     Json(json!(inner.devices())).into_response()
 }
 
-async fn admin_twin(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap) -> Response {
+pub(super) async fn admin_twin(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
@@ -116,7 +102,12 @@ async fn admin_twin(State(inner): Shared, Path(hub_id): Path<String>, headers: H
     }
 }
 
-async fn admin_desired(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn admin_desired(
+    State(inner): Shared,
+    Path(hub_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
@@ -135,7 +126,7 @@ async fn admin_desired(State(inner): Shared, Path(hub_id): Path<String>, headers
     }
 }
 
-async fn admin_disconnect(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap) -> Response {
+pub(super) async fn admin_disconnect(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
@@ -144,7 +135,7 @@ async fn admin_disconnect(State(inner): Shared, Path(hub_id): Path<String>, head
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MethodQuery {
+pub(super) struct MethodQuery {
     /// Seconds to wait for the device's answer (default 30, at most 300).
     timeout_secs: Option<u64>,
 }
@@ -153,7 +144,7 @@ struct MethodQuery {
 /// means `null`). Answers `{"status": …, "payload": …}` with the device's status and body (JSON
 /// when it is), `404` when the device is not connected or takes no direct methods, `504` when it
 /// did not answer in time.
-async fn admin_method(
+pub(super) async fn admin_method(
     State(inner): Shared,
     Path((hub_id, method)): Path<(String, String)>,
     Query(query): Query<MethodQuery>,
@@ -188,7 +179,7 @@ async fn admin_method(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MessagesQuery {
+pub(super) struct MessagesQuery {
     after_id: Option<i64>,
     device: Option<String>,
     limit: Option<usize>,
@@ -198,13 +189,13 @@ struct MessagesQuery {
 const MAX_ADMIN_PAGE_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Deserialize)]
-struct TrafficQuery {
+pub(super) struct TrafficQuery {
     from: Option<usize>,
     limit: Option<usize>,
 }
 
 /// `GET /admin/traffic?from=&limit=`: recorded traffic, a page at a time (at most 1,000 records).
-async fn admin_traffic(State(inner): Shared, headers: HeaderMap, Query(q): Query<TrafficQuery>) -> Response {
+pub(super) async fn admin_traffic(State(inner): Shared, headers: HeaderMap, Query(q): Query<TrafficQuery>) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
@@ -212,7 +203,11 @@ async fn admin_traffic(State(inner): Shared, headers: HeaderMap, Query(q): Query
     Json(json!({ "recording": inner.traffic.enabled(), "records": records, "notKept": dropped })).into_response()
 }
 
-async fn admin_messages(State(inner): Shared, headers: HeaderMap, Query(q): Query<MessagesQuery>) -> Response {
+pub(super) async fn admin_messages(
+    State(inner): Shared,
+    headers: HeaderMap,
+    Query(q): Query<MessagesQuery>,
+) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
@@ -256,7 +251,7 @@ async fn admin_messages(State(inner): Shared, headers: HeaderMap, Query(q): Quer
 }
 
 /// `GET /metrics`: the Prometheus text exposition (admin token).
-async fn metrics(State(inner): Shared, headers: HeaderMap) -> Response {
+pub(super) async fn metrics(State(inner): Shared, headers: HeaderMap) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
@@ -306,7 +301,7 @@ impl Drop for Listener {
 /// message (no payload; at most [`crate::live::FEED_PER_SECOND`] a second, the rest counted as
 /// skipped); `totals`, every second: messages and wire bytes per stream since start, and the
 /// feed items skipped so far.
-async fn admin_events(State(inner): Shared, headers: HeaderMap) -> Response {
+pub(super) async fn admin_events(State(inner): Shared, headers: HeaderMap) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     if let Err(r) = require_admin(&inner, &headers) {
         return r;

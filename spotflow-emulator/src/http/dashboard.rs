@@ -1,23 +1,8 @@
 //! The dashboard's page, script and style (embedded, no token: they hold no data), and the
 //! redirect from `/` to it.
 
-use std::sync::Arc;
-
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-
-use crate::Inner;
-
-/// The routes of this module.
-pub(super) fn routes() -> Router<Arc<Inner>> {
-    Router::new()
-        .route("/", get(root_redirect))
-        .route("/dashboard", get(dashboard_page))
-        .route("/dashboard/app.js", get(dashboard_script))
-        .route("/dashboard/app.css", get(dashboard_style))
-}
 
 /// The dashboard's files, embedded in the binary (no CDN: it works offline). The page asks for
 /// the admin token once and keeps it in the tab's session storage; every API call sends it.
@@ -43,18 +28,18 @@ fn dashboard_file(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// The bare address a person types (`https://localhost:8443/`) leads to the dashboard.
-async fn root_redirect() -> Response {
+pub(super) async fn root_redirect() -> Response {
     (StatusCode::FOUND, [(header::LOCATION, "/dashboard")]).into_response()
 }
 
-async fn dashboard_page() -> Response {
+pub(super) async fn dashboard_page() -> Response {
     dashboard_file("text/html; charset=utf-8", DASHBOARD_HTML)
 }
 
-async fn dashboard_script() -> Response {
+pub(super) async fn dashboard_script() -> Response {
     dashboard_file("text/javascript; charset=utf-8", DASHBOARD_JS)
 }
 
-async fn dashboard_style() -> Response {
+pub(super) async fn dashboard_style() -> Response {
     dashboard_file("text/css; charset=utf-8", DASHBOARD_CSS)
 }

@@ -12,8 +12,7 @@ use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 use spotflow_core::time_format::rfc3339;
 use tracing::{debug, info, warn};
@@ -24,19 +23,6 @@ use crate::wire::format_timespan;
 use crate::Inner;
 
 use super::*;
-
-/// The routes of this module.
-pub(super) fn routes() -> Router<Arc<Inner>> {
-    Router::new()
-        .route("/provisioning-operations/init", post(init))
-        .route("/provisioning-operations/complete", put(complete))
-        .route("/devices/register", put(register))
-        .route("/devices/registration-tokens/refresh", put(refresh))
-        .route("/devices/{hub_device_id}/files", post(file_upload_init))
-        .route("/devices/{hub_device_id}/files/notifications", post(file_upload_notify))
-        .route("/uploads/{blob}", put(put_blob))
-        .route("/$iothub/websocket", get(websocket))
-}
 
 /// Longest blob name accepted.
 const MAX_BLOB_NAME: usize = 256;
@@ -54,7 +40,16 @@ fn device_request<'h>(
     Ok((token, json_object(body)?))
 }
 
-async fn init(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
+/// A device's request whose body must carry the string `field`: the device's token and the field.
+fn device_request_with<'h>(headers: &'h HeaderMap, body: &Bytes, field: &str) -> Result<(&'h str, String), Response> {
+    let (token, body) = device_request(headers, body)?;
+    match optional_string(&body, field) {
+        Ok(Some(value)) => Ok((token, value)),
+        _ => Err(bad_request(&format!("{field} (string) is required"))),
+    }
+}
+
+pub(super) async fn init(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
     let (token, body) = match device_request(&headers, &body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -77,20 +72,13 @@ async fn init(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response
     .into_response()
 }
 
-async fn complete(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    let (token, body) = match device_request(&headers, &body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let Ok(Some(id)) = optional_string(&body, "provisioningOperationId") else {
-        return bad_request("provisioningOperationId (string) is required");
-    };
-    match inner.with_state(|s, policy| s.complete(token, &id, policy)) {
+pub(super) async fn complete(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, Response> {
+    let (token, id) = device_request_with(&headers, &body, "provisioningOperationId")?;
+    Ok(match inner.with_state(|s, policy| s.complete(token, &id, policy)) {
         CompleteOutcome::Pending => StatusCode::ACCEPTED.into_response(),
         CompleteOutcome::Approved { registration_token, expires_at } => {
             info!(operation = %id, "provisioning operation completed");
-            Json(json!({"registrationToken": registration_token, "expirationTime": rfc3339(from_ms(expires_at))}))
-                .into_response()
+            registration_token_answer(&registration_token, expires_at)
         }
         CompleteOutcome::Expired => problem(
             StatusCode::GONE,
@@ -106,10 +94,10 @@ async fn complete(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Resp
             problem(StatusCode::NOT_FOUND, "/problems/notFound", "No such provisioning operation.")
         }
         CompleteOutcome::Unauthorized => unauthorized("Invalid Provisioning Token"),
-    }
+    })
 }
 
-async fn register(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn register(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
     let (token, body) = match device_request(&headers, &body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -136,21 +124,15 @@ async fn register(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Resp
     .into_response()
 }
 
-async fn refresh(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    let (token, body) = match device_request(&headers, &body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let Ok(Some(rt)) = optional_string(&body, "registrationToken") else {
-        return bad_request("registrationToken (string) is required");
-    };
-    match inner.with_state(|s, policy| s.refresh(token, &rt, policy)) {
+pub(super) async fn refresh(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, Response> {
+    let (token, rt) = device_request_with(&headers, &body, "registrationToken")?;
+    Ok(match inner.with_state(|s, policy| s.refresh(token, &rt, policy)) {
         Some((token, expires_at)) => {
             info!("registration token refreshed");
-            Json(json!({"registrationToken": token, "expirationTime": rfc3339(from_ms(expires_at))})).into_response()
+            registration_token_answer(&token, expires_at)
         }
         None => unauthorized("Invalid Registration Token"),
-    }
+    })
 }
 
 /// The device a raw SAS `Authorization` header authorises, if it matches the path's device.
@@ -163,7 +145,7 @@ fn sas_device(inner: &Inner, headers: &HeaderMap, hub_id: &str) -> Result<(), Re
     }
 }
 
-async fn file_upload_init(
+pub(super) async fn file_upload_init(
     State(inner): Shared,
     Path(hub_id): Path<String>,
     headers: HeaderMap,
@@ -225,7 +207,7 @@ async fn file_upload_init(
 /// A blob's upload: refused from the request line and headers alone when it announces more than
 /// the limit (413) or has no started upload or a wrong signature (401), before any byte of the
 /// body is read; then streamed to a spool file and into the database.
-async fn put_blob(
+pub(super) async fn put_blob(
     State(inner): Shared,
     Path(blob): Path<String>,
     Query(query): Query<HashMap<String, String>>,
@@ -283,22 +265,18 @@ fn too_large() -> Response {
     )
 }
 
-async fn file_upload_notify(
+pub(super) async fn file_upload_notify(
     State(inner): Shared,
     Path(hub_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    if let Err(r) = sas_device(&inner, &headers, &hub_id) {
-        return r;
-    }
-    if let Err(r) = json_object(&body) {
-        return r;
-    }
-    StatusCode::NO_CONTENT.into_response()
+) -> Result<StatusCode, Response> {
+    sas_device(&inner, &headers, &hub_id)?;
+    json_object(&body)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
-async fn websocket(State(inner): Shared, ws: WebSocketUpgrade) -> Response {
+pub(super) async fn websocket(State(inner): Shared, ws: WebSocketUpgrade) -> Response {
     ws.protocols(["mqtt"])
         .max_message_size(inner.config.max_packet_size * 2)
         .on_upgrade(move |socket| websocket_session(inner, socket))
@@ -372,4 +350,9 @@ impl tokio::io::AsyncWrite for WsBytes {
         use futures_util::SinkExt;
         self.get_mut().socket.poll_close_unpin(cx).map_err(std::io::Error::other)
     }
+}
+
+/// A registration token and its expiry, as provisioning and refresh answer them.
+fn registration_token_answer(token: &str, expires_at: crate::state::Millis) -> Response {
+    Json(json!({"registrationToken": token, "expirationTime": rfc3339(from_ms(expires_at))})).into_response()
 }

@@ -12,6 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post, put};
 use axum::Router;
 use serde_json::{json, Value};
 
@@ -28,10 +29,37 @@ type Shared = State<Arc<Inner>>;
 /// its module, behind the traffic recorder and the request deadline.
 pub(crate) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
-        .merge(device::routes())
-        .merge(admin::routes())
-        .merge(tunnels::routes())
-        .merge(dashboard::routes())
+        // the platform API, uploads and MQTT over WebSocket
+        .route("/provisioning-operations/init", post(device::init))
+        .route("/provisioning-operations/complete", put(device::complete))
+        .route("/devices/register", put(device::register))
+        .route("/devices/registration-tokens/refresh", put(device::refresh))
+        .route("/devices/{hub_device_id}/files", post(device::file_upload_init))
+        .route("/devices/{hub_device_id}/files/notifications", post(device::file_upload_notify))
+        .route("/uploads/{blob}", put(device::put_blob))
+        .route("/$iothub/websocket", get(device::websocket))
+        // the admin API, metrics and the live feed
+        .route("/admin/provisioning-tokens", post(admin::admin_create_token))
+        .route("/admin/operations", get(admin::admin_operations))
+        .route("/admin/operations/{id}/approve", post(admin::admin_approve))
+        .route("/admin/operations/{id}/cancel", post(admin::admin_cancel))
+        .route("/admin/devices", get(admin::admin_devices))
+        .route("/admin/devices/{hub_device_id}/twin", get(admin::admin_twin))
+        .route("/admin/devices/{hub_device_id}/desired", patch(admin::admin_desired))
+        .route("/admin/devices/{hub_device_id}/disconnect", post(admin::admin_disconnect))
+        .route("/admin/devices/{hub_device_id}/methods/{*method}", post(admin::admin_method))
+        .route("/admin/messages", get(admin::admin_messages))
+        .route("/admin/traffic", get(admin::admin_traffic))
+        .route("/admin/events", get(admin::admin_events))
+        .route("/metrics", get(admin::metrics))
+        // remote-access tunnels
+        .route("/admin/devices/{hub_device_id}/tunnel", get(tunnels::admin_tunnel))
+        .route("/tunnels/{tunnel_id}", get(tunnels::device_tunnel))
+        // the dashboard
+        .route("/", get(dashboard::root_redirect))
+        .route("/dashboard", get(dashboard::dashboard_page))
+        .route("/dashboard/app.js", get(dashboard::dashboard_script))
+        .route("/dashboard/app.css", get(dashboard::dashboard_style))
         .layer(axum::middleware::from_fn_with_state(inner.clone(), record_http))
         .layer(axum::middleware::from_fn_with_state(inner.clone(), request_deadline))
         .with_state(inner)

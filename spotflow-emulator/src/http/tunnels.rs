@@ -4,56 +4,42 @@
 // Helpers return the ready error response; boxing it buys nothing on these cold paths.
 #![allow(clippy::result_large_err)]
 
-use std::sync::Arc;
-
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::Inner;
-
 use super::*;
 
-/// The routes of this module.
-pub(super) fn routes() -> Router<Arc<Inner>> {
-    Router::new()
-        .route("/admin/devices/{hub_device_id}/tunnel", get(admin_tunnel))
-        .route("/tunnels/{tunnel_id}", get(device_tunnel))
-}
-
 #[derive(Deserialize)]
-struct TunnelQuery {
+pub(super) struct TunnelQuery {
     port: u16,
 }
 
 /// The operator's side of a remote-access tunnel to `port` on the device (a WebSocket; the
 /// emulator's `tunnel` command opens one per local connection). Closed with code 4000 and the
 /// reason when the device refuses or cannot open it.
-async fn admin_tunnel(
+pub(super) async fn admin_tunnel(
     State(inner): Shared,
     Path(hub_id): Path<String>,
     Query(query): Query<TunnelQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
-) -> Response {
-    if let Err(r) = require_admin(&inner, &headers) {
-        return r;
-    }
-    ws.on_upgrade(move |socket| crate::tunnels::operate(inner, hub_id, query.port, socket))
+) -> Result<Response, Response> {
+    require_admin(&inner, &headers)?;
+    Ok(ws.on_upgrade(move |socket| crate::tunnels::operate(inner, hub_id, query.port, socket)))
 }
 
 #[derive(Deserialize)]
-struct DeviceTunnelQuery {
+pub(super) struct DeviceTunnelQuery {
     secret: String,
 }
 
 /// The device's side of a tunnel: authorised by the tunnel's own secret, once.
-async fn device_tunnel(
+pub(super) async fn device_tunnel(
     State(inner): Shared,
     Path(tunnel_id): Path<String>,
     Query(query): Query<DeviceTunnelQuery>,
