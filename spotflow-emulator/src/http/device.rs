@@ -222,7 +222,8 @@ pub(super) async fn put_blob(
         Some(Some(n)) => Some(n),
         Some(None) => return bad_request("invalid Content-Length"),
     };
-    if announced.is_some_and(|n| n > MAX_BLOB_BYTES as u64) {
+    if let Some(n) = announced.filter(|&n| n > MAX_BLOB_BYTES as u64) {
+        discard_after_answering(body, n);
         return too_large();
     }
     let hub_id = match inner.uploads.authorize(&blob, query.get("sig").map(String::as_str)) {
@@ -256,6 +257,34 @@ pub(super) async fn put_blob(
     }
     StatusCode::CREATED.into_response()
 }
+
+/// Reads and drops the rest of a refused upload's body while the refusal is sent: an HTTP client
+/// still sending a large body reads the answer only once it has sent it, and a connection closed
+/// under it instead gives the client a broken pipe, which it retries as a network failure (the
+/// SDK then backed off for up to 30 s before it saw the 413). Bounded in bytes (the announced
+/// length, at most [`MAX_DISCARDED_BYTES`]) and in time ([`DISCARD_TIME`]); nothing is kept.
+fn discard_after_answering(body: axum::body::Body, announced: u64) {
+    tokio::spawn(async move {
+        let limit = announced.min(MAX_DISCARDED_BYTES);
+        let mut chunks = body.into_data_stream();
+        let mut read = 0u64;
+        let _ = tokio::time::timeout(DISCARD_TIME, async {
+            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut chunks).await {
+                read += chunk.len() as u64;
+                if read >= limit {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// Most bytes of a refused upload read (and dropped) so that its client gets the refusal.
+const MAX_DISCARDED_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Longest time a refused upload's body is read for.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn too_large() -> Response {
     problem(
