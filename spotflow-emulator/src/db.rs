@@ -1,6 +1,7 @@
 //! The emulator's SQLite database, owned by one thread: the control-state snapshot, twin history,
 //! received messages (inserted in group-committed batches) and uploaded blobs.
 
+use crate::error::EmulatorError;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -165,41 +166,49 @@ const DECODE_ERRORS: &str = "ALTER TABLE messages ADD COLUMN decode_error TEXT;"
 /// Largest number of messages committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// The error of `action` (`open`, `upgrade`, …) on the database at `path`.
+fn failed<'a, E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(E) -> EmulatorError + 'a {
+    move |e| EmulatorError::Database { action, path: path.to_path_buf(), source: e.into() }
+}
+
 impl Db {
     /// Opens (creating) the database at `path` and loads the control state.
-    pub fn open(path: &Path, live: Arc<dyn IngestObserver>) -> Result<(Db, SharedControl), String> {
-        let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    pub fn open(path: &Path, live: Arc<dyn IngestObserver>) -> Result<(Db, SharedControl), EmulatorError> {
+        let conn = Connection::open(path).map_err(failed("open", path))?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;")
             .and_then(|_| conn.execute_batch(SCHEMA))
-            .map_err(|e| format!("cannot initialise {}: {e}", path.display()))?;
-        let has_column = |name: &str| -> Result<bool, String> {
+            .map_err(failed("initialise", path))?;
+        let has_column = |name: &str| -> Result<bool, EmulatorError> {
             conn.query_row("SELECT COUNT(*) FROM pragma_table_info('messages') WHERE name = ?1", [name], |r| {
                 r.get::<_, i64>(0)
             })
             .map(|n| n > 0)
-            .map_err(|e| format!("cannot inspect {}: {e}", path.display()))
+            .map_err(failed("inspect", path))
         };
         if !has_column("message_key")? {
-            conn.execute_batch(MESSAGE_KEYS).map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
+            conn.execute_batch(MESSAGE_KEYS).map_err(failed("upgrade", path))?;
         }
         if !has_column("decode_error")? {
-            conn.execute_batch(DECODE_ERRORS).map_err(|e| format!("cannot upgrade {}: {e}", path.display()))?;
+            conn.execute_batch(DECODE_ERRORS).map_err(failed("upgrade", path))?;
         }
         let json: Option<String> = conn
             .query_row("SELECT json FROM control_state WHERE id = 0", [], |r| r.get(0))
             .optional()
-            .map_err(|e| format!("cannot read state from {}: {e}", path.display()))?;
+            .map_err(failed("read the state from", path))?;
         let mut state: ControlState = match json {
-            Some(j) => serde_json::from_str(&j).map_err(|e| format!("corrupt state in {}: {e}", path.display()))?,
+            Some(j) => serde_json::from_str(&j).map_err(failed("read the corrupt state in", path))?,
             None => ControlState::default(),
         };
         let devices: Vec<(String, String)> = conn
             .prepare("SELECT hub_device_id, json FROM devices")
             .and_then(|mut q| q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-            .map_err(|e| format!("cannot read devices from {}: {e}", path.display()))?;
+            .map_err(failed("read the devices from", path))?;
         for (id, json) in devices {
-            let device =
-                serde_json::from_str(&json).map_err(|e| format!("corrupt device {id:?} in {}: {e}", path.display()))?;
+            let device = serde_json::from_str(&json)
+                .map_err(|e| failed("read a corrupt device in", path)(format!("device {id:?}: {e}")))?;
             state.devices.insert(id, device);
         }
         let (tx, rx) = mpsc::channel();
@@ -208,7 +217,7 @@ impl Db {
         std::thread::Builder::new()
             .name("emulator-db".into())
             .spawn(move || run(conn, rx, live, shared))
-            .map_err(|e| format!("cannot start the database thread: {e}"))?;
+            .map_err(failed("start the thread of", path))?;
         Ok((Db { tx }, control))
     }
 

@@ -17,12 +17,16 @@
 
 #[cfg(feature = "testkit")]
 mod conformance;
+mod control;
 mod db;
 mod error;
 mod http;
+mod ingest;
 mod live;
+mod methods;
 mod mqtt;
 mod props;
+mod sessions;
 mod state;
 mod tls;
 pub mod traffic;
@@ -31,10 +35,9 @@ mod tunnels;
 mod uploads;
 mod wire;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -46,61 +49,20 @@ use tracing::{debug, info, warn};
 pub use db::{MessageQuery, StoredMessage, TWIN_HISTORY_KEPT};
 pub use error::EmulatorError;
 
-/// A device's answer to a direct method call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MethodAnswer {
-    /// The status the device answered with.
-    pub status: u16,
-    /// The body (JSON, as the device sent it).
-    pub payload: Vec<u8>,
-}
+pub use methods::{MethodAnswer, MethodFailure};
 
-/// Why a direct method call got no answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MethodFailure {
-    /// The device is not connected, or does not take direct methods (it did not subscribe).
-    NotConnected,
-    /// No answer within the timeout.
-    Timeout,
-    /// The method's name cannot be used in a topic.
-    BadMethod(String),
-    /// The device's answer was larger than the broker's packet limit (the connection it came on
-    /// was closed, as for any packet over the limit).
-    AnswerTooLarge {
-        /// The answer packet's size.
-        bytes: usize,
-        /// The broker's packet limit ([`EmulatorConfig::max_packet_size`]).
-        limit: usize,
-    },
-}
-
-impl std::fmt::Display for MethodFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MethodFailure::NotConnected => f.write_str("the device is not connected or does not take direct methods"),
-            MethodFailure::Timeout => f.write_str("the device did not answer in time"),
-            MethodFailure::BadMethod(why) => f.write_str(why),
-            MethodFailure::AnswerTooLarge { bytes, limit } => {
-                write!(
-                    f,
-                    "the device's answer of {bytes} bytes is larger than the broker's packet limit of {limit} bytes"
-                )
-            }
-        }
-    }
-}
 pub use http::MAX_BLOB_BYTES;
 pub use state::MAX_TWIN_SECTION_BYTES;
 pub use state::{Operation, OperationState, Twin};
 pub use tls::client_config;
 
 use mqtt::Outbound;
-use state::{ControlState, Policy, TwinRefusal};
+use state::{Policy, TwinRefusal};
 
 /// Raises this process's open-file limit (one descriptor per connection) to the most the OS
 /// allows it without privileges (the hard limit). Returns the limit before and after; an error
 /// says why it could not be raised.
-pub fn raise_open_file_limit() -> Result<(u64, u64), String> {
+pub fn raise_open_file_limit() -> Result<(u64, u64), EmulatorError> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let limit = getrlimit(Resource::Nofile);
     let before = limit.current.unwrap_or(u64::MAX);
@@ -111,7 +73,7 @@ pub fn raise_open_file_limit() -> Result<(u64, u64), String> {
         return Ok((before, before));
     }
     setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) })
-        .map_err(|e| format!("cannot raise the open-file limit from {before} to {hard}: {e}"))?;
+        .map_err(|e| EmulatorError::OpenFileLimit { from: before, to: hard, source: e.into() })?;
     Ok((before, hard))
 }
 
@@ -298,24 +260,20 @@ impl std::fmt::Debug for DeviceCredentials {
     }
 }
 
-/// Where the answer to a direct method call goes (or why there is none).
-type MethodReply = tokio::sync::oneshot::Sender<Result<MethodAnswer, MethodFailure>>;
-
+/// What the listeners share: each concern behind its own small type.
 pub(crate) struct Inner {
     pub config: EmulatorConfig,
-    policy: Policy,
-    state: db::SharedControl,
-    pub db: db::Db,
     pub admin_token: String,
-    sessions: Mutex<HashMap<String, mpsc::UnboundedSender<Outbound>>>,
+    /// Tokens, operations, devices, twins and subscriptions (persisted).
+    pub control: control::Control,
+    /// The message store and the twin history.
+    pub db: db::Db,
+    /// What was stored since the start, for waiters and the metrics.
+    pub ingest: Arc<ingest::Ingest>,
+    pub sessions: sessions::Sessions,
+    pub methods: methods::DirectMethods,
     /// Started uploads and the bodies being received.
     pub uploads: uploads::Uploads,
-    stored: watch::Sender<u64>,
-    duplicates: std::sync::atomic::AtomicU64,
-    /// Direct method calls waiting for the device's answer, by request id: the device called,
-    /// and where its answer goes.
-    methods: Mutex<HashMap<String, (String, MethodReply)>>,
-    method_rid: std::sync::atomic::AtomicU64,
     pub(crate) tunnels: tunnels::Tunnels,
     https_addr: Mutex<Option<SocketAddr>>,
     pub traffic: traffic::Traffic,
@@ -323,64 +281,10 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub fn lock_state(&self) -> MutexGuard<'_, ControlState> {
-        spotflow_core::lock(&self.state)
-    }
-
-    /// Runs `f` on the state and persists the control state (tokens, operations, SAS) and the
-    /// devices `f` marked dirty.
-    pub fn with_state<T>(&self, f: impl FnOnce(&mut ControlState, &Policy) -> T) -> T {
-        let mut state = self.lock_state();
-        let out = f(&mut state, &self.policy);
-        self.db.save_state(&mut state, true);
-        out
-    }
-
-    /// Runs `f` on the device `hub_id` of the state (`None` when there is none) and persists that
-    /// device's row only: one device's traffic never rewrites the others'.
-    pub fn with_device<T>(&self, hub_id: &str, f: impl FnOnce(Option<&mut state::Device>) -> T) -> T {
-        let mut state = self.lock_state();
-        let out = f(state.devices.get_mut(hub_id));
-        if state.devices.contains_key(hub_id) {
-            state.dirty.insert(hub_id.to_owned());
-        }
-        self.db.save_state(&mut state, false);
-        out
-    }
-
-    /// Runs a twin change on the state and persists the changed device only.
-    fn change_twin<T>(&self, f: impl FnOnce(&mut ControlState) -> T) -> T {
-        let mut state = self.lock_state();
-        let out = f(&mut state);
-        self.db.save_state(&mut state, false);
-        out
-    }
-
-    pub fn create_provisioning_token(&self, workspace_id: &str) -> String {
-        let token = self.with_state(|s, _| s.create_provisioning_token(workspace_id));
-        info!(workspace = %workspace_id, "provisioning token created");
-        token
-    }
-
-    pub fn operations(&self) -> Vec<Operation> {
-        self.lock_state().operations.values().cloned().collect()
-    }
-
-    pub fn approve(&self, id: &str, device_id: Option<&str>) -> Result<String, EmulatorError> {
-        let r = self.with_state(|s, _| s.approve(id, device_id));
-        if let Ok(d) = &r {
-            info!(operation = %id, device = %d, "provisioning operation approved");
-        }
-        r
-    }
-
-    pub fn cancel(&self, id: &str) -> bool {
-        self.with_state(|s, _| s.cancel(id))
-    }
-
     pub fn devices(&self) -> Vec<DeviceInfo> {
-        let sessions = spotflow_core::lock(&self.sessions);
-        self.lock_state()
+        let connected = self.sessions.connected();
+        self.control
+            .lock()
             .devices
             .iter()
             .map(|(id, d)| {
@@ -389,7 +293,7 @@ impl Inner {
                     workspace_id: d.workspace_id.clone(),
                     device_id: d.device_id.clone(),
                     hub_device_id: id.clone(),
-                    connected: sessions.contains_key(id),
+                    connected: connected.contains(id),
                     desired_version: d.twin.desired_version,
                     reported_version: d.twin.reported_version,
                     messages: activity.messages,
@@ -399,37 +303,20 @@ impl Inner {
             .collect()
     }
 
-    /// Devices with a live MQTT session.
-    pub fn connected_devices(&self) -> usize {
-        spotflow_core::lock(&self.sessions).len()
-    }
-
-    pub fn twin(&self, hub_id: &str) -> Option<Twin> {
-        self.lock_state().devices.get(hub_id).map(|d| d.twin.clone())
-    }
-
+    /// Applies a desired-properties patch and sends it to the device when it listens.
     pub fn update_desired(&self, hub_id: &str, mut patch: Map<String, Value>) -> Result<u64, TwinRefusal> {
         patch.remove("$version");
-        let version = self.change_twin(|s| s.update_desired(hub_id, &patch))?;
-        self.db.twin_history(hub_id, "desired", version, &Value::Object(patch.clone()));
-        info!(device = %hub_id, version, "desired properties updated");
+        let version = self.control.update_desired(hub_id, &patch)?;
         let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
-        if self.is_subscribed(hub_id, &topic) {
+        if self.control.is_subscribed(hub_id, &topic) {
             patch.insert("$version".into(), Value::from(version));
             let publish = rumqttc::mqttbytes::v4::Publish::new(
                 topic,
                 rumqttc::mqttbytes::QoS::AtMostOnce,
                 Value::Object(patch).to_string().into_bytes(),
             );
-            self.send_to(hub_id, Outbound::Packet(rumqttc::mqttbytes::v4::Packet::Publish(publish)));
+            self.sessions.send(hub_id, Outbound::Packet(rumqttc::mqttbytes::v4::Packet::Publish(publish)));
         }
-        Ok(version)
-    }
-
-    pub fn patch_reported(&self, hub_id: &str, patch: &Map<String, Value>) -> Result<u64, TwinRefusal> {
-        let version = self.change_twin(|s| s.patch_reported(hub_id, patch))?;
-        self.db.twin_history(hub_id, "reported", version, &Value::Object(patch.clone()));
-        debug!(device = %hub_id, version, "reported properties patched");
         Ok(version)
     }
 
@@ -442,148 +329,25 @@ impl Inner {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<MethodAnswer, MethodFailure> {
-        if method.is_empty() || method.contains(['?', '#', '+']) || method.len() > 256 {
-            return Err(MethodFailure::BadMethod(format!("{method:?} is not a method name")));
-        }
-        let rid = format!("{:x}", self.method_rid.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let topic = format!("$iothub/methods/POST/{method}/?$rid={rid}");
-        if !self.is_subscribed(hub_id, &topic) {
-            return Err(MethodFailure::NotConnected);
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        spotflow_core::lock(&self.methods).insert(rid.clone(), (hub_id.to_owned(), tx));
-        let publish = rumqttc::mqttbytes::v4::Publish::new(topic, rumqttc::mqttbytes::QoS::AtMostOnce, payload);
-        if !self.send_to(hub_id, Outbound::Packet(rumqttc::mqttbytes::v4::Packet::Publish(publish))) {
-            spotflow_core::lock(&self.methods).remove(&rid);
-            return Err(MethodFailure::NotConnected);
-        }
-        // The name is the admin's text: logged escaped.
-        info!(device = %hub_id, ?method, %rid, "direct method called");
-        let answer = tokio::time::timeout(timeout, rx).await;
-        spotflow_core::lock(&self.methods).remove(&rid);
-        match answer {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(MethodFailure::NotConnected),
-            Err(_) => Err(MethodFailure::Timeout),
-        }
-    }
-
-    /// A device's answer (`$iothub/methods/res/{status}/?$rid={rid}`) to a call made to it; an
-    /// answer to another device's call, or to none, is ignored.
-    pub(crate) fn method_answered(&self, hub_id: &str, topic: &str, payload: &[u8]) {
-        let status = topic
-            .strip_prefix("$iothub/methods/res/")
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|s| s.parse::<u16>().ok());
-        let rid = mqtt::query_param(topic, "$rid");
-        let (Some(status), Some(rid)) = (status, rid) else {
-            warn!(device = %hub_id, ?topic, "malformed direct method answer ignored");
-            return;
-        };
-        let mut pending = spotflow_core::lock(&self.methods);
-        match pending.get(rid) {
-            Some((called, _)) if called == hub_id => {
-                if let Some((_, tx)) = pending.remove(rid) {
-                    let _ = tx.send(Ok(MethodAnswer { status, payload: payload.to_vec() }));
-                }
-            }
-            Some(_) => warn!(device = %hub_id, ?rid, "answer to another device's direct method call ignored"),
-            None => debug!(device = %hub_id, ?rid, "answer to an unknown (or timed out) direct method call ignored"),
-        }
-    }
-
-    /// A device sent a packet over the limit with this topic: when it is the answer to a call
-    /// made to it, the caller learns so at once (instead of waiting for its timeout).
-    pub(crate) fn method_answer_too_large(&self, hub_id: &str, topic: &str, bytes: usize) {
-        let Some(rid) = topic.strip_prefix("$iothub/methods/res/").and_then(|_| mqtt::query_param(topic, "$rid"))
-        else {
-            return;
-        };
-        let mut pending = spotflow_core::lock(&self.methods);
-        if pending.get(rid).is_some_and(|(called, _)| called == hub_id) {
-            warn!(device = %hub_id, ?rid, bytes, "a direct method's answer is over the packet limit; the caller gets 413");
-            if let Some((_, tx)) = pending.remove(rid) {
-                let _ = tx.send(Err(MethodFailure::AnswerTooLarge { bytes, limit: self.config.max_packet_size }));
-            }
-        }
-    }
-
-    fn send_to(&self, hub_id: &str, outbound: Outbound) -> bool {
-        let sessions = spotflow_core::lock(&self.sessions);
-        sessions.get(hub_id).is_some_and(|tx| tx.send(outbound).is_ok())
+        self.methods.invoke(&self.control, &self.sessions, hub_id, method, payload, timeout).await
     }
 
     pub fn disconnect(&self, hub_id: &str) -> bool {
-        self.send_to(hub_id, Outbound::Kick)
+        self.sessions.send(hub_id, Outbound::Kick)
     }
 
     /// Registers a live session (closing an older one of the same device). Returns whether a
     /// session was present (subscriptions kept from an earlier connection).
     pub fn start_session(&self, hub_id: &str, tx: mpsc::UnboundedSender<Outbound>, clean: bool) -> bool {
         self.live.seen(hub_id);
-        if let Some(old) = spotflow_core::lock(&self.sessions).insert(hub_id.to_owned(), tx) {
-            let _ = old.send(Outbound::Kick);
-        }
-        self.with_device(hub_id, |device| match device {
-            Some(d) if clean => {
-                d.subscriptions.clear();
-                false
-            }
-            Some(d) => !d.subscriptions.is_empty(),
-            None => false,
-        })
+        self.sessions.open(hub_id, tx);
+        self.control.start_session(hub_id, clean)
     }
 
     pub fn end_session(&self, hub_id: &str, tx: &mpsc::UnboundedSender<Outbound>) {
-        let mut sessions = spotflow_core::lock(&self.sessions);
-        if sessions.get(hub_id).is_some_and(|t| t.same_channel(tx)) {
-            sessions.remove(hub_id);
+        if self.sessions.close(hub_id, tx) {
             self.live.seen(hub_id);
         }
-    }
-
-    pub fn subscribe(&self, hub_id: &str, filters: Vec<String>) {
-        self.with_device(hub_id, |device| {
-            if let Some(d) = device {
-                d.subscriptions.extend(filters);
-            }
-        });
-    }
-
-    pub fn unsubscribe(&self, hub_id: &str, filters: &[String]) {
-        self.with_device(hub_id, |device| {
-            if let Some(d) = device {
-                for f in filters {
-                    d.subscriptions.remove(f);
-                }
-            }
-        });
-    }
-
-    pub fn is_subscribed(&self, hub_id: &str, topic: &str) -> bool {
-        self.lock_state()
-            .devices
-            .get(hub_id)
-            .is_some_and(|d| d.subscriptions.iter().any(|f| mqtt::topic_matches(f, topic)))
-    }
-
-    pub fn store_message(self: &Arc<Self>, message: StoredMessage, ack: Option<db::AckFn>) {
-        let inner = self.clone();
-        self.db.insert_message(
-            message,
-            Some(Box::new(move |outcome| {
-                match outcome {
-                    db::Stored::Inserted(_) => inner.stored.send_modify(|n| *n += 1),
-                    db::Stored::Duplicate => {
-                        inner.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    db::Stored::Failed => {}
-                }
-                if let Some(ack) = ack {
-                    ack(outcome);
-                }
-            })),
-        );
     }
 
     /// `host:port` of the upload endpoint, as `hostName` in file-upload answers.
@@ -645,10 +409,10 @@ impl Emulator {
         }
         let db_path = config.data_dir.as_ref().map_or(PathBuf::from(":memory:"), |d| d.join("emulator.db"));
         let live = Arc::new(live::Live::default());
-        let (db, state) = db::Db::open(&db_path, live.clone()).map_err(EmulatorError::Database)?;
+        let (db, state) = db::Db::open(&db_path, live.clone())?;
         let mut hosts = config.extra_hosts.clone();
         hosts.push(config.hub_host.clone());
-        let tls = tls::load_or_create(config.data_dir.as_deref(), &hosts).map_err(EmulatorError::Tls)?;
+        let tls = tls::load_or_create(config.data_dir.as_deref(), &hosts)?;
         let admin_token = admin_token(&config)?;
         let policy = Policy {
             operation_lifetime: config.operation_lifetime,
@@ -668,16 +432,13 @@ impl Emulator {
         let (https_addr, http_addr, mqtts_addr, mqtt_addr) = (addr(&https), addr(&http), addr(&mqtts), addr(&mqtt));
         let inner = Arc::new(Inner {
             config,
-            policy,
-            state,
-            db,
             admin_token,
-            sessions: Mutex::default(),
+            control: control::Control::new(policy, state, db.clone()),
+            ingest: Arc::new(ingest::Ingest::new(db.clone())),
+            db,
+            sessions: sessions::Sessions::default(),
+            methods: methods::DirectMethods::default(),
             uploads: uploads::Uploads::new(spool_dir),
-            stored: watch::channel(0).0,
-            duplicates: std::sync::atomic::AtomicU64::new(0),
-            methods: Mutex::default(),
-            method_rid: std::sync::atomic::AtomicU64::new(1),
             tunnels: tunnels::Tunnels::default(),
             https_addr: Mutex::new(https_addr),
             traffic: traffic::Traffic::new(record_traffic),
@@ -759,11 +520,11 @@ impl Emulator {
     }
     /// Creates a provisioning token in the default workspace.
     pub fn create_provisioning_token(&self) -> String {
-        self.inner.create_provisioning_token(&self.inner.config.workspace_id.clone())
+        self.inner.control.create_provisioning_token(&self.inner.config.workspace_id.clone())
     }
     /// Creates a provisioning token in `workspace_id`.
     pub fn create_provisioning_token_in(&self, workspace_id: &str) -> String {
-        self.inner.create_provisioning_token(workspace_id)
+        self.inner.control.create_provisioning_token(workspace_id)
     }
     /// Serves one MQTT connection on `stream`, any byte stream (an in-memory pipe of a test, a
     /// fuzzer's input), as the broker serves its TCP, TLS and WebSocket connections; returns when
@@ -794,7 +555,7 @@ impl Emulator {
         let inner = &self.inner;
         let ws = inner.config.workspace_id.clone();
         let hub = inner.config.hub_host.clone();
-        inner.with_state(|s, policy| {
+        inner.control.with_state(|s, policy| {
             let token = s.create_provisioning_token(&ws);
             let op = s
                 .init_operation(&token, Some(device_id.to_owned()), policy)
@@ -816,15 +577,15 @@ impl Emulator {
     }
     /// Every provisioning operation.
     pub fn operations(&self) -> Vec<Operation> {
-        self.inner.operations()
+        self.inner.control.operations()
     }
     /// Approves an operation, optionally overriding the device id. Returns the device id.
     pub fn approve(&self, operation_id: &str, device_id: Option<&str>) -> Result<String, EmulatorError> {
-        self.inner.approve(operation_id, device_id)
+        self.inner.control.approve(operation_id, device_id)
     }
     /// Cancels a pending operation.
     pub fn cancel(&self, operation_id: &str) -> bool {
-        self.inner.cancel(operation_id)
+        self.inner.control.cancel(operation_id)
     }
     /// Registered devices.
     pub fn devices(&self) -> Vec<DeviceInfo> {
@@ -832,7 +593,7 @@ impl Emulator {
     }
     /// The twin of `{workspace}:{device}`.
     pub fn twin(&self, hub_device_id: &str) -> Option<Twin> {
-        self.inner.twin(hub_device_id)
+        self.inner.control.twin(hub_device_id)
     }
     /// Merges a patch into a device's desired properties and pushes it. Returns the new version.
     pub fn update_desired(&self, hub_device_id: &str, patch: Map<String, Value>) -> Option<u64> {
@@ -850,7 +611,7 @@ impl Emulator {
     ) -> Result<tunnel_client::TunnelStream, EmulatorError> {
         tunnel_client::connect(&self.https_url(), self.admin_token(), self.client_tls_config(), hub_device_id, port)
             .await
-            .map_err(EmulatorError::Tunnel)
+            .map_err(EmulatorError::from)
     }
     /// Calls the direct method `method` of a connected device (one that subscribed to direct
     /// methods) with `payload`, and waits up to `timeout` for its answer.
@@ -873,16 +634,16 @@ impl Emulator {
     }
     /// Redeliveries recognised by their message key (`$.mid`) and not stored again, this run.
     pub fn duplicates(&self) -> u64 {
-        self.inner.duplicates.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.ingest.duplicates()
     }
     /// The number of messages stored by this emulator run, to watch (a benchmark stamps each
     /// change to measure when messages were stored and acknowledged).
     pub fn stored_messages(&self) -> watch::Receiver<u64> {
-        self.inner.stored.subscribe()
+        self.inner.ingest.stored()
     }
     /// Waits until at least `n` messages were stored by this emulator run, for at most `timeout`.
     pub async fn wait_for_messages(&self, n: u64, timeout: Duration) -> bool {
-        let mut rx = self.inner.stored.subscribe();
+        let mut rx = self.inner.ingest.stored();
         tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await.is_ok_and(|r| r.is_ok())
     }
     /// The recorded traffic, in order (empty unless recording was turned on with
@@ -901,10 +662,7 @@ impl Emulator {
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         self.inner.db.sync(Duration::from_secs(5));
-        let sessions: Vec<_> = spotflow_core::lock(&self.inner.sessions).values().cloned().collect();
-        for s in sessions {
-            let _ = s.send(Outbound::Kick);
-        }
+        self.inner.sessions.kick_all();
     }
 }
 

@@ -245,7 +245,7 @@ impl AdminClient {
         } else {
             String::new()
         };
-        let tls = spotflow_emulator::client_config(&ca)?;
+        let tls = spotflow_emulator::client_config(&ca).map_err(|e| e.to_string())?;
         builder = builder.tls_backend_preconfigured(tls.clone());
         let http = builder.build().map_err(|e| e.to_string())?;
         Ok(AdminClient { http, url: a.url.trim_end_matches('/').to_owned(), token, tls })

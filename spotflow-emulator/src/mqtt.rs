@@ -53,19 +53,50 @@ pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Why an MQTT connection ended (logged with its disconnection).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionEnd {
+    #[error("malformed packet: {0}")]
+    Malformed(rumqttc::mqttbytes::Error),
+    #[error("connection closed")]
+    Closed,
+    #[error("read failed: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("write failed: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("packet of {bytes} bytes over the limit of {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("client disconnected")]
+    ClientDisconnected,
+    #[error("unexpected packet {0}")]
+    UnexpectedPacket(String),
+    #[error("QoS 2 is not supported")]
+    QoS2,
+    #[error("publishing to {0:?} is not allowed")]
+    TopicNotAllowed(String),
+    #[error("invalid property bag: {0}")]
+    PropertyBag(#[from] crate::props::PropertyError),
+    #[error("closed by the platform")]
+    ClosedByPlatform,
+    #[error("keep-alive timeout")]
+    KeepAlive,
+    #[error("the connection's SAS expired")]
+    SasExpired,
+}
+
 /// Why a packet could not be read.
 pub(crate) enum ReadError {
     /// The connection failed or closed, or the packet is malformed.
-    Failed(String),
+    Failed(SessionEnd),
     /// The packet is larger than the limit; the topic when it is a PUBLISH whose topic arrived.
     TooLarge { bytes: usize, topic: Option<String> },
 }
 
-impl From<ReadError> for String {
-    fn from(e: ReadError) -> String {
-        match e {
-            ReadError::Failed(why) => why,
-            ReadError::TooLarge { bytes, .. } => format!("packet of {bytes} bytes over the limit"),
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Failed(why) => why.fmt(f),
+            ReadError::TooLarge { bytes, .. } => write!(f, "packet of {bytes} bytes over the limit"),
         }
     }
 }
@@ -78,13 +109,13 @@ async fn read_packet<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, max: 
             Err(CodecError::PayloadSizeLimitExceeded(bytes)) => {
                 return Err(ReadError::TooLarge { bytes, topic: oversized_publish_topic(rd, buf).await })
             }
-            Err(e) => return Err(ReadError::Failed(format!("malformed packet: {e}"))),
+            Err(e) => return Err(ReadError::Failed(SessionEnd::Malformed(e))),
         }
         buf.reserve(4096);
         match rd.read_buf(buf).await {
-            Ok(0) => return Err(ReadError::Failed("connection closed".into())),
+            Ok(0) => return Err(ReadError::Failed(SessionEnd::Closed)),
             Ok(_) => {}
-            Err(e) => return Err(ReadError::Failed(format!("read failed: {e}"))),
+            Err(e) => return Err(ReadError::Failed(SessionEnd::Read(e))),
         }
     }
 }
@@ -179,7 +210,7 @@ fn authenticate(inner: &Inner, connect: &Connect) -> Result<(String, u64), Conne
     if !host.eq_ignore_ascii_case(&inner.config.hub_host) || !rest.starts_with(&format!("{client_id}/")) {
         return Err(ConnectReturnCode::BadUserNamePassword);
     }
-    let state = inner.lock_state();
+    let state = inner.control.lock();
     match state.sas_entry(&login.password) {
         Some(s) if s.hub_device_id == client_id => Ok((client_id.to_owned(), s.expires_at)),
         _ => Err(ConnectReturnCode::NotAuthorized),
@@ -208,7 +239,7 @@ where
             return;
         }
         Ok(Err(e)) => {
-            debug!(%peer, error = %String::from(e), "no valid CONNECT; closing");
+            debug!(%peer, error = %e, "no valid CONNECT; closing");
             return;
         }
         Err(_) => {
@@ -268,9 +299,9 @@ where
                 }
                 Err(ReadError::TooLarge { bytes, topic }) => {
                     if let Some(topic) = topic {
-                        inner.method_answer_too_large(&hub_id, &topic, bytes);
+                        inner.methods.answer_too_large(&hub_id, &topic, bytes, inner.config.max_packet_size);
                     }
-                    break format!("packet of {bytes} bytes over the limit of {max}");
+                    break SessionEnd::TooLarge { bytes, limit: max };
                 }
                 Err(ReadError::Failed(e)) => break e,
             },
@@ -280,10 +311,10 @@ where
                     write(&mut out, &p);
                 }
                 Some(Outbound::Ack(pkid)) => write(&mut out, &Packet::PubAck(PubAck::new(pkid))),
-                Some(Outbound::Kick) | None => break "closed by the platform".to_owned(),
+                Some(Outbound::Kick) | None => break SessionEnd::ClosedByPlatform,
             },
-            () = sleep => break "keep-alive timeout".to_owned(),
-            () = &mut sas_expiry => break "the connection's SAS expired".to_owned(),
+            () = sleep => break SessionEnd::KeepAlive,
+            () = &mut sas_expiry => break SessionEnd::SasExpired,
         }
         // Drain what else is ready before writing, so acknowledgements go out in batches.
         while let Ok(outbound) = rx.try_recv() {
@@ -298,7 +329,7 @@ where
         }
         if !out.is_empty() {
             if let Err(e) = send(&mut wr, &out).await {
-                break format!("write failed: {e}");
+                break SessionEnd::Write(e);
             }
             out.clear();
         }
@@ -324,7 +355,7 @@ fn handle_packet(
     packet: Packet,
     out: &mut BytesMut,
     tail: &mut Tail,
-) -> Result<(), String> {
+) -> Result<(), SessionEnd> {
     record(inner, "in", hub_id, &packet);
     match packet {
         Packet::Publish(p) => handle_publish(inner, hub_id, tx, p, out, tail),
@@ -335,7 +366,7 @@ fn handle_packet(
             Ok(())
         }
         Packet::Unsubscribe(Unsubscribe { pkid, topics }) => {
-            inner.unsubscribe(hub_id, &topics);
+            inner.control.unsubscribe(hub_id, &topics);
             write(out, &Packet::UnsubAck(UnsubAck::new(pkid)));
             Ok(())
         }
@@ -344,8 +375,8 @@ fn handle_packet(
             Ok(())
         }
         Packet::PubAck(_) => Ok(()),
-        Packet::Disconnect => Err("client disconnected".into()),
-        other => Err(format!("unexpected packet {other:?}")),
+        Packet::Disconnect => Err(SessionEnd::ClientDisconnected),
+        other => Err(SessionEnd::UnexpectedPacket(format!("{other:?}"))),
     }
 }
 
@@ -366,7 +397,7 @@ fn subscribe(inner: &Inner, hub_id: &str, s: &Subscribe) -> SubAck {
             codes.push(SubscribeReasonCode::Failure);
         }
     }
-    inner.subscribe(hub_id, granted);
+    inner.control.subscribe(hub_id, granted);
     SubAck::new(s.pkid, codes)
 }
 
@@ -377,9 +408,9 @@ fn handle_publish(
     p: Publish,
     out: &mut BytesMut,
     tail: &mut Tail,
-) -> Result<(), String> {
+) -> Result<(), SessionEnd> {
     if p.qos == QoS::ExactlyOnce {
-        return Err("QoS 2 is not supported".into());
+        return Err(SessionEnd::QoS2);
     }
     let ack = |out: &mut BytesMut| {
         if p.qos == QoS::AtLeastOnce {
@@ -393,7 +424,7 @@ fn handle_publish(
     if p.topic.starts_with("$iothub/twin/GET/") {
         ack(out);
         let Some(rid) = query_param(&p.topic, "$rid") else { return Ok(()) };
-        let doc = inner.twin(hub_id).map(|t| t.document()).unwrap_or(Value::Null);
+        let doc = inner.control.twin(hub_id).map(|t| t.document()).unwrap_or(Value::Null);
         twin_response(inner, hub_id, out, 200, rid, None, doc.to_string().into_bytes());
         return Ok(());
     }
@@ -401,7 +432,7 @@ fn handle_publish(
         ack(out);
         let Some(rid) = query_param(&p.topic, "$rid") else { return Ok(()) };
         match serde_json::from_slice::<Value>(&p.payload) {
-            Ok(Value::Object(patch)) => match inner.patch_reported(hub_id, &patch) {
+            Ok(Value::Object(patch)) => match inner.control.patch_reported(hub_id, &patch) {
                 Ok(version) => twin_response(inner, hub_id, out, 204, rid, Some(version), Vec::new()),
                 Err(crate::state::TwinRefusal::NoDevice) => {
                     twin_response(inner, hub_id, out, 404, rid, None, b"{\"message\":\"no such device\"}".to_vec())
@@ -424,10 +455,10 @@ fn handle_publish(
     }
     if p.topic.starts_with("$iothub/methods/res/") {
         ack(out);
-        inner.method_answered(hub_id, &p.topic, &p.payload);
+        inner.methods.answered(hub_id, &p.topic, &p.payload);
         return Ok(());
     }
-    Err(format!("publishing to {:?} is not allowed", p.topic))
+    Err(SessionEnd::TopicNotAllowed(p.topic))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -444,7 +475,7 @@ fn twin_response(
         Some(v) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={v}"),
         None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
     };
-    if inner.is_subscribed(hub_id, &topic) {
+    if inner.control.is_subscribed(hub_id, &topic) {
         let response = Packet::Publish(Publish::new(topic, QoS::AtMostOnce, body));
         record(inner, "out", hub_id, &response);
         write(out, &response);
@@ -465,15 +496,15 @@ fn telemetry(
     bag: &str,
     p: &Publish,
     tail: &mut Tail,
-) -> Result<(), String> {
+) -> Result<(), SessionEnd> {
     let mut message = StoredMessage {
         hub_device_id: hub_id.to_owned(),
         received_at: now_ms(),
         wire_size: p.payload.len(),
         ..StoredMessage::default()
     };
-    let properties = parse_property_bag(bag).map_err(|e| format!("invalid property bag: {e}"))?;
-    apply_properties(&mut message, properties)?;
+    let properties = parse_property_bag(bag)?;
+    apply_properties(&mut message, properties);
     let (qos, pkid) = (p.qos, p.pkid);
     let ack: Option<crate::db::AckFn> = (qos == QoS::AtLeastOnce).then(|| {
         let tx = tx.clone();
@@ -488,7 +519,7 @@ fn telemetry(
     let before = tail.take().filter(|t| !t.is_finished());
     if !message.externalized && before.is_none() {
         finish_payload(&mut message, &p.payload);
-        inner.store_message(message, ack);
+        inner.ingest.store(message, ack);
         return Ok(());
     }
     // A link to an uploaded blob is resolved off the session's task, and the messages behind it
@@ -504,7 +535,7 @@ fn telemetry(
         } else {
             finish_payload(&mut message, &payload);
         }
-        inner.store_message(message, ack);
+        inner.ingest.store(message, ack);
     }));
     Ok(())
 }
@@ -534,7 +565,7 @@ fn finish_payload(message: &mut StoredMessage, payload: &[u8]) {
         Ok(decoded) => message.payload = decoded,
         Err(e) => {
             warn!(device = %message.hub_device_id, error = %e, "cannot decode the payload; stored as received");
-            message.decode_error = Some(e);
+            message.decode_error = Some(e.to_string());
             message.payload = payload.to_vec();
         }
     }

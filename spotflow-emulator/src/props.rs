@@ -5,9 +5,28 @@ use spotflow_core::{decompress, ContentEncoding};
 
 use crate::db::StoredMessage;
 
+/// A property bag the platform refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum PropertyError {
+    /// A key or value is not UTF-8 once percent-decoded.
+    #[error("property {0:?} is not UTF-8")]
+    NotUtf8(String),
+}
+
+/// Why a payload is stored as it arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// An encoding the platform does not know.
+    #[error("unknown content encoding {0:?}")]
+    UnknownEncoding(String),
+    /// Corrupt data, or larger than the largest message once decoded.
+    #[error(transparent)]
+    Decompression(#[from] spotflow_core::Error),
+}
+
 /// Parses `k=v&k2=v2` (values percent-decoded, a key without `=` gets ""). Invalid UTF-8 after
 /// decoding is an error.
-pub fn parse_property_bag(bag: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_property_bag(bag: &str) -> Result<Vec<(String, String)>, PropertyError> {
     let mut out = Vec::new();
     for part in bag.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -15,7 +34,7 @@ pub fn parse_property_bag(bag: &str) -> Result<Vec<(String, String)>, String> {
             percent_decode_str(s)
                 .decode_utf8()
                 .map(|c| c.into_owned())
-                .map_err(|_| format!("property {s:?} is not UTF-8"))
+                .map_err(|_| PropertyError::NotUtf8(s.to_owned()))
         };
         out.push((decode(k)?, decode(v)?));
     }
@@ -23,7 +42,7 @@ pub fn parse_property_bag(bag: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Fills the message's properties from the bag.
-pub fn apply_properties(message: &mut StoredMessage, properties: Vec<(String, String)>) -> Result<(), String> {
+pub fn apply_properties(message: &mut StoredMessage, properties: Vec<(String, String)>) {
     for (k, v) in properties {
         let flag = |v: &str| v.eq_ignore_ascii_case("true");
         match k.as_str() {
@@ -41,19 +60,18 @@ pub fn apply_properties(message: &mut StoredMessage, properties: Vec<(String, St
             _ => message.other_properties.push((k, v)),
         }
     }
-    Ok(())
 }
 
 /// Decodes a payload sent with `encoding` (`br`, `lz4` frame, `zstd`); an error for an unknown
 /// encoding, corrupt data or a payload over the SDK's largest message (16 MiB,
 /// [`spotflow_core::MAX_DECOMPRESSED_SIZE`]) once decoded: a decompression bomb is stored as it
 /// arrived, flagged.
-pub fn decode_payload(encoding: Option<&str>, payload: &[u8]) -> Result<Vec<u8>, String> {
+pub fn decode_payload(encoding: Option<&str>, payload: &[u8]) -> Result<Vec<u8>, DecodeError> {
     match encoding {
         None => Ok(payload.to_vec()),
         Some(token) => match ContentEncoding::from_token(token) {
-            Some(enc) => decompress(enc, payload).map_err(|e| e.to_string()),
-            None => Err(format!("unknown content encoding {token:?}")),
+            Some(enc) => Ok(decompress(enc, payload)?),
+            None => Err(DecodeError::UnknownEncoding(token.to_owned())),
         },
     }
 }
@@ -69,7 +87,7 @@ mod tests {
         )
         .unwrap();
         let mut m = StoredMessage::default();
-        apply_properties(&mut m, props).unwrap();
+        apply_properties(&mut m, props);
         assert_eq!(m.stream_group.as_deref(), Some("sg 1"));
         assert_eq!(m.stream.as_deref(), Some("st/1"));
         assert_eq!((m.batch_id.as_deref(), m.message_id.as_deref()), (Some("b1"), Some("m2")));
@@ -96,6 +114,6 @@ mod tests {
         // A bomb: 17 MiB of zeros in a few kilobytes.
         let bomb = spotflow_core::Compression::Zstd { level: 3 }.compress(&vec![0u8; 17 << 20]).unwrap().1;
         assert!(bomb.len() < 8 * 1024);
-        assert!(decode_payload(Some("zstd"), &bomb).unwrap_err().contains("more than"));
+        assert!(decode_payload(Some("zstd"), &bomb).unwrap_err().to_string().contains("more than"));
     }
 }

@@ -31,12 +31,16 @@ pub const MAX_DEVICE_ID_LEN: usize = 128;
 /// Checks a device id (requested at provisioning or given at approval): 1–128 characters of
 /// ASCII letters, digits and `-._%*!(),=@$'` (IoT Hub's device-id alphabet without `:` and the
 /// URL delimiters, which the platform's topics and hub device ids use).
-pub fn validate_device_id(id: &str) -> Result<(), String> {
+pub fn validate_device_id(id: &str) -> Result<(), EmulatorError> {
     if id.is_empty() || id.len() > MAX_DEVICE_ID_LEN {
-        return Err(format!("deviceId must be 1 to {MAX_DEVICE_ID_LEN} characters long"));
+        return Err(EmulatorError::InvalidDeviceId(format!(
+            "deviceId must be 1 to {MAX_DEVICE_ID_LEN} characters long"
+        )));
     }
     if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._%*!(),=@$'".contains(*c))) {
-        return Err(format!("deviceId must not contain {c:?} (allowed: letters, digits and -._%*!(),=@$')"));
+        return Err(EmulatorError::InvalidDeviceId(format!(
+            "deviceId must not contain {c:?} (allowed: letters, digits and -._%*!(),=@$')"
+        )));
     }
     Ok(())
 }
@@ -271,7 +275,7 @@ impl ControlState {
             return Err(EmulatorError::NotPending(operation_id.to_owned()));
         }
         if let Some(d) = device_id {
-            validate_device_id(d).map_err(EmulatorError::InvalidDeviceId)?;
+            validate_device_id(d)?;
         }
         if now_ms() >= op.expires_at {
             return Err(EmulatorError::Expired(operation_id.to_owned()));

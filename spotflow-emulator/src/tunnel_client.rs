@@ -32,6 +32,28 @@ impl std::fmt::Debug for TunnelStream {
     }
 }
 
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TunnelError {
+    /// The emulator's address is not `http://` or `https://`.
+    #[error("{0} is not an http(s) URL")]
+    NotHttpUrl(String),
+    /// The admin token cannot be sent in a header.
+    #[error("invalid admin token")]
+    InvalidAdminToken,
+    /// The host is not a name or address TLS can verify.
+    #[error("{0}")]
+    ServerName(#[from] rustls::pki_types::InvalidDnsNameError),
+    /// The TCP connection or the TLS handshake failed.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The WebSocket request or handshake failed (e.g. refused by the emulator: unknown or
+    /// unconnected device, wrong token).
+    #[error("{0}")]
+    WebSocket(#[from] Error),
+}
+
 /// Opens a tunnel to `port` of the device `hub_id` through the emulator at `base_url`
 /// (`https://host:port`, trusted with `tls`, or `http://` on loopback).
 pub async fn connect(
@@ -40,32 +62,32 @@ pub async fn connect(
     tls: rustls::ClientConfig,
     hub_id: &str,
     port: u16,
-) -> Result<TunnelStream, String> {
+) -> Result<TunnelStream, TunnelError> {
     let ws_url = if let Some(rest) = base_url.strip_prefix("https://") {
         format!("wss://{rest}")
     } else if let Some(rest) = base_url.strip_prefix("http://") {
         format!("ws://{rest}")
     } else {
-        return Err(format!("{base_url} is not an http(s) URL"));
+        return Err(TunnelError::NotHttpUrl(base_url.to_owned()));
     };
     let url = format!("{}/admin/devices/{hub_id}/tunnel?port={port}", ws_url.trim_end_matches('/'));
-    let mut request = url.as_str().into_client_request().map_err(|e| e.to_string())?;
-    let bearer = format!("Bearer {admin_token}").parse().map_err(|_| "invalid admin token".to_owned())?;
+    let mut request = url.as_str().into_client_request()?;
+    let bearer = format!("Bearer {admin_token}").parse().map_err(|_| TunnelError::InvalidAdminToken)?;
     request.headers_mut().insert("authorization", bearer);
     let host = request.uri().host().unwrap_or_default().to_owned();
     let secure = request.uri().scheme_str() == Some("wss");
     let tcp_port = request.uri().port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), tcp_port)).await.map_err(|e| format!("cannot connect: {e}"))?;
+    let tcp = TcpStream::connect((host.as_str(), tcp_port)).await.map_err(TunnelError::Connect)?;
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Io> = if secure {
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())?;
         let tls =
-            tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+            tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.map_err(TunnelError::Connect)?;
         Box::new(tls)
     } else {
         Box::new(tcp)
     };
-    let (ws, _) = tokio_tungstenite::client_async(request, stream).await.map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
     Ok(TunnelStream { ws, pending: Bytes::new() })
 }
 

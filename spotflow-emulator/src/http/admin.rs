@@ -32,7 +32,7 @@ pub(super) async fn admin_create_token(State(inner): Shared, headers: HeaderMap,
         Ok(w) => w.unwrap_or_else(|| inner.config.workspace_id.clone()),
         Err(r) => return r,
     };
-    let token = inner.create_provisioning_token(&ws);
+    let token = inner.control.create_provisioning_token(&ws);
     Json(json!({"provisioningToken": token, "workspaceId": ws})).into_response()
 }
 
@@ -41,6 +41,7 @@ pub(super) async fn admin_operations(State(inner): Shared, headers: HeaderMap) -
         return r;
     }
     let ops: Vec<Value> = inner
+        .control
         .operations()
         .into_iter()
         .map(|op| {
@@ -68,7 +69,7 @@ pub(super) async fn admin_approve(
         Ok(d) => d,
         Err(r) => return r,
     };
-    match inner.approve(&id, device.as_deref()) {
+    match inner.control.approve(&id, device.as_deref()) {
         Ok(device) => Json(json!({"deviceId": device})).into_response(),
         Err(e) => problem(StatusCode::CONFLICT, "/problems/conflict", &e.to_string()),
     }
@@ -78,7 +79,7 @@ pub(super) async fn admin_cancel(State(inner): Shared, Path(id): Path<String>, h
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
-    if inner.cancel(&id) {
+    if inner.control.cancel(&id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         problem(StatusCode::CONFLICT, "/problems/conflict", "operation is not pending")
@@ -96,7 +97,7 @@ pub(super) async fn admin_twin(State(inner): Shared, Path(hub_id): Path<String>,
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
-    match inner.twin(&hub_id) {
+    match inner.control.twin(&hub_id) {
         Some(t) => Json(t.document()).into_response(),
         None => problem(StatusCode::NOT_FOUND, "/problems/notFound", "no such device"),
     }
@@ -256,7 +257,7 @@ pub(super) async fn metrics(State(inner): Shared, headers: HeaderMap) -> Respons
         return r;
     }
     let (devices, operations_pending) = {
-        let state = inner.lock_state();
+        let state = inner.control.lock();
         let pending = state.operations.values().filter(|o| o.state == crate::state::OperationState::Pending).count();
         (state.devices.len(), pending)
     };
@@ -269,9 +270,9 @@ pub(super) async fn metrics(State(inner): Shared, headers: HeaderMap) -> Respons
     });
     let gauges = crate::live::Gauges {
         devices,
-        devices_connected: inner.connected_devices(),
+        devices_connected: inner.sessions.len(),
         operations_pending,
-        duplicates: inner.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        duplicates: inner.ingest.duplicates(),
         store_bytes,
         stored: inner.db.message_count().await,
     };

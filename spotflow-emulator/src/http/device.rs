@@ -59,9 +59,9 @@ pub(super) async fn init(State(inner): Shared, headers: HeaderMap, body: Bytes) 
         Err(r) => return r,
     };
     if let Some(Err(e)) = device_id.as_deref().map(crate::state::validate_device_id) {
-        return bad_request(&e);
+        return bad_request(&e.to_string());
     }
-    let op = inner.with_state(|s, policy| s.init_operation(token, device_id, policy));
+    let op = inner.control.with_state(|s, policy| s.init_operation(token, device_id, policy));
     let Some(op) = op else { return unauthorized("Invalid Provisioning Token") };
     info!(operation = %op.id, requested_device = ?op.requested_device_id, "provisioning operation initialized");
     Json(json!({
@@ -74,7 +74,7 @@ pub(super) async fn init(State(inner): Shared, headers: HeaderMap, body: Bytes) 
 
 pub(super) async fn complete(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, Response> {
     let (token, id) = device_request_with(&headers, &body, "provisioningOperationId")?;
-    Ok(match inner.with_state(|s, policy| s.complete(token, &id, policy)) {
+    Ok(match inner.control.with_state(|s, policy| s.complete(token, &id, policy)) {
         CompleteOutcome::Pending => StatusCode::ACCEPTED.into_response(),
         CompleteOutcome::Approved { registration_token, expires_at } => {
             info!(operation = %id, "provisioning operation completed");
@@ -108,7 +108,7 @@ pub(super) async fn register(State(inner): Shared, headers: HeaderMap, body: Byt
         Err(r) => return r,
     }
     let hub = inner.config.hub_host.clone();
-    let Some((info, sas, expires_at)) = inner.with_state(|s, policy| s.register(token, &hub, policy)) else {
+    let Some((info, sas, expires_at)) = inner.control.with_state(|s, policy| s.register(token, &hub, policy)) else {
         return unauthorized("Invalid Registration Token");
     };
     let hub_id = hub_device_id(&info.workspace_id, &info.device_id);
@@ -126,7 +126,7 @@ pub(super) async fn register(State(inner): Shared, headers: HeaderMap, body: Byt
 
 pub(super) async fn refresh(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, Response> {
     let (token, rt) = device_request_with(&headers, &body, "registrationToken")?;
-    Ok(match inner.with_state(|s, policy| s.refresh(token, &rt, policy)) {
+    Ok(match inner.control.with_state(|s, policy| s.refresh(token, &rt, policy)) {
         Some((token, expires_at)) => {
             info!("registration token refreshed");
             registration_token_answer(&token, expires_at)
@@ -138,7 +138,7 @@ pub(super) async fn refresh(State(inner): Shared, headers: HeaderMap, body: Byte
 /// The device a raw SAS `Authorization` header authorises, if it matches the path's device.
 fn sas_device(inner: &Inner, headers: &HeaderMap, hub_id: &str) -> Result<(), Response> {
     let sas = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let state = inner.lock_state();
+    let state = inner.control.lock();
     match state.authorize(sas) {
         Some(d) if d == hub_id => Ok(()),
         _ => Err(unauthorized("invalid shared access signature")),
