@@ -33,6 +33,14 @@ async fn device_through(emu: &Emulator, proxy: &ChaosProxy) -> DeviceClient {
         .expect("device starts")
 }
 
+/// An emulator, a chaos proxy in front of its MQTT port, and a device connected through it.
+async fn device_behind_a_proxy() -> (Emulator, ChaosProxy, DeviceClient) {
+    let emu = Emulator::builder().auto_approve(Some(Duration::ZERO)).start().await.unwrap();
+    let proxy = ChaosProxy::start(emu.mqtts_addr().unwrap()).await.unwrap();
+    let client = device_through(&emu, &proxy).await;
+    (emu, proxy, client)
+}
+
 /// Waits (bounded) until `done` holds, checking every 20 ms.
 async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -44,9 +52,7 @@ async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_link_is_replaced_and_delivery_resumes() {
-    let emu = Emulator::builder().auto_approve(Some(Duration::ZERO)).start().await.unwrap();
-    let proxy = ChaosProxy::start(emu.mqtts_addr().unwrap()).await.unwrap();
-    let client = device_through(&emu, &proxy).await;
+    let (emu, proxy, client) = device_behind_a_proxy().await;
     let sender = client.create_stream_sender(Some("g"), Some("s"), Compression::Uncompressed).unwrap();
     for i in 0..20 {
         sender.enqueue_message(Message::new(format!("before {i}"))).await.unwrap();
@@ -77,9 +83,7 @@ async fn a_blackholed_link_is_replaced_and_delivery_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_closes_latency_and_a_thin_link_lose_nothing() {
-    let emu = Emulator::builder().auto_approve(Some(Duration::ZERO)).start().await.unwrap();
-    let proxy = ChaosProxy::start(emu.mqtts_addr().unwrap()).await.unwrap();
-    let client = device_through(&emu, &proxy).await;
+    let (emu, proxy, client) = device_behind_a_proxy().await;
     let sender = client.create_stream_sender(Some("g"), Some("s"), Compression::Uncompressed).unwrap();
     let faults = [
         Fault::ResetAll,

@@ -20,22 +20,8 @@ fn store() -> Arc<dyn Store> {
 }
 
 fn device(proto: Proto, emu: &Emulator, token: &str, store: &Arc<dyn Store>, id: &str) -> DeviceClientBuilder {
-    let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
-    let https_port = emu.https_addr().expect("https").port();
-    let upload = emu.https_url();
-    DeviceClient::builder(Some(id), token, "device.db")
-        .instance(emu.https_url())
-        .trust_ca_pem(emu.ca_pem())
-        .with_network(network(proto, https_port, mqtt_port))
-        .with_network(move |n| n.upload_base_url = Some(upload))
-        .store(store.clone())
-        .display_provisioning_operation_callback(|_| {})
-        .with_options(|o| {
-            o.provisioning_poll_interval = Duration::from_millis(20);
-            o.retry_initial = Duration::from_millis(20);
-            o.retry_max = Duration::from_millis(500);
-            o.start_timeout = WAIT;
-        })
+    common::on_emulator(DeviceClient::builder(Some(id), token, "device.db").store(store.clone()), emu, proto)
+        .with_options(|o| o.start_timeout = WAIT)
 }
 
 async fn auto_emulator() -> Emulator {

@@ -15,30 +15,19 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The tests of this file count the process's threads: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The same settings for the async and the blocking builder (the same methods, two types).
-macro_rules! configured {
-    ($builder:expr, $emu:expr) => {{
-        let emu: &Emulator = $emu;
-        let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
-        $builder
-            .instance(emu.https_url())
-            .trust_ca_pem(emu.ca_pem())
-            .with_network(move |n| {
-                n.platform_roots = false;
-                n.mqtt_port = mqtt_port;
-            })
-            .display_provisioning_operation_callback(|_| {})
-            .with_options(|o| {
-                o.provisioning_poll_interval = Duration::from_millis(20);
-                o.retry_initial = Duration::from_millis(20);
-                o.retry_max = Duration::from_millis(500);
-                o.start_timeout = WAIT;
-            })
-    }};
-}
+mod common;
 
 fn configure(builder: DeviceClientBuilder, emu: &Emulator) -> DeviceClientBuilder {
-    configured!(builder, emu)
+    common::on_emulator(builder, emu, common::Proto::Mqtt).with_options(|o| o.start_timeout = WAIT)
+}
+
+/// This file's turn (its tests count threads), an emulator approving at once, a provisioning
+/// token and a directory for the gateway's database.
+async fn setup() -> (tokio::sync::MutexGuard<'static, ()>, Emulator, String, tempfile::TempDir) {
+    let serial = SERIAL.lock().await;
+    let emu = Emulator::builder().auto_approve(Some(Duration::ZERO)).start().await.unwrap();
+    let token = emu.create_provisioning_token();
+    (serial, emu, token, tempfile::tempdir().unwrap())
 }
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -67,10 +56,7 @@ async fn stored_by_device(emu: &Emulator) -> BTreeMap<String, Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_devices_of_a_gateway_keep_their_queues_identities_and_properties_apart() {
-    let _serial = SERIAL.lock().await;
-    let emu = Emulator::builder().auto_approve(Some(Duration::ZERO)).start().await.unwrap();
-    let token = emu.create_provisioning_token();
-    let dir = tempfile::tempdir().unwrap();
+    let (_serial, emu, token, dir) = setup().await;
     let db = dir.path().join("gateway.db");
     let names = ["press-1", "press-2", "oven-1"];
     let gateway = Gateway::open(&db).await.unwrap();
@@ -188,10 +174,7 @@ async fn the_devices_of_a_gateway_keep_their_queues_identities_and_properties_ap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_devices_full_queue_does_not_hold_the_others_back() {
-    let _serial = SERIAL.lock().await;
-    let emu = Emulator::builder().auto_approve(Some(Duration::ZERO)).start().await.unwrap();
-    let token = emu.create_provisioning_token();
-    let dir = tempfile::tempdir().unwrap();
+    let (_serial, emu, token, dir) = setup().await;
     let gateway = Gateway::open(dir.path().join("gateway.db")).await.unwrap();
     // `stuck` registers over HTTPS but its MQTT port is closed: nothing it queues leaves.
     let closed_port = {
@@ -274,5 +257,17 @@ fn configure_blocking(
     builder: spotflow_device::blocking::DeviceClientBuilder,
     emu: &Emulator,
 ) -> spotflow_device::blocking::DeviceClientBuilder {
-    configured!(builder, emu)
+    let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
+    builder
+        .instance(emu.https_url())
+        .trust_ca_pem(emu.ca_pem())
+        .with_network(move |n| {
+            n.platform_roots = false;
+            n.mqtt_port = mqtt_port;
+        })
+        .display_provisioning_operation_callback(|_| {})
+        .with_options(|o| {
+            common::quick(o);
+            o.start_timeout = WAIT;
+        })
 }

@@ -74,10 +74,7 @@ async fn desired_callback_on_start_and_on_every_newer_version_only() {
 
 #[tokio::test]
 async fn desired_properties_before_any_are_known() {
-    let platform = MemoryPlatform::new();
-    let store = new_store();
-    start(&platform, &store).await.close().await.unwrap();
-    platform.set_offline(true);
+    let (platform, store) = provisioned_then_offline().await;
     let store2 = new_store();
     store2.save_identity(&store.load_identity().await.unwrap().unwrap()).await.unwrap();
     let client = start(&platform, &store2).await;
@@ -142,10 +139,7 @@ async fn a_rejected_reported_update_is_surfaced_and_kept() {
 
 #[tokio::test]
 async fn pending_reported_updates_survive_a_restart_and_are_sent_at_start() {
-    let platform = MemoryPlatform::new();
-    let store = new_store();
-    start(&platform, &store).await.close().await.unwrap();
-    platform.set_offline(true);
+    let (platform, store) = provisioned_then_offline().await;
     let client = start(&platform, &store).await;
     client.update_reported_properties(json!({"battery": 80})).await.unwrap();
     client.close().await.unwrap();

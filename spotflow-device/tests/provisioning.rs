@@ -121,10 +121,7 @@ async fn a_restart_reuses_the_stored_registration_without_provisioning() {
 
 #[tokio::test]
 async fn offline_start_with_a_stored_registration_queues_then_delivers() {
-    let platform = MemoryPlatform::new();
-    let store = new_store();
-    start(&platform, &store).await.close().await.unwrap();
-    platform.set_offline(true);
+    let (platform, store) = provisioned_then_offline().await;
     let client = start(&platform, &store).await;
     let sender = client.create_stream_sender(Some("g"), Some("s"), Compression::Uncompressed).unwrap();
     for i in 0..100 {

@@ -273,10 +273,7 @@ async fn a_restart_resumes_leftover_messages() {
 
 #[tokio::test]
 async fn a_full_queue_rejects_new_messages_by_default_and_accepts_them_once_drained() {
-    let platform = MemoryPlatform::new();
-    let store = new_store();
-    start(&platform, &store).await.close().await.unwrap();
-    platform.set_offline(true);
+    let (platform, store) = provisioned_then_offline().await;
     // Room for 10 messages of 100 bytes.
     let client =
         builder(&platform, &store, Some("dev-1")).with_options(|o| o.queue_budget_bytes = 1000).start().await.unwrap();
@@ -301,10 +298,7 @@ async fn a_full_queue_rejects_new_messages_by_default_and_accepts_them_once_drai
 
 #[tokio::test]
 async fn the_drop_oldest_policy_keeps_the_newest_messages() {
-    let platform = MemoryPlatform::new();
-    let store = new_store();
-    start(&platform, &store).await.close().await.unwrap();
-    platform.set_offline(true);
+    let (platform, store) = provisioned_then_offline().await;
     let client = builder(&platform, &store, Some("dev-1"))
         .with_options(|o| {
             o.queue_budget_bytes = 1000;

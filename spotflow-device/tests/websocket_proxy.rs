@@ -83,25 +83,8 @@ impl TestProxy {
                     let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
                     let (mut cr, mut cw) = client.split();
                     let (mut ur, mut uw) = upstream.split();
-                    let count = |n: usize| relayed.fetch_add(n as u64, Ordering::SeqCst);
-                    let up = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        while let Ok(n) = cr.read(&mut buf).await {
-                            if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                            count(n);
-                        }
-                    };
-                    let down = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        while let Ok(n) = ur.read(&mut buf).await {
-                            if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                            count(n);
-                        }
-                    };
+                    let up = relay(&mut cr, &mut uw, &relayed);
+                    let down = relay(&mut ur, &mut cw, &relayed);
                     // The tunnel dies when the test cuts it (a proxy dying mid-stream).
                     tokio::select! {
                         _ = up => {}
@@ -196,4 +179,19 @@ async fn a_refusing_or_dying_proxy_loses_no_message() {
     let tunnels = proxy.tunnels.lock().unwrap().len();
     // Cuts that land while the device is already reconnecting do not force another tunnel.
     assert!(tunnels >= 3, "reconnected through the proxy after the cuts: {tunnels} tunnels");
+}
+
+/// Copies `from` to `to` until either side ends, counting the bytes in `relayed`.
+async fn relay(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    relayed: &std::sync::atomic::AtomicU64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        relayed.fetch_add(n as u64, Ordering::SeqCst);
+    }
 }

@@ -60,39 +60,15 @@ async fn provisioning_registration_and_refresh_over_https_with_every_error_statu
     let rt = done["registrationToken"].as_str().unwrap().to_owned();
     assert!(spotflow_core::time_format::parse_rfc3339(done["expirationTime"].as_str().unwrap()).is_ok());
     // register: 401 bad token, 400 unsupported type, 200 with the exact fields.
-    let reg_url = format!("{base}/devices/register");
-    assert_eq!(
-        call(
-            &http,
-            put.clone(),
-            reg_url.clone(),
-            Some("DeviceToken bad"),
-            r#"{"connectionStringType":"SharedAccessSignature"}"#
-        )
-        .await
-        .0,
-        401
-    );
-    assert_eq!(
-        call(
-            &http,
-            put.clone(),
-            reg_url.clone(),
-            Some(&format!("DeviceToken {rt}")),
-            r#"{"connectionStringType":"SharedAccessKey"}"#
-        )
-        .await
-        .0,
-        400
-    );
-    let (s, reg) = call(
-        &http,
-        put.clone(),
-        reg_url.clone(),
-        Some(&format!("DeviceToken {rt}")),
-        r#"{"connectionStringType":"SharedAccessSignature"}"#,
-    )
-    .await;
+    let register = |auth: &str, kind: &str| {
+        let (http, auth) = (http.clone(), auth.to_owned());
+        let body = json!({ "connectionStringType": kind }).to_string();
+        let url = format!("{base}/devices/register");
+        async move { call(&http, reqwest::Method::PUT, url, Some(&auth), &body).await }
+    };
+    assert_eq!(register("DeviceToken bad", "SharedAccessSignature").await.0, 401);
+    assert_eq!(register(&format!("DeviceToken {rt}"), "SharedAccessKey").await.0, 400);
+    let (s, reg) = register(&format!("DeviceToken {rt}"), "SharedAccessSignature").await;
     assert_eq!(s, 200);
     let cs = reg["connectionString"].as_str().unwrap();
     assert!(
@@ -120,30 +96,8 @@ async fn provisioning_registration_and_refresh_over_https_with_every_error_statu
     assert_eq!(s, 200);
     let new_rt = fresh["registrationToken"].as_str().unwrap();
     assert_ne!(new_rt, rt);
-    assert_eq!(
-        call(
-            &http,
-            put.clone(),
-            reg_url.clone(),
-            Some(&format!("DeviceToken {rt}")),
-            r#"{"connectionStringType":"SharedAccessSignature"}"#
-        )
-        .await
-        .0,
-        401
-    );
-    assert_eq!(
-        call(
-            &http,
-            put.clone(),
-            reg_url.clone(),
-            Some(&format!("DeviceToken {new_rt}")),
-            r#"{"connectionStringType":"SharedAccessSignature"}"#
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(register(&format!("DeviceToken {rt}"), "SharedAccessSignature").await.0, 401);
+    assert_eq!(register(&format!("DeviceToken {new_rt}"), "SharedAccessSignature").await.0, 200);
     // A cancelled operation answers 410 with the cancellation problem type.
     let (_, op2) = call(&http, post.clone(), format!("{base}/provisioning-operations/init"), Some(&auth), "{}").await;
     let id2 = op2["provisioningOperationId"].as_str().unwrap().to_owned();

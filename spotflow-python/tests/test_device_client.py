@@ -359,6 +359,20 @@ def test_callback_exceptions_are_logged_not_raised(emulator, token, approver, tm
     assert record.name == "spotflow_device" and record.exc_info is not None
 
 
+def run_example(emulator, script, text, device_id):
+    """Runs `text` as the script `script` in its own Python process while the emulator approves
+    `device_id`; returns the finished process (it must succeed)."""
+    script.write_text(text)
+    approving = threading.Thread(target=emulator.approve_next, args=(device_id,), daemon=True)
+    approving.start()
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=script.parent, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, SSL_CERT_FILE=emulator.ca_path),
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_the_reference_basic_usage_example_runs(emulator, token, tmp_path):
     """The reference's example, unmodified but for the token, the instance and the loop count."""
     example = (pathlib.Path(__file__).parent.parent / "examples" / "basic_usage.py").read_text()
@@ -368,15 +382,7 @@ def test_the_reference_basic_usage_example_runs(emulator, token, tmp_path):
         'provisioning_token="<Your Provisioning Token>", db="spotflow.db")',
         f'provisioning_token="{token}", db="spotflow.db", instance="{emulator.instance}")',
     ).replace("for i in range(0, 60):", "for i in range(0, 2):")
-    script = tmp_path / "basic_usage.py"
-    script.write_text(example)
-    approving = threading.Thread(target=emulator.approve_next, args=("my-device",), daemon=True)
-    approving.start()
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, SSL_CERT_FILE=emulator.ca_path),
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_example(emulator, tmp_path / "basic_usage.py", example, "my-device")
     assert "Verification Code:" in done.stdout
     printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 2
@@ -448,15 +454,8 @@ def test_the_reference_example_with_fastest_compression_stores_readable_payloads
         f'provisioning_token="{token}", db="spotflow.db", instance="{emulator.instance}")',
     ).replace("for i in range(0, 60):", "for i in range(0, 3):").replace("time.sleep(5)", "time.sleep(0)")
     assert 'device_id="my-device"' in example
-    script = tmp_path / "basic_usage_fastest.py"
-    script.write_text(example.replace('device_id="my-device"', 'device_id="my-fast-device"'))
-    approving = threading.Thread(target=emulator.approve_next, args=("my-fast-device",), daemon=True)
-    approving.start()
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, SSL_CERT_FILE=emulator.ca_path),
-    )
-    assert done.returncode == 0, done.stderr
+    example = example.replace('device_id="my-device"', 'device_id="my-fast-device"')
+    done = run_example(emulator, tmp_path / "basic_usage_fastest.py", example, "my-fast-device")
     printed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 3
     ws = [d for d in emulator.admin("GET", "/admin/devices") if d["deviceId"] == "my-fast-device"][0]["workspaceId"]

@@ -9,10 +9,15 @@ use spotflow_core::{
 };
 use spotflow_transport_mqtt::{HttpPlatformApi, MqttTransport, MqttTransportOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
-/// A one-route HTTP server on loopback answering every request with `status` and `body`.
-async fn http_server(status: u16, body: &'static str) -> String {
+/// An HTTP server on loopback: reads each request's first bytes, then lets `answer` write to the
+/// connection. Returns its base URL.
+async fn serve<F, Fut>(answer: F) -> String
+where
+    F: Fn(TcpStream) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -20,16 +25,24 @@ async fn http_server(status: u16, body: &'static str) -> String {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
                 let _ = s.read(&mut buf).await;
-                let resp = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-                let _ = s.shutdown().await;
+                answer(s).await;
             });
         }
     });
     format!("http://{addr}")
+}
+
+/// A one-route HTTP server on loopback answering every request with `status` and `body`.
+async fn http_server(status: u16, body: &'static str) -> String {
+    serve(move |mut s| async move {
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(resp.as_bytes()).await;
+        let _ = s.shutdown().await;
+    })
+    .await
 }
 
 fn api_at(base: &str) -> HttpPlatformApi {
@@ -213,39 +226,31 @@ async fn plain_mqtt_is_refused_to_a_host_that_is_not_loopback() {
 
 /// A server that streams an endless body (announced as 400 MB, or chunked without a length).
 async fn endless_server(announce_length: bool) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                let _ = s.read(&mut buf).await;
-                let head = if announce_length {
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400000000\r\n\r\n".to_owned()
-                } else {
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
-                };
-                if s.write_all(head.as_bytes()).await.is_err() {
-                    return;
-                }
-                let chunk = vec![b' '; 64 * 1024];
-                // Bounded: at most 400 MB, and it stops as soon as the client hangs up.
-                for _ in 0..6_000 {
-                    let ok = if announce_length {
-                        s.write_all(&chunk).await.is_ok()
-                    } else {
-                        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_ok()
-                            && s.write_all(&chunk).await.is_ok()
-                            && s.write_all(b"\r\n").await.is_ok()
-                    };
-                    if !ok {
-                        return;
-                    }
-                }
-            });
+    serve(move |mut s| async move {
+        let head = if announce_length {
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400000000\r\n\r\n".to_owned()
+        } else {
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+        };
+        if s.write_all(head.as_bytes()).await.is_err() {
+            return;
         }
-    });
-    format!("http://{addr}")
+        let chunk = vec![b' '; 64 * 1024];
+        // Bounded: at most 400 MB, and it stops as soon as the client hangs up.
+        for _ in 0..6_000 {
+            let ok = if announce_length {
+                s.write_all(&chunk).await.is_ok()
+            } else {
+                s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.is_ok()
+                    && s.write_all(&chunk).await.is_ok()
+                    && s.write_all(b"\r\n").await.is_ok()
+            };
+            if !ok {
+                return;
+            }
+        }
+    })
+    .await
 }
 
 /// Hardening: an answer larger than the API ever needs is refused after at most

@@ -78,6 +78,24 @@ impl Plan {
     }
 }
 
+/// [`paced`] for async code: says READY, then runs `send` at the plan's pace on this task; returns
+/// when each call returned and the process's usage before the first.
+async fn paced_async<F: std::future::Future<Output = ()>>(
+    plan: &Plan,
+    mut send: impl FnMut() -> F,
+) -> (Vec<u128>, [u64; 5]) {
+    println!("READY");
+    let before = usage();
+    let start = Instant::now();
+    let mut stamps = Vec::with_capacity(plan.count() as usize);
+    for i in 0..plan.count() {
+        tokio::time::sleep_until(plan.due(start, i).into()).await;
+        send().await;
+        stamps.push(now_ns());
+    }
+    (stamps, before)
+}
+
 fn report(stamps: &[u128], before: [u64; 5]) {
     let after = usage();
     println!("SENT {}", stamps.len());
@@ -134,15 +152,10 @@ fn raw_mqtt(plan: &Plan, ca: String, mqtt_port: u16) {
         });
         tokio::time::timeout(Duration::from_secs(30), connected).await.expect("connected").expect("event loop");
         let topic = format!("devices/{device}/messages/events/stream-group-name=rate&stream-name=raw");
-        println!("READY");
-        let before = usage();
-        let start = Instant::now();
-        let mut stamps = Vec::with_capacity(plan.count() as usize);
-        for i in 0..plan.count() {
-            tokio::time::sleep_until(plan.due(start, i).into()).await;
+        let (stamps, before) = paced_async(plan, || async {
             client.publish(topic.as_str(), QoS::AtLeastOnce, false, plan.payload.clone()).await.expect("publish");
-            stamps.push(now_ns());
-        }
+        })
+        .await;
         let count = plan.count();
         tokio::time::timeout(Duration::from_secs(120), acked.wait_for(|n| *n >= count))
             .await
@@ -290,16 +303,19 @@ fn main() {
         n.platform_roots = false;
         n.mqtt_port = mqtt_port;
     };
-    if env("CLIENT") == "blocking" {
-        let client =
-            spotflow_device::blocking::DeviceClient::builder(Some("rate-device"), env("PROVISIONING_TOKEN"), env("DB"))
+    // The device's builder, blocking or async (the same methods on two types).
+    macro_rules! configured {
+        ($client:ty) => {
+            <$client>::builder(Some("rate-device"), env("PROVISIONING_TOKEN"), env("DB"))
                 .instance(env("INSTANCE"))
                 .trust_ca_pem(ca)
                 .with_network(network)
                 .with_options(|o| o.durability = durability)
                 .display_provisioning_operation_callback(|_| {})
-                .start()
-                .expect("device starts");
+        };
+    }
+    if env("CLIENT") == "blocking" {
+        let client = configured!(spotflow_device::blocking::DeviceClient).start().expect("device starts");
         let sender = client.create_stream_sender(Some("rate"), Some("blocking"), Compression::Uncompressed).unwrap();
         std::thread::sleep(plan.settle_time());
         paced(
@@ -320,26 +336,13 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let client = spotflow_device::DeviceClient::builder(Some("rate-device"), env("PROVISIONING_TOKEN"), env("DB"))
-            .instance(env("INSTANCE"))
-            .trust_ca_pem(ca)
-            .with_network(network)
-            .with_options(|o| o.durability = durability)
-            .display_provisioning_operation_callback(|_| {})
-            .start()
-            .await
-            .expect("device starts");
+        let client = configured!(spotflow_device::DeviceClient).start().await.expect("device starts");
         let sender = client.create_stream_sender(Some("rate"), Some("async"), Compression::Uncompressed).unwrap();
         tokio::time::sleep(plan.settle_time()).await;
-        println!("READY");
-        let before = usage();
-        let start = Instant::now();
-        let mut stamps = Vec::with_capacity(plan.count() as usize);
-        for i in 0..plan.count() {
-            tokio::time::sleep_until(plan.due(start, i).into()).await;
+        let (stamps, before) = paced_async(&plan, || async {
             sender.enqueue_message(Message::new(plan.payload.clone())).await.expect("enqueue");
-            stamps.push(now_ns());
-        }
+        })
+        .await;
         if plan.rate == 0.0 {
             tokio::time::sleep(Duration::from_secs_f64(plan.seconds)).await;
         }

@@ -78,14 +78,6 @@ static void *send_messages(void *name)
     return NULL;
 }
 
-static void pause_ms(long ms)
-{
-    struct timespec delay;
-    delay.tv_sec = ms / 1000;
-    delay.tv_nsec = (ms % 1000) * 1000000L;
-    nanosleep(&delay, NULL);
-}
-
 int main(void)
 {
     spotflow_client_options_t *options = NULL;
@@ -128,7 +120,8 @@ int main(void)
         done = state.method_calls >= wanted_calls && state.desired_version >= wanted_version;
         pthread_mutex_unlock(&state.lock);
         if (!done) {
-            pause_ms(100);
+            const struct timespec tenth = {0, 100000000L};
+            nanosleep(&tenth, NULL);
         }
     }
     if (spotflow_client_wait_enqueued_messages_sent_timeout(client, 30000) != SPOTFLOW_OK) {

@@ -19,12 +19,34 @@ pub fn builder(platform: &MemoryPlatform, store: &Arc<dyn Store>, device: Option
         .transport(Arc::new(platform.clone()))
         .store(store.clone())
         .display_provisioning_operation_callback(|_| {})
-        .with_options(|o| {
-            o.provisioning_poll_interval = Duration::from_millis(10);
-            o.retry_initial = Duration::from_millis(10);
-            o.retry_max = Duration::from_millis(200);
-            o.start_timeout = Duration::from_secs(20);
-        })
+        .with_options(quick)
+}
+
+/// Quick polls and retries for tests; a start gives up after [`WAIT`].
+pub fn quick(o: &mut spotflow_device::ClientOptions) {
+    o.provisioning_poll_interval = Duration::from_millis(10);
+    o.retry_initial = Duration::from_millis(10);
+    o.retry_max = Duration::from_millis(200);
+    o.start_timeout = WAIT;
+}
+
+/// `builder` made a device of the in-process emulator `emu` over `proto`: its instance, its CA
+/// alone trusted, its ports (uploads too), quick polls and retries.
+pub fn on_emulator(
+    builder: DeviceClientBuilder,
+    emu: &spotflow_emulator::Emulator,
+    proto: Proto,
+) -> DeviceClientBuilder {
+    let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
+    let https_port = emu.https_addr().expect("https").port();
+    let upload = emu.https_url();
+    builder
+        .instance(emu.https_url())
+        .trust_ca_pem(emu.ca_pem())
+        .with_network(network(proto, https_port, mqtt_port))
+        .with_network(move |n| n.upload_base_url = Some(upload))
+        .display_provisioning_operation_callback(|_| {})
+        .with_options(quick)
 }
 
 pub fn new_store() -> Arc<dyn Store> {
@@ -33,6 +55,16 @@ pub fn new_store() -> Arc<dyn Store> {
 
 pub async fn start(platform: &MemoryPlatform, store: &Arc<dyn Store>) -> DeviceClient {
     builder(platform, store, Some("dev-1")).start().await.expect("start")
+}
+
+/// A device provisioned and registered by a first start (its identity in the store), then the
+/// platform taken offline.
+pub async fn provisioned_then_offline() -> (MemoryPlatform, Arc<dyn Store>) {
+    let platform = MemoryPlatform::new();
+    let store = new_store();
+    start(&platform, &store).await.close().await.unwrap();
+    platform.set_offline(true);
+    (platform, store)
 }
 
 /// Waits (bounded) until the platform has `n` live connections.
