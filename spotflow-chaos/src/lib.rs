@@ -346,9 +346,15 @@ async fn direction(mut from: ReadHalf<'_>, to: WriteHalf<'_>, shared: &Shared) -
             }
         }
     };
+    // A side that ends (EOF) has its last bytes forwarded before the end is: the writer drains
+    // what the reader queued (a real link delivers the bytes ahead of a FIN).
+    tokio::pin!(writer);
     tokio::select! {
-        r = writer => r,
-        r = reader => r,
+        r = &mut writer => r,
+        r = reader => match r {
+            "peer closed" => writer.await,
+            other => other,
+        },
     }
 }
 

@@ -14,6 +14,21 @@ pub enum ErrorStatus {
     Temporary,
 }
 
+/// Which part of the link to the platform failed (in [`Error::Transport`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkFailure {
+    /// The network: connecting, reading or writing failed, or the server closed the connection.
+    Network,
+    /// The TLS handshake (a certificate not trusted, a wrong name, a protocol mismatch).
+    Tls,
+    /// The link stalled: no answer from the server within the stall timeout or the keep-alive.
+    Stalled,
+    /// The server answered with something else than the protocol (a malformed or unexpected
+    /// packet).
+    Protocol,
+}
+
 /// Every error the SDK returns.
 ///
 /// Use [`Error::is_temporary`] to decide whether to retry. The enum is `#[non_exhaustive]`: match
@@ -61,6 +76,8 @@ pub enum Error {
     Transport {
         /// What the transport was doing.
         context: String,
+        /// Which part of the link failed.
+        kind: LinkFailure,
         /// Underlying cause.
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -146,17 +163,31 @@ impl Error {
         Error::Store { context: context.to_string(), status: ErrorStatus::Permanent, source: Some(source.into()) }
     }
 
-    /// An [`Error::Transport`] error without a cause.
+    /// An [`Error::Transport`] error of the network without a cause.
     pub fn transport(context: impl fmt::Display) -> Self {
-        Error::Transport { context: context.to_string(), source: None }
+        Error::link(LinkFailure::Network, context)
     }
 
-    /// An [`Error::Transport`] error with a cause.
+    /// An [`Error::Transport`] error of the network with a cause.
     pub fn transport_with(
         context: impl fmt::Display,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Error::Transport { context: context.to_string(), source: Some(source.into()) }
+        Error::link_with(LinkFailure::Network, context, source)
+    }
+
+    /// An [`Error::Transport`] error of `kind` without a cause.
+    pub fn link(kind: LinkFailure, context: impl fmt::Display) -> Self {
+        Error::Transport { context: context.to_string(), kind, source: None }
+    }
+
+    /// An [`Error::Transport`] error of `kind` with a cause.
+    pub fn link_with(
+        kind: LinkFailure,
+        context: impl fmt::Display,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Transport { context: context.to_string(), kind, source: Some(source.into()) }
     }
 }
 

@@ -63,7 +63,7 @@ pub mod testkit;
 pub use backoff::Backoff;
 pub use compression::{decompress, Compression, ContentEncoding, MAX_DECOMPRESSED_SIZE};
 pub use credentials::{CredentialAction, CredentialSchedule};
-pub use error::{Error, ErrorStatus, Result};
+pub use error::{Error, ErrorStatus, LinkFailure, Result};
 pub use link::{LinkAction, LinkSchedule, LinkTimings};
 pub use memory::MemoryStore;
 pub use message::{validate_name, MessageKind, OutgoingMessage, QueuedMessage, StreamTarget, MAX_NAME_LEN};

@@ -70,6 +70,50 @@ impl Drop for Runtime {
     }
 }
 
+/// The connection events of a blocking client, from when it was made on: an iterator that waits
+/// for each (it ends after [`crate::ConnectionEvent::Closed`]), and
+/// [`ConnectionEvents::next_timeout`].
+#[derive(Debug)]
+pub struct ConnectionEvents {
+    inner: crate::ConnectionEvents,
+    client: DeviceClient,
+}
+
+impl ConnectionEvents {
+    /// The next event, waiting at most `timeout`: `Ok(None)` when none came in time,
+    /// [`Error::Closed`] after [`crate::ConnectionEvent::Closed`].
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<crate::ConnectionEvent>> {
+        let inner = &mut self.inner;
+        let next = self.client.inner.runtime.block_on(async { tokio::time::timeout(timeout, inner.next()).await })?;
+        match next {
+            Ok(Some(event)) => Ok(Some(event)),
+            Ok(None) => Err(Error::Closed),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Events this view lost by falling more than [`crate::events::EVENT_BUFFER`] behind.
+    pub fn lost(&self) -> u64 {
+        self.inner.lost()
+    }
+}
+
+impl Iterator for ConnectionEvents {
+    type Item = crate::ConnectionEvent;
+
+    /// Waits for the next event; `None` after [`crate::ConnectionEvent::Closed`] (or when called inside an async
+    /// runtime, where waiting would stall it: use the async client's view there).
+    fn next(&mut self) -> Option<crate::ConnectionEvent> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tracing::warn!(
+                "blocking ConnectionEvents iterated inside an async runtime; use DeviceClient::connection_events"
+            );
+            return None;
+        }
+        self.inner.blocking_next()
+    }
+}
+
 /// The blocking counterpart of [`crate::DeviceClientBuilder`].
 #[derive(Debug)]
 pub struct DeviceClientBuilder {
@@ -102,6 +146,11 @@ impl DeviceClientBuilder {
         callback: impl Fn(DesiredProperties) + Send + Sync + 'static,
     ) -> Self {
         DeviceClientBuilder { inner: self.inner.desired_properties_updated_callback(callback), runtime: self.runtime }
+    }
+
+    /// See [`crate::DeviceClientBuilder::connection_event_callback`].
+    pub fn connection_event_callback(self, callback: impl Fn(&crate::ConnectionEvent) + Send + Sync + 'static) -> Self {
+        DeviceClientBuilder { inner: self.inner.connection_event_callback(callback), runtime: self.runtime }
     }
 
     /// See [`crate::DeviceClientBuilder::direct_method_handler`].
@@ -239,6 +288,12 @@ impl DeviceClient {
     /// See [`crate::DeviceClient::pending_messages_count`].
     pub fn pending_messages_count(&self) -> u64 {
         self.inner.client.pending_messages_count()
+    }
+
+    /// The connection events from now on, as a blocking iterator (see
+    /// [`crate::DeviceClient::connection_events`]).
+    pub fn connection_events(&self) -> ConnectionEvents {
+        ConnectionEvents { inner: self.inner.client.connection_events(), client: self.clone() }
     }
 
     /// See [`crate::DeviceClient::stats`].

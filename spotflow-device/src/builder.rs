@@ -45,6 +45,7 @@ pub struct DeviceClientBuilder {
     instance: Option<String>,
     display: Option<DisplayCallback>,
     desired_callback: Option<DesiredPropertiesCallback>,
+    connection_callback: Option<crate::ConnectionEventCallback>,
     store: Option<Arc<dyn Store>>,
     transport: Option<Arc<dyn Transport>>,
     platform_api: Option<Arc<dyn PlatformApi>>,
@@ -85,6 +86,7 @@ impl DeviceClientBuilder {
             instance: None,
             display: None,
             desired_callback: None,
+            connection_callback: None,
             store: None,
             transport: None,
             platform_api: None,
@@ -193,6 +195,18 @@ impl DeviceClientBuilder {
         callback: impl Fn(DesiredProperties) + Send + Sync + 'static,
     ) -> Self {
         self.desired_callback = Some(Arc::new(callback));
+        self
+    }
+
+    /// Called with every [`crate::ConnectionEvent`], in order, from the first connection attempt
+    /// on, on a thread of its own: it may block without holding the client back (events it falls
+    /// more than [`crate::events::EVENT_BUFFER`] behind on are lost, oldest first). For a view
+    /// taken later, see [`DeviceClient::connection_events`].
+    pub fn connection_event_callback(
+        mut self,
+        callback: impl Fn(&crate::ConnectionEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.connection_callback = Some(Arc::new(callback));
         self
     }
 
@@ -306,6 +320,9 @@ impl DeviceClientBuilder {
             }
             None => None,
         };
+        if let Some(callback) = self.connection_callback {
+            crate::events::spawn_callback(shared.events.subscribe(), callback, span.clone())?;
+        }
         #[allow(unused_mut)]
         let (mut methods, method_answers) = crate::methods::Methods::new(self.methods);
         #[cfg(feature = "ws")]

@@ -85,6 +85,14 @@ impl DeviceClient {
         self.inner.shared.pending.load(Ordering::Acquire).max(0) as u64
     }
 
+    /// The connection events from now on, pushed (see [`crate::events`]): each call gives a
+    /// view of its own. [`DeviceClient::stats`] says where the connection stands now; to see
+    /// every event from the first connection attempt on, give the builder a
+    /// [`crate::DeviceClientBuilder::connection_event_callback`].
+    pub fn connection_events(&self) -> crate::ConnectionEvents {
+        self.inner.shared.events.subscribe()
+    }
+
     /// A snapshot of the queue, the deliveries, the connection and the enqueue →
     /// acknowledgement latency (see [`Stats`]). Cheap: atomics and a few short locks.
     pub fn stats(&self) -> Stats {

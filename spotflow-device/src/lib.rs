@@ -41,6 +41,7 @@ pub mod blocking;
 mod builder;
 mod callbacks;
 mod client;
+pub mod events;
 #[cfg(feature = "sqlite")]
 mod gateway;
 #[cfg(all(any(doc, doctest), feature = "sqlite", feature = "ws", feature = "metrics", feature = "testkit"))]
@@ -58,6 +59,7 @@ mod worker;
 
 pub use builder::{DesiredPropertiesCallback, DeviceClientBuilder};
 pub use client::{DeviceClient, StreamSender};
+pub use events::{ConnectionEvent, ConnectionEventCallback, ConnectionEvents, DisconnectReason};
 #[cfg(feature = "sqlite")]
 pub use gateway::Gateway;
 pub use instance::{Instance, DEFAULT_INSTANCE};

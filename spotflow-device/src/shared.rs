@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) refused: Mutex<RefusedLog>,
     /// The counters of [`crate::Stats`].
     pub(crate) stats: crate::stats::Counters,
+    /// Where the worker publishes connection events.
+    pub(crate) events: crate::events::EventFeed,
 }
 
 impl Shared {
@@ -51,6 +53,7 @@ impl Shared {
             refused_total: AtomicU64::new(0),
             refused: Mutex::new(RefusedLog::default()),
             stats: crate::stats::Counters::new(&identity.workspace_id, &identity.device_id),
+            events: crate::events::EventFeed::new(),
         };
         shared.stats.carried_over(stats.count, stats.bytes, stats.last_seq.unwrap_or(0));
         shared

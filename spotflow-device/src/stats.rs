@@ -463,9 +463,11 @@ impl Counters {
         }
     }
 
-    /// A connection attempt starts.
-    pub(crate) fn connecting(&self) {
-        self.link().attempts += 1;
+    /// A connection attempt starts; returns the attempts since the start, this one included.
+    pub(crate) fn connecting(&self) -> u64 {
+        let mut l = self.link();
+        l.attempts += 1;
+        l.attempts
     }
 
     pub(crate) fn connected(&self) {

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::callbacks::DesiredSink;
+use crate::events::{ConnectionEvent, DisconnectReason};
 use crate::methods::{Answer, Methods};
 use crate::shared::Shared;
 use crate::ClientOptions;
@@ -178,6 +179,18 @@ fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
 /// one removal transaction between every two appends.
 pub(crate) const REMOVE_BATCH: usize = 512;
 pub(crate) const REMOVE_DELAY: Duration = Duration::from_millis(20);
+
+/// The event of a connection (or an attempt) that `e` ended, retried after `retry_in`: a refusal
+/// when the platform answered with one, else a disconnection.
+fn lost_or_refused(e: &Error, retry_in: Duration) -> ConnectionEvent {
+    let reason = DisconnectReason::of(e);
+    match e {
+        Error::Unauthorized(_) | Error::Platform(_) | Error::WorkspaceDisabled => {
+            ConnectionEvent::Refused { permanent: !reason.retry_helps(), reason, retry_in }
+        }
+        _ => ConnectionEvent::Disconnected { reason, retry_in },
+    }
+}
 
 /// Whether `e` is the link failing (no answer, a reset, a stall) rather than the platform
 /// answering with a refusal.
@@ -436,6 +449,7 @@ impl Worker {
                 self.conn = Some(conn);
                 self.shared.set_connected(true);
                 self.shared.stats.connected();
+                self.shared.events.publish(ConnectionEvent::Connected { since: std::time::SystemTime::now() });
                 self.queue.on_connected();
                 self.reported.on_connected();
                 self.twin_request = None;
@@ -447,6 +461,7 @@ impl Worker {
                 }
                 let delay = self.schedule.on_connect_failed(now(), link_failure(&e));
                 self.shared.stats.disconnected(Some(e.to_string()), 0);
+                self.shared.events.publish(lost_or_refused(&e, delay));
                 warn!(error = %e, ?delay, "connecting failed; retrying");
             }
         }
@@ -465,6 +480,7 @@ impl Worker {
             let _ = self.rejected.send(());
         }
         let delay = self.schedule.on_disconnected(now(), link_failure(&e));
+        self.shared.events.publish(lost_or_refused(&e, delay));
         warn!(error = %e, ?delay, "connection lost; reconnecting");
     }
 
@@ -473,7 +489,8 @@ impl Worker {
             return;
         }
         let Some(creds) = self.credentials.borrow().clone() else { return };
-        self.shared.stats.connecting();
+        let attempt = self.shared.stats.connecting();
+        self.shared.events.publish(ConnectionEvent::Connecting { attempt });
         let transport = self.transport.clone();
         let timeout = self.options.request_timeout;
         let session = self.session.clone();
@@ -504,6 +521,10 @@ impl Worker {
             conn.close().await;
             self.shared.set_connected(false);
             self.shared.stats.disconnected(None, self.queue.in_flight());
+            self.shared.events.publish(ConnectionEvent::Disconnected {
+                reason: DisconnectReason::CredentialRenewal,
+                retry_in: Duration::ZERO,
+            });
             self.queue.on_disconnected();
             self.reported.on_disconnected();
             self.twin_request = None;
@@ -604,6 +625,7 @@ impl Worker {
         }
         self.shared.set_connected(false);
         self.shared.stats.closed(self.queue.acked_through() + 1, self.shared.pending(), self.shared.queued_bytes());
+        self.shared.events.publish(ConnectionEvent::Closed);
         if let Some(keeper) = self.keeper.take() {
             keeper.abort();
             let _ = keeper.await;

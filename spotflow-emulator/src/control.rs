@@ -80,6 +80,13 @@ impl Control {
         self.with_state(|s, _| s.cancel(id))
     }
 
+    /// Revokes the device's connection credentials (its SAS); returns how many there were.
+    pub fn revoke_connection_credentials(&self, hub_id: &str) -> usize {
+        let revoked = self.with_state(|s, _| s.revoke_sas(hub_id));
+        info!(device = %hub_id, revoked, "connection credentials revoked");
+        revoked
+    }
+
     pub fn twin(&self, hub_id: &str) -> Option<Twin> {
         self.lock().devices.get(hub_id).map(|d| d.twin.clone())
     }

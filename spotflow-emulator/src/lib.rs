@@ -603,6 +603,16 @@ impl Emulator {
     pub fn disconnect(&self, hub_device_id: &str) -> bool {
         self.inner.disconnect(hub_device_id)
     }
+
+    /// Revokes the device's connection credentials (every SAS issued to it, as a key rotation on
+    /// the platform does) and closes its connection: the broker refuses its next connection
+    /// with them (`NotAuthorized`) until it registers again with its registration token. Returns
+    /// how many SAS were revoked.
+    pub fn revoke_connection_credentials(&self, hub_device_id: &str) -> usize {
+        let revoked = self.inner.control.revoke_connection_credentials(hub_device_id);
+        self.inner.disconnect(hub_device_id);
+        revoked
+    }
     /// Opens a remote-access tunnel to `port` of the device (see [`tunnel_client`]).
     pub async fn open_tunnel(
         &self,

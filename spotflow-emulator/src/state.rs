@@ -385,6 +385,13 @@ impl ControlState {
         Some((token, expires_at))
     }
 
+    /// Revokes every SAS of the device; returns how many there were.
+    pub fn revoke_sas(&mut self, hub_id: &str) -> usize {
+        let before = self.sas.len();
+        self.sas.retain(|_, s| s.hub_device_id != hub_id);
+        before - self.sas.len()
+    }
+
     /// The device a SAS authorises, if valid now.
     pub fn authorize(&self, sas: &str) -> Option<&str> {
         self.sas_entry(sas).map(|s| s.hub_device_id.as_str())

@@ -15,7 +15,8 @@ use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Packet, PubAck, Publish
 use rumqttc::mqttbytes::{Error as CodecError, QoS};
 use serde_json::{Map, Value};
 use spotflow_core::{
-    Connection, ConnectionCredentials, Error, OutgoingMessage, RequestId, Result, SessionInfo, TransportEvent,
+    Connection, ConnectionCredentials, Error, LinkFailure, OutgoingMessage, RequestId, Result, SessionInfo,
+    TransportEvent,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -75,10 +76,15 @@ impl SessionOptions {
         };
         let name =
             rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| Error::invalid("hub host", e))?;
-        let tls = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| Error::transport_with("TLS handshake failed", e))?;
+        let tls = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.map_err(|e| {
+            // rustls's own refusals (certificate, name, protocol) are TLS; a connection that
+            // ended or broke during the handshake is the network.
+            let kind = match e.get_ref() {
+                Some(inner) if inner.is::<rustls::Error>() => LinkFailure::Tls,
+                _ => LinkFailure::Network,
+            };
+            Error::link_with(kind, "TLS handshake failed", e)
+        })?;
         Ok(Box::new(tls))
     }
 
@@ -135,7 +141,12 @@ impl<R: AsyncRead + Unpin> Codec<R> {
             match Packet::read(&mut self.buf, self.max) {
                 Ok(p) => return Ok(p),
                 Err(CodecError::InsufficientBytes(_)) => {}
-                Err(e) => return Err(Error::transport(format!("malformed MQTT packet from the server: {e}"))),
+                Err(e) => {
+                    return Err(Error::link(
+                        LinkFailure::Protocol,
+                        format!("malformed MQTT packet from the server: {e}"),
+                    ))
+                }
             }
             self.buf.reserve(16 * 1024);
             match self.read.read_buf(&mut self.buf).await {
@@ -177,7 +188,7 @@ pub async fn open(
     match codec.next().await? {
         Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {}
         Packet::ConnAck(ack) => return Err(refused(ack.code)),
-        other => return Err(Error::transport(format!("expected CONNACK, got {other:?}"))),
+        other => return Err(Error::link(LinkFailure::Protocol, format!("expected CONNACK, got {other:?}"))),
     }
     let filters = topics::subscriptions(&creds.hub_device_id, mapper.direct_methods())
         .into_iter()
@@ -280,7 +291,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 }
                 _ = ping.tick() => {
                     if awaiting_pong {
-                        break Error::transport("no PINGRESP within the keep-alive interval");
+                        break Error::link(LinkFailure::Stalled, "no PINGRESP within the keep-alive interval");
                     }
                     awaiting_pong = true;
                     if let Err(e) = encode(&Packet::PingReq, &mut self.out) {
@@ -294,7 +305,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 () = &mut stall, if stall_armed => {
                     stall_armed = false;
                     if waiting_since.is_some_and(|since| since.elapsed() >= stall_timeout) {
-                        break Error::transport(format!(
+                        break Error::link(LinkFailure::Stalled, format!(
                             "link stalled: no answer from the server for {stall_timeout:?} ({} packets awaiting one)",
                             in_flight.len() + usize::from(awaiting_pong)
                         ));

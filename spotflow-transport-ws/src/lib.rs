@@ -192,7 +192,10 @@ impl WsTransport {
             .map_err(|e| Error::transport_with("WebSocket handshake failed", e))?;
         let protocol = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
         if protocol != Some("mqtt") {
-            return Err(Error::transport(format!("the server did not accept the mqtt subprotocol ({protocol:?})")));
+            return Err(Error::link(
+                spotflow_core::LinkFailure::Protocol,
+                format!("the server did not accept the mqtt subprotocol ({protocol:?})"),
+            ));
         }
         Ok(ws)
     }
