@@ -13,6 +13,7 @@ __all__ = [
     "ProvisioningOperation",
     "DesiredProperties",
     "ClientStats",
+    "ConnectionEvent",
     "DeviceClient",
     "StreamSender",
     "_shutdown",
@@ -152,6 +153,28 @@ class ClientStats:
     latency_p99: Optional[float]
 
 @final
+class ConnectionEvent:
+    """(Beyond the reference) What happened to the connection to the Platform, as given to
+    ``connection_event_callback``. ``kind`` is ``"connecting"``, ``"connected"``,
+    ``"disconnected"``, ``"refused"`` or ``"closed"``; attributes that do not apply are ``None``."""
+    kind: str
+    attempt: Optional[int]
+    """The attempt's number since the start (``"connecting"``)."""
+    since: Optional[float]
+    """Since when (Unix timestamp) the client is connected (``"connected"``)."""
+    reason: Optional[str]
+    """Why (``"disconnected"``, ``"refused"``): ``"network"``, ``"tls"``, ``"stalled"``,
+    ``"authentication"``, ``"platform"`` or ``"credential_renewal"``."""
+    message: Optional[str]
+    """The reason in words."""
+    retry_helps: Optional[bool]
+    """Whether trying again may succeed without anything else changing."""
+    retry_in: Optional[float]
+    """Seconds until the client tries again."""
+    permanent: Optional[bool]
+    """Whether retrying with the same credentials cannot succeed (``"refused"``)."""
+
+@final
 class DeviceClient:
     """A client connected to the Platform. Create its instance using DeviceClient.start.
 
@@ -171,6 +194,7 @@ class DeviceClient:
         allow_remote_access: bool = False,
         remote_access_ports: Optional[List[int]] = None,
         direct_method_handlers: Optional[Dict[str, Callable[[Any], Any]]] = None,
+        connection_event_callback: Optional[Callable[[ConnectionEvent], None]] = None,
     ) -> "DeviceClient":
         """Start communicating with the Platform.
 
@@ -205,6 +229,11 @@ class DeviceClient:
           handler is answered 404; a handler that raises, or returns an invalid status, is logged
           and answered 500 with the reason; a body over the limit is logged and answered 413.
           The Device takes direct methods only when this is given.
+        * connection_event_callback: (Beyond the reference package.) Called with every
+          ConnectionEvent, in order, from the first connection attempt on (connecting,
+          connected, disconnected or refused with the reason and whether retrying helps,
+          closed), on a thread of its own; events it falls more than 256 behind on are lost,
+          oldest first.
 
         If the Device is not yet registered in the Platform, or its Registration Token is
         expired, this method performs Device Provisioning and waits for the approval. If the

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
 use spotflow_device::Message;
 
-use crate::types::{dict_to_json, Compression, DesiredProperties, ProvisioningOperation};
+use crate::types::{dict_to_json, Compression, ConnectionEvent, DesiredProperties, ProvisioningOperation};
 use crate::{logging, run_detached, run_interruptible, same_process, to_py};
 
 /// Clients still open, closed at interpreter exit.
@@ -84,7 +84,7 @@ impl DeviceClient {
     /// Start communicating with the Platform; provisions the Device and waits for its approval if
     /// it is not registered yet (or its Registration Token expired).
     #[staticmethod]
-    #[pyo3(signature = (device_id, provisioning_token, db, instance=None, display_provisioning_operation_callback=None, desired_properties_updated_callback=None, allow_remote_access=false, remote_access_ports=None, direct_method_handlers=None))]
+    #[pyo3(signature = (device_id, provisioning_token, db, instance=None, display_provisioning_operation_callback=None, desired_properties_updated_callback=None, allow_remote_access=false, remote_access_ports=None, direct_method_handlers=None, connection_event_callback=None))]
     #[allow(clippy::too_many_arguments)]
     fn start(
         py: Python<'_>,
@@ -97,6 +97,7 @@ impl DeviceClient {
         allow_remote_access: bool,
         remote_access_ports: Option<Vec<u16>>,
         direct_method_handlers: Option<std::collections::HashMap<String, Py<PyAny>>>,
+        connection_event_callback: Option<Py<PyAny>>,
     ) -> PyResult<DeviceClient> {
         if remote_access_ports.is_some() && !allow_remote_access {
             return Err(pyo3::exceptions::PyValueError::new_err(
@@ -113,6 +114,7 @@ impl DeviceClient {
         for (name, cb) in [
             ("display_provisioning_operation_callback", &display_provisioning_operation_callback),
             ("desired_properties_updated_callback", &desired_properties_updated_callback),
+            ("connection_event_callback", &connection_event_callback),
         ] {
             if let Some(cb) = cb {
                 if !cb.bind(py).is_callable() {
@@ -160,6 +162,19 @@ impl DeviceClient {
                         .and_then(|d| cb.call1(py, (d,)));
                     if let Err(e) = called {
                         logging::log_exception(py, "desired_properties_updated_callback", e);
+                    }
+                })
+            });
+        }
+        if let Some(cb) = connection_event_callback {
+            builder = builder.connection_event_callback(move |event| {
+                if logging::stopped() {
+                    return;
+                }
+                Python::attach(|py| {
+                    let called = Py::new(py, ConnectionEvent::from(event)).and_then(|e| cb.call1(py, (e,)));
+                    if let Err(e) = called {
+                        logging::log_exception(py, "connection_event_callback", e);
                     }
                 })
             });

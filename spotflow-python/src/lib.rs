@@ -127,6 +127,7 @@ fn spotflow_device_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::ProvisioningOperation>()?;
     m.add_class::<types::DesiredProperties>()?;
     m.add_class::<types::ClientStats>()?;
+    m.add_class::<types::ConnectionEvent>()?;
     m.add_class::<client::DeviceClient>()?;
     m.add_class::<client::StreamSender>()?;
     m.add_function(wrap_pyfunction!(_shutdown, m)?)?;

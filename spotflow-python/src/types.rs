@@ -127,6 +127,92 @@ impl DesiredProperties {
     }
 }
 
+/// What happened to the connection to the Platform (`connection_event_callback`): `kind` is
+/// `"connecting"`, `"connected"`, `"disconnected"`, `"refused"` or `"closed"`; the other
+/// attributes are `None` where they do not apply.
+#[pyclass(frozen, get_all, module = "spotflow_device", name = "ConnectionEvent")]
+pub struct ConnectionEvent {
+    /// `"connecting"`, `"connected"`, `"disconnected"`, `"refused"` or `"closed"`.
+    pub kind: &'static str,
+    /// The attempt's number since the start (`"connecting"`).
+    pub attempt: Option<u64>,
+    /// Since when (Unix timestamp) the client is connected (`"connected"`).
+    pub since: Option<f64>,
+    /// Why (`"disconnected"`, `"refused"`): `"network"`, `"tls"`, `"stalled"`, `"authentication"`,
+    /// `"platform"` or `"credential_renewal"`.
+    pub reason: Option<&'static str>,
+    /// The reason in words.
+    pub message: Option<String>,
+    /// Whether trying again may succeed without anything else changing.
+    pub retry_helps: Option<bool>,
+    /// Seconds until the client tries again (`"disconnected"`, `"refused"`).
+    pub retry_in: Option<f64>,
+    /// Whether retrying with the same credentials cannot succeed (`"refused"`).
+    pub permanent: Option<bool>,
+}
+
+impl From<&spotflow_device::ConnectionEvent> for ConnectionEvent {
+    fn from(event: &spotflow_device::ConnectionEvent) -> Self {
+        use spotflow_device::{ConnectionEvent as E, DisconnectReason as R};
+        let mut out = ConnectionEvent {
+            kind: "closed",
+            attempt: None,
+            since: None,
+            reason: None,
+            message: None,
+            retry_helps: None,
+            retry_in: None,
+            permanent: None,
+        };
+        let set_reason = |out: &mut ConnectionEvent, reason: &R, retry_in: &std::time::Duration| {
+            out.reason = Some(match reason {
+                R::Network(_) => "network",
+                R::Tls(_) => "tls",
+                R::Stalled(_) => "stalled",
+                R::Authentication(_) => "authentication",
+                R::CredentialRenewal => "credential_renewal",
+                _ => "platform",
+            });
+            out.message = Some(reason.to_string());
+            out.retry_helps = Some(reason.retry_helps());
+            out.retry_in = Some(retry_in.as_secs_f64());
+        };
+        match event {
+            E::Connecting { attempt } => {
+                out.kind = "connecting";
+                out.attempt = Some(*attempt);
+            }
+            E::Connected { since } => {
+                out.kind = "connected";
+                out.since = Some(since.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+            }
+            E::Disconnected { reason, retry_in } => {
+                out.kind = "disconnected";
+                set_reason(&mut out, reason, retry_in);
+            }
+            E::Refused { reason, permanent, retry_in } => {
+                out.kind = "refused";
+                set_reason(&mut out, reason, retry_in);
+                out.permanent = Some(*permanent);
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+#[pymethods]
+impl ConnectionEvent {
+    fn __repr__(&self) -> String {
+        match (self.reason, &self.message) {
+            (Some(reason), Some(message)) => {
+                format!("ConnectionEvent(kind={:?}, reason={reason:?}, message={message:?})", self.kind)
+            }
+            _ => format!("ConnectionEvent(kind={:?})", self.kind),
+        }
+    }
+}
+
 /// A snapshot of the client: queue, deliveries, connection and latency (`DeviceClient.stats`).
 /// Durations are in seconds (float), times are Unix timestamps (float).
 #[pyclass(frozen, get_all, module = "spotflow_device", name = "ClientStats")]

@@ -74,9 +74,11 @@ def test_signatures_are_the_reference_ones():
         ("display_provisioning_operation_callback", None),
         ("desired_properties_updated_callback", None),
         ("allow_remote_access", False),
-        # Beyond the reference: the ports remote access may reach, the device's direct methods.
+        # Beyond the reference: the ports remote access may reach, the device's direct methods,
+        # the connection events.
         ("remote_access_ports", None),
         ("direct_method_handlers", None),
+        ("connection_event_callback", None),
     ]
     # `inspect` shows literal defaults only: None, which means Compression.UNCOMPRESSED.
     assert params(DeviceClient.create_stream_sender) == [("stream_group", None), ("stream", None), ("compression", None)]
@@ -573,6 +575,43 @@ def test_stats_show_the_queue_deliveries_connection_and_latency(emulator, token,
         wait_until(lambda: client.stats.reported_version is not None, 10, "the reported version")
         assert "ClientStats(" in repr(s)
     assert client.stats.connection == "closed"
+
+
+def test_connection_events_are_pushed_in_order_with_their_reasons(emulator, token, approver, tmp_path):
+    from spotflow_device import ConnectionEvent
+
+    events = []
+    got = threading.Condition()
+
+    def on_event(event):
+        with got:
+            events.append(event)
+            got.notify_all()
+
+    def wait_for(kind, after):
+        with got:
+            assert got.wait_for(lambda: any(e.kind == kind for e in events[after:]), timeout=20), [
+                repr(e) for e in events
+            ]
+            return next(i for i in range(after, len(events)) if events[i].kind == kind)
+
+    with start(emulator, token, tmp_path / "events.db", "py-events", approver, connection_event_callback=on_event) as client:
+        first = wait_for("connected", 0)
+        assert [e.kind for e in events[: first + 1]] == ["connecting", "connected"]
+        assert events[0].attempt == 1 and events[0].reason is None
+        assert 0 < events[first].since <= time.time()
+        hub = f"{client.workspace_id}:{client.device_id}"
+        assert emulator.admin("POST", f"/admin/devices/{hub}/disconnect")["disconnected"] is True
+        lost = wait_for("disconnected", first + 1)
+        again = wait_for("connected", lost)
+        e = events[lost]
+        assert isinstance(e, ConnectionEvent)
+        assert (e.reason, e.retry_helps, e.permanent) == ("network", True, None), repr(e)
+        assert e.retry_in >= 0 and "closed" in e.message
+        assert [x.kind for x in events[lost : again + 1]] == ["disconnected", "connecting", "connected"]
+        assert events[lost + 1].attempt == 2
+    closed = wait_for("closed", again)
+    assert closed == len(events) - 1
 
 
 def test_direct_method_handlers_answer_calls_from_the_platform(emulator, token, approver, tmp_path, caplog):
