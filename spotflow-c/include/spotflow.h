@@ -86,6 +86,66 @@ typedef enum spotflow_log_level_t {
 } spotflow_log_level_t;
 
 /**
+ * **Addition**: what happened to the connection (`spotflow_connection_event_t::kind`).
+ */
+typedef enum spotflow_connection_event_kind_t {
+    /**
+     * An attempt to connect starts (`attempt`).
+     */
+    SPOTFLOW_CONNECTION_CONNECTING = 0,
+    /**
+     * Connected: messages and properties flow.
+     */
+    SPOTFLOW_CONNECTION_CONNECTED = 1,
+    /**
+     * Lost, or an attempt failed on the way (`reason`, `retry_in_ms`).
+     */
+    SPOTFLOW_CONNECTION_DISCONNECTED = 2,
+    /**
+     * The platform refused the connection (`reason`, `permanent`, `retry_in_ms`).
+     */
+    SPOTFLOW_CONNECTION_REFUSED = 3,
+    /**
+     * The client was closed: nothing follows.
+     */
+    SPOTFLOW_CONNECTION_CLOSED = 4,
+} spotflow_connection_event_kind_t;
+
+/**
+ * **Addition**: why a connection ended or could not be made.
+ */
+typedef enum spotflow_disconnect_reason_t {
+    /**
+     * No reason (the event is not a disconnection or refusal).
+     */
+    SPOTFLOW_DISCONNECT_NONE = 0,
+    /**
+     * The network (no route, refused or reset connection, the server closing it, a timeout).
+     */
+    SPOTFLOW_DISCONNECT_NETWORK = 1,
+    /**
+     * The TLS handshake (certificate not trusted, wrong name, protocol).
+     */
+    SPOTFLOW_DISCONNECT_TLS = 2,
+    /**
+     * The link stalled (no answer within the stall timeout or the keep-alive).
+     */
+    SPOTFLOW_DISCONNECT_STALLED = 3,
+    /**
+     * The broker refused the credentials (e.g. an expired or revoked SAS).
+     */
+    SPOTFLOW_DISCONNECT_AUTHENTICATION = 4,
+    /**
+     * The platform refused for another reason, or spoke something else than the protocol.
+     */
+    SPOTFLOW_DISCONNECT_PLATFORM = 5,
+    /**
+     * Closed to reconnect with renewed credentials.
+     */
+    SPOTFLOW_DISCONNECT_CREDENTIAL_RENEWAL = 6,
+} spotflow_disconnect_reason_t;
+
+/**
  * The compression of the messages of a message context.
  */
 typedef enum spotflow_compression_t {
@@ -186,6 +246,47 @@ typedef void (*spotflow_display_provisioning_operation_callback_t)(const struct 
 typedef void (*spotflow_desired_properties_updated_callback_t)(const char *desired_properties,
                                                                uint64_t version,
                                                                void *context);
+
+/**
+ * **Addition**: a connection event (valid only during the callback).
+ */
+typedef struct spotflow_connection_event_t {
+    /**
+     * What happened.
+     */
+    enum spotflow_connection_event_kind_t kind;
+    /**
+     * The attempt's number since start (`SPOTFLOW_CONNECTION_CONNECTING`; else 0).
+     */
+    uint64_t attempt;
+    /**
+     * Why (`SPOTFLOW_CONNECTION_DISCONNECTED`, `SPOTFLOW_CONNECTION_REFUSED`; else NONE).
+     */
+    enum spotflow_disconnect_reason_t reason;
+    /**
+     * The reason in words (NUL-terminated), or NULL.
+     */
+    const char *message;
+    /**
+     * Whether trying again may succeed without anything else changing.
+     */
+    bool retry_helps;
+    /**
+     * Milliseconds until the client tries again.
+     */
+    uint64_t retry_in_ms;
+    /**
+     * Whether retrying with the same credentials cannot succeed (`SPOTFLOW_CONNECTION_REFUSED`).
+     */
+    bool permanent;
+} spotflow_connection_event_t;
+
+/**
+ * **Addition**: receives every connection event, in order, on a thread of its own (events it
+ * falls more than 256 behind on are lost, oldest first).
+ */
+typedef void (*spotflow_connection_event_callback_t)(const struct spotflow_connection_event_t *event,
+                                                     void *context);
 
 /**
  * **Addition**: handles a direct method call on a background thread and returns its status
@@ -346,6 +447,15 @@ enum spotflow_result_t spotflow_client_options_set_display_provisioning_operatio
 enum spotflow_result_t spotflow_client_options_set_desired_properties_updated_callback(struct spotflow_client_options_t *options,
                                                                                        spotflow_desired_properties_updated_callback_t callback,
                                                                                        void *context);
+
+/**
+ * **Addition**: sets the callback that receives every connection event (connecting, connected,
+ * disconnected or refused with the reason, closed), in order, on a thread of its own
+ * (synchronize what `context` points to); NULL removes it.
+ */
+enum spotflow_result_t spotflow_client_options_set_connection_event_callback(struct spotflow_client_options_t *options,
+                                                                             spotflow_connection_event_callback_t callback,
+                                                                             void *context);
 
 /**
  * **Addition**: sets what `spotflow_client_enqueue_message` waits for (default: power-loss safe).

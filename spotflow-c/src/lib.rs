@@ -94,6 +94,67 @@ pub enum spotflow_durability_t {
     SPOTFLOW_DURABILITY_CRASH_SAFE = 1,
 }
 
+/// **Addition**: what happened to the connection (`spotflow_connection_event_t::kind`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum spotflow_connection_event_kind_t {
+    /// An attempt to connect starts (`attempt`).
+    SPOTFLOW_CONNECTION_CONNECTING = 0,
+    /// Connected: messages and properties flow.
+    SPOTFLOW_CONNECTION_CONNECTED = 1,
+    /// Lost, or an attempt failed on the way (`reason`, `retry_in_ms`).
+    SPOTFLOW_CONNECTION_DISCONNECTED = 2,
+    /// The platform refused the connection (`reason`, `permanent`, `retry_in_ms`).
+    SPOTFLOW_CONNECTION_REFUSED = 3,
+    /// The client was closed: nothing follows.
+    SPOTFLOW_CONNECTION_CLOSED = 4,
+}
+
+/// **Addition**: why a connection ended or could not be made.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum spotflow_disconnect_reason_t {
+    /// No reason (the event is not a disconnection or refusal).
+    SPOTFLOW_DISCONNECT_NONE = 0,
+    /// The network (no route, refused or reset connection, the server closing it, a timeout).
+    SPOTFLOW_DISCONNECT_NETWORK = 1,
+    /// The TLS handshake (certificate not trusted, wrong name, protocol).
+    SPOTFLOW_DISCONNECT_TLS = 2,
+    /// The link stalled (no answer within the stall timeout or the keep-alive).
+    SPOTFLOW_DISCONNECT_STALLED = 3,
+    /// The broker refused the credentials (e.g. an expired or revoked SAS).
+    SPOTFLOW_DISCONNECT_AUTHENTICATION = 4,
+    /// The platform refused for another reason, or spoke something else than the protocol.
+    SPOTFLOW_DISCONNECT_PLATFORM = 5,
+    /// Closed to reconnect with renewed credentials.
+    SPOTFLOW_DISCONNECT_CREDENTIAL_RENEWAL = 6,
+}
+
+/// **Addition**: a connection event (valid only during the callback).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct spotflow_connection_event_t {
+    /// What happened.
+    pub kind: spotflow_connection_event_kind_t,
+    /// The attempt's number since start (`SPOTFLOW_CONNECTION_CONNECTING`; else 0).
+    pub attempt: u64,
+    /// Why (`SPOTFLOW_CONNECTION_DISCONNECTED`, `SPOTFLOW_CONNECTION_REFUSED`; else NONE).
+    pub reason: spotflow_disconnect_reason_t,
+    /// The reason in words (NUL-terminated), or NULL.
+    pub message: *const c_char,
+    /// Whether trying again may succeed without anything else changing.
+    pub retry_helps: bool,
+    /// Milliseconds until the client tries again.
+    pub retry_in_ms: u64,
+    /// Whether retrying with the same credentials cannot succeed (`SPOTFLOW_CONNECTION_REFUSED`).
+    pub permanent: bool,
+}
+
+/// **Addition**: receives every connection event, in order, on a thread of its own (events it
+/// falls more than 256 behind on are lost, oldest first).
+pub type spotflow_connection_event_callback_t =
+    Option<unsafe extern "C" fn(event: *const spotflow_connection_event_t, context: *mut c_void)>;
+
 // An enum parameter arrives as a C int that may hold any value: it is read as such and checked,
 // never taken for a Rust enum (an unknown value would be undefined behaviour). The header shows
 // these parameters with their enum types (cbindgen.toml renames them and leaves them out).
@@ -214,6 +275,7 @@ pub struct spotflow_client_options_t {
     instance: Option<String>,
     display: Option<(DisplayFn, Context)>,
     desired: Option<(unsafe extern "C" fn(*const c_char, u64, *mut c_void), Context)>,
+    connection_events: Option<(unsafe extern "C" fn(*const spotflow_connection_event_t, *mut c_void), Context)>,
     durability: Durability,
     mqtt_port: u16,
     methods: Vec<MethodHandler>,
@@ -333,6 +395,7 @@ pub unsafe extern "C" fn spotflow_client_options_create(
             instance: None,
             display: None,
             desired: None,
+            connection_events: None,
             durability: Durability::default(),
             mqtt_port: 8883,
             methods: Vec::new(),
@@ -433,6 +496,21 @@ pub unsafe extern "C" fn spotflow_client_options_set_desired_properties_updated_
 ) -> spotflow_result_t {
     with_options("spotflow_client_options_set_desired_properties_updated_callback", options, |o| {
         o.desired = callback.map(|c| (c, Context(context)));
+        Ok(())
+    })
+}
+
+/// **Addition**: sets the callback that receives every connection event (connecting, connected,
+/// disconnected or refused with the reason, closed), in order, on a thread of its own
+/// (synchronize what `context` points to); NULL removes it.
+#[no_mangle]
+pub unsafe extern "C" fn spotflow_client_options_set_connection_event_callback(
+    options: *mut spotflow_client_options_t,
+    callback: spotflow_connection_event_callback_t,
+    context: *mut c_void,
+) -> spotflow_result_t {
+    with_options("spotflow_client_options_set_connection_event_callback", options, |o| {
+        o.connection_events = callback.map(|c| (c, Context(context)));
         Ok(())
     })
 }
@@ -574,6 +652,61 @@ fn method_response(handler: &MethodHandler, call: &spotflow_device::MethodCall) 
     }
 }
 
+/// A connection event as C sees it, with the message it points to.
+struct CConnectionEvent {
+    event: spotflow_connection_event_t,
+    _message: Option<CString>,
+}
+
+fn connection_event(event: &spotflow_device::ConnectionEvent) -> CConnectionEvent {
+    use spotflow_connection_event_kind_t as K;
+    use spotflow_device::{ConnectionEvent as E, DisconnectReason as R};
+    use spotflow_disconnect_reason_t as D;
+    let mut c = spotflow_connection_event_t {
+        kind: K::SPOTFLOW_CONNECTION_CLOSED,
+        attempt: 0,
+        reason: D::SPOTFLOW_DISCONNECT_NONE,
+        message: std::ptr::null(),
+        retry_helps: false,
+        retry_in_ms: 0,
+        permanent: false,
+    };
+    let mut message = None;
+    let mut with_reason = |c: &mut spotflow_connection_event_t, reason: &R, retry_in: &std::time::Duration| {
+        c.reason = match reason {
+            R::Network(_) => D::SPOTFLOW_DISCONNECT_NETWORK,
+            R::Tls(_) => D::SPOTFLOW_DISCONNECT_TLS,
+            R::Stalled(_) => D::SPOTFLOW_DISCONNECT_STALLED,
+            R::Authentication(_) => D::SPOTFLOW_DISCONNECT_AUTHENTICATION,
+            R::CredentialRenewal => D::SPOTFLOW_DISCONNECT_CREDENTIAL_RENEWAL,
+            _ => D::SPOTFLOW_DISCONNECT_PLATFORM,
+        };
+        c.retry_helps = reason.retry_helps();
+        c.retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX);
+        let text = CString::new(reason.to_string().replace('\0', " ")).unwrap_or_default();
+        c.message = text.as_ptr();
+        message = Some(text);
+    };
+    match event {
+        E::Connecting { attempt } => {
+            c.kind = K::SPOTFLOW_CONNECTION_CONNECTING;
+            c.attempt = *attempt;
+        }
+        E::Connected { .. } => c.kind = K::SPOTFLOW_CONNECTION_CONNECTED,
+        E::Disconnected { reason, retry_in } => {
+            c.kind = K::SPOTFLOW_CONNECTION_DISCONNECTED;
+            with_reason(&mut c, reason, retry_in);
+        }
+        E::Refused { reason, permanent, retry_in } => {
+            c.kind = K::SPOTFLOW_CONNECTION_REFUSED;
+            with_reason(&mut c, reason, retry_in);
+            c.permanent = *permanent;
+        }
+        _ => {}
+    }
+    CConnectionEvent { event: c, _message: message }
+}
+
 fn start(options: &spotflow_client_options_t) -> Outcome<DeviceClient> {
     let mut builder = DeviceClient::builder(
         options.device_id.clone(),
@@ -611,6 +744,14 @@ fn start(options: &spotflow_client_options_t) -> Outcome<DeviceClient> {
             let json = CString::new(json).unwrap_or_default();
             // SAFETY: the application's callback, given a string valid during the call.
             unsafe { callback(json.as_ptr(), desired.version, context.ptr()) };
+        });
+    }
+    if let Some((callback, context)) = options.connection_events {
+        builder = builder.connection_event_callback(move |event| {
+            let c = connection_event(event);
+            // SAFETY: the application's callback, given an event (and its message) valid during
+            // the call.
+            unsafe { callback(&c.event, context.ptr()) };
         });
     }
     for handler in &options.methods {

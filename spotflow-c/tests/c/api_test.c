@@ -82,6 +82,39 @@ static void desired_updated(const char *properties, uint64_t version, void *cont
     pthread_mutex_unlock(&desired_lock);
 }
 
+static pthread_mutex_t events_lock = PTHREAD_MUTEX_INITIALIZER;
+static int events_seen = 0;
+static spotflow_connection_event_kind_t first_event = SPOTFLOW_CONNECTION_CLOSED;
+static uint64_t first_attempt = 0;
+static int connected_events = 0;
+static int closed_events = 0;
+static int events_after_closed = 0;
+
+static void connection_event(const spotflow_connection_event_t *event, void *context)
+{
+    (void)context;
+    CHECK(event != NULL);
+    pthread_mutex_lock(&events_lock);
+    if (events_seen++ == 0) {
+        first_event = event->kind;
+        first_attempt = event->attempt;
+    }
+    events_after_closed += closed_events;
+    if (event->kind == SPOTFLOW_CONNECTION_CONNECTED) {
+        connected_events++;
+    }
+    if (event->kind == SPOTFLOW_CONNECTION_CLOSED) {
+        closed_events++;
+    }
+    /* A disconnection or refusal says why, in words too. */
+    if (event->kind == SPOTFLOW_CONNECTION_DISCONNECTED || event->kind == SPOTFLOW_CONNECTION_REFUSED) {
+        CHECK(event->reason != SPOTFLOW_DISCONNECT_NONE && event->message != NULL && event->message[0] != '\0');
+    } else {
+        CHECK(event->reason == SPOTFLOW_DISCONNECT_NONE && event->message == NULL);
+    }
+    pthread_mutex_unlock(&events_lock);
+}
+
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static int log_records = 0;
 
@@ -178,6 +211,9 @@ static spotflow_client_options_t *test_options(void)
           == SPOTFLOW_OK);
 
     /* The additions. */
+    CHECK_ERROR(spotflow_client_options_set_connection_event_callback(NULL, connection_event, NULL), SPOTFLOW_ERROR,
+                "options must not be NULL");
+    CHECK(spotflow_client_options_set_connection_event_callback(options, connection_event, NULL) == SPOTFLOW_OK);
     CHECK_ERROR(spotflow_client_options_set_durability(options, (spotflow_durability_t)7), SPOTFLOW_ERROR,
                 "not a spotflow_durability_t value");
     CHECK(spotflow_client_options_set_durability(options, SPOTFLOW_DURABILITY_CRASH_SAFE) == SPOTFLOW_OK);
@@ -363,6 +399,7 @@ int main(void)
     spotflow_message_context_t *context;
     spotflow_client_t *client = NULL;
     spotflow_client_t *destroyed_client;
+    int waited;
 
     test_errors_and_logs();
     options = test_options();
@@ -381,6 +418,12 @@ int main(void)
     test_messages(client, context);
     test_properties(client);
 
+    /* The messages were delivered: the client connected, and said so from its first attempt. */
+    pthread_mutex_lock(&events_lock);
+    CHECK(first_event == SPOTFLOW_CONNECTION_CONNECTING && first_attempt == 1);
+    CHECK(connected_events >= 1 && closed_events == 0);
+    pthread_mutex_unlock(&events_lock);
+
     pthread_mutex_lock(&log_lock);
     CHECK(log_records > 0);
     pthread_mutex_unlock(&log_lock);
@@ -393,6 +436,19 @@ int main(void)
     spotflow_client_destroy(destroyed_client);
     spotflow_client_destroy(NULL);
     CHECK_ERROR(spotflow_client_wait_enqueued_messages_sent(destroyed_client), SPOTFLOW_ERROR, "not a live");
+    /* Closed comes last, once (on the events' thread: waited for, at most 10 s). */
+    for (waited = 0; waited < 200; waited++) {
+        pthread_mutex_lock(&events_lock);
+        if (closed_events > 0) {
+            pthread_mutex_unlock(&events_lock);
+            break;
+        }
+        pthread_mutex_unlock(&events_lock);
+        pause_ms(50);
+    }
+    pthread_mutex_lock(&events_lock);
+    CHECK(closed_events == 1 && events_after_closed == 0);
+    pthread_mutex_unlock(&events_lock);
     printf("api_test: %d checks passed\n", checks);
     return 0;
 }
