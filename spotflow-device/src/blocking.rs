@@ -92,7 +92,7 @@ impl ConnectionEvents {
         }
     }
 
-    /// Events this view lost by falling more than [`crate::events::EVENT_BUFFER`] behind.
+    /// Events this view lost by falling more than [`crate::ConnectionEvents`] keeps behind.
     pub fn lost(&self) -> u64 {
         self.inner.lost()
     }

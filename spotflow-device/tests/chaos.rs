@@ -9,6 +9,8 @@ use spotflow_core::MemoryStore;
 use spotflow_device::{Compression, DeviceClient, Message};
 use spotflow_emulator::Emulator;
 
+mod common;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn device_through(emu: &Emulator, proxy: &ChaosProxy) -> DeviceClient {
@@ -16,18 +18,10 @@ async fn device_through(emu: &Emulator, proxy: &ChaosProxy) -> DeviceClient {
     DeviceClient::builder(Some("chaos-device"), emu.create_provisioning_token(), "device.db")
         .instance(emu.https_url())
         .trust_ca_pem(emu.ca_pem())
-        .with_network(move |n| {
-            n.platform_roots = false;
-            n.mqtt_port = port;
-        })
+        .with_network(common::emulator_network(port))
         .store(Arc::new(MemoryStore::new()))
         .display_provisioning_operation_callback(|_| {})
-        .with_options(|o| {
-            o.stall_timeout = Duration::from_secs(2);
-            o.request_timeout = Duration::from_secs(3);
-            o.retry_initial = Duration::from_millis(50);
-            o.retry_max = Duration::from_millis(500);
-        })
+        .with_options(common::faulty_link)
         .start()
         .await
         .expect("device starts")

@@ -9,6 +9,8 @@ use spotflow_device::{Compression, ConnectionEvent, DeviceClient, DisconnectReas
 use spotflow_emulator::Emulator;
 use tokio::sync::mpsc;
 
+mod common;
+
 const WAIT: Duration = Duration::from_secs(40);
 
 /// Takes events until one matches `last` (bounded by [`WAIT`]); returns them all.
@@ -110,20 +112,12 @@ async fn each_fault_shows_as_its_sequence_of_events() {
     let client = DeviceClient::builder(Some("evented"), emu.create_provisioning_token(), dir.path().join("device.db"))
         .instance(emu.https_url())
         .trust_ca_pem(emu.ca_pem())
-        .with_network(move |n| {
-            n.platform_roots = false;
-            n.mqtt_port = proxy_port;
-        })
+        .with_network(common::emulator_network(proxy_port))
         .display_provisioning_operation_callback(|_| {})
         .connection_event_callback(move |e| {
             let _ = tx.send(e.clone());
         })
-        .with_options(|o| {
-            o.stall_timeout = Duration::from_secs(2);
-            o.request_timeout = Duration::from_secs(3);
-            o.retry_initial = Duration::from_millis(50);
-            o.retry_max = Duration::from_millis(500);
-        })
+        .with_options(common::faulty_link)
         .start()
         .await
         .expect("device starts");
@@ -209,12 +203,9 @@ fn a_view_sees_the_events_from_its_creation_and_ends_after_closed() {
             .store(std::sync::Arc::new(spotflow_core::MemoryStore::new()))
             .instance(emu.https_url())
             .trust_ca_pem(emu.ca_pem())
-            .with_network(move |n| {
-                n.platform_roots = false;
-                n.mqtt_port = mqtt_port;
-            })
+            .with_network(common::emulator_network(mqtt_port))
             .display_provisioning_operation_callback(|_| {})
-            .with_options(|o| o.retry_initial = Duration::from_millis(50))
+            .with_options(common::faulty_link)
             .start()
             .unwrap();
     let mut events = client.connection_events();

@@ -22,6 +22,24 @@ pub fn builder(platform: &MemoryPlatform, store: &Arc<dyn Store>, device: Option
         .with_options(quick)
 }
 
+/// The network options of a device of the in-process emulator (trusting only its CA) whose MQTT
+/// over TLS goes to `mqtt_port` (the emulator's, or a proxy's in front of it).
+pub fn emulator_network(mqtt_port: u16) -> impl FnOnce(&mut spotflow_device::NetworkOptions) {
+    move |n| {
+        n.platform_roots = false;
+        n.mqtt_port = mqtt_port;
+    }
+}
+
+/// Timings for a device behind a faulty link: a stall is seen in 2 s, a request gives up in 3 s,
+/// reconnections come quickly.
+pub fn faulty_link(o: &mut spotflow_device::ClientOptions) {
+    o.stall_timeout = Duration::from_secs(2);
+    o.request_timeout = Duration::from_secs(3);
+    o.retry_initial = Duration::from_millis(50);
+    o.retry_max = Duration::from_millis(500);
+}
+
 /// Quick polls and retries for tests; a start gives up after [`WAIT`].
 pub fn quick(o: &mut spotflow_device::ClientOptions) {
     o.provisioning_poll_interval = Duration::from_millis(10);
