@@ -22,8 +22,8 @@ cargo build -p spotflow-emulator
 cargo build --example quickstart
 debug="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 export SPOTFLOW_EMULATOR_BIN="$debug/spotflow-emulator"
-timed bash scripts/test-wheel-qemu.sh aarch64 dist/wheels/spotflow_device-*_aarch64.whl
-timed bash scripts/test-wheel-qemu.sh armv7l dist/wheels/spotflow_device-*_armv7l.whl
+timed bash scripts/test-wheel-qemu.sh aarch64 dist/wheels/spotflow_device-*manylinux2014_aarch64*.whl
+timed bash scripts/test-wheel-qemu.sh armv7l dist/wheels/spotflow_device-*manylinux2014_armv7l*.whl
 timed env SPOTFLOW_EMULATOR_PROFILE=dev bash scripts/release.sh --emulators-only
 timed bash scripts/static-emulator-check.sh x86_64 dist/spotflow-emulator-x86_64-unknown-linux-musl "$debug/examples/quickstart"
 timed bash scripts/static-emulator-check.sh aarch64 dist/spotflow-emulator-aarch64-unknown-linux-musl "$debug/examples/quickstart"
