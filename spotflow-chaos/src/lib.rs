@@ -312,6 +312,9 @@ async fn direction(mut from: ReadHalf<'_>, to: WriteHalf<'_>, shared: &Shared) -
         "peer closed"
     };
     let reader = async move {
+        // Owned by the body (not kept in the future): dropped when the reader returns, so that the
+        // writer then sees the end of the channel while the select below still holds the future.
+        let tx = tx;
         let mut buf = vec![0u8; 16 * 1024];
         let mut rng = fastrand::Rng::new();
         let mut last_release = tokio::time::Instant::now();

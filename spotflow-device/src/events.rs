@@ -55,6 +55,20 @@ pub enum ConnectionEvent {
     Closed,
 }
 
+impl ConnectionEvent {
+    /// The event of a connection (or an attempt) that `e` ended, retried after `retry_in`: a
+    /// refusal when the platform answered with one, else a disconnection.
+    pub(crate) fn ended_by(e: &Error, retry_in: Duration) -> ConnectionEvent {
+        let reason = DisconnectReason::of(e);
+        match e {
+            Error::Unauthorized(_) | Error::Platform(_) | Error::WorkspaceDisabled => {
+                ConnectionEvent::Refused { permanent: !reason.retry_helps(), reason, retry_in }
+            }
+            _ => ConnectionEvent::Disconnected { reason, retry_in },
+        }
+    }
+}
+
 /// Why a connection ended or could not be made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -237,6 +251,22 @@ mod tests {
             assert_eq!(reason.retry_helps(), helps, "{reason}");
         }
         assert!(DisconnectReason::CredentialRenewal.retry_helps());
+        let retry_in = Duration::from_millis(100);
+        assert!(matches!(
+            ConnectionEvent::ended_by(&Error::Unauthorized("NotAuthorized".into()), retry_in),
+            ConnectionEvent::Refused { permanent: true, reason: DisconnectReason::Authentication(_), .. }
+        ));
+        assert!(matches!(
+            ConnectionEvent::ended_by(&Error::Platform("ServiceUnavailable".into()), retry_in),
+            ConnectionEvent::Refused { permanent: false, reason: DisconnectReason::Platform(_), .. }
+        ));
+        assert_eq!(
+            ConnectionEvent::ended_by(&Error::link(LinkFailure::Stalled, "link stalled"), retry_in),
+            ConnectionEvent::Disconnected {
+                reason: DisconnectReason::Stalled("transport error: link stalled".into()),
+                retry_in
+            }
+        );
     }
 
     #[tokio::test]

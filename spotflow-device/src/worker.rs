@@ -180,18 +180,6 @@ fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
 pub(crate) const REMOVE_BATCH: usize = 512;
 pub(crate) const REMOVE_DELAY: Duration = Duration::from_millis(20);
 
-/// The event of a connection (or an attempt) that `e` ended, retried after `retry_in`: a refusal
-/// when the platform answered with one, else a disconnection.
-fn lost_or_refused(e: &Error, retry_in: Duration) -> ConnectionEvent {
-    let reason = DisconnectReason::of(e);
-    match e {
-        Error::Unauthorized(_) | Error::Platform(_) | Error::WorkspaceDisabled => {
-            ConnectionEvent::Refused { permanent: !reason.retry_helps(), reason, retry_in }
-        }
-        _ => ConnectionEvent::Disconnected { reason, retry_in },
-    }
-}
-
 /// Whether `e` is the link failing (no answer, a reset, a stall) rather than the platform
 /// answering with a refusal.
 fn link_failure(e: &Error) -> bool {
@@ -461,7 +449,7 @@ impl Worker {
                 }
                 let delay = self.schedule.on_connect_failed(now(), link_failure(&e));
                 self.shared.stats.disconnected(Some(e.to_string()), 0);
-                self.shared.events.publish(lost_or_refused(&e, delay));
+                self.shared.events.publish(ConnectionEvent::ended_by(&e, delay));
                 warn!(error = %e, ?delay, "connecting failed; retrying");
             }
         }
@@ -480,7 +468,7 @@ impl Worker {
             let _ = self.rejected.send(());
         }
         let delay = self.schedule.on_disconnected(now(), link_failure(&e));
-        self.shared.events.publish(lost_or_refused(&e, delay));
+        self.shared.events.publish(ConnectionEvent::ended_by(&e, delay));
         warn!(error = %e, ?delay, "connection lost; reconnecting");
     }
 

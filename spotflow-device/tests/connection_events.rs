@@ -157,6 +157,10 @@ async fn each_fault_shows_as_its_sequence_of_events() {
     // The platform revokes the device's SAS: the connection is closed, the next one refused for
     // the credentials (retrying them cannot help), the client registers again and connects.
     assert!(emu.revoke_connection_credentials(&hub_id) >= 1);
+    // The emulator closes the device's connection; the proxy closes its ends too, as a network
+    // does when a server closes (in about 1 run in 13 the proxy did not pass that FIN on, and the
+    // device waited for its keep-alive: a fault of the test's proxy, not of the SDK).
+    proxy.apply(Fault::CloseAll);
     let revoked = until(&mut rx, "SAS revoked", is_connected).await;
     assert!(matches!(&revoked[0], ConnectionEvent::Disconnected { .. }), "{revoked:?}");
     let refused = revoked
@@ -174,6 +178,7 @@ async fn each_fault_shows_as_its_sequence_of_events() {
     // it is down, and the device is back once it is up on the same ports.
     emu.shutdown();
     drop(emu);
+    proxy.apply(Fault::CloseAll);
     let down = until(&mut rx, "platform down", |e| matches!(e, ConnectionEvent::Disconnected { .. })).await;
     assert!(
         matches!(&down[..], [ConnectionEvent::Disconnected { reason: DisconnectReason::Network(_), .. }]),

@@ -257,14 +257,10 @@ fn configure_blocking(
     builder: spotflow_device::blocking::DeviceClientBuilder,
     emu: &Emulator,
 ) -> spotflow_device::blocking::DeviceClientBuilder {
-    let mqtt_port = emu.mqtts_addr().expect("mqtts").port();
     builder
         .instance(emu.https_url())
         .trust_ca_pem(emu.ca_pem())
-        .with_network(move |n| {
-            n.platform_roots = false;
-            n.mqtt_port = mqtt_port;
-        })
+        .with_network(common::emulator_network(emu.mqtts_addr().expect("mqtts").port()))
         .display_provisioning_operation_callback(|_| {})
         .with_options(|o| {
             common::quick(o);
