@@ -372,6 +372,7 @@ impl DeviceClientBuilder {
                 acked: acked_rx,
                 options,
                 closed: AtomicBool::new(false),
+                db: self.db,
             }),
         })
     }

@@ -25,6 +25,9 @@ pub(crate) struct ClientInner {
     pub(crate) acked: watch::Receiver<u64>,
     pub(crate) options: ClientOptions,
     pub(crate) closed: AtomicBool,
+    /// The database path the client was built with (the log journal lives beside it).
+    #[cfg_attr(not(feature = "logs"), allow(dead_code))]
+    pub(crate) db: std::path::PathBuf,
 }
 
 /// A device connected to the platform. Create it with [`DeviceClient::builder`].
@@ -230,7 +233,7 @@ impl DeviceClient {
     }
 
     /// Appends a message of this client's stream; a failure is counted (`Stats::failed_enqueues_total`).
-    async fn enqueue(
+    pub(crate) async fn enqueue(
         &self,
         target: &Arc<StreamTarget>,
         compression: Compression,

@@ -47,6 +47,8 @@ mod gateway;
 #[cfg(all(any(doc, doctest), feature = "sqlite", feature = "ws", feature = "metrics", feature = "testkit"))]
 pub mod guide;
 mod instance;
+#[cfg(feature = "logs")]
+pub mod logs;
 mod message;
 mod methods;
 mod options;

@@ -114,6 +114,7 @@ enum Command {
         reply: oneshot::Sender<Option<Vec<u8>>>,
     },
     Query(MessageQuery, oneshot::Sender<Vec<StoredMessage>>),
+    Logs(crate::logs::LogQuery, oneshot::Sender<Vec<crate::logs::LogEntry>>),
     Count(oneshot::Sender<u64>),
     /// Answered once everything sent before is written.
     Sync(mpsc::Sender<()>),
@@ -126,6 +127,7 @@ pub const TWIN_HISTORY_KEPT: i64 = 20;
 #[derive(Clone)]
 pub struct Db {
     tx: mpsc::Sender<Command>,
+    log_duplicates: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The shared control state: the database thread serialises it itself, once for many changes.
@@ -194,6 +196,7 @@ impl Db {
         if !has_column("decode_error")? {
             conn.execute_batch(DECODE_ERRORS).map_err(failed("upgrade", path))?;
         }
+        conn.execute_batch(crate::logs::SCHEMA).map_err(failed("upgrade", path))?;
         let json: Option<String> = conn
             .query_row("SELECT json FROM control_state WHERE id = 0", [], |r| r.get(0))
             .optional()
@@ -214,11 +217,13 @@ impl Db {
         let (tx, rx) = mpsc::channel();
         let control = Arc::new(std::sync::Mutex::new(state));
         let shared = control.clone();
+        let log_duplicates = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let duplicates = log_duplicates.clone();
         std::thread::Builder::new()
             .name("emulator-db".into())
-            .spawn(move || run(conn, rx, live, shared))
+            .spawn(move || run(conn, rx, live, shared, duplicates))
             .map_err(failed("start the thread of", path))?;
-        Ok((Db { tx }, control))
+        Ok((Db { tx, log_duplicates }, control))
     }
 
     /// Tells the database thread that the control state (without its devices) changed, for it
@@ -292,6 +297,18 @@ impl Db {
         rx.await.unwrap_or_default()
     }
 
+    /// Stored device log records.
+    pub async fn logs(&self, query: crate::logs::LogQuery) -> Vec<crate::logs::LogEntry> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Logs(query, reply));
+        rx.await.unwrap_or_default()
+    }
+
+    /// Device log records that arrived again and were not stored again, this run.
+    pub fn log_duplicates(&self) -> u64 {
+        self.log_duplicates.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Blocks (at most `timeout`) until everything sent before is written. For shutdown.
     pub fn sync(&self, timeout: Duration) {
         let (tx, rx) = mpsc::channel();
@@ -307,7 +324,13 @@ impl Db {
     }
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<dyn IngestObserver>, control: SharedControl) {
+fn run(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    live: Arc<dyn IngestObserver>,
+    control: SharedControl,
+    log_duplicates: Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut pending: Vec<(StoredMessage, Option<AckFn>)> = Vec::new();
     let mut state = PendingState::default();
     let mut last_control_save = std::time::Instant::now();
@@ -339,7 +362,7 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<dyn IngestOb
             save_control(&mut state, &mut last_control_save, &mut control_interval);
         }
         let Some(first) = first else {
-            flush(&mut conn, &mut pending, &mut state, &live);
+            flush(&mut conn, &mut pending, &mut state, &live, &log_duplicates);
             continue;
         };
         let mut queue = vec![first];
@@ -362,7 +385,7 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<dyn IngestOb
                     if state.control_changed {
                         save_control(&mut state, &mut last_control_save, &mut control_interval);
                     }
-                    flush(&mut conn, &mut pending, &mut state, &live);
+                    flush(&mut conn, &mut pending, &mut state, &live, &log_duplicates);
                     serve(&conn, other);
                 }
             }
@@ -371,12 +394,12 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Command>, live: Arc<dyn IngestOb
         if state.control_changed && last_control_save.elapsed() >= control_interval {
             save_control(&mut state, &mut last_control_save, &mut control_interval);
         }
-        flush(&mut conn, &mut pending, &mut state, &live);
+        flush(&mut conn, &mut pending, &mut state, &live, &log_duplicates);
     }
     if state.control_changed {
         state.control = serialize_control(&control);
     }
-    flush(&mut conn, &mut pending, &mut state, &live);
+    flush(&mut conn, &mut pending, &mut state, &live, &log_duplicates);
 }
 
 /// The control state as JSON (its devices are rows of their own).
@@ -405,6 +428,7 @@ fn flush(
     pending: &mut Vec<(StoredMessage, Option<AckFn>)>,
     state: &mut PendingState,
     live: &Arc<dyn IngestObserver>,
+    log_duplicates: &std::sync::atomic::AtomicU64,
 ) {
     if pending.is_empty() && state.control.is_none() && state.devices.is_empty() {
         return;
@@ -439,7 +463,12 @@ fn flush(
                     m.message_key,
                     m.decode_error,
                 ])?;
-                outcomes.push(if inserted > 0 { Stored::Inserted(tx.last_insert_rowid()) } else { Stored::Duplicate });
+                let outcome = if inserted > 0 { Stored::Inserted(tx.last_insert_rowid()) } else { Stored::Duplicate };
+                if let (Stored::Inserted(id), true) = (outcome, crate::logs::is_log_message(m)) {
+                    let (_, duplicates) = crate::logs::insert(&tx, m, id)?;
+                    log_duplicates.fetch_add(duplicates, std::sync::atomic::Ordering::Relaxed);
+                }
+                outcomes.push(outcome);
             }
             if let Some(json) = state.control.as_ref() {
                 tx.execute("INSERT OR REPLACE INTO control_state (id, json) VALUES (0, ?1)", params![json])?;
@@ -543,6 +572,12 @@ fn serve(conn: &Connection, command: Command) {
         Command::Query(q, reply) => {
             let _ = reply.send(query(conn, &q).unwrap_or_else(|e| {
                 warn!(error = %e, "message query failed");
+                Vec::new()
+            }));
+        }
+        Command::Logs(q, reply) => {
+            let _ = reply.send(crate::logs::query(conn, &q).unwrap_or_else(|e| {
+                warn!(error = %e, "log query failed");
                 Vec::new()
             }));
         }

@@ -23,6 +23,7 @@ mod error;
 mod http;
 mod ingest;
 mod live;
+pub mod logs;
 mod methods;
 mod mqtt;
 mod props;
@@ -637,6 +638,15 @@ impl Emulator {
     /// Stored messages.
     pub async fn messages(&self, query: MessageQuery) -> Vec<StoredMessage> {
         self.inner.db.messages(query).await
+    }
+    /// Stored device log records (the records of the `device-logs` stream, each once).
+    pub async fn logs(&self, query: logs::LogQuery) -> Vec<logs::LogEntry> {
+        self.inner.db.logs(query).await
+    }
+    /// Device log records that arrived again (moved twice by the device) and were not stored
+    /// again, this run.
+    pub fn log_duplicates(&self) -> u64 {
+        self.inner.db.log_duplicates()
     }
     /// Number of stored messages.
     pub async fn message_count(&self) -> u64 {

@@ -121,6 +121,11 @@ enum Command {
         #[command(subcommand)]
         action: DesiredAction,
     },
+    /// Device logs (the records of the `device-logs` stream).
+    Logs {
+        #[command(subcommand)]
+        action: LogAction,
+    },
     /// Received messages.
     Messages {
         #[command(subcommand)]
@@ -191,6 +196,27 @@ enum DesiredAction {
     Set {
         device: String,
         json: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogAction {
+    /// Print device log records (`time level device target: message fields`), and keep printing
+    /// new ones with --follow.
+    Tail {
+        /// Only this device (`{workspace}:{device}`).
+        #[arg(long)]
+        device: Option<String>,
+        /// Only records at least this severe: error, warn, info, debug or trace.
+        #[arg(long)]
+        level: Option<String>,
+        #[arg(long)]
+        follow: bool,
+        /// Print each record as its JSON line.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         admin: Admin,
     },
@@ -416,6 +442,34 @@ async fn run(cli: Cli) -> Result<(), String> {
                 from += records.len();
             }
         }
+        Command::Logs { action: LogAction::Tail { device, level, follow, json, admin } } => {
+            let client = AdminClient::new(&admin)?;
+            let mut after = 0i64;
+            loop {
+                let mut path = format!("/admin/logs?afterId={after}&limit=1000");
+                for (key, value) in [("device", &device), ("level", &level)] {
+                    if let Some(v) = value {
+                        path.push_str(&format!("&{key}={}", percent_encode(v)));
+                    }
+                }
+                let page = client.call(Method::GET, &path, None).await?;
+                let items = page["records"].as_array().cloned().unwrap_or_default();
+                for entry in &items {
+                    after = after.max(entry["id"].as_i64().unwrap_or(after));
+                    if json {
+                        println!("{}", entry["record"]);
+                    } else {
+                        println!("{}", format_log_line(entry));
+                    }
+                }
+                if items.is_empty() {
+                    if !follow {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
         Command::Messages { action: MessageAction::Tail { device, follow, admin } } => {
             let client = AdminClient::new(&admin)?;
             let mut after = 0i64;
@@ -440,6 +494,35 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
     }
+}
+
+/// `time LEVEL device target: message {fields}`.
+fn format_log_line(entry: &Value) -> String {
+    let r = &entry["record"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let mut line = format!(
+        "{} {:5} {} {}: {}",
+        text(&r["time"]),
+        text(&r["level"]),
+        text(&entry["hubDeviceId"]),
+        text(&r["target"]),
+        text(&r["message"])
+    );
+    if let Some(fields) = r["fields"].as_object().filter(|f| !f.is_empty()) {
+        line.push(' ');
+        line.push_str(&Value::Object(fields.clone()).to_string());
+    }
+    line
+}
+
+/// Percent-encodes a query value.
+fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[tokio::main]

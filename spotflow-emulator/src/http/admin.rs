@@ -186,6 +186,39 @@ pub(super) struct MessagesQuery {
     limit: Option<usize>,
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct LogsQuery {
+    after_id: Option<i64>,
+    device: Option<String>,
+    level: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /admin/logs?afterId=&device=&level=&limit=`: device log records (each once), oldest first,
+/// at most `limit` (default 100, at most 10,000); `level` keeps those at least that severe.
+pub(super) async fn admin_logs(State(inner): Shared, headers: HeaderMap, Query(q): Query<LogsQuery>) -> Response {
+    if let Err(r) = require_admin(&inner, &headers) {
+        return r;
+    }
+    if let Some(level) = q.level.as_deref() {
+        if !["error", "warn", "info", "debug", "trace"].contains(&level.to_ascii_lowercase().as_str()) {
+            return (StatusCode::BAD_REQUEST, Json(json!({"error": "level must be error, warn, info, debug or trace"})))
+                .into_response();
+        }
+    }
+    let logs = inner
+        .db
+        .logs(crate::logs::LogQuery {
+            after_id: q.after_id,
+            hub_device_id: q.device,
+            min_level: q.level,
+            limit: Some(q.limit.unwrap_or(100).min(10_000)),
+        })
+        .await;
+    Json(json!({ "records": logs, "duplicates": inner.db.log_duplicates() })).into_response()
+}
+
 /// Largest payload total in one `/admin/messages` answer (at least one message is returned).
 const MAX_ADMIN_PAGE_BYTES: usize = 32 * 1024 * 1024;
 

@@ -49,6 +49,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/admin/devices/{hub_device_id}/disconnect", post(admin::admin_disconnect))
         .route("/admin/devices/{hub_device_id}/methods/{*method}", post(admin::admin_method))
         .route("/admin/messages", get(admin::admin_messages))
+        .route("/admin/logs", get(admin::admin_logs))
         .route("/admin/traffic", get(admin::admin_traffic))
         .route("/admin/events", get(admin::admin_events))
         .route("/metrics", get(admin::metrics))
