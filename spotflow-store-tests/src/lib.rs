@@ -106,6 +106,8 @@ pub struct DeviceChild {
     pub stderr: Option<std::path::PathBuf>,
     /// A gateway of this many devices over one shared store instead of one device.
     pub gateway_devices: Option<usize>,
+    /// Log records through a `DeviceLogger` instead of enqueueing messages (`LOGS=1`).
+    pub logs: bool,
 }
 
 /// The lines a child process writes on its piped standard output, read by a thread of their own
@@ -140,6 +142,7 @@ impl DeviceChild {
             rate: None,
             stderr: None,
             gateway_devices: None,
+            logs: false,
         }
     }
 
@@ -151,6 +154,9 @@ impl DeviceChild {
         }
         if let Some(rate) = self.rate {
             command.env("RATE", rate.to_string());
+        }
+        if self.logs {
+            command.env("LOGS", "1");
         }
         if let Some(devices) = self.gateway_devices {
             command.env("GATEWAY_DEVICES", devices.to_string());

@@ -8,6 +8,12 @@
 //! With `GATEWAY_DEVICES=N`, the process is a gateway instead: N clients `gw-0`… over one
 //! `Gateway` store at `DB`, each enqueueing `COUNT` messages (ids `r{RUN}-d{D}-{i}`, printing
 //! `ACK {RUN} d{D}-{i}`) at the same time, then `DONE` once every device's queue is acknowledged.
+//!
+//! With `LOGS=1`, the process logs instead: `COUNT` records `tracing::info!("r{RUN}-{i}")` through
+//! a `DeviceLogger`'s layer (default options), printing `ACK {RUN} {i}` after each call that
+//! returned with the record taken (`DROP {RUN} {i}` if a limit dropped it) and, every 1,000
+//! records, `LAT {max ns}`: the longest logging call among them. With nothing to log it moves
+//! what the journal kept, waits until everything is acknowledged and prints `DONE`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -72,9 +78,46 @@ async fn gateway(devices: usize, ca: &str, mqtt_port: u16, run: &str, count: u32
     gateway.close().await.expect("gateway closes");
 }
 
+/// `LOGS=1`: records through a `DeviceLogger`, paced at `RATE` per second.
+async fn logs(client: DeviceClient, run: &str, count: u32) {
+    use tracing_subscriber::prelude::*;
+    let logger = spotflow_device::logs::DeviceLogger::start(&client, Default::default()).await.expect("logger starts");
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+    tracing_subscriber::registry()
+        .with(stderr.with_filter(tracing_subscriber::filter::LevelFilter::WARN))
+        .with(logger.layer())
+        .init();
+    println!("READY");
+    let rate: f64 = std::env::var("RATE").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0.0).unwrap_or(1000.0);
+    let started = std::time::Instant::now();
+    let mut longest = Duration::ZERO;
+    for i in 0..count {
+        tokio::time::sleep_until((started + Duration::from_secs_f64(f64::from(i) / rate)).into()).await;
+        let before = logger.stats().taken;
+        let call = std::time::Instant::now();
+        tracing::info!(run, i, "r{run}-{i}");
+        longest = longest.max(call.elapsed());
+        if logger.stats().taken > before {
+            ack(format_args!("{run} {i}"));
+        } else {
+            println!("DROP {run} {i}");
+        }
+        if i % 1000 == 999 {
+            println!("LAT {}", longest.as_nanos());
+            longest = Duration::ZERO;
+        }
+    }
+    logger.flush().await.expect("records moved into the queue");
+    client.wait_enqueued_messages_sent_timeout(Duration::from_secs(120)).await.expect("all acknowledged");
+    println!("DONE");
+    client.close().await.expect("close");
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    spotflow_store_tests::child_logs();
+    if std::env::var_os("LOGS").is_none() {
+        spotflow_store_tests::child_logs();
+    }
     let ca = std::fs::read_to_string(env("CA_FILE")).expect("CA file");
     let mqtt_port: u16 = env("MQTT_PORT").parse().expect("port");
     let (run, count): (String, u32) = (env("RUN"), env("COUNT").parse().expect("count"));
@@ -88,6 +131,10 @@ async fn main() {
         builder = builder.store(store);
     }
     let client = configure(builder, &ca, mqtt_port).start().await.expect("device starts");
+    if std::env::var_os("LOGS").is_some() {
+        logs(client, &run, count).await;
+        return;
+    }
     println!("READY");
     let sender = client.create_stream_sender(Some("kill"), Some("test"), Compression::Uncompressed).expect("sender");
     // RATE (messages per second) paces the enqueues; unpaced without it.
