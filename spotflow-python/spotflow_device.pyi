@@ -3,6 +3,7 @@ reported properties. The SDK's core is written in Rust; every blocking call rele
 can be interrupted with Ctrl+C. Background events are logged with the ``spotflow_device`` logger
 of the standard :mod:`logging` module."""
 
+import logging
 from typing import Any, Callable, Dict, List, Optional, Union, final
 
 __version__: str
@@ -14,6 +15,7 @@ __all__ = [
     "DesiredProperties",
     "ClientStats",
     "ConnectionEvent",
+    "LogHandler",
     "DeviceClient",
     "StreamSender",
     "_shutdown",
@@ -151,6 +153,20 @@ class ClientStats:
     latency_p50: Optional[float]
     latency_p90: Optional[float]
     latency_p99: Optional[float]
+
+class LogHandler(logging.Handler):
+    """(Beyond the reference) A ``logging.Handler`` that sends records to the Platform through the
+    client's durable queue: each record is journaled before ``emit`` returns (it survives the
+    process being killed) and sent in batches of the ``device-logs`` stream, across outages and
+    restarts. It never waits on the network. The SDK's own records (logger ``spotflow_device``)
+    are never taken. The Platform can change the minimum level through the desired property
+    ``spotflowLogLevel``."""
+
+    def __init__(self, client: DeviceClient, level: int = logging.NOTSET) -> None: ...
+    def emit(self, record: logging.LogRecord) -> None: ...
+    def flush(self) -> None:
+        """Move every record taken so far into the durable queue now."""
+        ...
 
 @final
 class ConnectionEvent:

@@ -75,6 +75,8 @@ fn print_operation(py: Python<'_>, op: &spotflow_device::ProvisioningOperation) 
 #[pyclass(frozen, module = "spotflow_device", name = "DeviceClient")]
 pub struct DeviceClient {
     client: Arc<spotflow_device::DeviceClient>,
+    /// Its `DeviceLogger`, started by the first `LogHandler`.
+    logger: std::sync::OnceLock<Py<crate::device_logs::PyDeviceLogger>>,
     /// The process that started it (see `same_process`).
     pid: u32,
 }
@@ -190,7 +192,17 @@ impl DeviceClient {
         }
         let client = Arc::new(run_interruptible(py, builder.start())?);
         register(&client);
-        Ok(DeviceClient { client, pid: std::process::id() })
+        Ok(DeviceClient { client, logger: Default::default(), pid: std::process::id() })
+    }
+
+    /// The client's `DeviceLogger` (for `LogHandler`), started at the first call.
+    fn _device_logger(&self, py: Python<'_>) -> PyResult<Py<crate::device_logs::PyDeviceLogger>> {
+        same_process(self.pid)?;
+        if let Some(logger) = self.logger.get() {
+            return Ok(logger.clone_ref(py));
+        }
+        let logger = Py::new(py, crate::device_logs::start(py, &self.client)?)?;
+        Ok(self.logger.get_or_init(|| logger).clone_ref(py))
     }
 
     /// (Read-only) The ID of the Workspace to which the Device belongs.

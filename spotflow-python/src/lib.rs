@@ -13,6 +13,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
 mod client;
+mod device_logs;
 mod logging;
 mod types;
 
@@ -130,6 +131,7 @@ fn spotflow_device_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::ConnectionEvent>()?;
     m.add_class::<client::DeviceClient>()?;
     m.add_class::<client::StreamSender>()?;
+    device_logs::install(m)?;
     m.add_function(wrap_pyfunction!(_shutdown, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     logging::install(py)?;

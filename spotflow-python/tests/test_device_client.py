@@ -614,6 +614,42 @@ def test_connection_events_are_pushed_in_order_with_their_reasons(emulator, toke
     assert closed == len(events) - 1
 
 
+def test_log_handler_sends_records_through_the_durable_queue(emulator, token, approver, tmp_path):
+    from spotflow_device import LogHandler
+
+    app = logging.getLogger("pump")
+    app.setLevel(logging.DEBUG)
+    with start(emulator, token, tmp_path / "logs.db", "py-logs", approver) as client:
+        handler = LogHandler(client, level=logging.INFO)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        app.addHandler(handler)
+        sdk = logging.getLogger("spotflow_device")
+        sdk.addHandler(handler)
+        try:
+            app.info("pressure %s bar", 7)
+            app.debug("below the handler's level")
+            app.error("valve stuck")
+            sdk.warning("the SDK's own record is never taken")
+            handler.flush()
+        finally:
+            app.removeHandler(handler)
+            sdk.removeHandler(handler)
+        hub = f"{client.workspace_id}:{client.device_id}"
+
+        def records():
+            return emulator.admin("GET", f"/admin/logs?device={hub}")["records"]
+
+        wait_until(lambda: len(records()) >= 2, 20, "the records on the platform")
+        got = [r["record"] for r in records()]
+        assert [(r["level"], r["target"], r["message"]) for r in got] == [
+            ("INFO", "pump", "pressure 7 bar"),
+            ("ERROR", "pump", "valve stuck"),
+        ]
+        assert [r["seq"] for r in got] == [0, 1]
+        errors = emulator.admin("GET", f"/admin/logs?device={hub}&level=error")["records"]
+        assert [r["record"]["message"] for r in errors] == ["valve stuck"]
+
+
 def test_direct_method_handlers_answer_calls_from_the_platform(emulator, token, approver, tmp_path, caplog):
     caplog.set_level(logging.ERROR, logger="spotflow_device")
 
