@@ -609,6 +609,26 @@ enum spotflow_result_t spotflow_client_wait_enqueued_messages_sent_timeout(struc
                                                                            uint64_t timeout_ms);
 
 /**
+ * **Addition**: sends a log record of the application to the platform through the durable
+ * queue (stream `device-logs`): the record is journaled before the call returns (it survives
+ * the process being killed) and never waits on the network. `target` names where it comes from
+ * (e.g. the module); `message` is the text (UTF-8). `SPOTFLOW_OK` when taken or below the minimum
+ * level (`SPOTFLOW_LOG_INFO` unless the platform sets the desired property `spotflowLogLevel`);
+ * `SPOTFLOW_ERROR` when a limit dropped it (counted and reported to the platform) or the
+ * arguments are invalid. The first call starts the client's logger.
+ */
+enum spotflow_result_t spotflow_client_log(struct spotflow_client_t *client,
+                                           enum spotflow_log_level_t level,
+                                           const char *target,
+                                           const char *message);
+
+/**
+ * **Addition**: moves every record given to `spotflow_client_log` into the durable queue now
+ * (otherwise done every second), e.g. before `spotflow_client_destroy`.
+ */
+enum spotflow_result_t spotflow_client_flush_logs(struct spotflow_client_t *client);
+
+/**
  * Writes the number of messages enqueued and not acknowledged yet to `count`.
  */
 enum spotflow_result_t spotflow_client_get_pending_messages_count(const struct spotflow_client_t *client,

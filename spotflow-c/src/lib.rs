@@ -306,6 +306,8 @@ pub struct spotflow_client_t {
     client: DeviceClient,
     /// One sender per message context's settings, made on first use.
     senders: Mutex<Vec<(spotflow_message_context_t, StreamSender)>>,
+    /// Its device logger (`spotflow_client_log`), started at the first record.
+    logger: Mutex<Option<spotflow_device::logs::DeviceLogger>>,
 }
 
 /// **Addition**: the answer of a direct method handler being written.
@@ -795,7 +797,11 @@ pub unsafe extern "C" fn spotflow_client_start(
         // SAFETY: checked against the registry before it is followed.
         let options = unsafe { OPTIONS.get(options, "options") }?;
         let started = start(options)?;
-        out.write(CLIENTS.register(spotflow_client_t { client: started, senders: Mutex::new(Vec::new()) }));
+        out.write(CLIENTS.register(spotflow_client_t {
+            client: started,
+            senders: Mutex::new(Vec::new()),
+            logger: Mutex::new(None),
+        }));
         Ok(())
     })
 }
@@ -1147,6 +1153,67 @@ pub unsafe extern "C" fn spotflow_client_wait_enqueued_messages_sent_timeout(
             }
             other => Ok(other?),
         }
+    })
+}
+
+/// **Addition**: sends a log record of the application to the platform through the durable
+/// queue (stream `device-logs`): the record is journaled before the call returns (it survives
+/// the process being killed) and never waits on the network. `target` names where it comes from
+/// (e.g. the module); `message` is the text (UTF-8). `SPOTFLOW_OK` when taken or below the minimum
+/// level (`SPOTFLOW_LOG_INFO` unless the platform sets the desired property `spotflowLogLevel`);
+/// `SPOTFLOW_ERROR` when a limit dropped it (counted and reported to the platform) or the
+/// arguments are invalid. The first call starts the client's logger.
+#[no_mangle]
+pub unsafe extern "C" fn spotflow_client_log(
+    client: *mut spotflow_client_t,
+    level: spotflow_log_level_t,
+    target: *const c_char,
+    message: *const c_char,
+) -> spotflow_result_t {
+    with_client("spotflow_client_log", client, |client| {
+        let target = required_str(target, "target")?;
+        let message = required_str(message, "message")?;
+        use spotflow_device::logs::LogLevel;
+        let level = match level {
+            spotflow_log_level_t::SPOTFLOW_LOG_OFF => {
+                return Err(Failure::with(
+                    spotflow_result_t::SPOTFLOW_ERROR,
+                    "level: SPOTFLOW_LOG_OFF is not the level of a record",
+                ))
+            }
+            spotflow_log_level_t::SPOTFLOW_LOG_ERROR => LogLevel::Error,
+            spotflow_log_level_t::SPOTFLOW_LOG_WARN => LogLevel::Warn,
+            spotflow_log_level_t::SPOTFLOW_LOG_INFO => LogLevel::Info,
+            spotflow_log_level_t::SPOTFLOW_LOG_DEBUG => LogLevel::Debug,
+            spotflow_log_level_t::SPOTFLOW_LOG_TRACE => LogLevel::Trace,
+        };
+        let logger = {
+            let mut slot = spotflow_core::lock(&client.logger);
+            match &*slot {
+                Some(logger) => logger.clone(),
+                None => slot.insert(client.client.start_logger(Default::default())?).clone(),
+            }
+        };
+        if logger.enabled(level) && !logger.log(level, target, message) {
+            return Err(Failure::with(
+                spotflow_result_t::SPOTFLOW_ERROR,
+                "record dropped by the logger's rate limit or byte budget (counted and reported to the platform)",
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// **Addition**: moves every record given to `spotflow_client_log` into the durable queue now
+/// (otherwise done every second), e.g. before `spotflow_client_destroy`.
+#[no_mangle]
+pub unsafe extern "C" fn spotflow_client_flush_logs(client: *mut spotflow_client_t) -> spotflow_result_t {
+    with_client("spotflow_client_flush_logs", client, |client| {
+        let logger = spotflow_core::lock(&client.logger).clone();
+        if let Some(logger) = logger {
+            client.client.flush_logger(&logger)?;
+        }
+        Ok(())
     })
 }
 

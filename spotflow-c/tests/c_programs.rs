@@ -98,7 +98,9 @@ impl Platform {
         self.emu
             .messages(MessageQuery { hub_device_id: Some(hub_id.into()), limit: Some(100_000), ..Default::default() })
             .await
-            .len()
+            .iter()
+            .filter(|m| m.stream.as_deref() != Some(spotflow_emulator::logs::LOG_STREAM))
+            .count()
     }
 }
 
@@ -215,6 +217,12 @@ async fn every_function_and_error_path_under_address_and_undefined_behaviour_san
         assert_eq!(platform.stored(&hub_id).await, 56, "{cc}: stored messages");
         let reported = platform.emu.twin(&hub_id).expect("twin").reported;
         assert_eq!(reported.get("from"), Some(&Value::from("api_test")), "{cc}: reported {reported:?}");
+        let logs = platform
+            .emu
+            .logs(spotflow_emulator::logs::LogQuery { hub_device_id: Some(hub_id.clone()), ..Default::default() })
+            .await;
+        let logs: Vec<_> = logs.iter().map(|e| (e.record["level"].as_str(), e.record["message"].as_str())).collect();
+        assert_eq!(logs, [(Some("INFO"), Some("pressure 7 bar")), (Some("ERROR"), Some("valve stuck"))], "{cc}");
     }
 }
 

@@ -296,6 +296,21 @@ impl DeviceClient {
         ConnectionEvents { inner: self.inner.client.connection_events(), client: self.clone() }
     }
 
+    /// Starts a [`crate::logs::DeviceLogger`] of this client (on the client's runtime): see
+    /// [`crate::logs::DeviceLogger::start`]. Its logging calls never block; records move into
+    /// the queue every [`crate::logs::LogOptions::batch_interval`].
+    #[cfg(feature = "logs")]
+    pub fn start_logger(&self, options: crate::logs::LogOptions) -> Result<crate::logs::DeviceLogger> {
+        let client = self.inner.client.clone();
+        self.inner.runtime.block_on(async move { crate::logs::DeviceLogger::start(&client, options).await })?
+    }
+
+    /// [`crate::logs::DeviceLogger::flush`] on the client's runtime.
+    #[cfg(feature = "logs")]
+    pub fn flush_logger(&self, logger: &crate::logs::DeviceLogger) -> Result<()> {
+        self.inner.runtime.block_on(logger.flush())?
+    }
+
     /// See [`crate::DeviceClient::stats`].
     pub fn stats(&self) -> crate::Stats {
         self.inner.client.stats()

@@ -20,10 +20,14 @@ async fn emulator(dir: &std::path::Path) -> Emulator {
 }
 
 async fn device(emu: &Emulator, db: &std::path::Path) -> DeviceClient {
-    common::on_emulator(DeviceClient::builder(Some("logger"), emu.create_provisioning_token(), db), emu, common::Proto::Mqtt)
-        .start()
-        .await
-        .expect("device starts")
+    common::on_emulator(
+        DeviceClient::builder(Some("logger"), emu.create_provisioning_token(), db),
+        emu,
+        common::Proto::Mqtt,
+    )
+    .start()
+    .await
+    .expect("device starts")
 }
 
 fn quick_options() -> LogOptions {
@@ -40,8 +44,9 @@ async fn wait_for(emu: &Emulator, client: &DeviceClient, done: impl Fn(&[LogEntr
     let hub_id = format!("{}:{}", client.workspace_id(), client.device_id());
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let got =
-            emu.logs(LogQuery { hub_device_id: Some(hub_id.clone()), limit: Some(100_000), ..Default::default() }).await;
+        let got = emu
+            .logs(LogQuery { hub_device_id: Some(hub_id.clone()), limit: Some(100_000), ..Default::default() })
+            .await;
         if done(&got) {
             return got;
         }
@@ -162,7 +167,8 @@ async fn the_budget_drops_records_and_a_restart_moves_what_the_journal_kept() {
     // A mover that waits an hour: the records stay in the journal, as when the process dies.
     let slow = LogOptions { batch_interval: Duration::from_secs(3600), budget_bytes: 8 * 1024, ..Default::default() };
     let logger = DeviceLogger::start(&client, slow).await.unwrap();
-    let taken = (0..200).filter(|i| logger.log(LogLevel::Info, "app", &format!("record {i:03} {}", "x".repeat(80)))).count();
+    let taken =
+        (0..200).filter(|i| logger.log(LogLevel::Info, "app", &format!("record {i:03} {}", "x".repeat(80)))).count();
     let stats = logger.stats();
     assert!(taken < 200 && stats.dropped_budget == 200 - taken as u64, "{taken} taken, {stats:?}");
     // (The budget, and perhaps the mover's report of the drops.)
@@ -173,9 +179,8 @@ async fn the_budget_drops_records_and_a_restart_moves_what_the_journal_kept() {
     // The next run moves them (and reports the drops) at its start.
     let client = device(&emu, &db).await;
     let logger = DeviceLogger::start(&client, quick_options()).await.unwrap();
-    let app = |got: &[LogEntry]| -> Vec<LogEntry> {
-        got.iter().filter(|e| e.record["target"] == "app").cloned().collect()
-    };
+    let app =
+        |got: &[LogEntry]| -> Vec<LogEntry> { got.iter().filter(|e| e.record["target"] == "app").cloned().collect() };
     let got = wait_for(&emu, &client, |got| app(got).len() >= taken).await;
     let kept = app(&got);
     assert_eq!(kept.len(), taken, "{got:?}");

@@ -146,7 +146,10 @@ fn main() {
         let finished = run_child(&device, 0, records, None, &mut said);
         rt.block_on(schedule).unwrap();
         if !finished {
-            panic!("the run did not finish: {}", std::fs::read_to_string(dir.path().join("children.log")).unwrap_or_default());
+            panic!(
+                "the run did not finish: {}",
+                std::fs::read_to_string(dir.path().join("children.log")).unwrap_or_default()
+            );
         }
         format!("{secs} s blackhole at {} records/s ({:.0?})", a.rate, started.elapsed())
     } else {

@@ -97,10 +97,7 @@ impl Journal {
             append.set_len(complete as u64)?;
             contents.truncate(complete);
         }
-        let last_seq = contents[..complete.saturating_sub(1)]
-            .rsplit(|&b| b == b'\n')
-            .next()
-            .and_then(line_seq);
+        let last_seq = contents[..complete.saturating_sub(1)].rsplit(|&b| b == b'\n').next().and_then(line_seq);
         let (id, moved, next_unmoved_seq) = match checkpoint {
             // An offset past the end: the journal was emptied after the checkpoint was written.
             Some((id, offset, seq)) => (id, if offset > complete as u64 { 0 } else { offset }, seq),
@@ -152,7 +149,8 @@ impl Journal {
             self.written -= offset;
             self.moved = 0;
         }
-        let rotate = matches!(self.bytes, Bytes::File { .. }) && self.moved == self.written && self.written >= rotate_at;
+        let rotate =
+            matches!(self.bytes, Bytes::File { .. }) && self.moved == self.written && self.written >= rotate_at;
         (self.checkpoint(if rotate { 0 } else { self.moved }), rotate)
     }
 

@@ -119,13 +119,18 @@ impl LogLevel {
             "debug" => LogLevel::Debug,
             "trace" => LogLevel::Trace,
             _ => {
-                return Err(Error::invalid("log level", format!("{name:?} is not off, error, warn, info, debug or trace")))
+                return Err(Error::invalid(
+                    "log level",
+                    format!("{name:?} is not off, error, warn, info, debug or trace"),
+                ))
             }
         }))
     }
 
     fn from_u8(n: u8) -> Option<LogLevel> {
-        [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Trace].get(n.checked_sub(1)? as usize).copied()
+        [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Trace]
+            .get(n.checked_sub(1)? as usize)
+            .copied()
     }
 }
 
@@ -292,9 +297,7 @@ impl DeviceLogger {
             None => None,
         };
         let journal = match path.clone() {
-            Some(p) => tokio::task::spawn_blocking(move || Journal::open(Some(&p)))
-                .await
-                .map_err(|_| Error::Closed)?,
+            Some(p) => tokio::task::spawn_blocking(move || Journal::open(Some(&p))).await.map_err(|_| Error::Closed)?,
             None => Journal::open(None),
         }
         .map_err(|source| Error::System { what: "the log journal", source })?;
@@ -648,7 +651,9 @@ async fn queued_log_batches(client: &DeviceClient, options: &LogOptions) -> Resu
         after = Some(last.seq);
         for m in &page {
             let t = &m.message.target;
-            if t.stream.as_deref() == Some(options.stream.as_str()) && t.stream_group.as_deref() == options.stream_group.as_deref() {
+            if t.stream.as_deref() == Some(options.stream.as_str())
+                && t.stream_group.as_deref() == options.stream_group.as_deref()
+            {
                 found.push_back((m.seq, m.message.payload.len() as u64));
             }
         }

@@ -203,7 +203,10 @@ pub(super) async fn admin_logs(State(inner): Shared, headers: HeaderMap, Query(q
     }
     if let Some(level) = q.level.as_deref() {
         if !["error", "warn", "info", "debug", "trace"].contains(&level.to_ascii_lowercase().as_str()) {
-            return (StatusCode::BAD_REQUEST, Json(json!({"error": "level must be error, warn, info, debug or trace"})))
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "level must be error, warn, info, debug or trace"})),
+            )
                 .into_response();
         }
     }
