@@ -501,10 +501,10 @@ fn report_drops(w: &mut Writer) {
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"\"time\":\"");
     write_utc(&mut body, SystemTime::now());
-    let _ = write!(
+    let _ = writeln!(
         body,
         "\",\"level\":\"WARN\",\"target\":\"spotflow_device::logs\",\"message\":\"{} log records dropped\",\
-         \"fields\":{{\"dropped_rate_limit\":{rate},\"dropped_budget\":{budget},\"dropped_io\":{io}}}}}\n",
+         \"fields\":{{\"dropped_rate_limit\":{rate},\"dropped_budget\":{budget},\"dropped_io\":{io}}}}}",
         rate + budget + io
     );
     if append_record(w, &body).is_ok() {
