@@ -30,8 +30,16 @@ pub enum JournalLocation {
 /// The journal's bytes: a file opened for appending, or memory.
 #[derive(Debug)]
 enum Bytes {
-    File { append: File, read: File, path: PathBuf },
-    Memory(Vec<u8>),
+    File {
+        append: File,
+        read: File,
+        path: PathBuf,
+    },
+    /// The bytes from offset `base` on (what moved is dropped at once).
+    Memory {
+        bytes: Vec<u8>,
+        base: u64,
+    },
 }
 
 /// The journal and its checkpoint. Not thread-safe: the logger keeps it under its lock.
@@ -77,7 +85,7 @@ impl Journal {
     pub(crate) fn open(path: Option<&Path>) -> io::Result<Journal> {
         let Some(path) = path else {
             return Ok(Journal {
-                bytes: Bytes::Memory(Vec::new()),
+                bytes: Bytes::Memory { bytes: Vec::new(), base: 0 },
                 id: spotflow_core::secure_random::hex(4),
                 written: 0,
                 moved: 0,
@@ -120,19 +128,21 @@ impl Journal {
     pub(crate) fn append(&mut self, line: &[u8]) -> io::Result<()> {
         match &mut self.bytes {
             Bytes::File { append, .. } => append.write_all(line)?,
-            Bytes::Memory(v) => v.extend_from_slice(line),
+            Bytes::Memory { bytes, .. } => bytes.extend_from_slice(line),
         }
         self.written += line.len() as u64;
         self.next_seq += 1;
         Ok(())
     }
 
-    /// A reader of the bytes `[from, to)`, to read without the logger's lock (bytes before
-    /// `written` never change until the journal is emptied, which only the flusher does).
-    pub(crate) fn reader(&self) -> io::Result<JournalReader> {
+    /// A reader of unmoved bytes up to offset `to`, to read without the logger's lock (bytes
+    /// before `written` never change until the journal is emptied, which only the mover does).
+    pub(crate) fn reader(&self, to: u64) -> io::Result<JournalReader> {
         Ok(match &self.bytes {
             Bytes::File { read, .. } => JournalReader::File(read.try_clone()?),
-            Bytes::Memory(v) => JournalReader::Memory(v[self.moved as usize..self.written as usize].to_vec()),
+            Bytes::Memory { bytes, base } => JournalReader::Memory(
+                bytes[(self.moved - base) as usize..(to.min(self.written) - base) as usize].to_vec(),
+            ),
         })
     }
 
@@ -143,11 +153,10 @@ impl Journal {
     pub(crate) fn moved_to(&mut self, offset: u64, next_seq: u64, rotate_at: u64) -> (Checkpoint, bool) {
         self.moved = offset;
         self.next_unmoved_seq = next_seq;
-        if let Bytes::Memory(v) = &mut self.bytes {
+        if let Bytes::Memory { bytes, base } = &mut self.bytes {
             // Memory is not kept for a restart: drop what moved at once.
-            v.drain(..offset as usize);
-            self.written -= offset;
-            self.moved = 0;
+            bytes.drain(..(offset - *base) as usize);
+            *base = offset;
         }
         let rotate =
             matches!(self.bytes, Bytes::File { .. }) && self.moved == self.written && self.written >= rotate_at;
@@ -175,7 +184,7 @@ impl Journal {
                 path: Some(checkpoint_path(path)),
                 text: format!("{} {} {}\n", self.id, offset, self.next_unmoved_seq),
             },
-            Bytes::Memory(_) => Checkpoint { path: None, text: String::new() },
+            Bytes::Memory { .. } => Checkpoint { path: None, text: String::new() },
         }
     }
 }
@@ -201,7 +210,7 @@ impl Checkpoint {
 /// Reads a range of the journal without its lock.
 pub(crate) enum JournalReader {
     File(File),
-    /// A copy of the unmoved bytes (offset 0 = the first unmoved byte).
+    /// A copy of the unmoved bytes (from the first unmoved byte on).
     Memory(Vec<u8>),
 }
 
@@ -264,7 +273,7 @@ mod tests {
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"journal\":\"").unwrap();
         let j = Journal::open(Some(&path)).unwrap();
         assert_eq!((j.id.as_str(), j.moved, j.next_seq, j.next_unmoved_seq), (id.as_str(), first_two, 3, 2));
-        let unmoved = j.reader().unwrap().read(j.moved, j.written).unwrap();
+        let unmoved = j.reader(j.written).unwrap().read(j.moved, j.written).unwrap();
         assert_eq!(line_seq(&unmoved), Some(2));
         assert!(unmoved.ends_with(b"}\n"));
     }
@@ -292,8 +301,13 @@ mod tests {
         let (a, b) = (line(&j, 0), line(&j, 1));
         j.append(&a).unwrap();
         j.append(&b).unwrap();
-        assert!(!j.moved_to(a.len() as u64, 1, u64::MAX).1);
-        assert_eq!((j.moved, j.written), (0, b.len() as u64));
-        assert_eq!(j.reader().unwrap().read(0, j.written).unwrap(), b);
+        let c = line(&j, 2);
+        j.append(&c).unwrap();
+        // Two batches of one pass: offsets count from the journal's start, as in a file.
+        let (a_end, b_end) = (a.len() as u64, (a.len() + b.len()) as u64);
+        assert!(!j.moved_to(a_end, 1, u64::MAX).1);
+        assert!(!j.moved_to(b_end, 2, u64::MAX).1);
+        assert_eq!((j.moved, j.written), (b_end, b_end + c.len() as u64));
+        assert_eq!(j.reader(j.written).unwrap().read(j.moved, j.written).unwrap(), c);
     }
 }

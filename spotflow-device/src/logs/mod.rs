@@ -543,7 +543,8 @@ impl Mover {
                 report_drops(&mut w);
             }
             let j = &w.journal;
-            (j.moved, j.written.min(j.moved + 8 * MAX_BATCH_BYTES as u64), j.next_unmoved_seq, j.reader())
+            let to = j.written.min(j.moved + 8 * MAX_BATCH_BYTES as u64);
+            (j.moved, to, j.next_unmoved_seq, j.reader(to))
         };
         if from == to {
             return Ok(());
