@@ -5,7 +5,7 @@ Against an emulator process (`spotflow-emulator serve`, manual approval) and a d
 (`dashboard-device`, built from spotflow-bench): logs in with the admin token, sees the
 device waiting for approval with its verification code, approves it with a device-id override
 (keyboard only), watches its messages arrive in the live feed and the per-stream chart, opens one
-message (decoded JSON payload, properties), refuses invalid JSON in the desired editor, sends
+message (decoded JSON payload, properties), sees its log records and filters them by level, refuses invalid JSON in the desired editor, sends
 desired properties and checks that the device's callback printed them, and sees the reported
 update the device answers with. Screenshots at 1280 and 390 px wide go to target/browser/.
 
@@ -227,6 +227,20 @@ def main():
         assert button.get_attribute("aria-expanded") == "true"
         assert "dashboard/telemetry" in first.text and "Wire size" in first.text, first.text
         print(f"message opened: {decoded}")
+
+        # Device logs: the device's records, live; the level filter keeps the warnings only.
+        Select(driver.find_element(By.ID, "logs-device")).select_by_visible_text("browser-approved")
+        until(driver, "log records of the device", lambda d: len(d.find_elements(By.CSS_SELECTOR, "#logs li[data-level='INFO']")) >= 3)
+        Select(driver.find_element(By.ID, "logs-level")).select_by_value("warn")
+        until(
+            driver,
+            "only warnings after the level filter",
+            lambda d: (items := d.find_elements(By.CSS_SELECTOR, "#logs li"))
+            and all(li.get_attribute("data-level") == "WARN" for li in items),
+        )
+        warn = driver.find_element(By.CSS_SELECTOR, "#logs li")
+        assert "temperature high" in warn.text and "dashboard" in warn.text, warn.text
+        print(f"log records shown, filtered by level: {warn.text!r}")
 
         # Desired properties: invalid JSON refused, a valid change reaches the device's callback.
         Select(driver.find_element(By.ID, "twin-device")).select_by_visible_text("browser-approved")

@@ -46,6 +46,8 @@ pub struct LogQuery {
     pub min_level: Option<String>,
     /// At most this many (default 1000).
     pub limit: Option<usize>,
+    /// Only the newest this many (still oldest first); with `after_id`, the newest after it.
+    pub last: Option<usize>,
 }
 
 /// A level's rank (1 = error … 5 = trace; unknown names rank as info).
@@ -88,12 +90,16 @@ pub(crate) fn insert(tx: &Transaction<'_>, m: &StoredMessage, message_id: i64) -
 
 pub(crate) fn query(conn: &rusqlite::Connection, q: &LogQuery) -> rusqlite::Result<Vec<LogEntry>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, hub_device_id, message_id, record FROM device_logs
-         WHERE id > ?1 AND (?2 IS NULL OR hub_device_id = ?2) AND level <= ?3 ORDER BY id LIMIT ?4",
+        "SELECT id, hub_device_id, message_id, record FROM (
+           SELECT id, hub_device_id, message_id, record FROM device_logs
+           WHERE id > ?1 AND (?2 IS NULL OR hub_device_id = ?2) AND level <= ?3
+           ORDER BY CASE WHEN ?5 THEN -id ELSE id END LIMIT ?4)
+         ORDER BY id",
     )?;
     let max_rank = q.min_level.as_deref().map_or(5, level_rank);
+    let limit = q.last.map_or(q.limit.unwrap_or(1000), |last| last.min(q.limit.unwrap_or(usize::MAX)));
     let rows = stmt.query_map(
-        params![q.after_id.unwrap_or(0), q.hub_device_id, max_rank, q.limit.unwrap_or(1000) as i64],
+        params![q.after_id.unwrap_or(0), q.hub_device_id, max_rank, limit as i64, q.last.is_some()],
         |r| {
             let text: String = r.get(3)?;
             Ok(LogEntry {
@@ -138,5 +144,8 @@ mod tests {
         let errors = query(&conn, &LogQuery { min_level: Some("error".into()), ..Default::default() }).unwrap();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].record["seq"], 1);
+        let newest = query(&conn, &LogQuery { last: Some(1), ..Default::default() }).unwrap();
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].record["seq"], 1);
     }
 }

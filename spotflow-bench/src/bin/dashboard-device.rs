@@ -3,7 +3,8 @@
 //! {device id}`, then sends a JSON message every 200 ms (stream group `dashboard`, stream
 //! `telemetry`) until its standard input closes. Every desired-properties version it receives
 //! is printed (`DESIRED {version} {json}`) and answered with a reported-properties patch
-//! `{"appliedDesiredVersion": version}`. Environment: `INSTANCE`, `CA_FILE`, `MQTT_PORT`,
+//! `{"appliedDesiredVersion": version}`. With each message it logs a record through a
+//! `DeviceLogger` (`INFO reading {n}`; every fifth also `WARN temperature high`). Environment: `INSTANCE`, `CA_FILE`, `MQTT_PORT`,
 //! `PROVISIONING_TOKEN`, `DB`, `DEVICE_ID` (the id it asks for).
 
 use std::io::Write;
@@ -42,6 +43,8 @@ async fn main() {
         .expect("device starts");
     say(format!("READY {}", client.device_id()));
     let sender = client.create_stream_sender(Some("dashboard"), Some("telemetry"), Compression::Uncompressed).unwrap();
+    let logs = spotflow_device::logs::LogOptions { batch_interval: Duration::from_millis(200), ..Default::default() };
+    let logger = spotflow_device::logs::DeviceLogger::start(&client, logs).await.expect("logger starts");
     // Runs until standard input closes (the test ends, or the person running it presses Ctrl-D).
     let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
@@ -57,6 +60,10 @@ async fn main() {
                 let body = serde_json::json!({"n": i, "temperature": 20.0 + (i % 50) as f64 / 10.0});
                 if let Err(e) = sender.enqueue_message(Message::new(body.to_string())).await {
                     eprintln!("enqueue failed: {e}");
+                }
+                logger.log(spotflow_device::logs::LogLevel::Info, "dashboard", &format!("reading {i}"));
+                if i % 5 == 0 {
+                    logger.log(spotflow_device::logs::LogLevel::Warn, "dashboard", "temperature high");
                 }
                 i += 1;
             }

@@ -93,6 +93,8 @@ async function login(token) {
   setStatus('Connected');
   await refresh();
   state.pollTimer = setInterval(() => refresh().catch(() => {}), 2000);
+  state.logsTimer = setInterval(() => pollLogs().catch(() => {}), 1000);
+  pollLogs().catch(() => {});
   follow();
   requestAnimationFrame(drawChart);
 }
@@ -101,6 +103,7 @@ function logout(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
   if (state.pollTimer) clearInterval(state.pollTimer);
+  if (state.logsTimer) clearInterval(state.logsTimer);
   if (state.feedAbort) state.feedAbort.abort();
   $('app').hidden = true;
   $('login').hidden = false;
@@ -130,7 +133,7 @@ function renderDevices(devices) {
     el('td', { class: 'num', text: d.messages }),
     el('td', { class: 'num', text: d.desiredVersion }),
     el('td', { class: 'num', text: d.reportedVersion }))));
-  for (const id of ['feed-device', 'twin-device']) {
+  for (const id of ['feed-device', 'twin-device', 'logs-device']) {
     const select = $(id);
     const have = new Set([...select.options].map((o) => o.value));
     for (const d of devices) {
@@ -286,6 +289,59 @@ async function toggleDetail(button, detail, item) {
 
 function applyFeedFilter() {
   for (const li of $('feed').children) li.hidden = !feedMatches(li.item);
+}
+
+// ---- device logs ---------------------------------------------------------------------------------
+
+const LOGS_KEPT = 300;
+
+// The records after the last one shown (the newest LOGS_KEPT at first, or after a filter change),
+// for the chosen device and level.
+async function pollLogs() {
+  if (state.logsPaused || state.logsLoading) return;
+  state.logsLoading = true;
+  try {
+    const query = new URLSearchParams();
+    const device = $('logs-device').value;
+    if (device) query.set('device', device);
+    query.set('level', $('logs-level').value);
+    if (state.logsAfter) query.set('afterId', state.logsAfter); else query.set('last', LOGS_KEPT);
+    query.set('limit', '1000');
+    const filter = query.get('device') + '|' + query.get('level');
+    const page = await apiJson('/admin/logs?' + query);
+    // A filter changed while the request was out: its answer is stale.
+    if (filter !== ($('logs-device').value || null) + '|' + $('logs-level').value) return;
+    const list = $('logs');
+    for (const entry of page.records) {
+      state.logsAfter = Math.max(state.logsAfter || 0, entry.id);
+      list.prepend(logItem(entry));
+    }
+    while (list.children.length > LOGS_KEPT) list.lastElementChild.remove();
+    const dup = page.duplicates ? ' ' + page.duplicates + ' duplicate records (moved twice by a device) were dropped.' : '';
+    $('logs-note').textContent = (list.children.length ? '' : 'No record yet.') + dup;
+  } finally {
+    state.logsLoading = false;
+  }
+}
+
+function logItem(entry) {
+  const r = entry.record || {};
+  const level = String(r.level || 'INFO').toUpperCase();
+  const when = r.time ? new Date(r.time).toLocaleTimeString() : '—';
+  const li = el('li', { class: 'log level-' + level.toLowerCase(), 'data-level': level, 'data-device': entry.hubDeviceId },
+    el('span', { class: 'when', text: when, title: r.time || '' }),
+    el('span', { class: 'level', text: level }),
+    el('span', { class: 'device', text: entry.hubDeviceId.split(':').slice(1).join(':') || entry.hubDeviceId }),
+    el('span', { class: 'target', text: r.target || '' }),
+    el('span', { class: 'text', text: r.message || '' }));
+  if (r.fields && Object.keys(r.fields).length) li.append(el('code', { class: 'fields', text: JSON.stringify(r.fields) }));
+  return li;
+}
+
+function resetLogs() {
+  state.logsAfter = 0;
+  $('logs').replaceChildren();
+  pollLogs().catch(() => {});
 }
 
 // ---- rates chart ---------------------------------------------------------------------------------
@@ -459,6 +515,13 @@ document.addEventListener('DOMContentLoaded', () => {
     state.paused = !state.paused;
     $('feed-pause').setAttribute('aria-pressed', String(state.paused));
     $('feed-pause').textContent = state.paused ? 'Resume' : 'Pause';
+  });
+  $('logs-device').addEventListener('change', resetLogs);
+  $('logs-level').addEventListener('change', resetLogs);
+  $('logs-pause').addEventListener('click', () => {
+    state.logsPaused = !state.logsPaused;
+    $('logs-pause').setAttribute('aria-pressed', String(state.logsPaused));
+    $('logs-pause').textContent = state.logsPaused ? 'Resume' : 'Pause';
   });
   $('twin-device').addEventListener('change', () => {
     state.twinDevice = $('twin-device').value;

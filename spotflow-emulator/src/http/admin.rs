@@ -193,10 +193,12 @@ pub(super) struct LogsQuery {
     device: Option<String>,
     level: Option<String>,
     limit: Option<usize>,
+    last: Option<usize>,
 }
 
-/// `GET /admin/logs?afterId=&device=&level=&limit=`: device log records (each once), oldest first,
-/// at most `limit` (default 100, at most 10,000); `level` keeps those at least that severe.
+/// `GET /admin/logs?afterId=&device=&level=&limit=&last=`: device log records (each once), oldest
+/// first, at most `limit` (default 100, at most 10,000); `level` keeps those at least that severe;
+/// `last=N` gives the newest N (after `afterId`).
 pub(super) async fn admin_logs(State(inner): Shared, headers: HeaderMap, Query(q): Query<LogsQuery>) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
@@ -217,6 +219,7 @@ pub(super) async fn admin_logs(State(inner): Shared, headers: HeaderMap, Query(q
             hub_device_id: q.device,
             min_level: q.level,
             limit: Some(q.limit.unwrap_or(100).min(10_000)),
+            last: q.last,
         })
         .await;
     Json(json!({ "records": logs, "duplicates": inner.db.log_duplicates() })).into_response()
