@@ -3,8 +3,8 @@
 //! Each chapter is a Markdown file in the crate's `guide/` directory, compiled here by rustdoc:
 //! every Rust block is a doctest that `cargo test` compiles (and runs, unless it needs a real
 //! platform), the Python blocks are run by the Python package's test suite and the C blocks are
-//! compiled by the C library's tests. The chapters need the features `sqlite`, `ws`, `metrics` and
-//! `testkit` (docs.rs builds them all).
+//! compiled by the C library's tests. The chapters need the features `sqlite`, `ws`, `metrics`,
+//! `testkit` and `logs` (docs.rs builds them all).
 
 #[doc = include_str!("../guide/getting-started.md")]
 pub mod getting_started {}
@@ -26,6 +26,8 @@ pub mod testing {}
 pub mod extending {}
 #[doc = include_str!("../guide/observing.md")]
 pub mod observing {}
+#[doc = include_str!("../guide/logs.md")]
+pub mod logs {}
 #[doc = include_str!("../guide/emulator.md")]
 pub mod emulator {}
 #[doc = include_str!("../guide/arm.md")]

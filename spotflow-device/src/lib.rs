@@ -44,7 +44,14 @@ mod client;
 pub mod events;
 #[cfg(feature = "sqlite")]
 mod gateway;
-#[cfg(all(any(doc, doctest), feature = "sqlite", feature = "ws", feature = "metrics", feature = "testkit"))]
+#[cfg(all(
+    any(doc, doctest),
+    feature = "sqlite",
+    feature = "ws",
+    feature = "metrics",
+    feature = "testkit",
+    feature = "logs"
+))]
 pub mod guide;
 mod instance;
 #[cfg(feature = "logs")]
