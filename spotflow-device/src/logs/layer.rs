@@ -135,10 +135,10 @@ impl JsonFields {
 }
 
 fn push_json_str(out: &mut String, s: &str) {
-    // serde_json escapes into a String through its `Serialize` for `str`.
-    if let Ok(quoted) = serde_json::to_string(s) {
-        out.push_str(&quoted);
-    }
+    let mut bytes = std::mem::take(out).into_bytes();
+    write_json_str(&mut bytes, s);
+    // Valid UTF-8 in, valid UTF-8 out: only ASCII escapes are added.
+    *out = String::from_utf8(bytes).unwrap_or_default();
 }
 
 impl Visit for JsonFields {

@@ -713,9 +713,31 @@ impl Drop for JournalGuard {
     }
 }
 
-/// Writes `s` as a JSON string.
+/// Writes `s` as a JSON string (quotes, backslashes and control characters escaped).
 pub(crate) fn write_json_str(buf: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(&mut *buf, s);
+    buf.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            let _ = write!(buf, "\\u{b:04x}");
+        } else {
+            buf.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
 }
 
 /// Writes `t` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds).
@@ -759,6 +781,16 @@ mod tests {
         b.clear();
         write_utc(&mut b, SystemTime::UNIX_EPOCH + Duration::from_secs(4_102_444_800));
         assert_eq!(std::str::from_utf8(&b).unwrap(), "2100-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn json_strings() {
+        for s in ["plain", "quo\"te", "back\\slash", "line\nbreak\ttab\r", "bell\u{7}", "ünïcödé ✓", ""] {
+            let mut b = Vec::new();
+            write_json_str(&mut b, s);
+            assert_eq!(serde_json::from_slice::<String>(&b).unwrap(), s, "{}", String::from_utf8_lossy(&b));
+            assert_eq!(b, serde_json::to_vec(s).unwrap());
+        }
     }
 
     #[test]
