@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod c2d;
 #[cfg(feature = "testkit")]
 mod conformance;
 mod control;
@@ -47,6 +48,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+pub use c2d::{C2dRefusal, C2dStatus};
 pub use db::{MessageQuery, StoredMessage, TWIN_HISTORY_KEPT};
 pub use error::EmulatorError;
 
@@ -273,6 +275,8 @@ pub(crate) struct Inner {
     pub ingest: Arc<ingest::Ingest>,
     pub sessions: sessions::Sessions,
     pub methods: methods::DirectMethods,
+    /// Cloud-to-device messages waiting for their devices.
+    pub c2d: c2d::C2dQueues,
     /// Started uploads and the bodies being received.
     pub uploads: uploads::Uploads,
     pub(crate) tunnels: tunnels::Tunnels,
@@ -282,6 +286,23 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// See [`Emulator::send_c2d`].
+    pub fn send_c2d(
+        &self,
+        hub_id: &str,
+        properties: Vec<(String, String)>,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<u64, C2dRefusal> {
+        if !self.control.lock().devices.contains_key(hub_id) {
+            return Err(C2dRefusal::UnknownDevice);
+        }
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let id = self.c2d.enqueue(hub_id, properties, payload, ttl_ms)?;
+        self.sessions.send(hub_id, mqtt::Outbound::C2dReady);
+        Ok(id)
+    }
+
     pub fn devices(&self) -> Vec<DeviceInfo> {
         let connected = self.sessions.connected();
         self.control
@@ -439,6 +460,7 @@ impl Emulator {
             db,
             sessions: sessions::Sessions::default(),
             methods: methods::DirectMethods::default(),
+            c2d: c2d::C2dQueues::default(),
             uploads: uploads::Uploads::new(spool_dir),
             tunnels: tunnels::Tunnels::default(),
             https_addr: Mutex::new(https_addr),
@@ -638,6 +660,22 @@ impl Emulator {
     /// Stored messages.
     pub async fn messages(&self, query: MessageQuery) -> Vec<StoredMessage> {
         self.inner.db.messages(query).await
+    }
+    /// Queues a cloud-to-device message for `hub_device_id` (sent at once if it is connected and
+    /// subscribed, else when it is), alive for `ttl`; returns its id (its `$.mid` property).
+    pub fn send_c2d(
+        &self,
+        hub_device_id: &str,
+        properties: Vec<(String, String)>,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<u64, C2dRefusal> {
+        self.inner.send_c2d(hub_device_id, properties, payload, ttl)
+    }
+    /// A device's cloud-to-device messages and their states: delivered and expired (the last
+    /// 1,000), in flight, queued.
+    pub fn c2d_messages(&self, hub_device_id: &str) -> Vec<C2dStatus> {
+        self.inner.c2d.list(hub_device_id)
     }
     /// Stored device log records (the records of the `device-logs` stream, each once).
     pub async fn logs(&self, query: logs::LogQuery) -> Vec<logs::LogEntry> {

@@ -121,6 +121,11 @@ enum Command {
         #[command(subcommand)]
         action: DesiredAction,
     },
+    /// Cloud-to-device messages: queued for a device, delivered at QoS 1 when it is connected.
+    C2d {
+        #[command(subcommand)]
+        action: C2dAction,
+    },
     /// Device logs (the records of the `device-logs` stream).
     Logs {
         #[command(subcommand)]
@@ -196,6 +201,31 @@ enum DesiredAction {
     Set {
         device: String,
         json: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum C2dAction {
+    /// Queue a message for a device (`DEVICE` is `workspace:device`); prints its id.
+    Send {
+        device: String,
+        /// The payload (text).
+        #[arg(long, default_value = "")]
+        payload: String,
+        /// A property `KEY=VALUE` (repeat for more).
+        #[arg(long = "property", value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+        /// Time to live in seconds (default 3600, at most 172800).
+        #[arg(long, default_value_t = 3600.0)]
+        ttl: f64,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// List a device's messages and their states (queued, inFlight, delivered, expired).
+    List {
+        device: String,
         #[command(flatten)]
         admin: Admin,
     },
@@ -441,6 +471,22 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
                 from += records.len();
             }
+        }
+        Command::C2d { action: C2dAction::Send { device, payload, properties, ttl, admin } } => {
+            let mut props = serde_json::Map::new();
+            for p in properties {
+                let (k, v) = p.split_once('=').ok_or_else(|| format!("--property {p:?} is not KEY=VALUE"))?;
+                props.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+            let body = serde_json::json!({"payload": payload, "properties": props, "ttlSeconds": ttl});
+            let path = format!("/admin/devices/{device}/c2d");
+            print(&AdminClient::new(&admin)?.call(Method::POST, &path, Some(body)).await?);
+            Ok(())
+        }
+        Command::C2d { action: C2dAction::List { device, admin } } => {
+            let path = format!("/admin/devices/{device}/c2d");
+            print(&AdminClient::new(&admin)?.call(Method::GET, &path, None).await?);
+            Ok(())
         }
         Command::Logs { action: LogAction::Tail { device, level, follow, json, admin } } => {
             let client = AdminClient::new(&admin)?;

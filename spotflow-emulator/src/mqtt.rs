@@ -28,6 +28,26 @@ pub(crate) enum Outbound {
     Ack(u16),
     /// Close the connection (kicked by a newer connection or by the admin).
     Kick,
+    /// Cloud-to-device messages may be sent (queued, or room in the window).
+    C2dReady,
+}
+
+/// Session numbers: which session a cloud-to-device message in flight belongs to.
+static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Sends what the window allows of the device's cloud-to-device queue, once it subscribed.
+fn deliver_c2d(inner: &Inner, hub_id: &str, session: u64, out: &mut BytesMut) {
+    if !inner.control.is_subscribed(hub_id, &format!("devices/{hub_id}/messages/devicebound/x")) {
+        return;
+    }
+    for (pkid, e) in inner.c2d.next_batch(hub_id, session) {
+        let mut p = Publish::new(crate::c2d::topic(hub_id, &e), QoS::AtLeastOnce, e.payload);
+        p.pkid = pkid;
+        p.dup = e.attempts > 1;
+        let packet = Packet::Publish(p);
+        record(inner, "out", hub_id, &packet);
+        write(out, &packet);
+    }
 }
 
 /// Topic filters a device may subscribe to (with `{id}` replaced).
@@ -265,6 +285,7 @@ where
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     let session_present = inner.start_session(&hub_id, tx.clone(), connect.clean_session);
     info!(%peer, device = %hub_id, clean_session = connect.clean_session, "MQTT connected");
     let connack = Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present));
@@ -275,6 +296,8 @@ where
         return;
     }
     out.clear();
+    // Messages queued while the device was away (once it is subscribed).
+    let _ = tx.send(Outbound::C2dReady);
     // Idle limit: 1.5 keep-alive intervals, or the configured idle timeout when the client asked
     // for no keep-alive (0), so that no connection stays open forever without traffic.
     let keep_alive = match connect.keep_alive {
@@ -293,7 +316,7 @@ where
             packet = read_packet(&mut rd, &mut buf, max) => match packet {
                 Ok(packet) => {
                     deadline = Instant::now() + keep_alive;
-                    if let Err(reason) = handle_packet(&inner, &hub_id, &tx, packet, &mut out, &mut tail) {
+                    if let Err(reason) = handle_packet(&inner, (&hub_id, session), &tx, packet, &mut out, &mut tail) {
                         break reason;
                     }
                 }
@@ -311,6 +334,7 @@ where
                     write(&mut out, &p);
                 }
                 Some(Outbound::Ack(pkid)) => write(&mut out, &Packet::PubAck(PubAck::new(pkid))),
+                Some(Outbound::C2dReady) => deliver_c2d(&inner, &hub_id, session, &mut out),
                 Some(Outbound::Kick) | None => break SessionEnd::ClosedByPlatform,
             },
             () = sleep => break SessionEnd::KeepAlive,
@@ -324,6 +348,7 @@ where
                     write(&mut out, &p);
                 }
                 Outbound::Ack(pkid) => write(&mut out, &Packet::PubAck(PubAck::new(pkid))),
+                Outbound::C2dReady => deliver_c2d(&inner, &hub_id, session, &mut out),
                 Outbound::Kick => break,
             }
         }
@@ -339,6 +364,7 @@ where
     }
     let _ = wr.shutdown().await;
     inner.end_session(&hub_id, &tx);
+    inner.c2d.session_ended(&hub_id, session);
     info!(%peer, device = %hub_id, %reason, "MQTT disconnected");
 }
 
@@ -350,7 +376,7 @@ pub(crate) fn query_param<'a>(topic: &'a str, key: &str) -> Option<&'a str> {
 /// Handles one packet from the device; `Err` closes the connection with that reason.
 fn handle_packet(
     inner: &Arc<Inner>,
-    hub_id: &str,
+    (hub_id, session): (&str, u64),
     tx: &mpsc::UnboundedSender<Outbound>,
     packet: Packet,
     out: &mut BytesMut,
@@ -363,6 +389,7 @@ fn handle_packet(
             let suback = Packet::SubAck(subscribe(inner, hub_id, &s));
             record(inner, "out", hub_id, &suback);
             write(out, &suback);
+            let _ = tx.send(Outbound::C2dReady);
             Ok(())
         }
         Packet::Unsubscribe(Unsubscribe { pkid, topics }) => {
@@ -374,7 +401,12 @@ fn handle_packet(
             write(out, &Packet::PingResp);
             Ok(())
         }
-        Packet::PubAck(_) => Ok(()),
+        Packet::PubAck(a) => {
+            if inner.c2d.acked(hub_id, session, a.pkid) {
+                let _ = tx.send(Outbound::C2dReady);
+            }
+            Ok(())
+        }
         Packet::Disconnect => Err(SessionEnd::ClientDisconnected),
         other => Err(SessionEnd::UnexpectedPacket(format!("{other:?}"))),
     }

@@ -1331,3 +1331,101 @@ async fn direct_methods_reach_the_subscribed_device_and_return_its_answer() {
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(printed, json!({"status": 200, "payload": {"n": 1}}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2d_messages_wait_for_the_device_and_go_until_acknowledged() {
+    let emu = emulator().await;
+    let dev = register(&emu, "c2d-device").await;
+    let (http, base) = (https(&emu), emu.https_url());
+    let admin = format!("Bearer {}", emu.admin_token());
+    let url = format!("{base}/admin/devices/{}/c2d", dev.hub_id);
+    // Queued while the device is offline: three over the admin API, one through the embedding API.
+    for i in 0..3 {
+        let body = json!({"payload": format!("m{i}"), "properties": {"kind": "cmd", "n": i.to_string()}}).to_string();
+        let (s, v) = call(&http, reqwest::Method::POST, url.clone(), Some(&admin), &body).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    emu.send_c2d(&dev.hub_id, vec![("a b".into(), "c&d".into())], b"\x00\xffbin".to_vec(), Duration::from_secs(60))
+        .expect("queued");
+    // Refusals: an unknown device, a bad time to live, a bad payload, no token.
+    for (u, body, auth, want) in [
+        (format!("{base}/admin/devices/ws:nobody/c2d"), r#"{"payload":"x"}"#, Some(admin.as_str()), 404),
+        (url.clone(), r#"{"payload":"x","ttlSeconds":0}"#, Some(admin.as_str()), 400),
+        (url.clone(), r#"{"payload":"x","ttlSeconds":999999999}"#, Some(admin.as_str()), 400),
+        (url.clone(), r#"{"payloadHex":"abc"}"#, Some(admin.as_str()), 400),
+        (url.clone(), r#"{"payload":"x","unknown":1}"#, Some(admin.as_str()), 400),
+        (url.clone(), r#"{"payload":"x"}"#, None, 401),
+    ] {
+        assert_eq!(call(&http, reqwest::Method::POST, u, auth, body).await.0, want, "{body}");
+    }
+    let states = |emu: &Emulator| emu.c2d_messages(&dev.hub_id).iter().map(|m| m.state).collect::<Vec<_>>();
+    assert_eq!(states(&emu), ["queued"; 4]);
+
+    // The device connects (acknowledging by hand) and subscribes: all four arrive, in order.
+    let connect = |emu: &Emulator| {
+        let mut o = mqtt_options(emu, &dev, true);
+        o.set_manual_acks(true);
+        AsyncClient::new(o, 10)
+    };
+    let (client, mut ev) = connect(&emu);
+    client.subscribe(format!("devices/{}/messages/devicebound/#", dev.hub_id), QoS::AtLeastOnce).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.push(
+            until(&mut ev, |e| match e {
+                Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [&b"m0"[..], b"m1", b"m2", b"\x00\xffbin"]);
+    let prefix = format!("devices/{}/messages/devicebound/%24.mid=", dev.hub_id);
+    assert!(got.iter().all(|p| p.topic.starts_with(&prefix) && p.qos == QoS::AtLeastOnce && !p.dup), "{got:?}");
+    assert!(got[0].topic.contains("&kind=cmd&n=0"), "{}", got[0].topic);
+    assert!(got[3].topic.ends_with("&a%20b=c%26d"), "{}", got[3].topic);
+    // Two acknowledged: delivered; then the connection drops with two in flight.
+    client.ack(&got[0]).await.unwrap();
+    client.ack(&got[1]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while states(&emu) != ["delivered", "delivered", "inFlight", "inFlight"] {
+        let _ = tokio::time::timeout(Duration::from_millis(50), ev.poll()).await;
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", emu.c2d_messages(&dev.hub_id));
+    }
+    drop((client, ev));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while states(&emu) != ["delivered", "delivered", "queued", "queued"] {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", emu.c2d_messages(&dev.hub_id));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Back (its subscription kept by the session): only the two unacknowledged, marked DUP.
+    let (client, mut ev) = connect(&emu);
+    let mut again = Vec::new();
+    while again.len() < 2 {
+        again.push(
+            until(&mut ev, |e| match e {
+                Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    assert_eq!((&again[0].payload[..], again[0].dup), (&b"m2"[..], true));
+    assert_eq!(&again[1].payload[..], b"\x00\xffbin");
+    for p in &again {
+        client.ack(p).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while states(&emu) != ["delivered"; 4] {
+        let _ = tokio::time::timeout(Duration::from_millis(50), ev.poll()).await;
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", emu.c2d_messages(&dev.hub_id));
+    }
+    let (s, listed) = call(&http, reqwest::Method::GET, url.clone(), Some(&admin), "").await;
+    assert_eq!(s, 200);
+    let attempts: Vec<u64> =
+        listed["messages"].as_array().unwrap().iter().map(|m| m["attempts"].as_u64().unwrap()).collect();
+    assert_eq!(attempts, [1, 1, 2, 2], "{listed}");
+    assert_eq!(listed["messages"][0]["properties"], json!([["kind", "cmd"], ["n", "0"]]));
+}

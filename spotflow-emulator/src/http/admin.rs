@@ -127,6 +127,75 @@ pub(super) async fn admin_desired(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct C2dRequest {
+    /// The payload as text (UTF-8).
+    payload: Option<String>,
+    /// The payload as hexadecimal digits (binary payloads).
+    payload_hex: Option<String>,
+    /// Properties (the topic's property bag).
+    #[serde(default)]
+    properties: std::collections::BTreeMap<String, String>,
+    /// Time to live (default 3600 s, at most 2 days).
+    ttl_seconds: Option<f64>,
+}
+
+/// `POST /admin/devices/{hub_device_id}/c2d`: queues a cloud-to-device message
+/// (`{"payload": "…"}` or `{"payloadHex": "…"}`, `"properties": {…}`, `"ttlSeconds": n`); answers
+/// `201 {"id": n}`. `GET` lists the device's messages and their states.
+pub(super) async fn admin_send_c2d(
+    State(inner): Shared,
+    Path(hub_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = require_admin(&inner, &headers) {
+        return r;
+    }
+    let bad = |detail: String| problem(StatusCode::BAD_REQUEST, "/problems/badRequest", &detail);
+    let request: C2dRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("invalid request: {e}")),
+    };
+    let payload = match (request.payload, request.payload_hex) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(hex)) => match decode_hex(&hex) {
+            Some(bytes) => bytes,
+            None => return bad("payloadHex must be an even number of hexadecimal digits".into()),
+        },
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => return bad("give payload or payloadHex, not both".into()),
+    };
+    let ttl = request.ttl_seconds.unwrap_or(3600.0);
+    if !(ttl.is_finite() && ttl > 0.0) {
+        return bad("ttlSeconds must be a positive number".into());
+    }
+    let ttl = std::time::Duration::from_secs_f64(ttl.min(1e9));
+    match inner.send_c2d(&hub_id, request.properties.into_iter().collect(), payload, ttl) {
+        Ok(id) => (StatusCode::CREATED, Json(json!({"id": id}))).into_response(),
+        Err(crate::C2dRefusal::UnknownDevice) => problem(StatusCode::NOT_FOUND, "/problems/notFound", "no such device"),
+        Err(e @ crate::C2dRefusal::QueueFull) => {
+            problem(StatusCode::TOO_MANY_REQUESTS, "/problems/queueFull", &e.to_string())
+        }
+        Err(e) => bad(e.to_string()),
+    }
+}
+
+pub(super) async fn admin_list_c2d(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(r) = require_admin(&inner, &headers) {
+        return r;
+    }
+    Json(json!({"messages": inner.c2d.list(&hub_id)})).into_response()
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+}
+
 pub(super) async fn admin_disconnect(State(inner): Shared, Path(hub_id): Path<String>, headers: HeaderMap) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;

@@ -47,6 +47,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/admin/devices/{hub_device_id}/twin", get(admin::admin_twin))
         .route("/admin/devices/{hub_device_id}/desired", patch(admin::admin_desired))
         .route("/admin/devices/{hub_device_id}/disconnect", post(admin::admin_disconnect))
+        .route("/admin/devices/{hub_device_id}/c2d", post(admin::admin_send_c2d).get(admin::admin_list_c2d))
         .route("/admin/devices/{hub_device_id}/methods/{*method}", post(admin::admin_method))
         .route("/admin/messages", get(admin::admin_messages))
         .route("/admin/logs", get(admin::admin_logs))
