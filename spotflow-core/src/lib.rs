@@ -39,6 +39,7 @@
 
 mod adaptive_poll;
 mod backoff;
+mod cloud;
 mod compression;
 mod credentials;
 mod error;
@@ -61,6 +62,7 @@ mod transport;
 pub mod testkit;
 
 pub use backoff::Backoff;
+pub use cloud::{CloudMessage, Inbox, StoredCloudMessage, COMPLETED_KEPT};
 pub use compression::{decompress, Compression, ContentEncoding, MAX_DECOMPRESSED_SIZE};
 pub use credentials::{CredentialAction, CredentialSchedule};
 pub use error::{Error, ErrorStatus, LinkFailure, Result};

@@ -27,6 +27,7 @@ struct Inner {
     identity: Option<DeviceIdentity>,
     desired: Option<DesiredState>,
     reported: ReportedState,
+    inbox: crate::Inbox,
 }
 
 impl MemoryStore {
@@ -129,6 +130,20 @@ impl Store for MemoryStore {
         inner.bytes = 0;
         inner.desired = None;
         inner.reported = ReportedState::default();
+        inner.inbox = crate::Inbox::default();
         Ok(())
+    }
+    async fn append_cloud_message(&self, message: &crate::CloudMessage) -> Result<Option<u64>> {
+        Ok(self.lock()?.inbox.append(message))
+    }
+    async fn read_cloud_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<crate::StoredCloudMessage>> {
+        Ok(self.lock()?.inbox.read(after, limit))
+    }
+    async fn remove_cloud_message(&self, id: u64) -> Result<()> {
+        self.lock()?.inbox.remove(id);
+        Ok(())
+    }
+    async fn cloud_inbox_stats(&self) -> Result<(u64, u64)> {
+        Ok(self.lock()?.inbox.stats())
     }
 }

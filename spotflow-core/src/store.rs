@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::{OutgoingMessage, QueuedMessage, Result};
+use crate::{CloudMessage, OutgoingMessage, QueuedMessage, Result, StoredCloudMessage};
 
 /// A secret string (token, SAS, connection string) whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -177,6 +177,33 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// reported properties); keeps the identity itself and the sequence counter.
     async fn clear_device_state(&self) -> Result<()>;
 
+    /// Keeps a cloud-to-device message in the inbox, durably, until
+    /// [`Store::remove_cloud_message`]; `Ok(Some(id))` (ids grow), or `Ok(None)` when a message
+    /// with its `$.mid` is held or was completed lately (a redelivery; see [`crate::Inbox`]). The
+    /// default: an error saying the store keeps no inbox (the message is then not acknowledged,
+    /// and the broker keeps it).
+    async fn append_cloud_message(&self, message: &CloudMessage) -> Result<Option<u64>> {
+        let _ = message;
+        Err(crate::Error::invalid("store", "this store keeps no cloud-to-device inbox"))
+    }
+
+    /// Up to `limit` messages of the inbox with ids above `after`, oldest first (default: none).
+    async fn read_cloud_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<StoredCloudMessage>> {
+        let _ = (after, limit);
+        Ok(Vec::new())
+    }
+
+    /// Removes a message the application completed (unknown ids are ignored).
+    async fn remove_cloud_message(&self, id: u64) -> Result<()> {
+        let _ = id;
+        Ok(())
+    }
+
+    /// Number and size ([`CloudMessage::size`]) of the messages in the inbox (default: none).
+    async fn cloud_inbox_stats(&self) -> Result<(u64, u64)> {
+        Ok((0, 0))
+    }
+
     /// Releases the backing resources now (e.g. the database file, for the next process). Later
     /// calls may fail. The default does nothing.
     async fn close(&self) -> Result<()> {
@@ -221,6 +248,18 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn clear_device_state(&self) -> Result<()> {
         (**self).clear_device_state().await
+    }
+    async fn append_cloud_message(&self, message: &CloudMessage) -> Result<Option<u64>> {
+        (**self).append_cloud_message(message).await
+    }
+    async fn read_cloud_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<StoredCloudMessage>> {
+        (**self).read_cloud_messages(after, limit).await
+    }
+    async fn remove_cloud_message(&self, id: u64) -> Result<()> {
+        (**self).remove_cloud_message(id).await
+    }
+    async fn cloud_inbox_stats(&self) -> Result<(u64, u64)> {
+        (**self).cloud_inbox_stats().await
     }
     async fn close(&self) -> Result<()> {
         (**self).close().await

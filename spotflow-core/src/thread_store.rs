@@ -71,6 +71,8 @@ pub enum StateKey {
     Desired,
     /// The reported properties and what is not yet sent of them ([`ReportedState`]).
     Reported,
+    /// The cloud-to-device inbox ([`crate::Inbox`]).
+    Inbox,
 }
 
 impl StateKey {
@@ -80,6 +82,7 @@ impl StateKey {
             StateKey::Identity => "identity",
             StateKey::Desired => "desired",
             StateKey::Reported => "reported",
+            StateKey::Inbox => "c2d-inbox",
         }
     }
 }
@@ -230,6 +233,8 @@ struct Runtime<B> {
     last_append: Mutex<Option<Instant>>,
     /// The devices of a shared store whose handle is in use (see [`ThreadStore::namespace`]).
     in_use: Arc<Mutex<HashSet<String>>>,
+    /// Held while an inbox is read, changed and saved (one document per device).
+    inbox: tokio::sync::Mutex<()>,
 }
 
 /// A [`Store`] served by one thread that owns a [`StoreBackend`]: the durable stores (see the
@@ -423,6 +428,7 @@ impl<B: StoreBackend> ThreadStore<B> {
             slot,
             last_append: Mutex::new(None),
             in_use: Arc::default(),
+            inbox: tokio::sync::Mutex::new(()),
         };
         Ok(ThreadStore { runtime: Arc::new(runtime), ns: SINGLE_DEVICE, lease: None })
     }
@@ -555,6 +561,11 @@ impl<B: StoreBackend> ThreadStore<B> {
     async fn save(&self, key: StateKey, value: serde_json::Value) -> Result<()> {
         self.call(|r| Command::SaveState(self.ns, key, value, r)).await
     }
+
+    /// The device's inbox (empty when none was saved).
+    async fn load_inbox(&self) -> Result<crate::Inbox> {
+        Ok(self.load(StateKey::Inbox, crate::Inbox::from_json).await?.unwrap_or_default())
+    }
 }
 
 #[async_trait]
@@ -602,6 +613,31 @@ impl<B: StoreBackend> Store for ThreadStore<B> {
     }
     async fn clear_device_state(&self) -> Result<()> {
         self.call(|r| Command::Clear(self.ns, r)).await
+    }
+    /// The inbox is one state document per device, read, changed and saved whole (durably, as
+    /// the store's other documents): its byte budget keeps it small.
+    async fn append_cloud_message(&self, message: &crate::CloudMessage) -> Result<Option<u64>> {
+        let _held = self.runtime.inbox.lock().await;
+        let mut inbox = self.load_inbox().await?;
+        let id = inbox.append(message);
+        if id.is_some() {
+            self.save(StateKey::Inbox, inbox.to_json()).await?;
+        }
+        Ok(id)
+    }
+    async fn read_cloud_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<crate::StoredCloudMessage>> {
+        Ok(self.load_inbox().await?.read(after, limit))
+    }
+    async fn remove_cloud_message(&self, id: u64) -> Result<()> {
+        let _held = self.runtime.inbox.lock().await;
+        let mut inbox = self.load_inbox().await?;
+        if inbox.remove(id) {
+            self.save(StateKey::Inbox, inbox.to_json()).await?;
+        }
+        Ok(())
+    }
+    async fn cloud_inbox_stats(&self) -> Result<(u64, u64)> {
+        Ok(self.load_inbox().await?.stats())
     }
     /// Closes the store now (everything durable, the files released for another process)
     /// instead of when the last clone is dropped. Later calls on any clone fail; closing again is
@@ -862,6 +898,7 @@ mod tests {
                 StateKey::Identity => now(self.inner.load_identity())?.as_ref().map(persist::identity_to_json),
                 StateKey::Desired => now(self.inner.load_desired())?.as_ref().map(persist::desired_to_json),
                 StateKey::Reported => Some(persist::reported_to_json(&now(self.inner.load_reported())?)),
+                StateKey::Inbox => None,
             })
         }
         fn save_state(&mut self, _: Namespace, key: StateKey, value: &serde_json::Value) -> Result<()> {
@@ -869,6 +906,7 @@ mod tests {
                 StateKey::Identity => now(self.inner.save_identity(&persist::identity_from_json(value)?)),
                 StateKey::Desired => now(self.inner.save_desired(&persist::desired_from_json(value)?)),
                 StateKey::Reported => now(self.inner.save_reported(&persist::reported_from_json(value)?)),
+                StateKey::Inbox => Ok(()),
             }
         }
         fn clear(&mut self, _: Namespace) -> Result<()> {

@@ -558,6 +558,7 @@ impl StoreBackend for SledBackend {
             .clear()
             .and_then(|_| self.state.remove("desired").map(drop))
             .and_then(|_| self.state.remove("reported").map(drop))
+            .and_then(|_| self.state.remove("c2d-inbox").map(drop))
             .and_then(|_| self.checkpoint())
             .map_err(|e| sled_error(&self.path, "cannot clear", e))?;
         self.count = 0;

@@ -724,8 +724,8 @@ impl StoreBackend for SqliteBackend {
         let cleared = self.transaction(false, |w| {
             let messages = w.sql("DELETE FROM messages", "DELETE FROM messages WHERE ns = ?1");
             let state = w.sql(
-                "DELETE FROM state WHERE name IN ('desired', 'reported')",
-                "DELETE FROM state WHERE name IN ('desired', 'reported') AND ns = ?1",
+                "DELETE FROM state WHERE name IN ('desired', 'reported', 'c2d-inbox')",
+                "DELETE FROM state WHERE name IN ('desired', 'reported', 'c2d-inbox') AND ns = ?1",
             );
             w.conn.execute(messages, w.with_ns(params![ns]))?;
             w.conn.execute(state, w.with_ns(params![ns]))
