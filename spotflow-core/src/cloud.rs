@@ -142,7 +142,10 @@ mod tests {
     use super::*;
 
     fn msg(mid: &str, payload: &[u8]) -> CloudMessage {
-        CloudMessage { properties: vec![("$.mid".into(), mid.into()), ("k".into(), "v".into())], payload: Bytes::copy_from_slice(payload) }
+        CloudMessage {
+            properties: vec![("$.mid".into(), mid.into()), ("k".into(), "v".into())],
+            payload: Bytes::copy_from_slice(payload),
+        }
     }
 
     #[test]
@@ -160,6 +163,9 @@ mod tests {
         assert_eq!(inbox.stats(), (2, 8), "payloads and properties");
         let again = Inbox::from_json(&inbox.to_json()).unwrap();
         assert_eq!(again, inbox);
-        assert!(Inbox::from_json(&json!({"next_id": 1, "messages": [{"id": 1, "properties": [], "payload": "zz"}], "completed": []})).is_err());
+        assert!(Inbox::from_json(
+            &json!({"next_id": 1, "messages": [{"id": 1, "properties": [], "payload": "zz"}], "completed": []})
+        )
+        .is_err());
     }
 }

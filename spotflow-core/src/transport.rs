@@ -8,7 +8,7 @@ use std::fmt;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::{ConnectionCredentials, DesiredState, OutgoingMessage, Result};
+use crate::{CloudMessage, ConnectionCredentials, DesiredState, OutgoingMessage, Result};
 
 /// Correlates a twin request with its response.
 pub type RequestId = u64;
@@ -73,6 +73,15 @@ pub enum TransportEvent {
         request: String,
         /// The call's payload (JSON, as the platform sent it).
         payload: Vec<u8>,
+    },
+    /// A cloud-to-device message. The transport acknowledges it to the broker only when the SDK
+    /// calls [`Connection::ack_cloud_message`] with `token` (after storing it); one never
+    /// acknowledged is sent again by the broker on a later connection.
+    CloudMessage {
+        /// Names the message in [`Connection::ack_cloud_message`] (0: nothing to acknowledge).
+        token: u64,
+        /// The message.
+        message: CloudMessage,
     },
 }
 
@@ -167,6 +176,14 @@ pub trait Connection: Send {
     async fn answer_method(&mut self, request: &str, status: u16, body: &[u8]) -> Result<()> {
         let _ = (status, body);
         Err(crate::Error::transport(format!("this transport cannot answer the direct method call {request}")))
+    }
+
+    /// Acknowledges the cloud-to-device message of `token` (see
+    /// [`TransportEvent::CloudMessage`]). The default does nothing (a transport that acknowledges
+    /// on receipt).
+    async fn ack_cloud_message(&mut self, token: u64) -> Result<()> {
+        let _ = token;
+        Ok(())
     }
 
     /// Closes the connection gracefully (best effort).

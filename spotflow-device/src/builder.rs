@@ -311,6 +311,8 @@ impl DeviceClientBuilder {
         let desired = store.load_desired().await?;
         let reported = ReportedTracker::new(store.load_reported().await?);
         let shared = Arc::new(Shared::new(&identity, &stats, desired.clone()));
+        let (_, inbox_bytes) = store.cloud_inbox_stats().await?;
+        shared.inbox_bytes.store(inbox_bytes, std::sync::atomic::Ordering::Release);
         shared.set_reported_status(reported.any_pending(), None);
 
         // 3. Where the application's code runs: the desired callback's thread, the methods.

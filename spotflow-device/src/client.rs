@@ -96,6 +96,12 @@ impl DeviceClient {
         self.inner.shared.events.subscribe()
     }
 
+    /// The cloud-to-device inbox, oldest first: the messages not completed before (also those of
+    /// earlier runs) and those that arrive (see [`crate::c2d`]).
+    pub fn c2d_messages(&self) -> crate::C2dMessages {
+        crate::C2dMessages::new(self.clone())
+    }
+
     /// A snapshot of the queue, the deliveries, the connection and the enqueue →
     /// acknowledgement latency (see [`Stats`]). Cheap: atomics and a few short locks.
     pub fn stats(&self) -> Stats {

@@ -39,6 +39,7 @@
 mod backends;
 pub mod blocking;
 mod builder;
+pub mod c2d;
 mod callbacks;
 mod client;
 pub mod events;
@@ -67,6 +68,7 @@ mod stats;
 mod worker;
 
 pub use builder::{DesiredPropertiesCallback, DeviceClientBuilder};
+pub use c2d::{C2dMessage, C2dMessages};
 pub use client::{DeviceClient, StreamSender};
 pub use events::{ConnectionEvent, ConnectionEventCallback, ConnectionEvents, DisconnectReason};
 #[cfg(feature = "sqlite")]

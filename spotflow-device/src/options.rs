@@ -49,6 +49,10 @@ pub struct ClientOptions {
     pub queue_budget_bytes: u64,
     /// What happens when an enqueue would exceed the budget. Default [`QueueFullPolicy::Reject`].
     pub queue_full_policy: QueueFullPolicy,
+    /// Byte budget of the cloud-to-device inbox (payloads and properties of the messages not yet
+    /// completed). When a message would exceed it, the client stops acknowledging: the broker
+    /// keeps it (and those after it) until the application completes messages. Default 4 MiB.
+    pub c2d_inbox_budget_bytes: u64,
 }
 
 /// What `enqueue_message` does when the queue's byte budget is used up.
@@ -81,6 +85,7 @@ impl Default for ClientOptions {
             durability: Durability::PowerLossSafe,
             queue_budget_bytes: 256 * 1024 * 1024,
             queue_full_policy: QueueFullPolicy::Reject,
+            c2d_inbox_budget_bytes: 4 * 1024 * 1024,
         }
     }
 }

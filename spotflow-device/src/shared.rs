@@ -9,6 +9,10 @@ use tokio::sync::{watch, Notify};
 
 /// State shared by the API handles and the worker.
 pub(crate) struct Shared {
+    /// Bytes of cloud-to-device messages in the inbox (see [`crate::c2d`]).
+    pub(crate) inbox_bytes: AtomicU64,
+    /// Bumped when a cloud-to-device message is stored (for the readers of the inbox).
+    pub(crate) inbox_changed: watch::Sender<u64>,
     pub(crate) workspace_id: String,
     pub(crate) device_id: String,
     pub(crate) pending: AtomicI64,
@@ -40,6 +44,8 @@ impl Shared {
         desired: Option<DesiredState>,
     ) -> Shared {
         let shared = Shared {
+            inbox_bytes: AtomicU64::new(0),
+            inbox_changed: watch::channel(0).0,
             workspace_id: identity.workspace_id.clone(),
             device_id: identity.device_id.clone(),
             pending: AtomicI64::new(i64::try_from(stats.count).unwrap_or(i64::MAX)),

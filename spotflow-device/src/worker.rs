@@ -40,6 +40,8 @@ pub(crate) enum Command {
         bytes: u64,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// The application completed a cloud-to-device message: the inbox has room again.
+    InboxSpace,
 }
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<dyn Connection>>> + Send>>;
@@ -96,6 +98,10 @@ pub(crate) struct Worker {
     /// The direct methods' handlers, and their answers as they come.
     methods: Methods,
     method_answers: mpsc::UnboundedReceiver<Answer>,
+    /// Cloud-to-device messages received but not stored (the inbox was full, or the store
+    /// failed): not acknowledged, retried when the application completes one. Dropped with the
+    /// connection (the broker sends them again).
+    held: std::collections::VecDeque<(u64, spotflow_core::CloudMessage)>,
 }
 
 impl Worker {
@@ -131,6 +137,7 @@ impl Worker {
             session: setup.session,
             methods: setup.methods,
             method_answers: setup.method_answers,
+            held: std::collections::VecDeque::new(),
         }
     }
 }
@@ -205,6 +212,7 @@ impl Worker {
                     Some(Command::DropOldest { bytes, reply }) => {
                         let _ = reply.send(self.drop_oldest(bytes).await);
                     }
+                    Some(Command::InboxSpace) => self.store_held().await,
                     Some(Command::Close { reply }) => {
                         self.shutdown().await;
                         let _ = reply.send(());
@@ -413,7 +421,49 @@ impl Worker {
                     self.answer_method(answer).await;
                 }
             }
+            TransportEvent::CloudMessage { token, message } => {
+                self.held.push_back((token, message));
+                self.store_held().await;
+            }
             other => debug!(?other, "unhandled transport event"),
+        }
+    }
+
+    /// Stores the held cloud-to-device messages, in order, while the inbox has room, each
+    /// acknowledged once stored (a redelivery of one stored or completed already is only
+    /// acknowledged).
+    async fn store_held(&mut self) {
+        while let Some((token, message)) = self.held.front() {
+            let size = message.size();
+            let used = self.shared.inbox_bytes.load(std::sync::atomic::Ordering::Acquire);
+            if used > 0 && used + size > self.options.c2d_inbox_budget_bytes {
+                debug!(used, size, "cloud-to-device inbox full; the broker keeps the rest");
+                return;
+            }
+            match self.store.append_cloud_message(message).await {
+                Ok(stored) => {
+                    if let Some(id) = stored {
+                        self.shared.inbox_bytes.fetch_add(size, std::sync::atomic::Ordering::AcqRel);
+                        self.shared.inbox_changed.send_modify(|n| *n = (*n).max(id));
+                        debug!(id, size, "cloud-to-device message stored");
+                    } else {
+                        debug!(mid = ?message.message_id(), "cloud-to-device message received again; acknowledged");
+                    }
+                    let token = *token;
+                    self.held.pop_front();
+                    if let Some(conn) = self.conn.as_mut() {
+                        if let Err(e) = conn.ack_cloud_message(token).await {
+                            self.disconnected(e);
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "a cloud-to-device message could not be stored; not acknowledged (the broker keeps it)");
+                    self.held.clear();
+                    return;
+                }
+            }
         }
     }
 
@@ -463,6 +513,8 @@ impl Worker {
         self.shared.stats.disconnected(Some(e.to_string()), self.queue.in_flight());
         self.queue.on_disconnected();
         self.reported.on_disconnected();
+        // Their acknowledgements belonged to the connection: the broker sends them again.
+        self.held.clear();
         self.twin_request = None;
         if matches!(e, Error::Unauthorized(_)) {
             let _ = self.rejected.send(());

@@ -14,7 +14,7 @@ use spotflow_core::{
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use crate::topics::{self, Incoming};
 use crate::upload::{UploadError, Uploader};
@@ -82,13 +82,10 @@ impl TwinRequests {
             Incoming::MethodCall { method, rid, payload } => {
                 Some(TransportEvent::MethodCall { method, request: rid, payload })
             }
-            Incoming::CloudToDevice { properties, size } => {
-                info!(
-                    ?properties,
-                    size, "cloud-to-device message acknowledged and dropped (not part of this SDK's API)"
-                );
-                None
-            }
+            Incoming::CloudToDevice { properties, payload } => Some(TransportEvent::CloudMessage {
+                token: 0,
+                message: spotflow_core::CloudMessage { properties, payload: payload.into() },
+            }),
             Incoming::Ignored(reason) => {
                 debug!(?reason, "incoming message ignored");
                 None

@@ -207,7 +207,13 @@ pub async fn open(
 }
 
 enum Command {
-    Publish { topic: String, payload: Bytes, telemetry: Option<u64> },
+    Publish {
+        topic: String,
+        payload: Bytes,
+        telemetry: Option<u64>,
+    },
+    /// Acknowledge the cloud-to-device message of this packet id (the SDK stored it).
+    Ack(u16),
     Disconnect,
 }
 
@@ -248,6 +254,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             }
             tokio::select! {
                 command = self.commands.recv() => {
+                    let before = in_flight.len();
                     match self.take_commands(command, &mut in_flight, &mut next_pkid) {
                         Ok(true) => {}
                         Ok(false) => {
@@ -261,7 +268,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     if let Err(e) = self.flush().await {
                         break e;
                     }
-                    waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                    // Only publishes await an answer (an acknowledgement sent does not).
+                    if in_flight.len() > before {
+                        waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                    }
                 }
                 packet = self.codec.next() => {
                     let packet = match packet {
@@ -328,8 +338,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     ) -> Result<bool> {
         let mut next = first;
         for taken in 1..=WRITE_BATCH {
-            let Some(Command::Publish { topic, payload, telemetry }) = next else {
-                return Ok(false);
+            let (topic, payload, telemetry) = match next {
+                Some(Command::Publish { topic, payload, telemetry }) => (topic, payload, telemetry),
+                Some(Command::Ack(pkid)) => {
+                    encode(&Packet::PubAck(PubAck::new(pkid)), &mut self.out)?;
+                    next = match self.commands.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(_) => return Ok(true),
+                    };
+                    continue;
+                }
+                Some(Command::Disconnect) | None => return Ok(false),
             };
             if in_flight.len() >= usize::from(u16::MAX) - 1 {
                 return Err(Error::transport("more than 65,534 packets in flight"));
@@ -384,10 +403,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                 }
             }
             Packet::Publish(p) => {
-                if p.qos == QoS::AtLeastOnce {
-                    encode(&Packet::PubAck(PubAck::new(p.pkid)), &mut self.out)?;
+                let mut event = spotflow_core::lock(&self.twin).translate(&p.topic, &p.payload);
+                match &mut event {
+                    // Acknowledged once the SDK stored it (`Command::Ack`).
+                    Some(TransportEvent::CloudMessage { token, .. }) if p.qos == QoS::AtLeastOnce => {
+                        *token = u64::from(p.pkid);
+                    }
+                    _ if p.qos == QoS::AtLeastOnce => encode(&Packet::PubAck(PubAck::new(p.pkid)), &mut self.out)?,
+                    _ => {}
                 }
-                let event = spotflow_core::lock(&self.twin).translate(&p.topic, &p.payload);
                 if let Some(event) = event {
                     self.emit(event).await?;
                 }
@@ -464,6 +488,14 @@ impl Connection for SessionConnection {
 
     async fn answer_method(&mut self, request: &str, status: u16, body: &[u8]) -> Result<()> {
         self.publish(topics::method_response_topic(status, request), Bytes::copy_from_slice(body), None).await
+    }
+
+    async fn ack_cloud_message(&mut self, token: u64) -> Result<()> {
+        let Ok(pkid) = u16::try_from(token) else { return Ok(()) };
+        if pkid == 0 {
+            return Ok(());
+        }
+        self.commands.send(Command::Ack(pkid)).await.map_err(|_| Error::transport("the MQTT session ended"))
     }
 
     async fn close(&mut self) {

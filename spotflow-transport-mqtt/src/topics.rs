@@ -137,12 +137,12 @@ pub enum Incoming {
         /// The call's payload.
         payload: Vec<u8>,
     },
-    /// A cloud-to-device message (`devices/{id}/messages/devicebound/…`): acknowledged, dropped.
+    /// A cloud-to-device message (`devices/{id}/messages/devicebound/…`).
     CloudToDevice {
-        /// Its property bag (the topic after `devicebound/`).
-        properties: String,
-        /// Payload size.
-        size: usize,
+        /// Its property bag (the topic after `devicebound/`), decoded.
+        properties: Vec<(String, String)>,
+        /// The payload.
+        payload: Vec<u8>,
     },
     /// Anything else (ignored by the device, with the reason).
     Ignored(String),
@@ -193,10 +193,23 @@ pub fn parse_incoming(topic: &str, payload: &[u8]) -> Incoming {
     }
     if let Some((_, properties)) = topic.split_once("/messages/devicebound/") {
         if topic.starts_with("devices/") {
-            return Incoming::CloudToDevice { properties: properties.to_owned(), size: payload.len() };
+            return Incoming::CloudToDevice { properties: property_bag(properties), payload: payload.to_vec() };
         }
     }
     Incoming::Ignored(format!("unexpected topic {topic:?}"))
+}
+
+/// Decodes a property bag: `&`-separated, `=` optional (a key without one gets `""`), keys and
+/// values percent-decoded (invalid UTF-8 replaced).
+pub fn property_bag(bag: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    bag.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 /// Parses a full twin document `{"desired":{…,"$version":n},"reported":{…,"$version":m}}`.
@@ -314,8 +327,15 @@ mod tests {
         ));
         assert!(matches!(parse_incoming("$iothub/twin/PATCH/properties/desired/", b"{}"), Incoming::Ignored(_)));
         assert_eq!(
-            parse_incoming("devices/ws:d/messages/devicebound/%24.mid=1&k=v", b"abc"),
-            Incoming::CloudToDevice { properties: "%24.mid=1&k=v".into(), size: 3 }
+            parse_incoming("devices/ws:d/messages/devicebound/%24.mid=1&k=v%201&flag", b"abc"),
+            Incoming::CloudToDevice {
+                properties: vec![
+                    ("$.mid".into(), "1".into()),
+                    ("k".into(), "v 1".into()),
+                    ("flag".into(), String::new())
+                ],
+                payload: b"abc".to_vec()
+            }
         );
         assert_eq!(subscriptions("ws:d", false)[2], "devices/ws:d/messages/devicebound/#");
         assert_eq!(subscriptions("ws:d", true)[0], "$iothub/methods/POST/#", "first, as the official SDK's");
