@@ -108,6 +108,8 @@ pub struct DeviceChild {
     pub gateway_devices: Option<usize>,
     /// Log records through a `DeviceLogger` instead of enqueueing messages (`LOGS=1`).
     pub logs: bool,
+    /// Take cloud-to-device messages from the inbox instead of enqueueing messages (`C2D=1`).
+    pub c2d: bool,
 }
 
 /// The lines a child process writes on its piped standard output, read by a thread of their own
@@ -143,6 +145,7 @@ impl DeviceChild {
             stderr: None,
             gateway_devices: None,
             logs: false,
+            c2d: false,
         }
     }
 
@@ -157,6 +160,9 @@ impl DeviceChild {
         }
         if self.logs {
             command.env("LOGS", "1");
+        }
+        if self.c2d {
+            command.env("C2D", "1");
         }
         if let Some(devices) = self.gateway_devices {
             command.env("GATEWAY_DEVICES", devices.to_string());

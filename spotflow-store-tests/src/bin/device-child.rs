@@ -9,6 +9,8 @@
 //! `Gateway` store at `DB`, each enqueueing `COUNT` messages (ids `r{RUN}-d{D}-{i}`, printing
 //! `ACK {RUN} d{D}-{i}`) at the same time, then `DONE` once every device's queue is acknowledged.
 //!
+//! With `C2D=1`, it takes cloud-to-device messages from its inbox instead (see `c2d`).
+//!
 //! With `LOGS=1`, the process logs instead: `COUNT` records `tracing::info!("r{RUN}-{i}")` through
 //! a `DeviceLogger`'s layer (default options), printing `ACK {RUN} {i}` after each call that
 //! returned with the record taken (`DROP {RUN} {i}` if a limit dropped it) and, every 1,000
@@ -113,6 +115,32 @@ async fn logs(client: DeviceClient, run: &str, count: u32) {
     client.close().await.expect("close");
 }
 
+/// `C2D=1`: takes cloud-to-device messages from the inbox at `RATE` per second, printing
+/// `GOT {payload}` when one is handed out and `DONE {payload}` once its completion returned; with
+/// `COUNT` 0 it runs until the inbox stays empty for 2 s (the broker has nothing more), then
+/// prints `EMPTY`.
+async fn c2d(client: DeviceClient, count: u32) {
+    println!("READY");
+    let rate: f64 = std::env::var("RATE").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0.0).unwrap_or(50.0);
+    let mut inbox = client.c2d_messages();
+    let mut handled = 0u32;
+    loop {
+        let wait = if count == 0 { Duration::from_secs(2) } else { Duration::from_secs(3600) };
+        let Some(message) = inbox.next_timeout(wait).await.expect("inbox") else { break };
+        let payload = String::from_utf8_lossy(message.payload()).into_owned();
+        println!("GOT {payload}");
+        tokio::time::sleep(Duration::from_secs_f64(1.0 / rate)).await;
+        message.complete().await.expect("complete");
+        println!("DONE {payload}");
+        handled += 1;
+        if count > 0 && handled >= count {
+            break;
+        }
+    }
+    println!("EMPTY");
+    client.close().await.expect("close");
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::var_os("LOGS").is_none() {
@@ -133,6 +161,10 @@ async fn main() {
     let client = configure(builder, &ca, mqtt_port).start().await.expect("device starts");
     if std::env::var_os("LOGS").is_some() {
         logs(client, &run, count).await;
+        return;
+    }
+    if std::env::var_os("C2D").is_some() {
+        c2d(client, count).await;
         return;
     }
     println!("READY");
