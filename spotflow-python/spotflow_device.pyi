@@ -16,6 +16,7 @@ __all__ = [
     "ClientStats",
     "ConnectionEvent",
     "LogHandler",
+    "C2dMessage",
     "DeviceClient",
     "StreamSender",
     "_shutdown",
@@ -153,6 +154,19 @@ class ClientStats:
     latency_p50: Optional[float]
     latency_p90: Optional[float]
     latency_p99: Optional[float]
+
+@final
+class C2dMessage:
+    """(Beyond the reference) A cloud-to-device message from the device's durable inbox (see
+    ``DeviceClient.receive_c2d_message``)."""
+
+    payload: bytes
+    properties: Dict[str, str]
+    @property
+    def message_id(self) -> Optional[str]:
+        """The Platform's id of the message (``$.mid``), if it has one."""
+    def complete(self) -> None:
+        """Remove the message from the inbox: it is never returned again."""
 
 class LogHandler(logging.Handler):
     """(Beyond the reference) A ``logging.Handler`` that sends records to the Platform through the
@@ -297,6 +311,11 @@ class DeviceClient:
     def get_desired_properties_if_newer(self, version: Optional[int] = None) -> Optional[DesiredProperties]:
         """Get the current Desired Properties if their version is higher than version or if
         version is None. Otherwise, return None."""
+    def receive_c2d_message(self, timeout: Optional[float] = None) -> Optional[C2dMessage]:
+        """(Beyond the reference) The next cloud-to-device message from the device's durable
+        inbox, waiting at most ``timeout`` seconds (``None``: until one comes); ``None`` when none
+        came in time. A message stays in the inbox, and is returned again after a restart, until
+        its ``complete()`` is called."""
     def update_reported_properties(self, properties: dict) -> None:
         """Enqueue an update of the Reported Properties to be sent to the Platform.
 

@@ -77,6 +77,8 @@ pub struct DeviceClient {
     client: Arc<spotflow_device::DeviceClient>,
     /// Its `DeviceLogger`, started by the first `LogHandler`.
     logger: std::sync::OnceLock<Py<crate::device_logs::PyDeviceLogger>>,
+    /// Where `receive_c2d_message` is in the inbox.
+    inbox: Arc<tokio::sync::Mutex<Option<spotflow_device::C2dMessages>>>,
     /// The process that started it (see `same_process`).
     pid: u32,
 }
@@ -192,7 +194,7 @@ impl DeviceClient {
         }
         let client = Arc::new(run_interruptible(py, builder.start())?);
         register(&client);
-        Ok(DeviceClient { client, logger: Default::default(), pid: std::process::id() })
+        Ok(DeviceClient { client, logger: Default::default(), inbox: Default::default(), pid: std::process::id() })
     }
 
     /// The client's `DeviceLogger` (for `LogHandler`), started at the first call.
@@ -283,6 +285,32 @@ impl DeviceClient {
         // A negative version is older than any: the current properties are returned.
         let version = version.and_then(|v| u64::try_from(v).ok());
         self.client.get_desired_properties_if_newer(version).map(|d| DesiredProperties::new(py, &d)).transpose()
+    }
+
+    /// (Beyond the reference) The next cloud-to-device message from the device's durable inbox,
+    /// waiting at most `timeout` seconds (`None`: until one comes); `None` when none came in
+    /// time. A message stays in the inbox, and is returned again after a restart, until its
+    /// `complete()` is called.
+    #[pyo3(signature = (timeout=None))]
+    fn receive_c2d_message(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<crate::types::C2dMessage>> {
+        same_process(self.pid)?;
+        let timeout = match timeout {
+            Some(t) if !(t.is_finite() && t >= 0.0) => {
+                return Err(pyo3::exceptions::PyValueError::new_err("timeout must be a non-negative number of seconds"))
+            }
+            Some(t) => Some(Duration::from_secs_f64(t.min(1e9))),
+            None => None,
+        };
+        let (client, inbox) = (self.client.clone(), self.inbox.clone());
+        let next = run_interruptible(py, async move {
+            let mut inbox = inbox.lock().await;
+            let view = inbox.get_or_insert_with(|| client.c2d_messages());
+            match timeout {
+                Some(t) => view.next_timeout(t).await,
+                None => view.next().await.map(Some),
+            }
+        })?;
+        next.map(|m| crate::types::C2dMessage::new(py, m)).transpose()
     }
 
     /// Enqueue an update of the Reported Properties to be sent to the Platform (persisted first).

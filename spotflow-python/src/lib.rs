@@ -129,6 +129,7 @@ fn spotflow_device_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::DesiredProperties>()?;
     m.add_class::<types::ClientStats>()?;
     m.add_class::<types::ConnectionEvent>()?;
+    m.add_class::<types::C2dMessage>()?;
     m.add_class::<client::DeviceClient>()?;
     m.add_class::<client::StreamSender>()?;
     device_logs::install(m)?;

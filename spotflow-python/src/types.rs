@@ -2,7 +2,7 @@
 //! and the conversions between JSON and Python objects.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use serde_json::Value;
 
 use crate::SpotflowError;
@@ -345,4 +345,46 @@ pub fn dict_to_json(py: Python<'_>, dict: &Bound<'_, PyDict>) -> PyResult<Value>
         .extract()?;
     serde_json::from_str(&text)
         .map_err(|e| SpotflowError::new_err(format!("the properties cannot be serialized to JSON: {e}")))
+}
+
+/// (Beyond the reference) A cloud-to-device message from the device's durable inbox.
+#[pyclass(frozen, module = "spotflow_device", name = "C2dMessage")]
+pub struct C2dMessage {
+    inner: spotflow_device::C2dMessage,
+    /// The payload.
+    #[pyo3(get)]
+    payload: Py<PyBytes>,
+    /// The properties (the platform's message id is `$.mid`).
+    #[pyo3(get)]
+    properties: Py<PyDict>,
+}
+
+impl C2dMessage {
+    pub fn new(py: Python<'_>, inner: spotflow_device::C2dMessage) -> PyResult<Self> {
+        let payload = PyBytes::new(py, inner.payload()).unbind();
+        let properties = PyDict::new(py);
+        for (k, v) in inner.properties() {
+            properties.set_item(k, v)?;
+        }
+        Ok(C2dMessage { inner, payload, properties: properties.unbind() })
+    }
+}
+
+#[pymethods]
+impl C2dMessage {
+    /// The platform's id of the message (`$.mid`), if it has one.
+    #[getter]
+    fn message_id(&self) -> Option<&str> {
+        self.inner.message_id()
+    }
+
+    /// Remove the message from the inbox: it is never returned again.
+    fn complete(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.inner.clone();
+        crate::run_interruptible(py, async move { inner.complete().await })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("C2dMessage(message_id={:?}, size={})", self.inner.message_id(), self.inner.payload().len())
+    }
 }

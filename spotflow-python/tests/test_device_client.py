@@ -650,6 +650,32 @@ def test_log_handler_sends_records_through_the_durable_queue(emulator, token, ap
         assert [r["record"]["message"] for r in errors] == ["valve stuck"]
 
 
+def test_c2d_messages_come_from_the_durable_inbox_until_completed(emulator, token, approver, tmp_path):
+    from spotflow_device import C2dMessage
+
+    db = tmp_path / "c2d.db"
+    with start(emulator, token, db, "py-c2d", approver) as client:
+        hub = f"{client.workspace_id}:{client.device_id}"
+        assert client.receive_c2d_message(timeout=0) is None
+        for i in range(2):
+            emulator.admin("POST", f"/admin/devices/{hub}/c2d", {"payload": f"open valve {i}", "properties": {"valve": str(i)}})
+        first = client.receive_c2d_message(timeout=20)
+        assert isinstance(first, C2dMessage)
+        assert (first.payload, first.properties["valve"]) == (b"open valve 0", "0")
+        assert first.message_id
+        first.complete()
+        second = client.receive_c2d_message(timeout=20)
+        assert second.payload == b"open valve 1"
+        with pytest.raises(ValueError):
+            client.receive_c2d_message(timeout=-1)
+    # Not completed: returned again after a restart, and then gone.
+    with start(emulator, token, db, "py-c2d", approver) as client:
+        again = client.receive_c2d_message(timeout=20)
+        assert again.payload == b"open valve 1"
+        again.complete()
+        assert client.receive_c2d_message(timeout=0.2) is None
+
+
 def test_direct_method_handlers_answer_calls_from_the_platform(emulator, token, approver, tmp_path, caplog):
     caplog.set_level(logging.ERROR, logger="spotflow_device")
 
