@@ -187,6 +187,12 @@ typedef enum spotflow_durability_t {
 } spotflow_durability_t;
 
 /**
+ * **Addition**: a cloud-to-device message from the device's durable inbox
+ * (`spotflow_client_receive_c2d_message`); free it with `spotflow_c2d_message_destroy`.
+ */
+typedef struct spotflow_c2d_message_t spotflow_c2d_message_t;
+
+/**
  * The options of a client (`spotflow_client_options_create`); copied by `spotflow_client_start`.
  */
 typedef struct spotflow_client_options_t spotflow_client_options_t;
@@ -627,6 +633,45 @@ enum spotflow_result_t spotflow_client_log(struct spotflow_client_t *client,
  * (otherwise done every second), e.g. before `spotflow_client_destroy`.
  */
 enum spotflow_result_t spotflow_client_flush_logs(struct spotflow_client_t *client);
+
+/**
+ * **Addition**: takes the next cloud-to-device message from the device's durable inbox, waiting
+ * at most `timeout_ms` milliseconds: `SPOTFLOW_OK` with `*message` set (free it with
+ * `spotflow_c2d_message_destroy`), or `SPOTFLOW_TIMEOUT` when none came in time. A message stays
+ * in the inbox, and is returned again after a restart, until `spotflow_c2d_message_complete`.
+ */
+enum spotflow_result_t spotflow_client_receive_c2d_message(struct spotflow_client_t *client,
+                                                           uint64_t timeout_ms,
+                                                           struct spotflow_c2d_message_t **message);
+
+/**
+ * **Addition**: the message's payload: `*payload` points to `*length` bytes owned by the message
+ * (valid until `spotflow_c2d_message_destroy`).
+ */
+enum spotflow_result_t spotflow_c2d_message_get_payload(const struct spotflow_c2d_message_t *message,
+                                                        const uint8_t **payload,
+                                                        size_t *length);
+
+/**
+ * **Addition**: writes the value of property `key` (e.g. `$.mid`, the platform's message id)
+ * with a NUL into `buffer`; `SPOTFLOW_ERROR` when the message has no such property,
+ * `SPOTFLOW_INSUFFICIENT_BUFFER` when the buffer is too small.
+ */
+enum spotflow_result_t spotflow_c2d_message_get_property(const struct spotflow_c2d_message_t *message,
+                                                         const char *key,
+                                                         char *buffer,
+                                                         size_t buffer_length);
+
+/**
+ * **Addition**: removes the message from the inbox (it is never returned again). The message
+ * stays valid until `spotflow_c2d_message_destroy`.
+ */
+enum spotflow_result_t spotflow_c2d_message_complete(struct spotflow_c2d_message_t *message);
+
+/**
+ * **Addition**: frees a message (without completing it). NULL is ignored.
+ */
+void spotflow_c2d_message_destroy(struct spotflow_c2d_message_t *message);
 
 /**
  * Writes the number of messages enqueued and not acknowledged yet to `count`.

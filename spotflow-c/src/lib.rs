@@ -308,6 +308,15 @@ pub struct spotflow_client_t {
     senders: Mutex<Vec<(spotflow_message_context_t, StreamSender)>>,
     /// Its device logger (`spotflow_client_log`), started at the first record.
     logger: Mutex<Option<spotflow_device::logs::DeviceLogger>>,
+    /// Where `spotflow_client_receive_c2d_message` is in the inbox.
+    inbox: Mutex<Option<spotflow_device::blocking::C2dMessages>>,
+}
+
+/// **Addition**: a cloud-to-device message from the device's durable inbox
+/// (`spotflow_client_receive_c2d_message`); free it with `spotflow_c2d_message_destroy`.
+#[derive(Debug)]
+pub struct spotflow_c2d_message_t {
+    message: spotflow_device::blocking::C2dMessage,
 }
 
 /// **Addition**: the answer of a direct method handler being written.
@@ -319,6 +328,7 @@ pub struct spotflow_method_response_t {
 static OPTIONS: Registry = Registry::new("spotflow_client_options_t");
 static CONTEXTS: Registry = Registry::new("spotflow_message_context_t");
 static CLIENTS: Registry = Registry::new("spotflow_client_t");
+static C2D_MESSAGES: Registry = Registry::new("spotflow_c2d_message_t");
 
 fn compression(arg: CompressionArg) -> Outcome<Compression> {
     Ok(match arg.0 {
@@ -801,6 +811,7 @@ pub unsafe extern "C" fn spotflow_client_start(
             client: started,
             senders: Mutex::new(Vec::new()),
             logger: Mutex::new(None),
+            inbox: Mutex::new(None),
         }));
         Ok(())
     })
@@ -1215,6 +1226,87 @@ pub unsafe extern "C" fn spotflow_client_flush_logs(client: *mut spotflow_client
         }
         Ok(())
     })
+}
+
+/// **Addition**: takes the next cloud-to-device message from the device's durable inbox, waiting
+/// at most `timeout_ms` milliseconds: `SPOTFLOW_OK` with `*message` set (free it with
+/// `spotflow_c2d_message_destroy`), or `SPOTFLOW_TIMEOUT` when none came in time. A message stays
+/// in the inbox, and is returned again after a restart, until `spotflow_c2d_message_complete`.
+#[no_mangle]
+pub unsafe extern "C" fn spotflow_client_receive_c2d_message(
+    client: *mut spotflow_client_t,
+    timeout_ms: u64,
+    message: *mut *mut spotflow_c2d_message_t,
+) -> spotflow_result_t {
+    with_client("spotflow_client_receive_c2d_message", client, |client| {
+        let out = out_ptr(message, "message")?;
+        let mut inbox = spotflow_core::lock(&client.inbox);
+        let view = inbox.get_or_insert_with(|| client.client.c2d_messages());
+        match view.next_timeout(Duration::from_millis(timeout_ms))? {
+            Some(m) => {
+                out.write(C2D_MESSAGES.register(spotflow_c2d_message_t { message: m }));
+                Ok(())
+            }
+            None => Err(Failure::with(spotflow_result_t::SPOTFLOW_TIMEOUT, "no cloud-to-device message in time")),
+        }
+    })
+}
+
+/// **Addition**: the message's payload: `*payload` points to `*length` bytes owned by the message
+/// (valid until `spotflow_c2d_message_destroy`).
+#[no_mangle]
+pub unsafe extern "C" fn spotflow_c2d_message_get_payload(
+    message: *const spotflow_c2d_message_t,
+    payload: *mut *const u8,
+    length: *mut usize,
+) -> spotflow_result_t {
+    guard("spotflow_c2d_message_get_payload", || {
+        // SAFETY: checked against the registry before it is followed.
+        let m = unsafe { C2D_MESSAGES.get(message, "message") }?;
+        let (payload_out, length_out) = (out_ptr(payload, "payload")?, out_ptr(length, "length")?);
+        payload_out.write(m.message.payload().as_ptr());
+        length_out.write(m.message.payload().len());
+        Ok(())
+    })
+}
+
+/// **Addition**: writes the value of property `key` (e.g. `$.mid`, the platform's message id)
+/// with a NUL into `buffer`; `SPOTFLOW_ERROR` when the message has no such property,
+/// `SPOTFLOW_INSUFFICIENT_BUFFER` when the buffer is too small.
+#[no_mangle]
+pub unsafe extern "C" fn spotflow_c2d_message_get_property(
+    message: *const spotflow_c2d_message_t,
+    key: *const c_char,
+    buffer: *mut c_char,
+    buffer_length: usize,
+) -> spotflow_result_t {
+    guard("spotflow_c2d_message_get_property", || {
+        // SAFETY: checked against the registry before it is followed.
+        let m = unsafe { C2D_MESSAGES.get(message, "message") }?;
+        let key = required_str(key, "key")?;
+        let value = m.message.property(key).ok_or_else(|| Failure::error(format!("no property {key:?}")))?;
+        write_id(value, buffer, buffer_length)
+    })
+}
+
+/// **Addition**: removes the message from the inbox (it is never returned again). The message
+/// stays valid until `spotflow_c2d_message_destroy`.
+#[no_mangle]
+pub unsafe extern "C" fn spotflow_c2d_message_complete(message: *mut spotflow_c2d_message_t) -> spotflow_result_t {
+    guard("spotflow_c2d_message_complete", || {
+        // SAFETY: checked against the registry before it is followed.
+        let m = unsafe { C2D_MESSAGES.get(message, "message") }?;
+        Ok(m.message.complete()?)
+    })
+}
+
+/// **Addition**: frees a message (without completing it). NULL is ignored.
+#[no_mangle]
+pub unsafe extern "C" fn spotflow_c2d_message_destroy(message: *mut spotflow_c2d_message_t) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: only a registered pointer is taken back.
+        drop(unsafe { C2D_MESSAGES.unregister(message) });
+    }));
 }
 
 /// Writes the number of messages enqueued and not acknowledged yet to `count`.

@@ -207,7 +207,26 @@ async fn every_function_and_error_path_under_address_and_undefined_behaviour_san
             ("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=23"),
             ("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1"),
         ];
-        let output = platform.run(&program, cwd.path(), &sanitizers);
+        // The platform sends two cloud-to-device messages once the program's device exists.
+        let output = std::thread::scope(|scope| {
+            let emu = &platform.emu;
+            scope.spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while std::time::Instant::now() < deadline {
+                    if let Some(d) = emu.devices().into_iter().find(|d| d.device_id == "c-api-device") {
+                        let hub_id = format!("{}:{}", d.workspace_id, d.device_id);
+                        for i in 0..2 {
+                            let props = vec![("n".to_owned(), i.to_string())];
+                            emu.send_c2d(&hub_id, props, format!("c2d-{i}").into_bytes(), Duration::from_secs(60))
+                                .expect("queued");
+                        }
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+            platform.run(&program, cwd.path(), &sanitizers)
+        });
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         let stdout = check(output, &format!("api_test ({cc}, ASan + UBSan)"));
         assert!(stdout.contains("checks passed"), "{stdout}");

@@ -114,6 +114,75 @@ impl Iterator for ConnectionEvents {
     }
 }
 
+/// The cloud-to-device inbox of a blocking client (see [`crate::c2d`]): an iterator that waits
+/// for each message, and [`C2dMessages::next_timeout`].
+#[derive(Debug)]
+pub struct C2dMessages {
+    inner: crate::C2dMessages,
+    client: DeviceClient,
+}
+
+impl C2dMessages {
+    /// The next message, waiting at most `timeout`: `Ok(None)` when none came in time,
+    /// [`Error::Closed`] once the client is closed.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<C2dMessage>> {
+        let inner = &mut self.inner;
+        let next = self.client.inner.runtime.block_on(inner.next_timeout(timeout))??;
+        Ok(next.map(|inner| C2dMessage { inner, client: self.client.clone() }))
+    }
+}
+
+impl Iterator for C2dMessages {
+    type Item = C2dMessage;
+
+    /// Waits for the next message; `None` once the client is closed (or when called inside an
+    /// async runtime, where waiting would stall it: use the async client's inbox there).
+    fn next(&mut self) -> Option<C2dMessage> {
+        let inner = &mut self.inner;
+        let next = self.client.inner.runtime.block_on(inner.next()).ok()?.ok()?;
+        Some(C2dMessage { inner: next, client: self.client.clone() })
+    }
+}
+
+/// A message of a blocking client's inbox: see [`crate::C2dMessage`].
+#[derive(Debug, Clone)]
+pub struct C2dMessage {
+    inner: crate::C2dMessage,
+    client: DeviceClient,
+}
+
+impl C2dMessage {
+    /// See [`crate::C2dMessage::id`].
+    pub fn id(&self) -> u64 {
+        self.inner.id()
+    }
+
+    /// See [`crate::C2dMessage::payload`].
+    pub fn payload(&self) -> &[u8] {
+        self.inner.payload()
+    }
+
+    /// See [`crate::C2dMessage::properties`].
+    pub fn properties(&self) -> &[(String, String)] {
+        self.inner.properties()
+    }
+
+    /// See [`crate::C2dMessage::property`].
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.inner.property(key)
+    }
+
+    /// See [`crate::C2dMessage::message_id`].
+    pub fn message_id(&self) -> Option<&str> {
+        self.inner.message_id()
+    }
+
+    /// See [`crate::C2dMessage::complete`].
+    pub fn complete(&self) -> Result<()> {
+        self.client.inner.runtime.block_on(self.inner.complete())?
+    }
+}
+
 /// The blocking counterpart of [`crate::DeviceClientBuilder`].
 #[derive(Debug)]
 pub struct DeviceClientBuilder {
@@ -309,6 +378,11 @@ impl DeviceClient {
     #[cfg(feature = "logs")]
     pub fn flush_logger(&self, logger: &crate::logs::DeviceLogger) -> Result<()> {
         self.inner.runtime.block_on(logger.flush())?
+    }
+
+    /// See [`crate::DeviceClient::c2d_messages`].
+    pub fn c2d_messages(&self) -> C2dMessages {
+        C2dMessages { inner: self.inner.client.c2d_messages(), client: self.clone() }
     }
 
     /// See [`crate::DeviceClient::stats`].

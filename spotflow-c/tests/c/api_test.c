@@ -313,6 +313,34 @@ static void test_messages(spotflow_client_t *client, spotflow_message_context_t 
     CHECK(spotflow_client_log(client, SPOTFLOW_LOG_ERROR, "api_test", "valve stuck") == SPOTFLOW_OK);
     CHECK_ERROR(spotflow_client_flush_logs(NULL), SPOTFLOW_ERROR, "client must not be NULL");
     CHECK(spotflow_client_flush_logs(client) == SPOTFLOW_OK);
+    /* Cloud-to-device messages: the test harness sends "c2d-0" and "c2d-1" (property n) once the device exists. */
+    spotflow_c2d_message_t *c2d = NULL;
+    CHECK_ERROR(spotflow_client_receive_c2d_message(NULL, 0, &c2d), SPOTFLOW_ERROR, "client must not be NULL");
+    CHECK_ERROR(spotflow_client_receive_c2d_message(client, 0, NULL), SPOTFLOW_ERROR, "message must not be NULL");
+    for (int i = 0; i < 2; i++) {
+        CHECK(spotflow_client_receive_c2d_message(client, 30000, &c2d) == SPOTFLOW_OK);
+        const uint8_t *data = NULL;
+        size_t data_length = 0;
+        CHECK(spotflow_c2d_message_get_payload(c2d, &data, &data_length) == SPOTFLOW_OK);
+        char expected[16];
+        snprintf(expected, sizeof expected, "c2d-%d", i);
+        CHECK(data_length == strlen(expected) && memcmp(data, expected, data_length) == 0);
+        char value[16];
+        CHECK(spotflow_c2d_message_get_property(c2d, "n", value, sizeof value) == SPOTFLOW_OK);
+        CHECK(value[0] == '0' + i && value[1] == 0);
+        CHECK(spotflow_c2d_message_get_property(c2d, "$.mid", value, sizeof value) == SPOTFLOW_OK);
+        CHECK_ERROR(spotflow_c2d_message_get_property(c2d, "missing", value, sizeof value), SPOTFLOW_ERROR,
+                    "no property");
+        CHECK_ERROR(spotflow_c2d_message_get_property(c2d, "n", value, 1), SPOTFLOW_INSUFFICIENT_BUFFER,
+                    "the buffer has 1 bytes");
+        CHECK_ERROR(spotflow_c2d_message_get_payload(c2d, NULL, &data_length), SPOTFLOW_ERROR,
+                    "payload must not be NULL");
+        CHECK(spotflow_c2d_message_complete(c2d) == SPOTFLOW_OK);
+        spotflow_c2d_message_destroy(c2d);
+    }
+    CHECK_ERROR(spotflow_client_receive_c2d_message(client, 100, &c2d), SPOTFLOW_TIMEOUT, "no cloud-to-device message");
+    CHECK_ERROR(spotflow_c2d_message_complete(NULL), SPOTFLOW_ERROR, "message must not be NULL");
+    spotflow_c2d_message_destroy(NULL);
     CHECK_ERROR(spotflow_client_wait_enqueued_messages_sent(NULL), SPOTFLOW_ERROR, "client must not be NULL");
     CHECK(spotflow_client_wait_enqueued_messages_sent(client) == SPOTFLOW_OK);
     CHECK(spotflow_client_wait_enqueued_messages_sent_timeout(client, 10000) == SPOTFLOW_OK);
