@@ -442,20 +442,25 @@ impl Worker {
             }
             match self.store.append_cloud_message(message).await {
                 Ok(stored) => {
-                    if let Some(id) = stored {
-                        self.shared.inbox_bytes.fetch_add(size, std::sync::atomic::Ordering::AcqRel);
-                        self.shared.inbox_changed.send_modify(|n| *n = (*n).max(id));
-                        debug!(id, size, "cloud-to-device message stored");
-                    } else {
-                        debug!(mid = ?message.message_id(), "cloud-to-device message received again; acknowledged");
-                    }
                     let token = *token;
                     self.held.pop_front();
-                    if let Some(conn) = self.conn.as_mut() {
-                        if let Err(e) = conn.ack_cloud_message(token).await {
-                            self.disconnected(e);
-                            return;
+                    // Acknowledged before the application hears of it: a message it completes
+                    // at once is one the broker does not send again.
+                    let acked = match self.conn.as_mut() {
+                        Some(conn) => conn.ack_cloud_message(token).await,
+                        None => Ok(()),
+                    };
+                    match stored {
+                        Some(id) => {
+                            self.shared.inbox_bytes.fetch_add(size, std::sync::atomic::Ordering::AcqRel);
+                            self.shared.inbox_changed.send_modify(|n| *n = (*n).max(id));
+                            debug!(id, size, "cloud-to-device message stored");
                         }
+                        None => debug!("cloud-to-device message received again (stored or completed before); acknowledged"),
+                    }
+                    if let Err(e) = acked {
+                        self.disconnected(e);
+                        return;
                     }
                 }
                 Err(e) => {

@@ -96,6 +96,9 @@ fn main() {
     device.c2d = true;
     device.rate = Some(a.rate);
     device.stderr = Some(dir.path().join("children.log"));
+    // The worker's debug line for each message the broker sent again after it was stored or
+    // completed (its acknowledgement lost with a killed run), counted below.
+    device.env.push(("RUST_LOG".into(), "warn,spotflow_device::worker=debug".into()));
     let started = Instant::now();
     let mut seen = Seen::default();
     // A first run registers the device (and finds nothing), then the messages wait on the broker.
@@ -128,11 +131,14 @@ fn main() {
     let states = emu.c2d_messages(&hub_id);
     let delivered = states.iter().filter(|m| m.state == "delivered").count();
     let resent = states.iter().filter(|m| m.attempts > 1).count();
+    let log = std::fs::read_to_string(dir.path().join("children.log")).unwrap_or_default();
+    let dropped_again = log.matches("cloud-to-device message received again").count();
     println!(
         "{} messages sent offline, {} kill -9 cycles at {} messages/s ({:.0?}): handed out {} times; \
          never handed {never_handed}; handed again before completion (after a kill) {handed_again}; \
          completed twice {completed_twice}; handed again after completion {handed_after_done}; \
-         broker: {delivered} delivered, {resent} sent more than once (unacknowledged when a run was killed), {} not delivered",
+         broker: {delivered} delivered, {resent} sent more than once (unacknowledged when a run was killed), {} not delivered; \
+         re-sent after the device had stored or completed them (dropped by $.mid): {dropped_again}",
         a.messages,
         a.cycles,
         a.rate,

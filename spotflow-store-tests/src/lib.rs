@@ -110,6 +110,8 @@ pub struct DeviceChild {
     pub logs: bool,
     /// Take cloud-to-device messages from the inbox instead of enqueueing messages (`C2D=1`).
     pub c2d: bool,
+    /// More environment variables for the children (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 /// The lines a child process writes on its piped standard output, read by a thread of their own
@@ -146,6 +148,7 @@ impl DeviceChild {
             gateway_devices: None,
             logs: false,
             c2d: false,
+            env: Vec::new(),
         }
     }
 
@@ -164,6 +167,7 @@ impl DeviceChild {
         if self.c2d {
             command.env("C2D", "1");
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(devices) = self.gateway_devices {
             command.env("GATEWAY_DEVICES", devices.to_string());
         }
