@@ -6,8 +6,8 @@ Against an emulator process (`spotflow-emulator serve`, manual approval) and a d
 device waiting for approval with its verification code, approves it with a device-id override
 (keyboard only), watches its messages arrive in the live feed and the per-stream chart, opens one
 message (decoded JSON payload, properties), sees its log records and filters them by level, refuses invalid JSON in the desired editor, sends
-desired properties and checks that the device's callback printed them, and sees the reported
-update the device answers with. Screenshots at 1280 and 390 px wide go to target/browser/.
+desired properties and checks that the device's callback printed them, sees the reported
+update the device answers with, and sends a cloud-to-device message and sees it delivered. Screenshots at 1280 and 390 px wide go to target/browser/.
 
     python3 scripts/browser_test.py      (needs `cargo build -p spotflow-emulator -p spotflow-bench`)
 
@@ -263,6 +263,18 @@ def main():
             lambda d: f'"appliedDesiredVersion": {m.group(1)}' in d.find_element(By.ID, "reported").text,
         )
         print("the reported update appeared")
+
+        # A cloud-to-device message: sent from the twin panel, delivered (stored by the device's inbox).
+        payload = driver.find_element(By.ID, "c2d-payload")
+        payload.send_keys("reboot at 03:00")
+        driver.find_element(By.ID, "c2d-send").click()
+        until(driver, "the message sent", lambda d: "Sent as message" in d.find_element(By.ID, "c2d-note").text)
+        until(
+            driver,
+            "the message delivered",
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#c2d tbody tr[data-state='delivered']"),
+        )
+        print("cloud-to-device message delivered:", driver.find_element(By.CSS_SELECTOR, "#c2d tbody tr").text)
 
         driver.save_screenshot(str(OUT / "dashboard-1280.png"))
         driver.set_window_size(390, 844)

@@ -455,6 +455,44 @@ async function loadTwin(replaceDesired) {
   }
   $('desired').disabled = false;
   $('desired-save').disabled = false;
+  for (const f of ['c2d-payload', 'c2d-ttl', 'c2d-send']) $(f).disabled = false;
+  await loadC2d();
+}
+
+// ---- cloud-to-device messages --------------------------------------------------------------------
+
+async function loadC2d() {
+  const id = state.twinDevice;
+  if (!id) return;
+  const listed = await apiJson('/admin/devices/' + encodeURIComponent(id) + '/c2d');
+  if (state.twinDevice !== id) return;
+  const rows = listed.messages.slice(-20).reverse();
+  $('c2d').tBodies[0].replaceChildren(...rows.map((m) => el('tr', { 'data-state': m.state },
+    el('td', { class: 'num', text: m.id }),
+    el('td', { class: m.state === 'delivered' ? 'online' : (m.state === 'expired' ? 'offline' : ''), text: m.state }),
+    el('td', { text: time(m.enqueuedAt) }),
+    el('td', { class: 'num', text: m.attempts }),
+    el('td', { class: 'num', text: m.size }))));
+}
+
+async function sendC2d() {
+  const id = state.twinDevice;
+  const ttl = Number($('c2d-ttl').value);
+  if (!id) return;
+  if (!(ttl > 0 && ttl <= 172800)) {
+    $('c2d-note').textContent = 'The time to live must be between 1 and 172800 seconds.';
+    return;
+  }
+  try {
+    const sent = await apiJson('/admin/devices/' + encodeURIComponent(id) + '/c2d', {
+      method: 'POST',
+      body: JSON.stringify({ payload: $('c2d-payload').value, ttlSeconds: ttl }),
+    });
+    $('c2d-note').textContent = 'Sent as message ' + sent.id + '.';
+    await loadC2d();
+  } catch (e) {
+    $('c2d-note').textContent = 'Not sent: ' + e.message;
+  }
 }
 
 // The JSON merge patch (RFC 7386) that turns `from` into `to`.
@@ -532,6 +570,7 @@ document.addEventListener('DOMContentLoaded', () => {
   });
   $('desired').addEventListener('input', () => { state.desiredEdited = true; validateDesired(); });
   $('desired-save').addEventListener('click', saveDesired);
+  $('c2d-send').addEventListener('click', sendC2d);
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) login(saved); else $('token').focus();
 });
