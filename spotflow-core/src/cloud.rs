@@ -39,6 +39,17 @@ impl CloudMessage {
     }
 }
 
+/// What became of a cloud-to-device message given to the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxAppend {
+    /// Kept, with this id.
+    Stored(u64),
+    /// A message with its `$.mid` is in the inbox already (a redelivery).
+    AlreadyHeld,
+    /// A message with its `$.mid` was completed lately (a redelivery after its completion).
+    AlreadyCompleted,
+}
+
 /// A message in the inbox, with the id the store gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCloudMessage {
@@ -58,18 +69,19 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// Keeps `message` unless its id is in the inbox or was completed lately: `Some(id)` when
-    /// kept, `None` for a redelivery.
-    pub fn append(&mut self, message: &CloudMessage) -> Option<u64> {
+    /// Keeps `message` unless its id is in the inbox or was completed lately.
+    pub fn append(&mut self, message: &CloudMessage) -> InboxAppend {
         if let Some(mid) = message.message_id() {
-            let held = self.messages.iter().any(|m| m.message.message_id() == Some(mid));
-            if held || self.completed.iter().any(|c| c == mid) {
-                return None;
+            if self.messages.iter().any(|m| m.message.message_id() == Some(mid)) {
+                return InboxAppend::AlreadyHeld;
+            }
+            if self.completed.iter().any(|c| c == mid) {
+                return InboxAppend::AlreadyCompleted;
             }
         }
         self.next_id += 1;
         self.messages.push(StoredCloudMessage { id: self.next_id, message: message.clone() });
-        Some(self.next_id)
+        InboxAppend::Stored(self.next_id)
     }
 
     /// Up to `limit` messages with ids above `after`, oldest first.
@@ -151,13 +163,13 @@ mod tests {
     #[test]
     fn redeliveries_are_dropped_and_the_document_round_trips() {
         let mut inbox = Inbox::default();
-        assert_eq!(inbox.append(&msg("a", b"\x00\x01")), Some(1));
-        assert_eq!(inbox.append(&msg("a", b"\x00\x01")), None, "held already");
-        assert_eq!(inbox.append(&msg("b", b"")), Some(2));
-        assert_eq!(inbox.append(&CloudMessage::default()), Some(3), "no id: always kept");
+        assert_eq!(inbox.append(&msg("a", b"\x00\x01")), InboxAppend::Stored(1));
+        assert_eq!(inbox.append(&msg("a", b"\x00\x01")), InboxAppend::AlreadyHeld);
+        assert_eq!(inbox.append(&msg("b", b"")), InboxAppend::Stored(2));
+        assert_eq!(inbox.append(&CloudMessage::default()), InboxAppend::Stored(3), "no id: always kept");
         assert!(inbox.remove(1));
         assert!(!inbox.remove(1));
-        assert_eq!(inbox.append(&msg("a", b"\x00\x01")), None, "completed lately");
+        assert_eq!(inbox.append(&msg("a", b"\x00\x01")), InboxAppend::AlreadyCompleted);
         assert_eq!(inbox.read(None, 10).iter().map(|m| m.id).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(inbox.read(Some(2), 10).len(), 1);
         assert_eq!(inbox.stats(), (2, 8), "payloads and properties");

@@ -62,7 +62,7 @@ mod transport;
 pub mod testkit;
 
 pub use backoff::Backoff;
-pub use cloud::{CloudMessage, Inbox, StoredCloudMessage, COMPLETED_KEPT};
+pub use cloud::{CloudMessage, Inbox, InboxAppend, StoredCloudMessage, COMPLETED_KEPT};
 pub use compression::{decompress, Compression, ContentEncoding, MAX_DECOMPRESSED_SIZE};
 pub use credentials::{CredentialAction, CredentialSchedule};
 pub use error::{Error, ErrorStatus, LinkFailure, Result};

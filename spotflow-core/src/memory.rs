@@ -133,7 +133,7 @@ impl Store for MemoryStore {
         inner.inbox = crate::Inbox::default();
         Ok(())
     }
-    async fn append_cloud_message(&self, message: &crate::CloudMessage) -> Result<Option<u64>> {
+    async fn append_cloud_message(&self, message: &crate::CloudMessage) -> Result<crate::InboxAppend> {
         Ok(self.lock()?.inbox.append(message))
     }
     async fn read_cloud_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<crate::StoredCloudMessage>> {

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::{CloudMessage, OutgoingMessage, QueuedMessage, Result, StoredCloudMessage};
+use crate::{CloudMessage, InboxAppend, OutgoingMessage, QueuedMessage, Result, StoredCloudMessage};
 
 /// A secret string (token, SAS, connection string) whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -178,11 +178,11 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     async fn clear_device_state(&self) -> Result<()>;
 
     /// Keeps a cloud-to-device message in the inbox, durably, until
-    /// [`Store::remove_cloud_message`]; `Ok(Some(id))` (ids grow), or `Ok(None)` when a message
-    /// with its `$.mid` is held or was completed lately (a redelivery; see [`crate::Inbox`]). The
+    /// [`Store::remove_cloud_message`] (ids grow), unless a message with its `$.mid` is held or was
+    /// completed lately (a redelivery; see [`crate::Inbox`]). The
     /// default: an error saying the store keeps no inbox (the message is then not acknowledged,
     /// and the broker keeps it).
-    async fn append_cloud_message(&self, message: &CloudMessage) -> Result<Option<u64>> {
+    async fn append_cloud_message(&self, message: &CloudMessage) -> Result<InboxAppend> {
         let _ = message;
         Err(crate::Error::invalid("store", "this store keeps no cloud-to-device inbox"))
     }
@@ -249,7 +249,7 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     async fn clear_device_state(&self) -> Result<()> {
         (**self).clear_device_state().await
     }
-    async fn append_cloud_message(&self, message: &CloudMessage) -> Result<Option<u64>> {
+    async fn append_cloud_message(&self, message: &CloudMessage) -> Result<InboxAppend> {
         (**self).append_cloud_message(message).await
     }
     async fn read_cloud_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<StoredCloudMessage>> {

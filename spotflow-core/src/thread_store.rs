@@ -616,14 +616,14 @@ impl<B: StoreBackend> Store for ThreadStore<B> {
     }
     /// The inbox is one state document per device, read, changed and saved whole (durably, as
     /// the store's other documents): its byte budget keeps it small.
-    async fn append_cloud_message(&self, message: &crate::CloudMessage) -> Result<Option<u64>> {
+    async fn append_cloud_message(&self, message: &crate::CloudMessage) -> Result<crate::InboxAppend> {
         let _held = self.runtime.inbox.lock().await;
         let mut inbox = self.load_inbox().await?;
-        let id = inbox.append(message);
-        if id.is_some() {
+        let appended = inbox.append(message);
+        if matches!(appended, crate::InboxAppend::Stored(_)) {
             self.save(StateKey::Inbox, inbox.to_json()).await?;
         }
-        Ok(id)
+        Ok(appended)
     }
     async fn read_cloud_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<crate::StoredCloudMessage>> {
         Ok(self.load_inbox().await?.read(after, limit))

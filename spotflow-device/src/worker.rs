@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use spotflow_core::{
-    Connection, ConnectionCredentials, DesiredState, DesiredTracker, Error, LinkAction, LinkSchedule, LinkTimings,
-    OutgoingQueue, PatchOutcome, ReportedOutcome, ReportedTracker, RequestId, Result, SessionInfo, Store, Transport,
-    TransportEvent,
+    Connection, ConnectionCredentials, DesiredState, DesiredTracker, Error, InboxAppend, LinkAction, LinkSchedule,
+    LinkTimings, OutgoingQueue, PatchOutcome, ReportedOutcome, ReportedTracker, RequestId, Result, SessionInfo, Store,
+    Transport, TransportEvent,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -451,12 +451,17 @@ impl Worker {
                         None => Ok(()),
                     };
                     match stored {
-                        Some(id) => {
+                        InboxAppend::Stored(id) => {
                             self.shared.inbox_bytes.fetch_add(size, std::sync::atomic::Ordering::AcqRel);
                             self.shared.inbox_changed.send_modify(|n| *n = (*n).max(id));
                             debug!(id, size, "cloud-to-device message stored");
                         }
-                        None => debug!("cloud-to-device message received again (stored or completed before); acknowledged"),
+                        InboxAppend::AlreadyHeld => {
+                            debug!("cloud-to-device message received again (held in the inbox); acknowledged")
+                        }
+                        InboxAppend::AlreadyCompleted => {
+                            debug!("cloud-to-device message received again (completed already); acknowledged")
+                        }
                     }
                     if let Err(e) = acked {
                         self.disconnected(e);

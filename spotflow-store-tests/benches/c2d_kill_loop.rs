@@ -132,13 +132,14 @@ fn main() {
     let delivered = states.iter().filter(|m| m.state == "delivered").count();
     let resent = states.iter().filter(|m| m.attempts > 1).count();
     let log = std::fs::read_to_string(dir.path().join("children.log")).unwrap_or_default();
-    let dropped_again = log.matches("cloud-to-device message received again").count();
+    let again_held = log.matches("received again (held in the inbox)").count();
+    let again_completed = log.matches("received again (completed already)").count();
     println!(
         "{} messages sent offline, {} kill -9 cycles at {} messages/s ({:.0?}): handed out {} times; \
          never handed {never_handed}; handed again before completion (after a kill) {handed_again}; \
          completed twice {completed_twice}; handed again after completion {handed_after_done}; \
          broker: {delivered} delivered, {resent} sent more than once (unacknowledged when a run was killed), {} not delivered; \
-         re-sent after the device had stored or completed them (dropped by $.mid): {dropped_again}",
+         re-sent after the device had stored them (dropped by $.mid): {again_held} while held, {again_completed} after their completion",
         a.messages,
         a.cycles,
         a.rate,
