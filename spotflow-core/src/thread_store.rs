@@ -856,6 +856,8 @@ mod tests {
         due: bool,
         /// A removal panics (as a library might).
         panic_on_remove: bool,
+        /// The inbox's document.
+        inbox: Option<serde_json::Value>,
     }
 
     type Log = Arc<std::sync::Mutex<Vec<String>>>;
@@ -898,7 +900,7 @@ mod tests {
                 StateKey::Identity => now(self.inner.load_identity())?.as_ref().map(persist::identity_to_json),
                 StateKey::Desired => now(self.inner.load_desired())?.as_ref().map(persist::desired_to_json),
                 StateKey::Reported => Some(persist::reported_to_json(&now(self.inner.load_reported())?)),
-                StateKey::Inbox => None,
+                StateKey::Inbox => self.inbox.clone(),
             })
         }
         fn save_state(&mut self, _: Namespace, key: StateKey, value: &serde_json::Value) -> Result<()> {
@@ -906,10 +908,14 @@ mod tests {
                 StateKey::Identity => now(self.inner.save_identity(&persist::identity_from_json(value)?)),
                 StateKey::Desired => now(self.inner.save_desired(&persist::desired_from_json(value)?)),
                 StateKey::Reported => now(self.inner.save_reported(&persist::reported_from_json(value)?)),
-                StateKey::Inbox => Ok(()),
+                StateKey::Inbox => {
+                    self.inbox = Some(value.clone());
+                    Ok(())
+                }
             }
         }
         fn clear(&mut self, _: Namespace) -> Result<()> {
+            self.inbox = None;
             now(self.inner.clear_device_state())
         }
         fn close(self) -> Result<()> {
@@ -940,6 +946,7 @@ mod tests {
                 maintenance: false,
                 due: false,
                 panic_on_remove: false,
+                inbox: None,
             };
             change(&mut backend);
             Ok(backend)

@@ -79,6 +79,47 @@ pub async fn store_conformance(store: &dyn Store) {
     properties_round_trip(store).await;
     clear_keeps_identity_and_sequence(store).await;
     concurrent_appends(store).await;
+    cloud_inbox(store).await;
+}
+
+/// The cloud-to-device inbox: a store that keeps none says so on append (the default); one that
+/// keeps one stores, reads in order, drops redeliveries by `$.mid` (held or completed), removes,
+/// counts, and forgets it with the device's state.
+async fn cloud_inbox(store: &dyn Store) {
+    use crate::{CloudMessage, InboxAppend};
+    let message = |mid: &str, payload: &'static [u8]| CloudMessage {
+        properties: vec![("$.mid".into(), mid.into()), ("k".into(), "v".into())],
+        payload: bytes::Bytes::from_static(payload),
+    };
+    let first = match store.append_cloud_message(&message("m1", b"\x00one")).await {
+        Ok(InboxAppend::Stored(id)) => id,
+        Ok(other) => panic!("a new inbox stored nothing: {other:?}"),
+        Err(_) => {
+            assert!(
+                store.read_cloud_messages(None, 10).await.expect("read").is_empty(),
+                "a store without an inbox reads none"
+            );
+            return;
+        }
+    };
+    let second = store.append_cloud_message(&message("m2", b"two")).await.expect("append");
+    assert!(matches!(second, InboxAppend::Stored(id) if id > first), "ids grow: {second:?}");
+    assert_eq!(store.append_cloud_message(&message("m1", b"\x00one")).await.expect("append"), InboxAppend::AlreadyHeld);
+    let read = store.read_cloud_messages(None, 10).await.expect("read");
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[0].message, message("m1", b"\x00one"), "the message round-trips unchanged");
+    assert_eq!(store.read_cloud_messages(Some(first), 10).await.expect("read").len(), 1);
+    let (count, bytes) = store.cloud_inbox_stats().await.expect("stats");
+    assert_eq!((count, bytes), (2, read.iter().map(|m| m.message.size()).sum()));
+    store.remove_cloud_message(first).await.expect("remove");
+    store.remove_cloud_message(first).await.expect("removing again is a no-op");
+    assert_eq!(
+        store.append_cloud_message(&message("m1", b"\x00one")).await.expect("append"),
+        InboxAppend::AlreadyCompleted
+    );
+    assert_eq!(store.read_cloud_messages(None, 10).await.expect("read").len(), 1);
+    store.clear_device_state().await.expect("clear");
+    assert!(store.read_cloud_messages(None, 10).await.expect("read").is_empty(), "cleared with the device's state");
 }
 
 async fn empty_store(store: &dyn Store) {
