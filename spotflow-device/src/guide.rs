@@ -18,6 +18,8 @@ pub mod compression {}
 pub mod properties {}
 #[doc = include_str!("../guide/methods.md")]
 pub mod methods {}
+#[doc = include_str!("../guide/c2d.md")]
+pub mod c2d {}
 #[doc = include_str!("../guide/gateway.md")]
 pub mod gateway {}
 #[doc = include_str!("../guide/testing.md")]

@@ -118,6 +118,8 @@ impl std::fmt::Display for C2dRefusal {
     }
 }
 
+impl std::error::Error for C2dRefusal {}
+
 #[derive(Default)]
 pub(crate) struct C2dQueues {
     devices: Mutex<HashMap<String, DeviceQueue>>,
