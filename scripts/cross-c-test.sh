@@ -29,10 +29,30 @@ trap 'stop_emulator; rm -rf "$dir"' EXIT
   spotflow-c/tests/c/api_test.c "target/$target/debug/libspotflow.a" -lpthread -lm -ldl
 file "$dir/api_test" | sed "s|$dir/||"
 start_emulator "$dir" target/debug/spotflow-emulator
+# The platform's side of the test: two cloud-to-device messages once the program's device exists
+# (polled for at most 10 minutes, the program's own limit).
+send_c2d() {
+  local hub="" i
+  for _ in $(seq 1200); do
+    hub="$(target/debug/spotflow-emulator devices list "${ADMIN[@]}" | python3 -c \
+      'import json, sys; print(next((d["hubDeviceId"] for d in json.load(sys.stdin) if d["deviceId"] == "c-api-device"), ""))')"
+    [ -n "$hub" ] && break
+    sleep 0.5
+  done
+  for i in 0 1; do
+    target/debug/spotflow-emulator c2d send "$hub" --payload "c2d-$i" --property "n=$i" "${ADMIN[@]}" > /dev/null
+  done
+}
+send_c2d &
+c2d_sender=$!
 (cd "$dir" && SPOTFLOW_INSTANCE="localhost:$HTTPS_PORT" SPOTFLOW_PROVISIONING_TOKEN="$PROVISIONING_TOKEN" \
   SPOTFLOW_MQTT_PORT="$MQTTS_PORT" SSL_CERT_FILE="$dir/data/ca.pem" timeout 600 "$qemu" -L "/usr/$gnu" ./api_test) \
   | tee "$dir/out"
+wait "$c2d_sender" || true
 grep -q "checks passed" "$dir/out" || fail "api_test did not pass under $qemu"
-stored="$(target/debug/spotflow-emulator messages tail "${ADMIN[@]}" | wc -l)"
-echo "-- the emulator stored $stored messages"
+# The program's messages (its log records travel in messages of the device-logs stream, apart).
+stored="$(target/debug/spotflow-emulator messages tail "${ADMIN[@]}" | grep -vc '"stream":"device-logs"')"
+logs="$(target/debug/spotflow-emulator logs tail --json "${ADMIN[@]}" | wc -l)"
+echo "-- the emulator stored $stored messages and $logs log records"
 [ "$stored" -eq 56 ] || fail "the emulator stored $stored messages, not 56"
+[ "$logs" -eq 2 ] || fail "the emulator stored $logs log records, not 2"

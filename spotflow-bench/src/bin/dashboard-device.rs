@@ -62,7 +62,7 @@ async fn main() {
                     eprintln!("enqueue failed: {e}");
                 }
                 logger.log(spotflow_device::logs::LogLevel::Info, "dashboard", &format!("reading {i}"));
-                if i % 5 == 0 {
+                if i.is_multiple_of(5) {
                     logger.log(spotflow_device::logs::LogLevel::Warn, "dashboard", "temperature high");
                 }
                 i += 1;
