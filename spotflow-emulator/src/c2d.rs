@@ -224,15 +224,15 @@ fn expire(q: &mut DeviceQueue, now: Millis) {
 pub(crate) fn topic(hub_id: &str, e: &Entry) -> String {
     let mut bag = format!("%24.mid={}", e.id);
     let device = hub_id.split_once(':').map_or(hub_id, |(_, d)| d);
-    bag.push_str(&format!("&%24.to=%2Fdevices%2F{}%2Fmessages%2FdeviceBound", encode(device)));
+    bag.push_str(&format!("&%24.to=%2Fdevices%2F{}%2Fmessages%2FdeviceBound", percent_encode(device)));
     for (k, v) in &e.properties {
-        bag.push_str(&format!("&{}={}", encode(k), encode(v)));
+        bag.push_str(&format!("&{}={}", percent_encode(k), percent_encode(v)));
     }
     format!("devices/{hub_id}/messages/devicebound/{bag}")
 }
 
-/// Percent-encodes everything but unreserved characters.
-fn encode(s: &str) -> String {
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

@@ -495,7 +495,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let mut path = format!("/admin/logs?afterId={after}&limit=1000");
                 for (key, value) in [("device", &device), ("level", &level)] {
                     if let Some(v) = value {
-                        path.push_str(&format!("&{key}={}", percent_encode(v)));
+                        path.push_str(&format!("&{key}={}", spotflow_emulator::c2d::percent_encode(v)));
                     }
                 }
                 let page = client.call(Method::GET, &path, None).await?;
@@ -559,16 +559,6 @@ fn format_log_line(entry: &Value) -> String {
         line.push_str(&Value::Object(fields.clone()).to_string());
     }
     line
-}
-
-/// Percent-encodes a query value.
-fn percent_encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[tokio::main]

@@ -12,7 +12,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use spotflow_emulator::Emulator;
 use spotflow_store_tests::DeviceChild;
 
 struct Args {
@@ -88,14 +87,9 @@ fn main() {
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let emu = rt
-        .block_on(Emulator::builder().data_dir(dir.path().join("emulator")).auto_approve(Some(Duration::ZERO)).start())
-        .expect("emulator");
-    let exe = std::env::var("SPOTFLOW_DEVICE_CHILD").unwrap_or_else(|_| env!("CARGO_BIN_EXE_device-child").into());
-    let mut device = DeviceChild::for_emulator(&exe, &emu, dir.path().join("device.db"));
+    let (emu, mut device) =
+        spotflow_store_tests::emulator_and_child(&rt, dir.path(), env!("CARGO_BIN_EXE_device-child"), a.rate);
     device.c2d = true;
-    device.rate = Some(a.rate);
-    device.stderr = Some(dir.path().join("children.log"));
     // The worker's debug line for each message the broker sent again after it was stored or
     // completed (its acknowledgement lost with a killed run), counted below.
     device.env.push(("RUST_LOG".into(), "warn,spotflow_device::worker=debug".into()));

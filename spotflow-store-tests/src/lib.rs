@@ -223,6 +223,30 @@ impl DeviceChild {
     }
 }
 
+/// For the crash-loop benchmarks: an emulator with its data in `dir` (devices approved at once),
+/// started on `rt`, and a `device-child` for it (`SPOTFLOW_DEVICE_CHILD`, or `built`) at `rate`,
+/// its database and its standard error (`children.log`) in `dir`.
+pub fn emulator_and_child(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    built: &str,
+    rate: u32,
+) -> (spotflow_emulator::Emulator, DeviceChild) {
+    let emu = rt
+        .block_on(
+            spotflow_emulator::Emulator::builder()
+                .data_dir(dir.join("emulator"))
+                .auto_approve(Some(std::time::Duration::ZERO))
+                .start(),
+        )
+        .expect("emulator");
+    let exe = std::env::var("SPOTFLOW_DEVICE_CHILD").unwrap_or_else(|_| built.to_owned());
+    let mut device = DeviceChild::for_emulator(&exe, &emu, dir.join("device.db"));
+    device.rate = Some(rate);
+    device.stderr = Some(dir.join("children.log"));
+    (emu, device)
+}
+
 /// For the child processes: the environment variable `name`, or exit 2 saying it is missing.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
