@@ -139,9 +139,8 @@ impl Store for MemoryStore {
     async fn read_cloud_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<crate::StoredCloudMessage>> {
         Ok(self.lock()?.inbox.read(after, limit))
     }
-    async fn remove_cloud_message(&self, id: u64) -> Result<()> {
-        self.lock()?.inbox.remove(id);
-        Ok(())
+    async fn remove_cloud_message(&self, id: u64) -> Result<bool> {
+        Ok(self.lock()?.inbox.remove(id))
     }
     async fn cloud_inbox_stats(&self) -> Result<(u64, u64)> {
         Ok(self.lock()?.inbox.stats())

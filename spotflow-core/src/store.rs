@@ -193,10 +193,11 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Removes a message the application completed (unknown ids are ignored).
-    async fn remove_cloud_message(&self, id: u64) -> Result<()> {
+    /// Removes a message the application completed; whether it was in the inbox (unknown ids
+    /// are ignored).
+    async fn remove_cloud_message(&self, id: u64) -> Result<bool> {
         let _ = id;
-        Ok(())
+        Ok(false)
     }
 
     /// Number and size ([`CloudMessage::size`]) of the messages in the inbox (default: none).
@@ -255,7 +256,7 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     async fn read_cloud_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<StoredCloudMessage>> {
         (**self).read_cloud_messages(after, limit).await
     }
-    async fn remove_cloud_message(&self, id: u64) -> Result<()> {
+    async fn remove_cloud_message(&self, id: u64) -> Result<bool> {
         (**self).remove_cloud_message(id).await
     }
     async fn cloud_inbox_stats(&self) -> Result<(u64, u64)> {

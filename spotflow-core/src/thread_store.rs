@@ -628,13 +628,14 @@ impl<B: StoreBackend> Store for ThreadStore<B> {
     async fn read_cloud_messages(&self, after: Option<u64>, limit: usize) -> Result<Vec<crate::StoredCloudMessage>> {
         Ok(self.load_inbox().await?.read(after, limit))
     }
-    async fn remove_cloud_message(&self, id: u64) -> Result<()> {
+    async fn remove_cloud_message(&self, id: u64) -> Result<bool> {
         let _held = self.runtime.inbox.lock().await;
         let mut inbox = self.load_inbox().await?;
-        if inbox.remove(id) {
+        let removed = inbox.remove(id);
+        if removed {
             self.save(StateKey::Inbox, inbox.to_json()).await?;
         }
-        Ok(())
+        Ok(removed)
     }
     async fn cloud_inbox_stats(&self) -> Result<(u64, u64)> {
         Ok(self.load_inbox().await?.stats())

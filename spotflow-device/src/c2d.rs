@@ -122,11 +122,9 @@ impl C2dMessage {
     /// broker is recognised by its `$.mid`). Completing it twice does nothing the second time.
     pub async fn complete(&self) -> Result<()> {
         let inner = &self.client.inner;
-        let before = inner.store.read_cloud_messages(self.id.checked_sub(1), 1).await?;
-        if before.first().is_none_or(|m| m.id != self.id) {
+        if !inner.store.remove_cloud_message(self.id).await? {
             return Ok(());
         }
-        inner.store.remove_cloud_message(self.id).await?;
         let size = self.message.size();
         let _ = inner
             .shared

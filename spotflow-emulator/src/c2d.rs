@@ -171,14 +171,13 @@ impl C2dQueues {
     pub fn acked(&self, hub_id: &str, session: u64, pkid: u16) -> bool {
         let mut devices = spotflow_core::lock(&self.devices);
         let Some(q) = devices.get_mut(hub_id) else { return false };
-        match q.in_flight.get(&pkid) {
-            Some((s, _)) if *s == session => {
-                let (_, e) = q.in_flight.remove(&pkid).expect("just found");
-                q.finish(&e, "delivered", now_ms());
-                true
-            }
-            _ => false,
+        if q.in_flight.get(&pkid).is_none_or(|(s, _)| *s != session) {
+            return false;
         }
+        if let Some((_, e)) = q.in_flight.remove(&pkid) {
+            q.finish(&e, "delivered", now_ms());
+        }
+        true
     }
 
     /// `session` ended: what it had in flight goes back to the front of the queue, in order.

@@ -1358,8 +1358,7 @@ async fn c2d_messages_wait_for_the_device_and_go_until_acknowledged() {
     ] {
         assert_eq!(call(&http, reqwest::Method::POST, u, auth, body).await.0, want, "{body}");
     }
-    let states = |emu: &Emulator| emu.c2d_messages(&dev.hub_id).iter().map(|m| m.state).collect::<Vec<_>>();
-    assert_eq!(states(&emu), ["queued"; 4]);
+    c2d_states(&emu, &dev.hub_id, &["queued"; 4], None).await;
 
     // The device connects (acknowledging by hand) and subscribes: all four arrive, in order.
     let connect = |emu: &Emulator| {
@@ -1369,16 +1368,7 @@ async fn c2d_messages_wait_for_the_device_and_go_until_acknowledged() {
     };
     let (client, mut ev) = connect(&emu);
     client.subscribe(format!("devices/{}/messages/devicebound/#", dev.hub_id), QoS::AtLeastOnce).await.unwrap();
-    let mut got = Vec::new();
-    while got.len() < 4 {
-        got.push(
-            until(&mut ev, |e| match e {
-                Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
-                _ => None,
-            })
-            .await,
-        );
-    }
+    let got = publishes(&mut ev, 4).await;
     let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
     assert_eq!(payloads, [&b"m0"[..], b"m1", b"m2", b"\x00\xffbin"]);
     let prefix = format!("devices/{}/messages/devicebound/%24.mid=", dev.hub_id);
@@ -1388,44 +1378,55 @@ async fn c2d_messages_wait_for_the_device_and_go_until_acknowledged() {
     // Two acknowledged: delivered; then the connection drops with two in flight.
     client.ack(&got[0]).await.unwrap();
     client.ack(&got[1]).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while states(&emu) != ["delivered", "delivered", "inFlight", "inFlight"] {
-        let _ = tokio::time::timeout(Duration::from_millis(50), ev.poll()).await;
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", emu.c2d_messages(&dev.hub_id));
-    }
+    c2d_states(&emu, &dev.hub_id, &["delivered", "delivered", "inFlight", "inFlight"], Some(&mut ev)).await;
     drop((client, ev));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while states(&emu) != ["delivered", "delivered", "queued", "queued"] {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", emu.c2d_messages(&dev.hub_id));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c2d_states(&emu, &dev.hub_id, &["delivered", "delivered", "queued", "queued"], None).await;
 
     // Back (its subscription kept by the session): only the two unacknowledged, marked DUP.
     let (client, mut ev) = connect(&emu);
-    let mut again = Vec::new();
-    while again.len() < 2 {
-        again.push(
-            until(&mut ev, |e| match e {
-                Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
-                _ => None,
-            })
-            .await,
-        );
-    }
+    let again = publishes(&mut ev, 2).await;
     assert_eq!((&again[0].payload[..], again[0].dup), (&b"m2"[..], true));
     assert_eq!(&again[1].payload[..], b"\x00\xffbin");
     for p in &again {
         client.ack(p).await.unwrap();
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while states(&emu) != ["delivered"; 4] {
-        let _ = tokio::time::timeout(Duration::from_millis(50), ev.poll()).await;
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", emu.c2d_messages(&dev.hub_id));
-    }
+    c2d_states(&emu, &dev.hub_id, &["delivered"; 4], Some(&mut ev)).await;
     let (s, listed) = call(&http, reqwest::Method::GET, url.clone(), Some(&admin), "").await;
     assert_eq!(s, 200);
     let attempts: Vec<u64> =
         listed["messages"].as_array().unwrap().iter().map(|m| m["attempts"].as_u64().unwrap()).collect();
     assert_eq!(attempts, [1, 1, 2, 2], "{listed}");
     assert_eq!(listed["messages"][0]["properties"], json!([["kind", "cmd"], ["n", "0"]]));
+}
+
+/// The next `n` publishes the device receives (bounded by WAIT each).
+async fn publishes(ev: &mut rumqttc::EventLoop, n: usize) -> Vec<rumqttc::Publish> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.push(
+            until(ev, |e| match e {
+                Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    got
+}
+
+/// Waits (bounded by WAIT) until the emulator lists the device's C2D messages in these states,
+/// driving the device's event loop meanwhile when it has one (its acknowledgements go out).
+async fn c2d_states(emu: &Emulator, hub_id: &str, want: &[&str], mut ev: Option<&mut rumqttc::EventLoop>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let states: Vec<&str> = emu.c2d_messages(hub_id).iter().map(|m| m.state).collect();
+        if states == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "states {states:?}, want {want:?}");
+        match ev.as_deref_mut() {
+            Some(ev) => drop(tokio::time::timeout(Duration::from_millis(50), ev.poll()).await),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }

@@ -111,8 +111,8 @@ async fn cloud_inbox(store: &dyn Store) {
     assert_eq!(store.read_cloud_messages(Some(first), 10).await.expect("read").len(), 1);
     let (count, bytes) = store.cloud_inbox_stats().await.expect("stats");
     assert_eq!((count, bytes), (2, read.iter().map(|m| m.message.size()).sum()));
-    store.remove_cloud_message(first).await.expect("remove");
-    store.remove_cloud_message(first).await.expect("removing again is a no-op");
+    assert!(store.remove_cloud_message(first).await.expect("remove"), "the message was there");
+    assert!(!store.remove_cloud_message(first).await.expect("removing again is a no-op"));
     assert_eq!(
         store.append_cloud_message(&message("m1", b"\x00one")).await.expect("append"),
         InboxAppend::AlreadyCompleted
