@@ -57,6 +57,7 @@ mod store;
 mod thread_store;
 pub mod time_format;
 mod transport;
+pub mod update;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -81,6 +82,7 @@ pub use thread_store::{
     SINGLE_DEVICE,
 };
 pub use transport::{Connection, RequestId, SessionInfo, Transport, TransportEvent, TwinDocument};
+pub use update::{ArtifactBody, ArtifactSource, UpdateManifest, UpdatePhase, UpdateRecord, UPDATE_PROPERTY};
 
 /// Locks `mutex`, also when a thread panicked while holding it: every mutex of the SDK guards
 /// state that stays consistent between statements (a panic cannot leave it half-changed), so the

@@ -28,6 +28,7 @@ struct Inner {
     desired: Option<DesiredState>,
     reported: ReportedState,
     inbox: crate::Inbox,
+    update: Option<crate::UpdateRecord>,
 }
 
 impl MemoryStore {
@@ -144,5 +145,12 @@ impl Store for MemoryStore {
     }
     async fn cloud_inbox_stats(&self) -> Result<(u64, u64)> {
         Ok(self.lock()?.inbox.stats())
+    }
+    async fn load_update(&self) -> Result<Option<crate::UpdateRecord>> {
+        Ok(self.lock()?.update.clone())
+    }
+    async fn save_update(&self, record: &crate::UpdateRecord) -> Result<()> {
+        self.lock()?.update = Some(record.clone());
+        Ok(())
     }
 }

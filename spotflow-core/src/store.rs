@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::{CloudMessage, InboxAppend, OutgoingMessage, QueuedMessage, Result, StoredCloudMessage};
+use crate::{CloudMessage, InboxAppend, OutgoingMessage, QueuedMessage, Result, StoredCloudMessage, UpdateRecord};
 
 /// A secret string (token, SAS, connection string) whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -205,6 +205,20 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
         Ok((0, 0))
     }
 
+    /// The software update's record ([`crate::UpdateRecord`]; `None` when none was saved). The
+    /// default: none.
+    async fn load_update(&self) -> Result<Option<UpdateRecord>> {
+        Ok(None)
+    }
+
+    /// Saves the software update's record durably (it is saved at every transition of the
+    /// update). The default: an error saying the store keeps no update record (no update can
+    /// then start).
+    async fn save_update(&self, record: &UpdateRecord) -> Result<()> {
+        let _ = record;
+        Err(crate::Error::invalid("store", "this store keeps no software update record"))
+    }
+
     /// Releases the backing resources now (e.g. the database file, for the next process). Later
     /// calls may fail. The default does nothing.
     async fn close(&self) -> Result<()> {
@@ -261,6 +275,12 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn cloud_inbox_stats(&self) -> Result<(u64, u64)> {
         (**self).cloud_inbox_stats().await
+    }
+    async fn load_update(&self) -> Result<Option<UpdateRecord>> {
+        (**self).load_update().await
+    }
+    async fn save_update(&self, record: &UpdateRecord) -> Result<()> {
+        (**self).save_update(record).await
     }
     async fn close(&self) -> Result<()> {
         (**self).close().await

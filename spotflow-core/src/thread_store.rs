@@ -73,6 +73,9 @@ pub enum StateKey {
     Reported,
     /// The cloud-to-device inbox ([`crate::Inbox`]).
     Inbox,
+    /// The software update's record ([`crate::UpdateRecord`]); kept when the device state is
+    /// cleared (it is about the software on the machine, not the device's identity).
+    Update,
 }
 
 impl StateKey {
@@ -83,6 +86,7 @@ impl StateKey {
             StateKey::Desired => "desired",
             StateKey::Reported => "reported",
             StateKey::Inbox => "c2d-inbox",
+            StateKey::Update => "update",
         }
     }
 }
@@ -640,6 +644,12 @@ impl<B: StoreBackend> Store for ThreadStore<B> {
     async fn cloud_inbox_stats(&self) -> Result<(u64, u64)> {
         Ok(self.load_inbox().await?.stats())
     }
+    async fn load_update(&self) -> Result<Option<crate::UpdateRecord>> {
+        self.load(StateKey::Update, crate::UpdateRecord::from_json).await
+    }
+    async fn save_update(&self, record: &crate::UpdateRecord) -> Result<()> {
+        self.save(StateKey::Update, record.to_json()).await
+    }
     /// Closes the store now (everything durable, the files released for another process)
     /// instead of when the last clone is dropped. Later calls on any clone fail; closing again is
     /// a no-op. On a device's handle of a shared store (see [`ThreadStore::namespace`]) it
@@ -902,6 +912,7 @@ mod tests {
                 StateKey::Desired => now(self.inner.load_desired())?.as_ref().map(persist::desired_to_json),
                 StateKey::Reported => Some(persist::reported_to_json(&now(self.inner.load_reported())?)),
                 StateKey::Inbox => self.inbox.clone(),
+                StateKey::Update => now(self.inner.load_update())?.as_ref().map(crate::UpdateRecord::to_json),
             })
         }
         fn save_state(&mut self, _: Namespace, key: StateKey, value: &serde_json::Value) -> Result<()> {
@@ -913,6 +924,7 @@ mod tests {
                     self.inbox = Some(value.clone());
                     Ok(())
                 }
+                StateKey::Update => now(self.inner.save_update(&crate::UpdateRecord::from_json(value)?)),
             }
         }
         fn clear(&mut self, _: Namespace) -> Result<()> {

@@ -80,6 +80,34 @@ pub async fn store_conformance(store: &dyn Store) {
     clear_keeps_identity_and_sequence(store).await;
     concurrent_appends(store).await;
     cloud_inbox(store).await;
+    update_record(store).await;
+}
+
+/// The software update's record: a store that keeps none says so on save (the default) and loads
+/// none; one that keeps it loads what was saved last, also after the device's state is cleared.
+async fn update_record(store: &dyn Store) {
+    use crate::update::{UpdateMachine, UpdateManifest};
+    assert_eq!(store.load_update().await.expect("load"), None, "an empty store has no update record");
+    let manifest = UpdateManifest::from_json(&serde_json::json!({
+        "id": "u1", "version": "2", "url": "https://example.invalid/a", "size": 10, "sha256": "0".repeat(64)
+    }))
+    .expect("manifest");
+    let mut machine = UpdateMachine::default();
+    machine.offer(manifest);
+    machine.checkpoint(4);
+    if store.save_update(&machine.record).await.is_err() {
+        assert_eq!(store.load_update().await.expect("load"), None, "a store without update records loads none");
+        return;
+    }
+    assert_eq!(store.load_update().await.expect("load").as_ref(), Some(&machine.record));
+    machine.downloaded();
+    store.save_update(&machine.record).await.expect("save");
+    store.clear_device_state().await.expect("clear");
+    assert_eq!(
+        store.load_update().await.expect("load").as_ref(),
+        Some(&machine.record),
+        "the last one, kept by a clear"
+    );
 }
 
 /// The cloud-to-device inbox: a store that keeps none says so on append (the default); one that
