@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod c2d;
+pub mod updates;
 #[cfg(feature = "testkit")]
 mod conformance;
 mod control;
@@ -279,6 +280,8 @@ pub(crate) struct Inner {
     pub c2d: c2d::C2dQueues,
     /// Started uploads and the bodies being received.
     pub uploads: uploads::Uploads,
+    /// Software update artifacts and rollouts.
+    pub updates: updates::Updates,
     pub(crate) tunnels: tunnels::Tunnels,
     https_addr: Mutex<Option<SocketAddr>>,
     pub traffic: traffic::Traffic,
@@ -373,6 +376,26 @@ impl Inner {
     }
 
     /// `host:port` of the upload endpoint, as `hostName` in file-upload answers.
+    /// Starts a software update rollout: sets each device's desired `spotflowUpdate` to its
+    /// signed manifest. Returns the rollout's id.
+    pub fn start_rollout(&self, request: &updates::RolloutRequest) -> Result<String, updates::UpdateRefusal> {
+        let known = |d: &str| self.control.lock().devices.contains_key(d);
+        let (id, manifests) = self.updates.start_rollout(request, known, &format!("https://{}", self.upload_host()))?;
+        for (device, manifest) in manifests {
+            let mut patch = Map::new();
+            patch.insert(spotflow_core::UPDATE_PROPERTY.into(), manifest);
+            self.update_desired(&device, patch).map_err(|e| updates::UpdateRefusal::Invalid(format!("{e:?}")))?;
+        }
+        Ok(id)
+    }
+
+    /// A rollout's state per device.
+    pub fn rollout(&self, id: &str) -> Option<updates::RolloutStatus> {
+        self.updates.rollout(id, |d| {
+            self.control.twin(d).and_then(|t| updates::reported_update(&Value::Object(t.reported)))
+        })
+    }
+
     pub fn upload_host(&self) -> String {
         let port = spotflow_core::lock(&self.https_addr).map_or(443, |a| a.port());
         format!("{}:{port}", self.config.hub_host)
@@ -461,6 +484,7 @@ impl Emulator {
             sessions: sessions::Sessions::default(),
             methods: methods::DirectMethods::default(),
             c2d: c2d::C2dQueues::default(),
+            updates: updates::Updates::default(),
             uploads: uploads::Uploads::new(spool_dir),
             tunnels: tunnels::Tunnels::default(),
             https_addr: Mutex::new(https_addr),
@@ -676,6 +700,26 @@ impl Emulator {
     /// 1,000), in flight, queued.
     pub fn c2d_messages(&self, hub_device_id: &str) -> Vec<C2dStatus> {
         self.inner.c2d.list(hub_device_id)
+    }
+    /// Publishes a software update artifact (see [`updates`]).
+    pub fn publish_artifact(&self, bytes: bytes::Bytes, version: &str) -> Result<updates::ArtifactInfo, updates::UpdateRefusal> {
+        self.inner.updates.publish(bytes, version)
+    }
+    /// Sets the faults of an artifact's downloads (tests).
+    pub fn set_artifact_faults(&self, artifact: &str, faults: updates::ArtifactFaults) -> Result<(), updates::UpdateRefusal> {
+        self.inner.updates.set_faults(artifact, faults)
+    }
+    /// Starts a rollout (see [`updates::RolloutRequest`]); returns its id.
+    pub fn start_rollout(&self, request: &updates::RolloutRequest) -> Result<String, updates::UpdateRefusal> {
+        self.inner.start_rollout(request)
+    }
+    /// A rollout's state per device.
+    pub fn rollout(&self, id: &str) -> Option<updates::RolloutStatus> {
+        self.inner.rollout(id)
+    }
+    /// The Ed25519 public key the emulator signs update manifests with (hexadecimal).
+    pub fn update_public_key(&self) -> String {
+        self.inner.updates.public_key_hex()
     }
     /// Stored device log records (the records of the `device-logs` stream, each once).
     pub async fn logs(&self, query: logs::LogQuery) -> Vec<logs::LogEntry> {

@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod artifacts;
 pub mod https_api;
 pub mod mapping;
 mod mqtt;
@@ -35,6 +36,7 @@ mod tls;
 pub mod topics;
 mod upload;
 
+pub use artifacts::HttpsArtifactSource;
 pub use https_api::{answers, HttpPlatformApi, MAX_ANSWER_BYTES};
 pub use mapping::EXTERNALIZE_THRESHOLD;
 pub use mqtt::{MqttTransport, MqttTransportOptions};

@@ -22,6 +22,7 @@ mod admin;
 mod dashboard;
 mod device;
 mod tunnels;
+mod updates;
 
 type Shared = State<Arc<Inner>>;
 
@@ -38,6 +39,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/devices/{hub_device_id}/files/notifications", post(device::file_upload_notify))
         .route("/uploads/{blob}", put(device::put_blob))
         .route("/$iothub/websocket", get(device::websocket))
+        .route("/updates/{artifact}/{token}", get(updates::download))
         // the admin API, metrics and the live feed
         .route("/admin/provisioning-tokens", post(admin::admin_create_token))
         .route("/admin/operations", get(admin::admin_operations))
@@ -54,6 +56,15 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/admin/traffic", get(admin::admin_traffic))
         .route("/admin/events", get(admin::admin_events))
         .route("/metrics", get(admin::metrics))
+        // software updates
+        .route("/admin/updates", get(updates::listing))
+        .route(
+            "/admin/updates/artifacts",
+            post(updates::publish).layer(axum::extract::DefaultBodyLimit::max(crate::updates::MAX_ARTIFACT_BYTES)),
+        )
+        .route("/admin/updates/artifacts/{id}/faults", put(updates::faults))
+        .route("/admin/updates/rollouts", post(updates::start_rollout))
+        .route("/admin/updates/rollouts/{id}", get(updates::rollout))
         // remote-access tunnels
         .route("/admin/devices/{hub_device_id}/tunnel", get(tunnels::admin_tunnel))
         .route("/tunnels/{tunnel_id}", get(tunnels::device_tunnel))
@@ -74,7 +85,9 @@ async fn request_deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if request.uri().path() == "/admin/events" {
+    // The live feed lasts as long as the page is open; an artifact download as long as the
+    // artifact and the network take.
+    if request.uri().path() == "/admin/events" || request.uri().path().starts_with("/updates/") {
         return next.run(request).await;
     }
     match tokio::time::timeout(inner.config.http_request_timeout, next.run(request)).await {
@@ -92,7 +105,8 @@ const MAX_RECORDED_BODY: usize = 64 * 1024 * 1024;
 /// or the WebSocket upgrade).
 async fn record_http(State(inner): Shared, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let path = request.uri().path().to_owned();
-    if !inner.traffic.enabled() || path.starts_with("/admin/") || path == "/$iothub/websocket" {
+    if !inner.traffic.enabled() || path.starts_with("/admin/") || path.starts_with("/updates/") || path == "/$iothub/websocket"
+    {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
