@@ -78,8 +78,8 @@ pub use properties::{DesiredTracker, PatchOutcome, ReportedOutcome, ReportedTrac
 pub use queue::OutgoingQueue;
 pub use store::{ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store};
 pub use thread_store::{
-    run_as_blocking_caller, Durability, DurableBackend, FreeSpace, Namespace, StateKey, StoreBackend, ThreadStore,
-    SINGLE_DEVICE,
+    free_disk_space, run_as_blocking_caller, Durability, DurableBackend, FreeSpace, Namespace, StateKey, StoreBackend,
+    ThreadStore, SINGLE_DEVICE,
 };
 pub use transport::{Connection, RequestId, SessionInfo, Transport, TransportEvent, TwinDocument};
 pub use update::{ArtifactBody, ArtifactSource, UpdateManifest, UpdatePhase, UpdateRecord, UPDATE_PROPERTY};

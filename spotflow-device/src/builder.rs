@@ -375,6 +375,7 @@ impl DeviceClientBuilder {
                 options,
                 closed: AtomicBool::new(false),
                 db: self.db,
+                network: self.network,
             }),
         })
     }

@@ -28,6 +28,10 @@ pub(crate) struct ClientInner {
     /// The database path the client was built with (the log journal lives beside it).
     #[cfg_attr(not(feature = "logs"), allow(dead_code))]
     pub(crate) db: std::path::PathBuf,
+    /// The network options the client was built with (the update agent's downloads use its
+    /// trust).
+    #[cfg_attr(not(feature = "updates"), allow(dead_code))]
+    pub(crate) network: crate::NetworkOptions,
 }
 
 /// A device connected to the platform. Create it with [`DeviceClient::builder`].

@@ -65,6 +65,8 @@ mod provisioning;
 mod remote;
 mod shared;
 mod stats;
+#[cfg(feature = "updates")]
+pub mod update;
 mod worker;
 
 pub use builder::{DesiredPropertiesCallback, DeviceClientBuilder};

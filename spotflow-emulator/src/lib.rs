@@ -16,7 +16,6 @@
 #![forbid(unsafe_code)]
 
 pub mod c2d;
-pub mod updates;
 #[cfg(feature = "testkit")]
 mod conformance;
 mod control;
@@ -35,6 +34,7 @@ mod tls;
 pub mod traffic;
 pub mod tunnel_client;
 mod tunnels;
+pub mod updates;
 mod uploads;
 mod wire;
 
@@ -391,9 +391,8 @@ impl Inner {
 
     /// A rollout's state per device.
     pub fn rollout(&self, id: &str) -> Option<updates::RolloutStatus> {
-        self.updates.rollout(id, |d| {
-            self.control.twin(d).and_then(|t| updates::reported_update(&Value::Object(t.reported)))
-        })
+        self.updates
+            .rollout(id, |d| self.control.twin(d).and_then(|t| updates::reported_update(&Value::Object(t.reported))))
     }
 
     pub fn upload_host(&self) -> String {
@@ -702,11 +701,19 @@ impl Emulator {
         self.inner.c2d.list(hub_device_id)
     }
     /// Publishes a software update artifact (see [`updates`]).
-    pub fn publish_artifact(&self, bytes: bytes::Bytes, version: &str) -> Result<updates::ArtifactInfo, updates::UpdateRefusal> {
+    pub fn publish_artifact(
+        &self,
+        bytes: bytes::Bytes,
+        version: &str,
+    ) -> Result<updates::ArtifactInfo, updates::UpdateRefusal> {
         self.inner.updates.publish(bytes, version)
     }
     /// Sets the faults of an artifact's downloads (tests).
-    pub fn set_artifact_faults(&self, artifact: &str, faults: updates::ArtifactFaults) -> Result<(), updates::UpdateRefusal> {
+    pub fn set_artifact_faults(
+        &self,
+        artifact: &str,
+        faults: updates::ArtifactFaults,
+    ) -> Result<(), updates::UpdateRefusal> {
         self.inner.updates.set_faults(artifact, faults)
     }
     /// Starts a rollout (see [`updates::RolloutRequest`]); returns its id.

@@ -299,7 +299,13 @@ impl Updates {
             targets.push(Target { hub_id: device.clone(), served: 0, requests: 0, cuts_left: cuts.clone() });
             manifests.push((device.clone(), value));
         }
-        state.rollouts.push(Rollout { id: id.clone(), artifact: info.id, manifest: template, created_at: now_ms(), targets });
+        state.rollouts.push(Rollout {
+            id: id.clone(),
+            artifact: info.id,
+            manifest: template,
+            created_at: now_ms(),
+            targets,
+        });
         Ok((id, manifests))
     }
 

@@ -54,7 +54,9 @@ impl ArtifactSource for HttpsArtifactSource {
                 let range = response.headers().get("content-range").and_then(|v| v.to_str().ok()).unwrap_or("");
                 let first = range.strip_prefix("bytes ").and_then(|r| r.split('-').next()).and_then(|n| n.parse().ok());
                 if first != Some(offset) {
-                    return Err(Error::Platform(format!("artifact server answered the range {offset}- with {range:?}")));
+                    return Err(Error::Platform(format!(
+                        "artifact server answered the range {offset}- with {range:?}"
+                    )));
                 }
                 offset
             }

@@ -105,7 +105,10 @@ const MAX_RECORDED_BODY: usize = 64 * 1024 * 1024;
 /// or the WebSocket upgrade).
 async fn record_http(State(inner): Shared, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let path = request.uri().path().to_owned();
-    if !inner.traffic.enabled() || path.starts_with("/admin/") || path.starts_with("/updates/") || path == "/$iothub/websocket"
+    if !inner.traffic.enabled()
+        || path.starts_with("/admin/")
+        || path.starts_with("/updates/")
+        || path == "/$iothub/websocket"
     {
         return next.run(request).await;
     }

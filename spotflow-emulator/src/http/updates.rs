@@ -52,7 +52,8 @@ pub(super) async fn download(
         .header("content-length", length)
         .header("accept-ranges", "bytes");
     if from.is_some() {
-        response = response.header("content-range", format!("bytes {}-{}/{}", d.start, d.total.saturating_sub(1), d.total));
+        response =
+            response.header("content-range", format!("bytes {}-{}/{}", d.start, d.total.saturating_sub(1), d.total));
     }
     let stream = futures_util::stream::unfold((inner.clone(), d, 0u64), move |(inner, d, sent)| async move {
         let start = (d.start + sent) as usize;
@@ -118,12 +119,7 @@ pub(super) async fn listing(State(inner): Shared, headers: HeaderMap) -> Respons
 }
 
 /// `PUT /admin/updates/artifacts/{id}/faults` with [`ArtifactFaults`].
-pub(super) async fn faults(
-    State(inner): Shared,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub(super) async fn faults(State(inner): Shared, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = require_admin(&inner, &headers) {
         return r;
     }
