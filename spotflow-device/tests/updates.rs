@@ -220,9 +220,11 @@ async fn a_reboot_leads_to_the_health_check_at_the_next_start() {
     let agent = UpdateAgent::start(&client, s.options(), handler.clone()).await.unwrap();
     let record = until_final(&agent, &rollout).await;
     assert_eq!(record.phase, UpdatePhase::Succeeded);
-    let script = handler.script();
-    assert_eq!((script.installs.len(), script.confirms), (1, 1));
-    drop(script);
+    let seen = {
+        let script = handler.script();
+        (script.installs.len(), script.confirms)
+    };
+    assert_eq!(seen, (1, 1));
     s.platform_sees(&rollout, "succeeded").await;
     client.close().await.unwrap();
 }

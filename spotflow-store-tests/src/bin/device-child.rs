@@ -2,7 +2,8 @@
 //! default durable store, enqueues `COUNT` messages (message ids `r{RUN}-{i}`), printing
 //! `ACK {RUN} {i}` after each enqueue returned, then waits until everything queued is
 //! acknowledged and prints `DONE`. Environment: `INSTANCE`, `CA_FILE`, `MQTT_PORT`,
-//! `PROVISIONING_TOKEN`, `DB`, `RUN`, `COUNT`, and optionally `BACKEND` (a store of
+//! `PROVISIONING_TOKEN`, `DB`, `RUN`, `COUNT`, and optionally `DEVICE_ID` (default
+//! `killed-device`), `BACKEND` (a store of
 //! `spotflow_store_tests::BACKENDS` instead of the default one) and `RATE` (enqueues per second).
 //!
 //! With `GATEWAY_DEVICES=N`, the process is a gateway instead: N clients `gw-0`… over one
@@ -10,6 +11,8 @@
 //! `ACK {RUN} d{D}-{i}`) at the same time, then `DONE` once every device's queue is acknowledged.
 //!
 //! With `C2D=1`, it takes cloud-to-device messages from its inbox instead (see `c2d`).
+//!
+//! With `UPDATE=1`, it applies software updates instead (see `update`).
 //!
 //! With `LOGS=1`, the process logs instead: `COUNT` records `tracing::info!("r{RUN}-{i}")` through
 //! a `DeviceLogger`'s layer (default options), printing `ACK {RUN} {i}` after each call that
@@ -141,6 +144,86 @@ async fn c2d(client: DeviceClient, count: u32) {
     client.close().await.expect("close");
 }
 
+/// The `UPDATE=1` handler: installs by copying the artifact to `UPDATE_INSTALL_DIR/{id}` (a
+/// temporary file renamed: idempotent), printing `INSTALL {id} {sha256 of what it was given}`,
+/// and asks for a reboot; the health check prints `CONFIRM {id}`. Both first sleep
+/// `UPDATE_HANDLER_DELAY_MS` (so that a kill can land inside them).
+struct CopyInstaller {
+    dir: std::path::PathBuf,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl spotflow_device::update::UpdateHandler for CopyInstaller {
+    async fn install(
+        &self,
+        update: &spotflow_device::update::UpdateInfo,
+        artifact: &std::path::Path,
+    ) -> Result<spotflow_device::update::Installed, String> {
+        tokio::time::sleep(self.delay).await;
+        let bytes = std::fs::read(artifact).map_err(|e| e.to_string())?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = self.dir.join(format!("{}.tmp", update.id));
+        std::fs::write(&tmp, &bytes).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, self.dir.join(&update.id)).map_err(|e| e.to_string())?;
+        println!("INSTALL {} {hex}", update.id);
+        Ok(spotflow_device::update::Installed { needs_reboot: true })
+    }
+    async fn confirm(&self, update: &spotflow_device::update::UpdateInfo) -> Result<(), String> {
+        tokio::time::sleep(self.delay).await;
+        println!("CONFIRM {}", update.id);
+        Ok(())
+    }
+    async fn rollback(&self, _: &spotflow_device::update::UpdateInfo) -> Result<(), String> {
+        Err("no rollback in this test".into())
+    }
+}
+
+/// `UPDATE=1`: an update agent (public key `UPDATE_KEY`, checkpoints every `UPDATE_CHECKPOINT`
+/// bytes, at most `UPDATE_RATE` bytes/s) printing `STATE {phase} {downloaded}` at every change of
+/// its record; when the update asks for a reboot the process "reboots" (prints `REBOOT` and
+/// exits); once the update is over it prints `FINAL {phase} {reason}` and exits. Every exit first
+/// prints `RECEIVED {bytes received from the network by this process}`.
+async fn update(client: DeviceClient) {
+    use spotflow_device::update::{UpdateAgent, UpdateOptions, UpdatePhase};
+    let dir = std::path::PathBuf::from(env("UPDATE_INSTALL_DIR"));
+    let delay =
+        Duration::from_millis(std::env::var("UPDATE_HANDLER_DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    let mut options = UpdateOptions::default().with_public_key_hex(&env("UPDATE_KEY")).expect("key");
+    if let Some(c) = std::env::var("UPDATE_CHECKPOINT").ok().and_then(|v| v.parse().ok()) {
+        options.checkpoint_bytes = c;
+    }
+    options.max_bytes_per_second = std::env::var("UPDATE_RATE").ok().and_then(|v| v.parse().ok());
+    options.retry_initial = Duration::from_millis(50);
+    options.retry_max = Duration::from_millis(500);
+    options.poll_interval = Duration::from_millis(20);
+    let agent = UpdateAgent::start(&client, options, CopyInstaller { dir, delay }).await.expect("agent starts");
+    println!("READY");
+    let mut last = None;
+    loop {
+        let record = agent
+            .wait_for(Duration::from_secs(3600), |r| Some((r.phase, r.downloaded)) != last)
+            .await
+            .expect("the record changes");
+        last = Some((record.phase, record.downloaded));
+        println!("STATE {} {}", record.phase, record.downloaded);
+        let over = record.manifest.is_some() && record.phase.is_final();
+        if record.phase == UpdatePhase::Rebooting || over {
+            agent.stop().await;
+            println!("RECEIVED {}", agent.stats().bytes_received);
+            if over {
+                let reason = record.error.map(|e| e.reason).unwrap_or_default();
+                println!("FINAL {} {reason}", record.phase);
+            } else {
+                println!("REBOOT");
+            }
+            client.close().await.expect("close");
+            return;
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::var_os("LOGS").is_none() {
@@ -153,7 +236,8 @@ async fn main() {
         gateway(devices, &ca, mqtt_port, &run, count).await;
         return;
     }
-    let mut builder = DeviceClient::builder(Some("killed-device"), env("PROVISIONING_TOKEN"), env("DB"));
+    let device_id = std::env::var("DEVICE_ID").unwrap_or_else(|_| "killed-device".into());
+    let mut builder = DeviceClient::builder(Some(device_id), env("PROVISIONING_TOKEN"), env("DB"));
     if let Ok(backend) = std::env::var("BACKEND") {
         let store = spotflow_store_tests::open(&backend, std::path::Path::new(&env("DB"))).await.expect("store opens");
         builder = builder.store(store);
@@ -165,6 +249,10 @@ async fn main() {
     }
     if std::env::var_os("C2D").is_some() {
         c2d(client, count).await;
+        return;
+    }
+    if std::env::var_os("UPDATE").is_some() {
+        update(client).await;
         return;
     }
     println!("READY");
