@@ -146,8 +146,9 @@ pub struct UpdateOptions {
     pub public_key: Option<Vec<u8>>,
     /// Where artifacts are downloaded (default: `{db}-update/{device id}` beside the database).
     pub directory: Option<PathBuf>,
-    /// Bytes between two fsync'd checkpoints of a download (default 1 MiB): at most this much is
-    /// downloaded again after a crash or a power cut.
+    /// Bytes between two fsync'd checkpoints of a download (default 1 MiB): about this much
+    /// (plus what arrived while the last checkpoint was being synced) is downloaded again after a
+    /// crash or a power cut.
     pub checkpoint_bytes: u64,
     /// Download rate limit (default none).
     pub max_bytes_per_second: Option<u64>,
@@ -725,6 +726,13 @@ impl Runner {
             }
             written += bytes.len() as u64;
             self.counters.bytes_received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            // A background sync that ended is saved at once (not at the next checkpoint): what a
+            // crash makes download again stays about one checkpoint.
+            if syncing.as_ref().is_some_and(|(_, s)| s.is_finished()) {
+                if let Err(e) = self.finish_sync(&mut syncing).await {
+                    break Err(e);
+                }
+            }
             if written - checkpointed >= self.options.checkpoint_bytes {
                 // The previous sync is done (it ran while this part downloaded): its offset is
                 // the checkpoint; this one's syncs in the background.

@@ -126,6 +126,11 @@ enum Command {
         #[command(subcommand)]
         action: C2dAction,
     },
+    /// Software updates: publish an artifact, roll it out to devices, follow the rollout.
+    Update {
+        #[command(subcommand)]
+        action: UpdateAction,
+    },
     /// Device logs (the records of the `device-logs` stream).
     Logs {
         #[command(subcommand)]
@@ -232,6 +237,45 @@ enum C2dAction {
 }
 
 #[derive(Subcommand)]
+enum UpdateAction {
+    /// Publish an artifact (a file); prints its id, size and SHA-256.
+    Publish {
+        file: std::path::PathBuf,
+        /// The version it installs.
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Roll an artifact out: sets each device's desired `spotflowUpdate` to a signed manifest;
+    /// prints the rollout's id.
+    Rollout {
+        /// The artifact's id (from `publish`).
+        artifact: String,
+        /// A device (`workspace:device`; repeat for more).
+        #[arg(long = "device", required = true)]
+        devices: Vec<String>,
+        /// What a device busy with another update does: queue (default) or cancel.
+        #[arg(long)]
+        if_busy: Option<String>,
+        /// Not installed before this time (RFC 3339).
+        #[arg(long)]
+        install_after: Option<String>,
+        /// Not installed after this time (RFC 3339).
+        #[arg(long)]
+        install_before: Option<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// A rollout's state per device; without ROLLOUT, the artifacts and rollouts.
+    Status {
+        rollout: Option<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+#[derive(Subcommand)]
 enum LogAction {
     /// Print device log records (`time level device target: message fields`), and keep printing
     /// new ones with --follow.
@@ -312,6 +356,16 @@ impl AdminClient {
         if let Some(b) = body {
             req = req.json(&b);
         }
+        Self::answer(req).await
+    }
+
+    /// POSTs `body` as it is (an artifact).
+    async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<Value, String> {
+        let req = self.http.post(format!("{}{path}", self.url)).bearer_auth(&self.token).body(body);
+        Self::answer(req.timeout(Duration::from_secs(600))).await
+    }
+
+    async fn answer(req: reqwest::RequestBuilder) -> Result<Value, String> {
         let resp = req.send().await.map_err(|e| format!("request failed: {e}"))?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -481,6 +535,30 @@ async fn run(cli: Cli) -> Result<(), String> {
             let body = serde_json::json!({"payload": payload, "properties": props, "ttlSeconds": ttl});
             let path = format!("/admin/devices/{device}/c2d");
             print(&AdminClient::new(&admin)?.call(Method::POST, &path, Some(body)).await?);
+            Ok(())
+        }
+        Command::Update { action: UpdateAction::Publish { file, version, admin } } => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let path = format!("/admin/updates/artifacts?version={}", spotflow_emulator::c2d::percent_encode(&version));
+            print(&AdminClient::new(&admin)?.post_bytes(&path, bytes).await?);
+            Ok(())
+        }
+        Command::Update {
+            action: UpdateAction::Rollout { artifact, devices, if_busy, install_after, install_before, admin },
+        } => {
+            let body = serde_json::json!({
+                "artifact": artifact, "devices": devices, "ifBusy": if_busy,
+                "installAfter": install_after, "installBefore": install_before,
+            });
+            print(&AdminClient::new(&admin)?.call(Method::POST, "/admin/updates/rollouts", Some(body)).await?);
+            Ok(())
+        }
+        Command::Update { action: UpdateAction::Status { rollout, admin } } => {
+            let path = match rollout {
+                Some(id) => format!("/admin/updates/rollouts/{id}"),
+                None => "/admin/updates".to_owned(),
+            };
+            print(&AdminClient::new(&admin)?.call(Method::GET, &path, None).await?);
             Ok(())
         }
         Command::C2d { action: C2dAction::List { device, admin } } => {

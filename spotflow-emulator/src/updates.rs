@@ -64,8 +64,8 @@ struct Target {
     hub_id: String,
     served: u64,
     requests: u64,
-    /// Fractions of `cut_at` not yet applied to this device.
-    cuts_left: Vec<u64>,
+    /// Offsets of the artifact's cuts (`cut_at`) already applied to this device.
+    cuts_done: Vec<u64>,
 }
 
 struct Rollout {
@@ -268,7 +268,6 @@ impl Updates {
         let mut state = self.state();
         let artifact = state.artifacts.get(&request.artifact).ok_or(UpdateRefusal::UnknownArtifact)?;
         let info = artifact.info.clone();
-        let cuts = info.faults.cut_at.iter().map(|f| (f * info.size as f64) as u64).collect::<Vec<_>>();
         let id = format!("r{}-{}", state.rollouts.len() + 1, random_hex(3));
         let base = request.base_url.as_deref().unwrap_or(https_base).trim_end_matches('/').to_owned();
         let template = UpdateManifest {
@@ -296,7 +295,7 @@ impl Updates {
             let value = manifest.to_json();
             UpdateManifest::from_json(&value).map_err(|e| UpdateRefusal::Invalid(e.to_string()))?;
             state.tokens.insert(token, (index, t));
-            targets.push(Target { hub_id: device.clone(), served: 0, requests: 0, cuts_left: cuts.clone() });
+            targets.push(Target { hub_id: device.clone(), served: 0, requests: 0, cuts_done: Vec::new() });
             manifests.push((device.clone(), value));
         }
         state.rollouts.push(Rollout {
@@ -332,10 +331,16 @@ impl Updates {
         if from >= total && total > 0 && from > 0 {
             return Err(416);
         }
+        let mut cuts: Vec<u64> = faults.cut_at.iter().map(|f| (f * a.info.size as f64) as u64).collect();
+        cuts.sort_unstable();
         let target = &mut state.rollouts[r].targets[t];
         target.requests += 1;
-        // The first cut still ahead of this download applies (once).
-        let cut_after = target.cuts_left.iter().position(|&c| c >= from).map(|i| target.cuts_left.remove(i) - from);
+        // The first cut ahead of this download not yet applied to the device applies (once).
+        let cut = cuts.into_iter().find(|c| *c >= from && !target.cuts_done.contains(c));
+        if let Some(c) = cut {
+            target.cuts_done.push(c);
+        }
+        let cut_after = cut.map(|c| c - from);
         Ok(Download {
             bytes,
             start: from,

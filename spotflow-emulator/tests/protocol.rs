@@ -1430,3 +1430,123 @@ async fn c2d_states(emu: &Emulator, hub_id: &str, want: &[&str], mut ev: Option<
         }
     }
 }
+
+/// Runs the emulator's CLI against `emu` (plain HTTP admin URL); returns its printed JSON.
+async fn cli(emu: &Emulator, args: &[&str]) -> Value {
+    let base = format!("http://{}", emu.http_addr().unwrap());
+    let token = emu.admin_token().to_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spotflow-emulator"))
+            .args(&args)
+            .args(["--url", &base, "--admin-token", &token])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("JSON printed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_artifacts_are_published_rolled_out_signed_and_served_with_ranges() {
+    use ring::signature::{UnparsedPublicKey, ED25519};
+    use spotflow_core::update::UpdateManifest;
+    let emu = emulator().await;
+    let dev = register(&emu, "updated-device").await;
+    let http = https(&emu);
+    let dir = tempfile::tempdir().unwrap();
+    let artifact: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let file = dir.path().join("firmware.bin");
+    std::fs::write(&file, &artifact).unwrap();
+
+    // Published and rolled out with the CLI.
+    let published = cli(&emu, &["update", "publish", file.to_str().unwrap(), "--version", "1.2.3"]).await;
+    let expected_sha: String =
+        ring::digest::digest(&ring::digest::SHA256, &artifact).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        (published["size"].as_u64(), published["sha256"].as_str()),
+        (Some(300_000), Some(expected_sha.as_str()))
+    );
+    let artifact_id = published["id"].as_str().unwrap().to_owned();
+    let rollout = cli(&emu, &["update", "rollout", &artifact_id, "--device", &dev.hub_id]).await;
+    let rollout_id = rollout["id"].as_str().unwrap().to_owned();
+
+    // The device's desired properties carry the manifest, signed with the emulator's key.
+    let twin = emu.twin(&dev.hub_id).unwrap();
+    let manifest = UpdateManifest::from_json(&twin.desired["spotflowUpdate"]).expect("a valid manifest");
+    assert_eq!((manifest.id.as_str(), manifest.version.as_str()), (rollout_id.as_str(), "1.2.3"));
+    assert_eq!((manifest.size, manifest.sha256.as_str()), (300_000, expected_sha.as_str()));
+    let key: Vec<u8> =
+        (0..64).step_by(2).map(|i| u8::from_str_radix(&emu.update_public_key()[i..i + 2], 16).unwrap()).collect();
+    let signature = manifest.signature.clone().unwrap();
+    let signature: Vec<u8> =
+        (0..128).step_by(2).map(|i| u8::from_str_radix(&signature[i..i + 2], 16).unwrap()).collect();
+    UnparsedPublicKey::new(&ED25519, &key)
+        .verify(&manifest.signed_bytes(), &signature)
+        .expect("the signature verifies");
+    let mut tampered = manifest.clone();
+    tampered.size += 1;
+    assert!(UnparsedPublicKey::new(&ED25519, &key).verify(&tampered.signed_bytes(), &signature).is_err());
+
+    // Served whole, and from a range.
+    let get = |range: Option<&str>, url: &str| {
+        let mut req = http.get(url);
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        req.send()
+    };
+    let whole = get(None, &manifest.url).await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert!(whole.bytes().await.unwrap() == artifact);
+    let part = get(Some("bytes=100000-"), &manifest.url).await.unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.headers()["content-range"], "bytes 100000-299999/300000");
+    assert!(part.bytes().await.unwrap() == artifact[100_000..]);
+    assert_eq!(get(Some("bytes=300000-"), &manifest.url).await.unwrap().status(), 416);
+    assert_eq!(get(Some("lines=1-"), &manifest.url).await.unwrap().status(), 400);
+    let forged = manifest.url.rsplit_once('/').unwrap().0.to_owned() + "/0123456789abcdef0123456789abcdef";
+    assert_eq!(get(None, &forged).await.unwrap().status(), 404, "a guessed token downloads nothing");
+
+    // The rollout's state: pending (the device has not reported), the bytes served counted.
+    let status = cli(&emu, &["update", "status", &rollout_id]).await;
+    assert_eq!(status["devices"][0]["state"], "pending");
+    assert_eq!(status["devices"][0]["bytesServed"], 500_000);
+    assert_eq!(status["devices"][0]["requests"], 2, "the refused range is not a download");
+    let listing = cli(&emu, &["update", "status"]).await;
+    assert_eq!(listing["rollouts"], json!([rollout_id]));
+    assert_eq!(listing["publicKey"], emu.update_public_key());
+
+    // Faults: a corrupted artifact differs in one byte; a cut ends the body early, once.
+    let faults = json!({"corrupt": true, "cutAt": [0.5]}).to_string();
+    let admin = format!("Bearer {}", emu.admin_token());
+    let faults_url = format!("{}/admin/updates/artifacts/{artifact_id}/faults", emu.https_url());
+    assert_eq!(call(&http, reqwest::Method::PUT, faults_url.clone(), Some(&admin), &faults).await.0, 204);
+    assert_eq!(call(&http, reqwest::Method::PUT, faults_url.clone(), None, &faults).await.0, 401);
+    let bad = json!({"cutAt": [1.5]}).to_string();
+    assert_eq!(call(&http, reqwest::Method::PUT, faults_url, Some(&admin), &bad).await.0, 400);
+    let cut = get(None, &manifest.url).await.unwrap().bytes().await;
+    assert!(cut.is_err(), "the body is cut at half");
+    let corrupted = get(None, &manifest.url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(corrupted.len(), artifact.len());
+    assert_eq!(corrupted.iter().zip(&artifact).filter(|(a, b)| a != b).count(), 1, "one byte changed");
+
+    // Refusals of the admin API.
+    let rollouts = format!("{}/admin/updates/rollouts", emu.https_url());
+    for (body, want) in [
+        (json!({"artifact": "nope", "devices": [dev.hub_id]}), 404),
+        (json!({"artifact": artifact_id, "devices": ["ws:nobody"]}), 404),
+        (json!({"artifact": artifact_id, "devices": []}), 400),
+        (json!({"artifact": artifact_id, "devices": [dev.hub_id], "ifBusy": "later"}), 400),
+        (json!({"artifact": artifact_id, "devices": [dev.hub_id], "installAfter": "soon"}), 400),
+    ] {
+        assert_eq!(
+            call(&http, reqwest::Method::POST, rollouts.clone(), Some(&admin), &body.to_string()).await.0,
+            want,
+            "{body}"
+        );
+    }
+    assert_eq!(call(&http, reqwest::Method::POST, rollouts, None, "{}").await.0, 401);
+}

@@ -92,7 +92,10 @@ fn kill_9_at_every_state_resumes_or_redoes_and_never_installs_a_partial_file() {
         // Killed right after it saved `state`.
         let target = format!("STATE {state} ");
         let reached = |l: &str| {
-            l.strip_prefix(&target).is_some_and(|d| *state != "downloading" || d.parse::<u64>().unwrap_or(0) >= 1 << 20)
+            l.strip_prefix(&target).is_some_and(|rest| {
+                let downloaded = rest.split(' ').next().and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+                *state != "downloading" || downloaded >= 1 << 20
+            })
         };
         // (Confirming comes in the process after the reboot.)
         let mut all = Vec::new();

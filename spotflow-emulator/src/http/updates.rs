@@ -61,7 +61,9 @@ pub(super) async fn download(
             return None;
         }
         if d.cut_after.is_some_and(|c| sent >= c) {
-            // Ends the stream after the error: the connection is closed mid-body.
+            // What was sent goes out first (hyper drops its unsent buffer with the connection),
+            // then the connection is closed mid-body.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             return Some((Err(std::io::Error::other("connection cut (fault)")), (inner, d, u64::MAX / 2)));
         }
         let mut end = (start + CHUNK).min(d.total as usize);

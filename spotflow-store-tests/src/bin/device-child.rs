@@ -181,7 +181,8 @@ impl spotflow_device::update::UpdateHandler for CopyInstaller {
 }
 
 /// `UPDATE=1`: an update agent (public key `UPDATE_KEY`, checkpoints every `UPDATE_CHECKPOINT`
-/// bytes, at most `UPDATE_RATE` bytes/s) printing `STATE {phase} {downloaded}` at every change of
+/// bytes, at most `UPDATE_RATE` bytes/s, network timeout `UPDATE_TIMEOUT_MS`) printing
+/// `STATE {phase} {downloaded} {bytes received by this process}` at every change of
 /// its record; when the update asks for a reboot the process "reboots" (prints `REBOOT` and
 /// exits); once the update is over it prints `FINAL {phase} {reason}` and exits. Every exit first
 /// prints `RECEIVED {bytes received from the network by this process}`.
@@ -195,6 +196,9 @@ async fn update(client: DeviceClient) {
         options.checkpoint_bytes = c;
     }
     options.max_bytes_per_second = std::env::var("UPDATE_RATE").ok().and_then(|v| v.parse().ok());
+    if let Some(ms) = std::env::var("UPDATE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
+        options.network_timeout = Duration::from_millis(ms);
+    }
     options.retry_initial = Duration::from_millis(50);
     options.retry_max = Duration::from_millis(500);
     options.poll_interval = Duration::from_millis(20);
@@ -207,7 +211,7 @@ async fn update(client: DeviceClient) {
             .await
             .expect("the record changes");
         last = Some((record.phase, record.downloaded));
-        println!("STATE {} {}", record.phase, record.downloaded);
+        println!("STATE {} {} {}", record.phase, record.downloaded, agent.stats().bytes_received);
         let over = record.manifest.is_some() && record.phase.is_final();
         if record.phase == UpdatePhase::Rebooting || over {
             agent.stop().await;
