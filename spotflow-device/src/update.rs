@@ -146,9 +146,10 @@ pub struct UpdateOptions {
     pub public_key: Option<Vec<u8>>,
     /// Where artifacts are downloaded (default: `{db}-update/{device id}` beside the database).
     pub directory: Option<PathBuf>,
-    /// Bytes between two fsync'd checkpoints of a download (default 1 MiB): about this much
-    /// (plus what arrived while the last checkpoint was being synced) is downloaded again after a
-    /// crash or a power cut.
+    /// Bytes between two fsync'd checkpoints of a download (default 1 MiB; more when the disk
+    /// syncs slower than the network delivers: one sync runs at a time, in the background).
+    /// After a crash or a power cut, what arrived since the last checkpoint is downloaded again:
+    /// this much, plus what arrived while the last sync ran.
     pub checkpoint_bytes: u64,
     /// Download rate limit (default none).
     pub max_bytes_per_second: Option<u64>,
@@ -733,12 +734,11 @@ impl Runner {
                     break Err(e);
                 }
             }
-            if written - checkpointed >= self.options.checkpoint_bytes {
-                // The previous sync is done (it ran while this part downloaded): its offset is
-                // the checkpoint; this one's syncs in the background.
-                if let Err(e) = self.finish_sync(&mut syncing).await {
-                    break Err(e);
-                }
+            // One sync at a time, in the background: the next starts once `checkpoint_bytes`
+            // more arrived and the last one ended (its offset saved above). Waiting for a sync
+            // still running instead held a fast download to the disk's flush rate (measured:
+            // 0.71x curl's throughput with 1 MiB checkpoints, 1.27x with 64 MiB ones).
+            if written - checkpointed >= self.options.checkpoint_bytes && syncing.is_none() {
                 match file.try_clone() {
                     Ok(f) => syncing = Some((written, tokio::task::spawn_blocking(move || f.sync_data()))),
                     Err(e) => break Err(io("cannot sync", e)),

@@ -144,7 +144,13 @@ async fn c2d(client: DeviceClient, count: u32) {
     client.close().await.expect("close");
 }
 
-/// The `UPDATE=1` handler: installs by copying the artifact to `UPDATE_INSTALL_DIR/{id}` (a
+/// User and system CPU time of this process, in µs (from `/proc/self/stat`; 0 where there is
+/// none).
+fn cpu_us() -> u64 {
+    spotflow_store_tests::proc_cpu_us("self", false)
+}
+
+/// The `UPDATE=1` handler (`UPDATE_INSTALL=none`: installs nothing, asks for no reboot): installs by copying the artifact to `UPDATE_INSTALL_DIR/{id}` (a
 /// temporary file renamed: idempotent), printing `INSTALL {id} {sha256 of what it was given}`,
 /// and asks for a reboot; the health check prints `CONFIRM {id}`. Both first sleep
 /// `UPDATE_HANDLER_DELAY_MS` (so that a kill can land inside them).
@@ -161,6 +167,10 @@ impl spotflow_device::update::UpdateHandler for CopyInstaller {
         artifact: &std::path::Path,
     ) -> Result<spotflow_device::update::Installed, String> {
         tokio::time::sleep(self.delay).await;
+        if std::env::var("UPDATE_INSTALL").as_deref() == Ok("none") {
+            // The download benchmark: nothing installed.
+            return Ok(spotflow_device::update::Installed { needs_reboot: false });
+        }
         let bytes = std::fs::read(artifact).map_err(|e| e.to_string())?;
         let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -182,7 +192,7 @@ impl spotflow_device::update::UpdateHandler for CopyInstaller {
 
 /// `UPDATE=1`: an update agent (public key `UPDATE_KEY`, checkpoints every `UPDATE_CHECKPOINT`
 /// bytes, at most `UPDATE_RATE` bytes/s, network timeout `UPDATE_TIMEOUT_MS`) printing
-/// `STATE {phase} {downloaded} {bytes received by this process}` at every change of
+/// `STATE {phase} {downloaded} {bytes received by this process} {its CPU time in µs}` at every change of
 /// its record; when the update asks for a reboot the process "reboots" (prints `REBOOT` and
 /// exits); once the update is over it prints `FINAL {phase} {reason}` and exits. Every exit first
 /// prints `RECEIVED {bytes received from the network by this process}`.
@@ -205,14 +215,16 @@ async fn update(client: DeviceClient) {
     let agent = UpdateAgent::start(&client, options, CopyInstaller { dir, delay }).await.expect("agent starts");
     println!("READY");
     let mut last = None;
+    let initial = agent.record();
     loop {
         let record = agent
             .wait_for(Duration::from_secs(3600), |r| Some((r.phase, r.downloaded)) != last)
             .await
             .expect("the record changes");
         last = Some((record.phase, record.downloaded));
-        println!("STATE {} {} {}", record.phase, record.downloaded, agent.stats().bytes_received);
-        let over = record.manifest.is_some() && record.phase.is_final();
+        println!("STATE {} {} {} {}", record.phase, record.downloaded, agent.stats().bytes_received, cpu_us());
+        // Over: an update this process took part in (not the one a previous process finished).
+        let over = record.manifest.is_some() && record.phase.is_final() && record != initial;
         if record.phase == UpdatePhase::Rebooting || over {
             agent.stop().await;
             println!("RECEIVED {}", agent.stats().bytes_received);
