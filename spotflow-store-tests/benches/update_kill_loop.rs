@@ -182,8 +182,11 @@ fn main() {
             // received after it (at most one checkpoint: every checkpoint is reported).
             let reported = out
                 .iter()
-                .filter_map(|l| l.strip_prefix("STATE ").or_else(|| l.strip_prefix("RECEIVED ")))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .filter_map(|l| match l.strip_prefix("RECEIVED ") {
+                    Some(n) => n.parse::<u64>().ok(),
+                    // STATE {phase} {downloaded} {received} {cpu}
+                    None => l.strip_prefix("STATE ")?.split(' ').nth(2)?.parse::<u64>().ok(),
+                })
                 .max()
                 .unwrap_or(0);
             received += reported + if killed && !finished { checkpoint } else { 0 };
