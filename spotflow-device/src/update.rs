@@ -497,8 +497,10 @@ impl Runner {
                 self.remove_files(&m);
             }
         }
-        self.record.send_replace(self.machine.record.clone());
+        // Reported before it is published: who sees the record can wait for the report to be
+        // sent.
         self.report(true).await;
+        self.record.send_replace(self.machine.record.clone());
         if over && self.machine.start_queued() {
             self.saved().await?;
             self.report(true).await;
