@@ -30,7 +30,7 @@ pub(crate) struct ClientInner {
     pub(crate) db: std::path::PathBuf,
     /// The network options the client was built with (the update agent's downloads use its
     /// trust).
-    #[cfg_attr(not(feature = "updates"), allow(dead_code))]
+    #[cfg_attr(not(all(feature = "updates", feature = "mqtt")), allow(dead_code))]
     pub(crate) network: crate::NetworkOptions,
 }
 

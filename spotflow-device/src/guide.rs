@@ -4,7 +4,7 @@
 //! every Rust block is a doctest that `cargo test` compiles (and runs, unless it needs a real
 //! platform), the Python blocks are run by the Python package's test suite and the C blocks are
 //! compiled by the C library's tests. The chapters need the features `sqlite`, `ws`, `metrics`,
-//! `testkit` and `logs` (docs.rs builds them all).
+//! `testkit`, `logs` and `updates` (docs.rs builds them all).
 
 #[doc = include_str!("../guide/getting-started.md")]
 pub mod getting_started {}
@@ -20,6 +20,8 @@ pub mod properties {}
 pub mod methods {}
 #[doc = include_str!("../guide/c2d.md")]
 pub mod c2d {}
+#[doc = include_str!("../guide/updates.md")]
+pub mod updates {}
 #[doc = include_str!("../guide/gateway.md")]
 pub mod gateway {}
 #[doc = include_str!("../guide/testing.md")]

@@ -51,7 +51,8 @@ mod gateway;
     feature = "ws",
     feature = "metrics",
     feature = "testkit",
-    feature = "logs"
+    feature = "logs",
+    feature = "updates"
 ))]
 pub mod guide;
 mod instance;
