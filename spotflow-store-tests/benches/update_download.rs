@@ -34,18 +34,13 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (emu, mut device) =
+    let (emu, device) =
         spotflow_store_tests::emulator_and_child(&rt, dir.path(), env!("CARGO_BIN_EXE_device-child"), 1);
     let bytes: Vec<u8> = (0..size_mib << 20).map(|i| (i as u64).wrapping_mul(2_654_435_761) as u8).collect();
     let info = emu.publish_artifact(bytes.into(), "bench").unwrap();
     let mib = info.size as f64 / f64::from(1 << 20);
-    device.env.extend([
-        ("UPDATE".into(), "1".into()),
-        ("DEVICE_ID".into(), "bench-updater".into()),
-        ("UPDATE_KEY".into(), emu.update_public_key()),
-        ("UPDATE_INSTALL_DIR".into(), dir.path().display().to_string()),
-        ("UPDATE_INSTALL".into(), "none".into()),
-    ]);
+    let (mut device, _) = device.updater(&emu, dir.path(), "bench-updater");
+    device.env.push(("UPDATE_INSTALL".into(), "none".into()));
     if let Some(c) = checkpoint {
         device.env.push(("UPDATE_CHECKPOINT".into(), c.to_string()));
     }

@@ -76,24 +76,12 @@ fn run(
     (lines, killed && kill_after.is_some())
 }
 
-fn artifact(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn main() {
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (emu, base) = spotflow_store_tests::emulator_and_child(&rt, dir.path(), env!("CARGO_BIN_EXE_device-child"), 1);
-    let bytes = artifact(a.size_mib << 20, a.seed);
+    let bytes = spotflow_store_tests::pseudo_random_bytes(a.size_mib << 20, a.seed);
     let info = emu.publish_artifact(bytes.into(), "soak").unwrap();
     let rate = a.rate_mib << 20;
     emu.set_artifact_faults(&info.id, ArtifactFaults { slow_bytes_per_second: Some(rate), ..Default::default() })
@@ -142,18 +130,9 @@ fn main() {
         if kills >= a.kills {
             break;
         }
-        let mut device = base.clone();
         let device_id = format!("soak-{d}");
-        device.db = dir.path().join(format!("{device_id}.db"));
-        let install_dir = dir.path().join(format!("{device_id}-installed"));
-        std::fs::create_dir_all(&install_dir).unwrap();
-        device.env.extend([
-            ("UPDATE".into(), "1".into()),
-            ("DEVICE_ID".into(), device_id.clone()),
-            ("UPDATE_KEY".into(), emu.update_public_key()),
-            ("UPDATE_INSTALL_DIR".into(), install_dir.display().to_string()),
-            ("UPDATE_TIMEOUT_MS".into(), "2000".into()),
-        ]);
+        let (mut device, install_dir) = base.updater(&emu, dir.path(), &device_id);
+        device.env.push(("UPDATE_TIMEOUT_MS".into(), "2000".into()));
         if let Some(c) = a.checkpoint {
             device.env.push(("UPDATE_CHECKPOINT".into(), c.to_string()));
         }

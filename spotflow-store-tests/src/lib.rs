@@ -223,6 +223,43 @@ impl DeviceChild {
     }
 }
 
+impl DeviceChild {
+    /// This child as the updating device `device_id` (`UPDATE=1`, see `device-child`): its own
+    /// database in `dir`, manifests checked with `emulator`'s key, installs into a directory of
+    /// `dir` (created; returned).
+    pub fn updater(
+        &self,
+        emulator: &spotflow_emulator::Emulator,
+        dir: &std::path::Path,
+        device_id: &str,
+    ) -> (DeviceChild, std::path::PathBuf) {
+        let mut device = self.clone();
+        device.db = dir.join(format!("{device_id}.db"));
+        let install_dir = dir.join(format!("{device_id}-installed"));
+        std::fs::create_dir_all(&install_dir).expect("install directory");
+        device.env.extend([
+            ("UPDATE".into(), "1".into()),
+            ("DEVICE_ID".into(), device_id.to_owned()),
+            ("UPDATE_KEY".into(), emulator.update_public_key()),
+            ("UPDATE_INSTALL_DIR".into(), install_dir.display().to_string()),
+        ]);
+        (device, install_dir)
+    }
+}
+
+/// `size` pseudo-random bytes (xorshift, seeded): update artifacts that do not compress.
+pub fn pseudo_random_bytes(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// For the crash-loop benchmarks: an emulator with its data in `dir` (devices approved at once),
 /// started on `rt`, and a `device-child` for it (`SPOTFLOW_DEVICE_CHILD`, or `built`) at `rate`,
 /// its database and its standard error (`children.log`) in `dir`.

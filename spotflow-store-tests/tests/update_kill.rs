@@ -15,18 +15,6 @@ use spotflow_store_tests::{stdout_lines, DeviceChild};
 const SIZE: usize = 4 << 20;
 const CHECKPOINT: u64 = 256 * 1024;
 
-fn artifact() -> Vec<u8> {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    (0..SIZE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Runs the child until it prints a line `until` accepts (then kills it) or exits; returns its
 /// lines.
 fn run(device: &DeviceChild, run: usize, until: &dyn Fn(&str) -> bool) -> Vec<String> {
@@ -54,7 +42,7 @@ fn kill_9_at_every_state_resumes_or_redoes_and_never_installs_a_partial_file() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (emu, base) = spotflow_store_tests::emulator_and_child(&rt, dir.path(), env!("CARGO_BIN_EXE_device-child"), 1);
-    let bytes = artifact();
+    let bytes = spotflow_store_tests::pseudo_random_bytes(SIZE, 3);
     let info = emu.publish_artifact(bytes.clone().into(), "9.9.9").unwrap();
     // Served at 8 MiB/s, so that a kill lands mid-download (a rate limit on the device's side
     // would let the server fill the sockets' buffers ahead of it).
@@ -63,16 +51,9 @@ fn kill_9_at_every_state_resumes_or_redoes_and_never_installs_a_partial_file() {
     emu.set_artifact_faults(&info.id, slow).unwrap();
     let states = ["downloading", "verifying", "ready", "installing", "rebooting", "confirming"];
     for (n, state) in states.iter().enumerate() {
-        let mut device = base.clone();
         let device_id = format!("upd-{state}");
-        device.db = dir.path().join(format!("{state}.db"));
-        let install_dir = dir.path().join(format!("{state}-installed"));
-        std::fs::create_dir_all(&install_dir).unwrap();
+        let (mut device, install_dir) = base.updater(&emu, dir.path(), &device_id);
         device.env.extend([
-            ("UPDATE".into(), "1".into()),
-            ("DEVICE_ID".into(), device_id.clone()),
-            ("UPDATE_KEY".into(), emu.update_public_key()),
-            ("UPDATE_INSTALL_DIR".into(), install_dir.display().to_string()),
             ("UPDATE_CHECKPOINT".into(), CHECKPOINT.to_string()),
             ("UPDATE_HANDLER_DELAY_MS".into(), "300".into()),
         ]);
