@@ -17,6 +17,7 @@ __all__ = [
     "ConnectionEvent",
     "LogHandler",
     "C2dMessage",
+    "UpdateAgent",
     "DeviceClient",
     "StreamSender",
     "_shutdown",
@@ -168,6 +169,26 @@ class C2dMessage:
     def complete(self) -> None:
         """Remove the message from the inbox: it is never returned again."""
 
+@final
+class UpdateAgent:
+    """(Beyond the reference) Applies the software updates the Platform asks for (the desired
+    property ``spotflowUpdate``): downloads the artifact (resuming after outages and restarts),
+    checks its SHA-256 and signature, calls ``install``, then ``confirm`` after the reboot the
+    install asked for, and ``rollback`` when the check fails. Started by
+    ``DeviceClient.start_update_agent``."""
+
+    @property
+    def state(self) -> Dict[str, Any]:
+        """The update's state, as reported to the Platform: a dict with ``id``, ``version``,
+        ``state`` (``idle``, ``downloading``, ``verifying``, ``ready``, ``installing``,
+        ``rebooting``, ``confirming``, ``succeeded``, ``failed``, ``rolledBack``, ``cancelled``),
+        ``bytes``, ``size``, ``error`` (``{"reason", "detail"}`` or ``None``) and ``queued``."""
+    def wait_until_finished(self, update_id: Optional[str] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Waits until an update ends (the one with ``update_id`` if given) and returns its state;
+        raises ``SpotflowError`` after ``timeout`` seconds."""
+    def stop(self) -> None:
+        """Stops the agent (what it saved stays: a later start goes on from there)."""
+
 class LogHandler(logging.Handler):
     """(Beyond the reference) A ``logging.Handler`` that sends records to the Platform through the
     client's durable queue: each record is journaled before ``emit`` returns (it survives the
@@ -311,6 +332,21 @@ class DeviceClient:
     def get_desired_properties_if_newer(self, version: Optional[int] = None) -> Optional[DesiredProperties]:
         """Get the current Desired Properties if their version is higher than version or if
         version is None. Otherwise, return None."""
+    def start_update_agent(
+        self,
+        install: Callable[[Dict[str, Any], str], bool],
+        rollback: Callable[[Dict[str, Any]], None],
+        confirm: Optional[Callable[[Dict[str, Any]], None]] = None,
+        public_key: Optional[str] = None,
+        confirm_timeout: float = 300.0,
+        checkpoint_bytes: int = 1048576,
+    ) -> UpdateAgent:
+        """(Beyond the reference) Start applying the software updates the Platform asks for (see
+        ``UpdateAgent``): ``install(update, path)`` gets the verified artifact and returns whether
+        the device must reboot; ``confirm(update)`` (optional) is the health check of the new
+        version, ``rollback(update)`` restores the previous one; each raises to fail. ``update`` is
+        a dict with ``id``, ``version``, ``size`` and ``sha256``. With ``public_key`` (64
+        hexadecimal digits, Ed25519), only manifests signed with it are applied."""
     def receive_c2d_message(self, timeout: Optional[float] = None) -> Optional[C2dMessage]:
         """(Beyond the reference) The next cloud-to-device message from the device's durable
         inbox, waiting at most ``timeout`` seconds (``None``: until one comes); ``None`` when none

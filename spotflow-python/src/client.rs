@@ -197,6 +197,28 @@ impl DeviceClient {
         Ok(DeviceClient { client, logger: Default::default(), inbox: Default::default(), pid: std::process::id() })
     }
 
+    /// (Beyond the reference) Start applying the software updates the Platform asks for (see
+    /// `UpdateAgent`): ``install(update, path)`` gets the verified artifact and returns whether
+    /// the device must reboot; ``confirm(update)`` (optional) is the health check of the new
+    /// version, ``rollback(update)`` restores the previous one; each raises to fail. ``update`` is
+    /// a dict with ``id``, ``version``, ``size`` and ``sha256``. With ``public_key`` (64
+    /// hexadecimal digits, Ed25519), only manifests signed with it are applied.
+    #[pyo3(signature = (install, rollback, confirm=None, public_key=None, confirm_timeout=300.0, checkpoint_bytes=1048576))]
+    #[allow(clippy::too_many_arguments)]
+    fn start_update_agent(
+        &self,
+        py: Python<'_>,
+        install: Py<PyAny>,
+        rollback: Py<PyAny>,
+        confirm: Option<Py<PyAny>>,
+        public_key: Option<String>,
+        confirm_timeout: f64,
+        checkpoint_bytes: u64,
+    ) -> PyResult<crate::updates::UpdateAgent> {
+        same_process(self.pid)?;
+        crate::updates::start(py, &self.client, install, rollback, confirm, public_key, confirm_timeout, checkpoint_bytes)
+    }
+
     /// The client's `DeviceLogger` (for `LogHandler`), started at the first call.
     fn _device_logger(&self, py: Python<'_>) -> PyResult<Py<crate::device_logs::PyDeviceLogger>> {
         same_process(self.pid)?;

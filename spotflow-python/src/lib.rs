@@ -16,6 +16,7 @@ mod client;
 mod device_logs;
 mod logging;
 mod types;
+mod updates;
 
 create_exception!(
     spotflow_device,
@@ -130,6 +131,7 @@ fn spotflow_device_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::ClientStats>()?;
     m.add_class::<types::ConnectionEvent>()?;
     m.add_class::<types::C2dMessage>()?;
+    m.add_class::<updates::UpdateAgent>()?;
     m.add_class::<client::DeviceClient>()?;
     m.add_class::<client::StreamSender>()?;
     device_logs::install(m)?;

@@ -816,3 +816,61 @@ def _answer_or_none(emulator, path, payload):
         if e.code == 404:
             return None
         raise
+
+
+def _publish_artifact(emulator, data, version):
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"https://localhost:{emulator.https_port}/admin/updates/artifacts?version={version}",
+        data=data,
+        method="POST",
+        headers={"Authorization": f"Bearer {emulator.admin_token}"},
+    )
+    with urllib.request.urlopen(request, context=emulator._context, timeout=10) as response:
+        return json.loads(response.read().decode())
+
+
+def test_software_updates_install_confirm_and_roll_back_through_python_callables(emulator, token, approver, tmp_path):
+    from spotflow_device import UpdateAgent
+
+    installed, rolled_back = [], []
+
+    def install(update, path):
+        with open(path, "rb") as f:
+            installed.append((update["version"], f.read()))
+        return False
+
+    def confirm(update):
+        if update["version"] == "3":
+            raise RuntimeError("the service does not answer")
+
+    def rollback(update):
+        rolled_back.append(update["version"])
+
+    key = emulator.admin("GET", "/admin/updates")["publicKey"]
+    with start(emulator, token, tmp_path / "upd.db", "py-updater", approver) as client:
+        hub = f"{client.workspace_id}:{client.device_id}"
+        with pytest.raises(TypeError):
+            client.start_update_agent(install=42, rollback=rollback)
+        with pytest.raises(SpotflowError):
+            client.start_update_agent(install, rollback, public_key="not hex")
+        agent = client.start_update_agent(install, rollback, confirm=confirm, public_key=key, confirm_timeout=10.0)
+        assert isinstance(agent, UpdateAgent)
+        assert agent.state["state"] == "idle"
+        for version, data in [("2", b"firmware 2"), ("3", b"firmware 3")]:
+            artifact = _publish_artifact(emulator, data, version)
+            assert artifact["size"] == len(data)
+            rollout = emulator.admin("POST", "/admin/updates/rollouts", {"artifact": artifact["id"], "devices": [hub]})["id"]
+            state = agent.wait_until_finished(rollout, timeout=30)
+            assert state["id"] == rollout
+            if version == "2":
+                assert (state["state"], state["error"], state["bytes"]) == ("succeeded", None, len(data))
+            else:
+                assert state["state"] == "rolledBack"
+                assert state["error"] == {"reason": "healthCheck", "detail": "RuntimeError: the service does not answer"}
+        assert installed == [("2", b"firmware 2"), ("3", b"firmware 3")]
+        assert rolled_back == ["3"]
+        with pytest.raises(SpotflowError):
+            agent.wait_until_finished("never", timeout=0.2)
+        agent.stop()
