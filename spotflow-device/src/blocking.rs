@@ -380,6 +380,34 @@ impl DeviceClient {
         self.inner.runtime.block_on(logger.flush())?
     }
 
+    /// [`crate::update::UpdateAgent::start_with`] on the client's runtime.
+    #[cfg(feature = "updates")]
+    pub fn start_update_agent(
+        &self,
+        options: crate::update::UpdateOptions,
+        handler: std::sync::Arc<dyn crate::update::UpdateHandler>,
+    ) -> Result<crate::update::UpdateAgent> {
+        let client = self.inner.client.clone();
+        self.inner.runtime.block_on(async move { crate::update::UpdateAgent::start_with(&client, options, handler).await })?
+    }
+
+    /// [`crate::update::UpdateAgent::wait_for`] on the client's runtime.
+    #[cfg(feature = "updates")]
+    pub fn wait_for_update(
+        &self,
+        agent: &crate::update::UpdateAgent,
+        timeout: Duration,
+        done: impl Fn(&crate::update::UpdateRecord) -> bool,
+    ) -> Result<crate::update::UpdateRecord> {
+        self.inner.runtime.block_on(agent.wait_for(timeout, done))?
+    }
+
+    /// [`crate::update::UpdateAgent::stop`] on the client's runtime.
+    #[cfg(feature = "updates")]
+    pub fn stop_update_agent(&self, agent: &crate::update::UpdateAgent) -> Result<crate::update::UpdateRecord> {
+        self.inner.runtime.block_on(agent.stop())
+    }
+
     /// See [`crate::DeviceClient::c2d_messages`].
     pub fn c2d_messages(&self) -> C2dMessages {
         C2dMessages { inner: self.inner.client.c2d_messages(), client: self.clone() }
