@@ -29,7 +29,8 @@ trap 'stop_emulator; rm -rf "$dir"' EXIT
   spotflow-c/tests/c/api_test.c "target/$target/debug/libspotflow.a" -lpthread -lm -ldl
 file "$dir/api_test" | sed "s|$dir/||"
 start_emulator "$dir" target/debug/spotflow-emulator
-# The platform's side of the test: two cloud-to-device messages once the program's device exists
+# The platform's side of the test: two cloud-to-device messages and a software update once the
+# program's device exists
 # (polled for at most 10 minutes, the program's own limit).
 send_c2d() {
   local hub="" i
@@ -42,6 +43,11 @@ send_c2d() {
   for i in 0 1; do
     target/debug/spotflow-emulator c2d send "$hub" --payload "c2d-$i" --property "n=$i" "${ADMIN[@]}" > /dev/null
   done
+  # A software update for its update agent.
+  printf 'c-firmware 2' > "$dir/firmware.bin"
+  artifact="$(target/debug/spotflow-emulator update publish "$dir/firmware.bin" --version 2 "${ADMIN[@]}" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')"
+  target/debug/spotflow-emulator update rollout "$artifact" --device "$hub" "${ADMIN[@]}" > /dev/null
 }
 send_c2d &
 c2d_sender=$!

@@ -379,6 +379,50 @@ typedef struct spotflow_stats_t {
     uint64_t latency_p99_us;
 } spotflow_stats_t;
 
+/**
+ * **Addition**: the update a callback is called about (valid only during the call).
+ */
+typedef struct spotflow_update_info_t {
+    /**
+     * The manifest's id.
+     */
+    const char *id;
+    /**
+     * The version the artifact installs.
+     */
+    const char *version;
+    /**
+     * The artifact's size in bytes.
+     */
+    uint64_t size;
+    /**
+     * Its SHA-256 (lowercase hexadecimal), checked.
+     */
+    const char *sha256;
+} spotflow_update_info_t;
+
+/**
+ * **Addition**: installs the verified artifact at `artifact_path` (on an SDK thread); returns 0
+ * and sets `*needs_reboot`, or any other value to fail the update, with a reason written (with a
+ * NUL) into `error` (`error_length` bytes). Called again after a crash during a call: make it
+ * idempotent.
+ */
+typedef int32_t (*spotflow_update_install_callback_t)(const struct spotflow_update_info_t *update,
+                                                      const char *artifact_path,
+                                                      bool *needs_reboot,
+                                                      char *error,
+                                                      size_t error_length,
+                                                      void *context);
+
+/**
+ * **Addition**: the health check of the new version, or the rollback to the previous one (on an
+ * SDK thread); returns 0, or any other value with a reason written into `error`.
+ */
+typedef int32_t (*spotflow_update_callback_t)(const struct spotflow_update_info_t *update,
+                                              char *error,
+                                              size_t error_length,
+                                              void *context);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -741,6 +785,44 @@ enum spotflow_result_t spotflow_client_get_any_pending_reported_properties_updat
  */
 enum spotflow_result_t spotflow_method_response_set_body(struct spotflow_method_response_t *response,
                                                          const char *json);
+
+/**
+ * **Addition**: starts applying the software updates the platform asks for (the desired
+ * property `spotflowUpdate`): the verified artifact goes to `install`, the new version's health
+ * check to `confirm` (NULL: healthy) within `confirm_timeout_ms` after the install or the reboot
+ * it asked for, a failed check to `rollback`; all with `context`, on SDK threads. With
+ * `public_key` (64 hexadecimal digits, Ed25519; NULL: none), only manifests signed with it are
+ * applied. One agent per client; it stops with `spotflow_client_destroy`.
+ */
+enum spotflow_result_t spotflow_client_start_update_agent(struct spotflow_client_t *client,
+                                                          const char *public_key,
+                                                          uint64_t confirm_timeout_ms,
+                                                          spotflow_update_install_callback_t install,
+                                                          spotflow_update_callback_t confirm,
+                                                          spotflow_update_callback_t rollback,
+                                                          void *context);
+
+/**
+ * **Addition**: the update's state as reported to the platform (JSON: `id`, `version`, `state`,
+ * `bytes`, `size`, `error`, `queued`) with a NUL into `buffer`; `*state_length` is the length
+ * needed (`SPOTFLOW_INSUFFICIENT_BUFFER` when the buffer is shorter).
+ */
+enum spotflow_result_t spotflow_client_get_update_state(struct spotflow_client_t *client,
+                                                        char *buffer,
+                                                        size_t buffer_length,
+                                                        size_t *state_length);
+
+/**
+ * **Addition**: waits at most `timeout_ms` until an update ends (the one with `update_id`; NULL:
+ * any) and writes its state as `spotflow_client_get_update_state` does; `SPOTFLOW_TIMEOUT` when
+ * none ended in time.
+ */
+enum spotflow_result_t spotflow_client_wait_update_finished(struct spotflow_client_t *client,
+                                                            const char *update_id,
+                                                            uint64_t timeout_ms,
+                                                            char *buffer,
+                                                            size_t buffer_length,
+                                                            size_t *state_length);
 
 #ifdef __cplusplus
 }  // extern "C"

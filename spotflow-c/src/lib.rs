@@ -16,6 +16,7 @@
 mod context;
 mod ffi;
 mod log;
+mod update;
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::PathBuf;
@@ -310,6 +311,8 @@ pub struct spotflow_client_t {
     logger: Mutex<Option<spotflow_device::logs::DeviceLogger>>,
     /// Where `spotflow_client_receive_c2d_message` is in the inbox.
     inbox: Mutex<Option<spotflow_device::blocking::C2dMessages>>,
+    /// Its update agent (`spotflow_client_start_update_agent`).
+    update_agent: Mutex<Option<Arc<spotflow_device::update::UpdateAgent>>>,
 }
 
 /// **Addition**: a cloud-to-device message from the device's durable inbox
@@ -812,6 +815,7 @@ pub unsafe extern "C" fn spotflow_client_start(
             senders: Mutex::new(Vec::new()),
             logger: Mutex::new(None),
             inbox: Mutex::new(None),
+            update_agent: Mutex::new(None),
         }));
         Ok(())
     })
@@ -824,13 +828,18 @@ pub unsafe extern "C" fn spotflow_client_destroy(client: *mut spotflow_client_t)
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: only a registered pointer is taken back.
         if let Some(client) = unsafe { CLIENTS.unregister(client) } {
+            // The update agent first: no update callback runs once this returns.
+            let agent = spotflow_core::lock(&client.update_agent).take();
+            if let Some(agent) = agent {
+                let _ = client.client.stop_update_agent(&agent);
+            }
             let _ = client.client.close();
         }
     }));
 }
 
 /// Runs `body` with the client behind `client` (registered, checked).
-fn with_client(
+pub(crate) fn with_client(
     function: &str,
     client: *const spotflow_client_t,
     body: impl FnOnce(&spotflow_client_t) -> Outcome,

@@ -207,7 +207,8 @@ async fn every_function_and_error_path_under_address_and_undefined_behaviour_san
             ("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=23"),
             ("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1"),
         ];
-        // The platform sends two cloud-to-device messages once the program's device exists.
+        // The platform sends two cloud-to-device messages and rolls out an update once the program's
+        // device exists.
         let output = std::thread::scope(|scope| {
             let emu = &platform.emu;
             scope.spawn(move || {
@@ -220,6 +221,14 @@ async fn every_function_and_error_path_under_address_and_undefined_behaviour_san
                             emu.send_c2d(&hub_id, props, format!("c2d-{i}").into_bytes(), Duration::from_secs(60))
                                 .expect("queued");
                         }
+                        // And a software update for its update agent.
+                        let artifact = emu.publish_artifact(b"c-firmware 2".to_vec().into(), "2").expect("published");
+                        let rollout = spotflow_emulator::updates::RolloutRequest {
+                            artifact: artifact.id,
+                            devices: vec![hub_id],
+                            ..Default::default()
+                        };
+                        emu.start_rollout(&rollout).expect("rolled out");
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(20));

@@ -388,7 +388,9 @@ impl DeviceClient {
         handler: std::sync::Arc<dyn crate::update::UpdateHandler>,
     ) -> Result<crate::update::UpdateAgent> {
         let client = self.inner.client.clone();
-        self.inner.runtime.block_on(async move { crate::update::UpdateAgent::start_with(&client, options, handler).await })?
+        self.inner
+            .runtime
+            .block_on(async move { crate::update::UpdateAgent::start_with(&client, options, handler).await })?
     }
 
     /// [`crate::update::UpdateAgent::wait_for`] on the client's runtime.

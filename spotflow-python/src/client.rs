@@ -216,7 +216,16 @@ impl DeviceClient {
         checkpoint_bytes: u64,
     ) -> PyResult<crate::updates::UpdateAgent> {
         same_process(self.pid)?;
-        crate::updates::start(py, &self.client, install, rollback, confirm, public_key, confirm_timeout, checkpoint_bytes)
+        crate::updates::start(
+            py,
+            &self.client,
+            install,
+            rollback,
+            confirm,
+            public_key,
+            confirm_timeout,
+            checkpoint_bytes,
+        )
     }
 
     /// The client's `DeviceLogger` (for `LogHandler`), started at the first call.

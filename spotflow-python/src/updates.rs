@@ -53,7 +53,9 @@ impl BlockingUpdateHandler for PyHandler {
     }
     fn confirm(&self, update: &UpdateInfo) -> Result<(), String> {
         let Some(confirm) = &self.confirm else { return Ok(()) };
-        Python::attach(|py| info_dict(py, update).and_then(|u| confirm.call1(py, (u,))).map(drop).map_err(|e| detail(py, e)))
+        Python::attach(|py| {
+            info_dict(py, update).and_then(|u| confirm.call1(py, (u,))).map(drop).map_err(|e| detail(py, e))
+        })
     }
     fn rollback(&self, update: &UpdateInfo) -> Result<(), String> {
         Python::attach(|py| {
@@ -90,7 +92,12 @@ impl UpdateAgent {
     /// Waits until an update ends (the one with ``update_id`` if given) and returns its state;
     /// raises ``SpotflowError`` after ``timeout`` seconds.
     #[pyo3(signature = (update_id=None, timeout=None))]
-    fn wait_until_finished(&self, py: Python<'_>, update_id: Option<String>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+    fn wait_until_finished(
+        &self,
+        py: Python<'_>,
+        update_id: Option<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
         let timeout = match timeout {
             Some(t) if !(t.is_finite() && t >= 0.0) => {
                 return Err(pyo3::exceptions::PyValueError::new_err("timeout must be a non-negative number of seconds"))

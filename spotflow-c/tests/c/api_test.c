@@ -30,6 +30,43 @@ static int checks = 0;
 /* `result` is `expected`, and the thread's last error contains `text`. */
 #define CHECK_ERROR(result, expected, text) check_error((result), (expected), (text), __LINE__)
 
+/* Software updates: the platform rolls out "c-firmware 2" (version "2") once the device exists. */
+static int32_t on_install(const spotflow_update_info_t *update, const char *artifact_path, bool *needs_reboot,
+                          char *error, size_t error_length, void *context)
+{
+    char content[64] = {0};
+    size_t n;
+    FILE *f = fopen(artifact_path, "rb");
+    if (f == NULL) {
+        snprintf(error, error_length, "cannot open %s", artifact_path);
+        return 1;
+    }
+    n = fread(content, 1, sizeof content - 1, f);
+    fclose(f);
+    if (n != update->size || strcmp(content, "c-firmware 2") != 0 || strcmp(update->version, "2") != 0 ||
+        strlen(update->sha256) != 64) {
+        snprintf(error, error_length, "unexpected artifact");
+        return 2;
+    }
+    (*(int *)context)++;
+    *needs_reboot = false;
+    return 0;
+}
+
+static int32_t on_confirm(const spotflow_update_info_t *update, char *error, size_t error_length, void *context)
+{
+    (void)update, (void)error, (void)error_length;
+    (*(int *)context) += 10;
+    return 0;
+}
+
+static int32_t on_rollback(const spotflow_update_info_t *update, char *error, size_t error_length, void *context)
+{
+    (void)update, (void)context;
+    snprintf(error, error_length, "no rollback in this test");
+    return 1;
+}
+
 static void check_error(spotflow_result_t result, spotflow_result_t expected, const char *text, int line)
 {
     char message[SPOTFLOW_ERROR_MAX_LENGTH];
@@ -341,6 +378,35 @@ static void test_messages(spotflow_client_t *client, spotflow_message_context_t 
     CHECK_ERROR(spotflow_client_receive_c2d_message(client, 100, &c2d), SPOTFLOW_TIMEOUT, "no cloud-to-device message");
     CHECK_ERROR(spotflow_c2d_message_complete(NULL), SPOTFLOW_ERROR, "message must not be NULL");
     spotflow_c2d_message_destroy(NULL);
+
+    /* Software updates: the agent takes the rollout the platform started once the device existed. */
+    {
+        int calls = 0;
+        char state[1024];
+        size_t state_length = 0;
+        CHECK_ERROR(spotflow_client_get_update_state(client, state, sizeof state, &state_length), SPOTFLOW_ERROR,
+                    "no update agent");
+        CHECK_ERROR(spotflow_client_start_update_agent(client, NULL, 10000, NULL, NULL, on_rollback, &calls),
+                    SPOTFLOW_ERROR, "install must not be NULL");
+        CHECK_ERROR(spotflow_client_start_update_agent(client, "not a key", 10000, on_install, NULL, on_rollback, &calls),
+                    SPOTFLOW_ERROR, "64 hexadecimal digits");
+        CHECK_ERROR(spotflow_client_start_update_agent(client, NULL, 0, on_install, NULL, on_rollback, &calls),
+                    SPOTFLOW_ERROR, "confirm_timeout_ms must be above 0");
+        CHECK(spotflow_client_start_update_agent(client, NULL, 10000, on_install, on_confirm, on_rollback, &calls) ==
+              SPOTFLOW_OK);
+        CHECK_ERROR(spotflow_client_start_update_agent(client, NULL, 10000, on_install, NULL, on_rollback, &calls),
+                    SPOTFLOW_ERROR, "runs already");
+        CHECK(spotflow_client_wait_update_finished(client, NULL, 60000, state, sizeof state, &state_length) ==
+              SPOTFLOW_OK);
+        CHECK(strstr(state, "\"state\":\"succeeded\"") != NULL && strstr(state, "\"version\":\"2\"") != NULL);
+        CHECK(state_length == strlen(state) + 1);
+        CHECK(calls == 11); /* installed once, confirmed once */
+        CHECK_ERROR(spotflow_client_get_update_state(client, state, 4, &state_length), SPOTFLOW_INSUFFICIENT_BUFFER,
+                    "the state needs");
+        CHECK(state_length > 4);
+        CHECK_ERROR(spotflow_client_wait_update_finished(client, "never", 50, state, sizeof state, &state_length),
+                    SPOTFLOW_TIMEOUT, "update still");
+    }
     CHECK_ERROR(spotflow_client_wait_enqueued_messages_sent(NULL), SPOTFLOW_ERROR, "client must not be NULL");
     CHECK(spotflow_client_wait_enqueued_messages_sent(client) == SPOTFLOW_OK);
     CHECK(spotflow_client_wait_enqueued_messages_sent_timeout(client, 10000) == SPOTFLOW_OK);
@@ -383,7 +449,8 @@ static void test_ids(spotflow_client_t *client)
 
 static void test_properties(spotflow_client_t *client)
 {
-    char buffer[256];
+    /* (The desired properties may hold an update's manifest by now.) */
+    char buffer[4096];
     char tiny[4];
     size_t length = 12345;
     uint64_t version = 777;
