@@ -7,7 +7,8 @@ device waiting for approval with its verification code, approves it with a devic
 (keyboard only), watches its messages arrive in the live feed and the per-stream chart, opens one
 message (decoded JSON payload, properties), sees its log records and filters them by level, refuses invalid JSON in the desired editor, sends
 desired properties and checks that the device's callback printed them, sees the reported
-update the device answers with, and sends a cloud-to-device message and sees it delivered. Screenshots at 1280 and 390 px wide go to target/browser/.
+update the device answers with, sends a cloud-to-device message and sees it delivered, and rolls a
+software update out to the device and sees it succeed in the rollout view. Screenshots at 1280 and 390 px wide go to target/browser/.
 
     python3 scripts/browser_test.py      (needs `cargo build -p spotflow-emulator -p spotflow-bench`)
 
@@ -101,6 +102,14 @@ def admin_post(url, token, ca, body):
     )
     with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=ca), timeout=WAIT) as r:
         return json.load(r)
+
+
+def only_device(https, token, ca):
+    """The hub id (`workspace:device`) of the only device."""
+    request = urllib.request.Request(f"{https}/admin/devices", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=ca), timeout=WAIT) as r:
+        devices = json.load(r)
+    return devices[0]["hubDeviceId"]
 
 
 def browser():
@@ -276,6 +285,31 @@ def main():
         )
         print("cloud-to-device message delivered:", driver.find_element(By.CSS_SELECTOR, "#c2d tbody tr").text)
 
+        # A software update: an artifact published and rolled out to the device through the admin
+        # API; the rollout view shows the device's state until it succeeded.
+        request = urllib.request.Request(
+            f"{https}/admin/updates/artifacts?version=2.0.0",
+            data=b"dashboard firmware 2.0.0",
+            method="POST",
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
+        with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=ca), timeout=WAIT) as r:
+            artifact = json.load(r)
+        hub = only_device(https, admin_token, ca)
+        rollout = admin_post(f"{https}/admin/updates/rollouts", admin_token, ca, {"artifact": artifact["id"], "devices": [hub]})["id"]
+        device.wait_for(r"INSTALLED 2\.0\.0")
+        until(
+            driver,
+            "the rollout's device succeeded",
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#rollout tbody tr[data-state='succeeded']"),
+        )
+        assert rollout in driver.find_element(By.ID, "rollout-select").get_attribute("value"), rollout
+        assert "Version 2.0.0" in driver.find_element(By.ID, "rollout-summary").text
+        print("software update rolled out:", driver.find_element(By.CSS_SELECTOR, "#rollout tbody tr").text)
+        section = driver.find_element(By.ID, "updates-section")
+        driver.execute_script("arguments[0].scrollIntoView()", section)
+        section.screenshot(str(OUT / "dashboard-rollout.png"))
+
         driver.save_screenshot(str(OUT / "dashboard-1280.png"))
         driver.set_window_size(390, 844)
         until(driver, "the narrow layout", lambda d: d.execute_script("return window.innerWidth") <= 400)
@@ -285,7 +319,7 @@ def main():
         full_height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(390, min(int(full_height) + 100, 6000))
         driver.save_screenshot(str(OUT / "dashboard-390-full.png"))
-        print("screenshots: target/browser/dashboard-1280.png, dashboard-390.png, dashboard-390-full.png")
+        print("screenshots: target/browser/dashboard-1280.png, dashboard-390.png, dashboard-390-full.png, dashboard-rollout.png")
         print("browser test passed")
     finally:
         if driver is not None:

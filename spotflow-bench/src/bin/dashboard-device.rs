@@ -4,7 +4,9 @@
 //! `telemetry`) until its standard input closes. Every desired-properties version it receives
 //! is printed (`DESIRED {version} {json}`) and answered with a reported-properties patch
 //! `{"appliedDesiredVersion": version}`. With each message it logs a record through a
-//! `DeviceLogger` (`INFO reading {n}`; every fifth also `WARN temperature high`). Environment: `INSTANCE`, `CA_FILE`, `MQTT_PORT`,
+//! `DeviceLogger` (`INFO reading {n}`; every fifth also `WARN temperature high`). An update agent
+//! installs the software updates rolled out to it by printing `INSTALLED {version}`.
+//! Environment: `INSTANCE`, `CA_FILE`, `MQTT_PORT`,
 //! `PROVISIONING_TOKEN`, `DB`, `DEVICE_ID` (the id it asks for).
 
 use std::io::Write;
@@ -18,6 +20,24 @@ fn say(line: String) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Installs an update by printing `INSTALLED {version}`.
+struct PrintInstaller;
+
+#[async_trait::async_trait]
+impl spotflow_device::update::UpdateHandler for PrintInstaller {
+    async fn install(
+        &self,
+        update: &spotflow_device::update::UpdateInfo,
+        _artifact: &std::path::Path,
+    ) -> Result<spotflow_device::update::Installed, String> {
+        say(format!("INSTALLED {}", update.version));
+        Ok(spotflow_device::update::Installed { needs_reboot: false })
+    }
+    async fn rollback(&self, _: &spotflow_device::update::UpdateInfo) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -45,6 +65,11 @@ async fn main() {
     let sender = client.create_stream_sender(Some("dashboard"), Some("telemetry"), Compression::Uncompressed).unwrap();
     let logs = spotflow_device::logs::LogOptions { batch_interval: Duration::from_millis(200), ..Default::default() };
     let logger = spotflow_device::logs::DeviceLogger::start(&client, logs).await.expect("logger starts");
+    // Software updates: installed by printing `INSTALLED {version}` (manifests not signature-checked).
+    let updates =
+        spotflow_device::update::UpdateOptions { poll_interval: Duration::from_millis(100), ..Default::default() };
+    let _agent =
+        spotflow_device::update::UpdateAgent::start(&client, updates, PrintInstaller).await.expect("agent starts");
     // Runs until standard input closes (the test ends, or the person running it presses Ctrl-D).
     let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {

@@ -121,6 +121,31 @@ async function refresh() {
   renderDevices(devices);
   renderOperations(operations.filter((o) => o.state === 'pending'));
   if (state.twinDevice) await loadTwin(false);
+  await loadRollouts();
+}
+
+// ---- software update rollouts ---------------------------------------------------------------------
+
+async function loadRollouts() {
+  const listed = await apiJson('/admin/updates');
+  const select = $('rollout-select');
+  const ids = listed.rollouts.slice().reverse();
+  const chosen = select.value && ids.includes(select.value) ? select.value : (ids[0] || '');
+  if (select.options.length !== ids.length || [...select.options].some((o, i) => o.value !== ids[i])) {
+    select.replaceChildren(...(ids.length ? ids.map((id) => el('option', { value: id, text: id }))
+      : [el('option', { value: '', text: '(none yet)' })]));
+  }
+  select.value = chosen;
+  if (!chosen) return;
+  const r = await apiJson('/admin/updates/rollouts/' + encodeURIComponent(chosen));
+  const counts = Object.entries(r.counts).map(([k, n]) => n + ' ' + k).join(', ');
+  $('rollout-summary').textContent = 'Version ' + r.version + ' (' + fmt(r.size) + ' bytes), started ' + time(r.createdAt) + ': ' + counts + '.';
+  $('rollout').tBodies[0].replaceChildren(...r.devices.map((d) => el('tr', { 'data-state': d.state },
+    el('td', { text: d.device.split(':').pop(), title: d.device }),
+    el('td', { class: d.state === 'succeeded' ? 'online' : (['failed', 'rolledBack'].includes(d.state) ? 'offline' : ''), text: d.state }),
+    el('td', { class: 'num', text: r.size ? Math.floor(100 * d.bytes / r.size) + ' %' : '—' }),
+    el('td', { class: 'num', text: fmt(d.bytesServed) }),
+    el('td', { text: d.error ? d.error.reason + ': ' + d.error.detail : '' }))));
 }
 
 function renderDevices(devices) {
@@ -571,6 +596,7 @@ document.addEventListener('DOMContentLoaded', () => {
   $('desired').addEventListener('input', () => { state.desiredEdited = true; validateDesired(); });
   $('desired-save').addEventListener('click', saveDesired);
   $('c2d-send').addEventListener('click', sendC2d);
+  $('rollout-select').addEventListener('change', () => loadRollouts().catch(() => {}));
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) login(saved); else $('token').focus();
 });
