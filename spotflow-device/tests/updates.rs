@@ -444,3 +444,24 @@ async fn a_stopped_download_resumes_from_its_last_checkpoint() {
     assert!(total <= bytes.len() as u64 + checkpoint, "{total} received for {} (checkpoint {checkpoint})", bytes.len());
     client.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_download_keeps_to_its_rate() {
+    let s = Setup::new().await;
+    let client = s.client().await;
+    let mut options = s.options();
+    options.max_bytes_per_second = Some(2 << 20);
+    let agent = UpdateAgent::start(&client, options, Handler::default()).await.unwrap();
+    let a = s.emu.publish_artifact(artifact(3 << 19, 12).into(), "11").unwrap();
+    let started = std::time::Instant::now();
+    let rollout = s.rollout(&client, &a.id, |_| {});
+    agent
+        .wait_for(WAIT, |r| r.manifest.as_ref().is_some_and(|m| m.id == rollout) && r.phase != UpdatePhase::Downloading)
+        .await
+        .unwrap();
+    // 1.5 MiB at 2 MiB/s: no less than 0.75 s (a lower bound only: a slow machine takes longer).
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(700), "1.5 MiB in {took:?} at 2 MiB/s");
+    assert_eq!(until_final(&agent, &rollout).await.phase, UpdatePhase::Succeeded);
+    client.close().await.unwrap();
+}

@@ -131,3 +131,45 @@ fn kill_9_at_every_state_resumes_or_redoes_and_never_installs_a_partial_file() {
         );
     }
 }
+
+/// A real full disk: the device's database and update directory on an 8 MiB tmpfs (in a private
+/// mount namespace, `unshare -rm`), a 16 MiB artifact: the update fails (`diskFull`) before a
+/// byte is downloaded. Skipped with `SPOTFLOW_SKIP_TMPFS=1` (machines without user namespaces).
+#[test]
+fn an_update_that_does_not_fit_on_the_disk_fails_before_downloading() {
+    use std::os::unix::fs::PermissionsExt;
+    if std::env::var_os("SPOTFLOW_SKIP_TMPFS").is_some() {
+        eprintln!("skipped: SPOTFLOW_SKIP_TMPFS is set");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, base) = spotflow_store_tests::emulator_and_child(&rt, dir.path(), env!("CARGO_BIN_EXE_device-child"), 1);
+    let small = dir.path().join("small-disk");
+    std::fs::create_dir_all(&small).unwrap();
+    let (mut device, _) = base.updater(&emu, dir.path(), "upd-full-disk");
+    device.db = small.join("device.db");
+    // The child runs on its own small file system.
+    let wrapper = dir.path().join("on-small-disk.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare -rm sh -c 'mount -t tmpfs -o size=8m tmpfs \"$1\" && exec \"$2\"' _ '{}' '{}'\n",
+            small.display(),
+            device.exe.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    device.exe = wrapper;
+    let first = run(&device, 0, &|l| l.starts_with("STATE idle"));
+    assert!(first.iter().any(|l| l == "READY"), "the device starts on the small disk: {first:?}");
+    let hub_id = emu.devices().into_iter().find(|d| d.device_id == "upd-full-disk").expect("registered").hub_device_id;
+    let info = emu.publish_artifact(spotflow_store_tests::pseudo_random_bytes(16 << 20, 5).into(), "big").unwrap();
+    let rollout =
+        emu.start_rollout(&RolloutRequest { artifact: info.id, devices: vec![hub_id], ..Default::default() }).unwrap();
+    let lines = run(&device, 1, &|l| l.starts_with("FINAL "));
+    assert!(lines.iter().any(|l| l == "FINAL failed diskFull"), "{lines:?}");
+    let progress = emu.rollout(&rollout).unwrap().devices[0].clone();
+    assert_eq!(progress.bytes_served, 0, "failed before downloading");
+}
