@@ -35,13 +35,16 @@
 //! # }
 //! ```
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// No unsafe code, except Windows' system calls (free space and access control lists).
+#![cfg_attr(not(windows), forbid(unsafe_code))]
+#![cfg_attr(windows, deny(unsafe_code))]
 
 mod adaptive_poll;
 mod backoff;
 mod cloud;
 mod compression;
 mod credentials;
+mod disk_space;
 mod error;
 mod link;
 mod memory;
@@ -66,6 +69,7 @@ pub use backoff::Backoff;
 pub use cloud::{CloudMessage, Inbox, InboxAppend, StoredCloudMessage, COMPLETED_KEPT};
 pub use compression::{decompress, Compression, ContentEncoding, MAX_DECOMPRESSED_SIZE};
 pub use credentials::{CredentialAction, CredentialSchedule};
+pub use disk_space::free_disk_space;
 pub use error::{Error, ErrorStatus, LinkFailure, Result};
 pub use link::{LinkAction, LinkSchedule, LinkTimings};
 pub use memory::MemoryStore;
@@ -78,8 +82,8 @@ pub use properties::{DesiredTracker, PatchOutcome, ReportedOutcome, ReportedTrac
 pub use queue::OutgoingQueue;
 pub use store::{ConnectionCredentials, DesiredState, DeviceIdentity, QueueStats, ReportedState, Secret, Store};
 pub use thread_store::{
-    free_disk_space, run_as_blocking_caller, Durability, DurableBackend, FreeSpace, Namespace, StateKey, StoreBackend,
-    ThreadStore, SINGLE_DEVICE,
+    run_as_blocking_caller, Durability, DurableBackend, FreeSpace, Namespace, StateKey, StoreBackend, ThreadStore,
+    SINGLE_DEVICE,
 };
 pub use transport::{Connection, RequestId, SessionInfo, Transport, TransportEvent, TwinDocument};
 pub use update::{ArtifactBody, ArtifactSource, UpdateManifest, UpdatePhase, UpdateRecord, UPDATE_PROPERTY};

@@ -1,16 +1,20 @@
 //! Files that hold secrets (provisioning and registration tokens, SAS, the emulator's admin token
 //! and keys): owner-only from the first byte (files 0600, directories 0700), and an existing one
-//! with a broader mode tightened at open, with a logged warning.
+//! with a broader mode tightened at open, with a logged warning. On Windows the same through the
+//! file's access control list (`private_fs/windows.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 
-use tracing::warn;
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod windows;
 
 #[cfg(unix)]
 fn tighten(path: &Path, wanted: u32) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    use tracing::warn;
     let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
     if mode & !wanted != 0 {
         warn!(path = %path.display(), mode = format!("{mode:o}"), "file open to other users: tightened to {wanted:o}");
@@ -19,9 +23,36 @@ fn tighten(path: &Path, wanted: u32) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+fn tighten(path: &Path, wanted: u32) -> io::Result<()> {
+    windows::tighten(path, windows::Access::from_mode(wanted))
+}
+
+#[cfg(not(any(unix, windows)))]
 fn tighten(_: &Path, _: u32) -> io::Result<()> {
     Ok(())
+}
+
+/// Opens `path` with `options` (which create it), giving a new file `mode` from its first byte and
+/// tightening an existing one to it.
+fn open_with_mode(options: &mut OpenOptions, path: &Path, mode: u32) -> io::Result<File> {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, mode);
+    #[cfg(windows)]
+    {
+        // Created here: its access control list is set before anything can be written to it.
+        match options.clone().create_new(true).open(path) {
+            Ok(file) => {
+                windows::restrict_new(path, windows::Access::from_mode(mode))?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let file = options.open(path)?;
+    tighten(path, mode)?;
+    Ok(file)
 }
 
 /// Opens `path` for reading and writing, creating it owner-only (0600) if missing and tightening
@@ -29,11 +60,7 @@ fn tighten(_: &Path, _: u32) -> io::Result<()> {
 pub fn open_private_file(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(path)?;
-    tighten(path, 0o600)?;
-    Ok(file)
+    open_with_mode(&mut options, path, 0o600)
 }
 
 /// Creates `path` owner-only if missing (so that a library that opens it next, such as SQLite,
@@ -79,10 +106,7 @@ pub fn write_public_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644);
-    let mut file = options.open(path)?;
-    tighten(path, 0o644)?;
+    let mut file = open_with_mode(&mut options, path, 0o644)?;
     file.write_all(contents)?;
     file.sync_all()
 }
@@ -104,6 +128,8 @@ pub fn prepare_private_dir(path: &Path) -> io::Result<()> {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(path)?;
+        #[cfg(windows)]
+        return windows::restrict_new(path, windows::Access::Private);
     }
     tighten(path, 0o700)
 }

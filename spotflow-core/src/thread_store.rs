@@ -790,13 +790,6 @@ fn serve_one<B: StoreBackend>(backend: &mut B, command: Command, label: &str) {
     }
 }
 
-/// Bytes available to this user on the file system that holds `dir` (`None` when it cannot be
-/// told).
-pub fn free_disk_space(dir: &Path) -> Option<u64> {
-    let s = rustix::fs::statvfs(dir).ok()?;
-    Some(s.f_bavail.saturating_mul(s.f_frsize))
-}
-
 /// Free space of the file system that holds a store, checked before appends every
 /// [`FreeSpace::INTERVAL`] bytes, so that a full disk fails appends with a clear error instead of
 /// failing the store's own writes halfway.
@@ -826,7 +819,7 @@ impl FreeSpace {
             return Ok(());
         }
         // Unknown: the store's own write reports a full disk.
-        let free = free_disk_space(&self.dir).unwrap_or(u64::MAX);
+        let free = crate::free_disk_space(&self.dir).unwrap_or(u64::MAX);
         if free < self.reserve.saturating_add(incoming) {
             self.since_check = None;
             return Err(Error::Store {

@@ -65,7 +65,9 @@ use state::{Policy, TwinRefusal};
 
 /// Raises this process's open-file limit (one descriptor per connection) to the most the OS
 /// allows it without privileges (the hard limit). Returns the limit before and after; an error
-/// says why it could not be raised.
+/// says why it could not be raised. Windows has no such limit (sockets are bounded by memory):
+/// there it reports none (`u64::MAX`).
+#[cfg(unix)]
 pub fn raise_open_file_limit() -> Result<(u64, u64), EmulatorError> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let limit = getrlimit(Resource::Nofile);
@@ -79,6 +81,12 @@ pub fn raise_open_file_limit() -> Result<(u64, u64), EmulatorError> {
     setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) })
         .map_err(|e| EmulatorError::OpenFileLimit { from: before, to: hard, source: e.into() })?;
     Ok((before, hard))
+}
+
+/// Windows has no per-process limit of open sockets and files to raise (see the Unix version).
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() -> Result<(u64, u64), EmulatorError> {
+    Ok((u64::MAX, u64::MAX))
 }
 
 /// Default MQTT packet limit: 256 KiB of message plus room for the topic and header.

@@ -451,13 +451,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             println!("  dashboard:         {} (log in with the admin token)", emulator.dashboard_url());
             println!("  metrics:           {}/metrics (Prometheus text, admin token)", emulator.https_url());
-            // Ctrl-C or `kill` (SIGTERM): stop cleanly, with everything written.
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
+            stop_requested().await?;
             println!("stopping");
             emulator.shutdown();
             Ok(())
@@ -667,4 +661,33 @@ async fn tunnel(device: String, port: u16, listen: std::net::SocketAddr, admin: 
             }
         });
     }
+}
+
+/// Waits for Ctrl-C or `kill` (SIGTERM), to stop cleanly with everything written.
+#[cfg(unix)]
+async fn stop_requested() -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+/// Waits for Ctrl-C, Ctrl-Break, the console window closed or the system shutting down, to stop
+/// cleanly with everything written.
+#[cfg(windows)]
+async fn stop_requested() -> Result<(), String> {
+    use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_shutdown};
+    let watch = |e: std::io::Error| format!("cannot watch for the console's events: {e}");
+    let (mut brk, mut close, mut shutdown) =
+        (ctrl_break().map_err(watch)?, ctrl_close().map_err(watch)?, ctrl_shutdown().map_err(watch)?);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = brk.recv() => {}
+        _ = close.recv() => {}
+        _ = shutdown.recv() => {}
+    }
+    Ok(())
 }

@@ -135,8 +135,9 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// User + system CPU time of this process so far.
-/// The process's CPU time and its threads' context switches (each a wakeup, or a preemption).
+/// The process's CPU time (user + system) and its threads' context switches (each a wakeup, or a
+/// preemption).
+#[cfg(unix)]
 fn usage() -> (Duration, u64) {
     // SAFETY: getrusage writes the struct it is given and nothing else.
     let u = unsafe {
@@ -146,6 +147,21 @@ fn usage() -> (Duration, u64) {
     };
     let t = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
     (t(u.ru_utime) + t(u.ru_stime), (u.ru_nvcsw + u.ru_nivcsw) as u64)
+}
+
+/// The process's CPU time (user + kernel); Windows does not count context switches per process.
+#[cfg(windows)]
+fn usage() -> (Duration, u64) {
+    use windows_sys::Win32::Foundation::FILETIME;
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessTimes};
+    let mut times = [FILETIME { dwLowDateTime: 0, dwHighDateTime: 0 }; 4];
+    let [created, exited, kernel, user] = &mut times;
+    // SAFETY: GetProcessTimes writes the four FILETIMEs it is given; the handle is a pseudo-handle.
+    unsafe { GetProcessTimes(GetCurrentProcess(), created, exited, kernel, user) };
+    // FILETIME counts 100 ns intervals.
+    let t =
+        |t: &FILETIME| Duration::from_nanos(((u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime)) * 100);
+    (t(&times[2]) + t(&times[3]), 0)
 }
 
 /// Where the devices connect.

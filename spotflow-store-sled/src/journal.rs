@@ -31,8 +31,57 @@
 //! (a new generation), so frames of a torn write cannot resurface either.
 
 use std::fs::File;
+#[cfg(unix)]
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+#[cfg(windows)]
+use positional::FileExt;
+
+/// Unix's positional reads and writes, on Windows: `seek_read`/`seek_write` move the file's
+/// cursor too, which the journal never uses.
+#[cfg(windows)]
+mod positional {
+    use std::io::{Error, ErrorKind, Result};
+    use std::os::windows::fs::FileExt as _;
+
+    pub trait FileExt {
+        fn read_exact_at(&self, buf: &mut [u8], at: u64) -> Result<()>;
+        fn write_all_at(&self, buf: &[u8], at: u64) -> Result<()>;
+    }
+
+    impl FileExt for std::fs::File {
+        fn read_exact_at(&self, mut buf: &mut [u8], mut at: u64) -> Result<()> {
+            while !buf.is_empty() {
+                match self.seek_read(buf, at) {
+                    Ok(0) => return Err(Error::from(ErrorKind::UnexpectedEof)),
+                    Ok(n) => {
+                        buf = &mut buf[n..];
+                        at += n as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+
+        fn write_all_at(&self, mut buf: &[u8], mut at: u64) -> Result<()> {
+            while !buf.is_empty() {
+                match self.seek_write(buf, at) {
+                    Ok(0) => return Err(Error::from(ErrorKind::WriteZero)),
+                    Ok(n) => {
+                        buf = &buf[n..];
+                        at += n as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    }
+}
 
 /// The journal is emptied (after a sled flush) once it grows past this.
 pub const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;

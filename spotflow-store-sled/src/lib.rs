@@ -594,12 +594,11 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// store again meanwhile would fail with "used by another process" (seen once in 1,500 kill -9
 /// cycles, where the test reopens the store right after closing it).
 fn wait_for_release(dir: &Path) {
-    use rustix::fs::{flock, FlockOperation};
     let Ok(file) = std::fs::File::open(dir.join("db")) else { return };
     let until = std::time::Instant::now() + RELEASE_WAIT;
     loop {
-        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            let _ = flock(&file, FlockOperation::Unlock);
+        if file.try_lock().is_ok() {
+            let _ = file.unlock();
             return;
         }
         if std::time::Instant::now() >= until {

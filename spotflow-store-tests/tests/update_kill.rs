@@ -6,6 +6,10 @@
 //! the artifact, the health check ran after the last install, no file is left beside the
 //! database, and the bytes served stay within the artifact plus one checkpoint and what a cut
 //! connection had in flight.
+//!
+//! Unix only: the full disk is a tmpfs mounted in a user namespace (`unshare`, through an
+//! executable shell script).
+#![cfg(unix)]
 
 use std::time::{Duration, Instant};
 
