@@ -44,12 +44,12 @@ mod backoff;
 mod cloud;
 mod compression;
 mod credentials;
-mod disk_space;
 mod error;
 mod link;
 mod memory;
 pub mod merge_patch;
 mod message;
+mod os_fs;
 pub mod persist;
 mod platform;
 pub mod private_fs;
@@ -69,11 +69,11 @@ pub use backoff::Backoff;
 pub use cloud::{CloudMessage, Inbox, InboxAppend, StoredCloudMessage, COMPLETED_KEPT};
 pub use compression::{decompress, Compression, ContentEncoding, MAX_DECOMPRESSED_SIZE};
 pub use credentials::{CredentialAction, CredentialSchedule};
-pub use disk_space::free_disk_space;
 pub use error::{Error, ErrorStatus, LinkFailure, Result};
 pub use link::{LinkAction, LinkSchedule, LinkTimings};
 pub use memory::MemoryStore;
 pub use message::{validate_name, MessageKind, OutgoingMessage, QueuedMessage, StreamTarget, MAX_NAME_LEN};
+pub use os_fs::{free_disk_space, sync_dir};
 pub use platform::{
     is_loopback_host, require_loopback_for_plain, PlatformApi, ProvisioningOperation, ProvisioningStatus, Registration,
     RegistrationToken,

@@ -899,11 +899,9 @@ fn open_part(path: &Path) -> std::io::Result<File> {
     options.open(path)
 }
 
-/// Makes a rename in `dir` durable (best effort: not every platform can sync a directory).
+/// Makes a rename in `dir` durable (best effort: not every file system can sync a directory).
 fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    let _ = spotflow_core::sync_dir(dir);
 }
 
 /// The size and SHA-256 (hexadecimal) of a file.

@@ -207,7 +207,7 @@ impl Journal {
         let path = dir.join("spotflow-journal");
         let file = spotflow_core::private_fs::open_private_file(&path)?;
         // The file's directory entry must survive a power cut too.
-        File::open(dir)?.sync_all()?;
+        spotflow_core::sync_dir(dir)?;
         let size = file.metadata()?.len();
         let header = read_at(&file, size, 0, FILE_HEADER)?;
         let (generation, entries, end) = match header.as_deref().and_then(|h| Some((h.get(..8)?, u64_at(h, 8)?))) {

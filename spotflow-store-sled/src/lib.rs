@@ -208,11 +208,13 @@ impl SledBackend {
         // sled's flush on Linux ends with `sync_file_range`, which writes the data but neither
         // flushes the drive's write cache nor the file's size: a power cut could still lose it.
         // An fdatasync of sled's log file after each flush completes it (checked with strace).
-        let data_file = std::fs::File::open(path.join("db")).map_err(|e| Error::Store {
-            context: format!("cannot open sled's log file in {}: {e}", path.display()),
-            status: ErrorStatus::Permanent,
-            source: None,
-        })?;
+        // Opened for writing: Windows' FlushFileBuffers needs it (nothing is written through it).
+        let data_file =
+            std::fs::OpenOptions::new().read(true).write(true).open(path.join("db")).map_err(|e| Error::Store {
+                context: format!("cannot open sled's log file in {}: {e}", path.display()),
+                status: ErrorStatus::Permanent,
+                source: None,
+            })?;
         // Appends acknowledged after sled's last flush are in the journal.
         let (journal, records) = Journal::open(&path).map_err(|e| Error::Store {
             context: format!("cannot read the journal in {}: {e}", path.display()),

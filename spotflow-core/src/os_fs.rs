@@ -1,6 +1,20 @@
-//! Free disk space, the one question about the file system that differs between Unix and Windows.
+//! What the file system does differently on Unix and Windows: free space, and making a
+//! directory's entries (a file created or renamed in it) durable.
 
 use std::path::Path;
+
+/// Makes the entries of `dir` durable: a file created or renamed in it survives a power cut.
+#[cfg(unix)]
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Windows' file systems (NTFS, ReFS) journal directory entries themselves, and a directory has no
+/// handle to flush: nothing to do.
+#[cfg(not(unix))]
+pub fn sync_dir(_: &Path) -> std::io::Result<()> {
+    Ok(())
+}
 
 /// Bytes available to this user on the file system that holds `dir` (`None` when it cannot be
 /// told).
@@ -37,6 +51,11 @@ pub fn free_disk_space(_: &Path) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_directory_is_synced() {
+        super::sync_dir(&std::env::temp_dir()).unwrap();
+    }
+
     #[test]
     fn the_temporary_directory_has_some_free_space() {
         let free = super::free_disk_space(&std::env::temp_dir()).expect("free space of the temporary directory");
