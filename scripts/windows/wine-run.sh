@@ -14,8 +14,11 @@ if [ ! -e "$shim" ] || [ "$root/scripts/windows/processprng-shim.c" -nt "$shim" 
   mkdir -p "$(dirname "$shim")"
   x86_64-w64-mingw32-gcc -shared -O2 -o "$shim" "$root/scripts/windows/processprng-shim.c" -ladvapi32
 fi
+# Beside the program, and beside the binaries a test in deps/ starts (cargo's debug/).
 dir="$(dirname "$exe")"
-[ -e "$dir/bcryptprimitives.dll" ] || cp "$shim" "$dir/"
+for d in "$dir" "$(dirname "$dir")"; do
+  [ -e "$d/bcryptprimitives.dll" ] || cp "$shim" "$d/"
+done
 # A prefix of our own (wine creates it at the first run), and no wine debug chatter.
 export WINEPREFIX="${WINEPREFIX:-$root/target/windows/wineprefix}"
 export WINEDEBUG="${WINEDEBUG:--all}"

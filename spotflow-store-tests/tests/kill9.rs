@@ -1,5 +1,5 @@
 //! The durability promise, proved by killing real processes: a child enqueues from several
-//! threads and prints each acknowledged enqueue; the parent kills it with SIGKILL at a random
+//! threads and prints each acknowledged enqueue; the parent kills it with SIGKILL (TerminateProcess on Windows) at a random
 //! moment, reopens the database, and checks that every acknowledged message is there exactly
 //! once and in order, with sequence numbers never used twice (in a shared store: each device's messages in its own queue). 200 cycles per backend (`SPOTFLOW_CRASH_CYCLES` for a longer soak).
 
