@@ -2,22 +2,28 @@
 # The C library on a device CPU: cross-builds libspotflow.a for aarch64 (or armv7) with Debian's
 # cross compiler, builds spotflow-c/tests/c/api_test.c with it, and runs that under qemu-user
 # against the emulator process of this machine (target/debug/spotflow-emulator, built if missing).
-# Usage: scripts/cross-c-test.sh aarch64|armv7
+# On Windows (x86_64-pc-windows-gnu): spotflow.dll with its import library, built by mingw-w64,
+# api_test.exe linked against the DLL, run under wine (scripts/windows/wine-run.sh).
+# Usage: scripts/cross-c-test.sh aarch64|armv7|windows
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail() { echo "cross-c-test: $*" >&2; exit 1; }
 case "${1:-}" in
   aarch64) target=aarch64-unknown-linux-gnu gnu=aarch64-linux-gnu qemu=qemu-aarch64 ;;
   armv7) target=armv7-unknown-linux-gnueabihf gnu=arm-linux-gnueabihf qemu=qemu-arm ;;
-  *) fail "usage: $0 aarch64|armv7" ;;
+  windows) target=x86_64-pc-windows-gnu gnu=x86_64-w64-mingw32 qemu=/usr/lib/wine/wine64 ;;
+  *) fail "usage: $0 aarch64|armv7|windows" ;;
 esac
+# The Windows build has its own target directory (scripts/windows-test.sh shares it).
+target_dir=target
+[ "$1" = windows ] && target_dir=target/windows
 rustup target list --installed | grep -qx "$target" || fail "the Rust target $target is missing: rustup target add $target"
 command -v "$gnu-gcc" >/dev/null || fail "$gnu-gcc is missing: apt-get install gcc-$gnu (and its libc6-dev cross package)"
 command -v "$qemu" >/dev/null || fail "$qemu is missing: apt-get install qemu-user"
 upper="$(echo "$target" | tr 'a-z-' 'A-Z_')"
 export "CARGO_TARGET_${upper}_LINKER=$gnu-gcc"
 export "CC_${target//-/_}=$gnu-gcc"
-cargo build --target "$target" -p spotflow-c
+cargo build --target "$target" --target-dir "$target_dir" -p spotflow-c
 [ -x target/debug/spotflow-emulator ] || cargo build -p spotflow-emulator
 
 mkdir -p target/tmp
@@ -25,9 +31,20 @@ dir="$(mktemp -d "$PWD/target/tmp/cross-c.XXXXXX")"
 # shellcheck source=scripts/emulator-process.sh
 source scripts/emulator-process.sh
 trap 'stop_emulator; rm -rf "$dir"' EXIT
-"$gnu-gcc" -std=c99 -O1 -g -Wall -Wextra -Wpedantic -Werror -I spotflow-c/include -o "$dir/api_test" \
-  spotflow-c/tests/c/api_test.c "target/$target/debug/libspotflow.a" -lpthread -lm -ldl
-file "$dir/api_test" | sed "s|$dir/||"
+if [ "$1" = windows ]; then
+  # Against the DLL (its import library), with the DLL beside the program; winpthreads linked in.
+  "$gnu-gcc" -std=c99 -O1 -g -Wall -Wextra -Wpedantic -Werror -I spotflow-c/include -o "$dir/api_test.exe" \
+    spotflow-c/tests/c/api_test.c "$target_dir/$target/debug/libspotflow.dll.a" -static -lpthread
+  cp "$target_dir/$target/debug/spotflow.dll" "$dir/"
+  run=("$PWD/scripts/windows/wine-run.sh" "$dir/api_test.exe")
+  file "$dir/api_test.exe" | sed "s|$dir/||"
+  "$gnu-objdump" -p "$dir/api_test.exe" | sed -n 's/^\tDLL Name: /-- imports /p'
+else
+  "$gnu-gcc" -std=c99 -O1 -g -Wall -Wextra -Wpedantic -Werror -I spotflow-c/include -o "$dir/api_test" \
+    spotflow-c/tests/c/api_test.c "target/$target/debug/libspotflow.a" -lpthread -lm -ldl
+  run=("$qemu" -L "/usr/$gnu" ./api_test)
+  file "$dir/api_test" | sed "s|$dir/||"
+fi
 start_emulator "$dir" target/debug/spotflow-emulator
 # The platform's side of the test: two cloud-to-device messages and a software update once the
 # program's device exists
@@ -52,7 +69,7 @@ send_c2d() {
 send_c2d &
 c2d_sender=$!
 (cd "$dir" && SPOTFLOW_INSTANCE="localhost:$HTTPS_PORT" SPOTFLOW_PROVISIONING_TOKEN="$PROVISIONING_TOKEN" \
-  SPOTFLOW_MQTT_PORT="$MQTTS_PORT" SSL_CERT_FILE="$dir/data/ca.pem" timeout 600 "$qemu" -L "/usr/$gnu" ./api_test) \
+  SPOTFLOW_MQTT_PORT="$MQTTS_PORT" SSL_CERT_FILE="$dir/data/ca.pem" timeout 600 "${run[@]}") \
   | tee "$dir/out"
 wait "$c2d_sender" || true
 grep -q "checks passed" "$dir/out" || fail "api_test did not pass under $qemu"
