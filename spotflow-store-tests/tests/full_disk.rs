@@ -7,6 +7,7 @@
 //!
 //! Needs user namespaces (`unshare -rm`); where the machine has none, set
 //! `SPOTFLOW_SKIP_TMPFS=1` to skip it (the free-space check itself is unit-tested).
+#![cfg(unix)]
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
