@@ -36,6 +36,12 @@ if [ "$1" = windows ]; then
   "$gnu-gcc" -std=c99 -O1 -g -Wall -Wextra -Wpedantic -Werror -I spotflow-c/include -o "$dir/api_test.exe" \
     spotflow-c/tests/c/api_test.c "$target_dir/$target/debug/libspotflow.dll.a" -static -lpthread
   cp "$target_dir/$target/debug/spotflow.dll" "$dir/"
+  # The static library links into the same program too (with the Windows libraries it needs);
+  # the DLL's program is the one run.
+  "$gnu-gcc" -std=c99 -O1 -Wall -Werror -I spotflow-c/include -o "$dir/api_test_static.exe" spotflow-c/tests/c/api_test.c \
+    "$target_dir/$target/debug/libspotflow.a" -static -lpthread -lws2_32 -luserenv -lbcrypt -lntdll -ladvapi32 \
+    -lcrypt32 -lncrypt -lsecur32
+  echo "-- api_test_static.exe linked with libspotflow.a: $(stat -c %s "$dir/api_test_static.exe") bytes"
   run=("$PWD/scripts/windows/wine-run.sh" "$dir/api_test.exe")
   file "$dir/api_test.exe" | sed "s|$dir/||"
   "$gnu-objdump" -p "$dir/api_test.exe" | sed -n 's/^\tDLL Name: /-- imports /p'
