@@ -20,21 +20,23 @@ dir="$(mktemp -d "$PWD/target/tmp/cpu-per-message.XXXXXX")"
 source scripts/emulator-process.sh
 export WINEPREFIX="$dir/wineprefix" WINEDEBUG=-all
 server=
-trap 'stop_emulator; [ -z "$server" ] || kill "$server" 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'stop_emulator; [ -z "$server" ] || wineserver -k 2>/dev/null; rm -rf "$dir"' EXIT
 start_emulator "$dir" target/debug/spotflow-emulator
 # The prefix made, then one wine server kept for every run (-p: persistent; -f: in the
 # foreground, so that its pid is ours to read).
-scripts/windows/wine-run.sh "$windows" --help > /dev/null
+scripts/windows/wine-run.sh "$windows" --help > /dev/null 2>&1 < /dev/null
 wineserver -k 2>/dev/null || true
-wineserver -p -f &
+wineserver -p -f > /dev/null 2>&1 < /dev/null &
 server=$!
 sleep 1
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz="$(getconf CLK_TCK)"
+# Into a file, not a pipe: wine's services, which the persistent server keeps, inherit it.
 run() {
   "$@" --devices 1 --rate 200 --duration "$seconds" --store sqlite --instance "localhost:$HTTPS_PORT" \
     --provisioning-token "$PROVISIONING_TOKEN" --ca-file "$dir/data/ca.pem" --mqtt-port "$MQTTS_PORT" \
-    --progress-every 3600 2>&1
+    --progress-every 3600 > "$dir/out" 2>&1 < /dev/null
+  cat "$dir/out"
 }
 figure() { sed -n "$1" <<<"$2" | head -1; }
 linux_us=() wine_us=() server_us=()
