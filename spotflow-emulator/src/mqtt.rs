@@ -340,7 +340,10 @@ where
             () = sleep => break SessionEnd::KeepAlive,
             () = &mut sas_expiry => break SessionEnd::SasExpired,
         }
-        // Drain what else is ready before writing, so acknowledgements go out in batches.
+        // Drain what else is ready before writing, so acknowledgements go out in batches. A kick
+        // among them ends the session once what came before it is written (it was lost here
+        // when it only ended the draining).
+        let mut kicked = false;
         while let Ok(outbound) = rx.try_recv() {
             match outbound {
                 Outbound::Packet(p) => {
@@ -349,8 +352,14 @@ where
                 }
                 Outbound::Ack(pkid) => write(&mut out, &Packet::PubAck(PubAck::new(pkid))),
                 Outbound::C2dReady => deliver_c2d(&inner, &hub_id, session, &mut out),
-                Outbound::Kick => break,
+                Outbound::Kick => {
+                    kicked = true;
+                    break;
+                }
             }
+        }
+        if kicked {
+            break SessionEnd::ClosedByPlatform;
         }
         if !out.is_empty() {
             if let Err(e) = send(&mut wr, &out).await {
